@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` (the main job on the embedded default) and `make test`.
+# Each creates .venv and installs the project on first use (torch from TORCH, CPU wheel here).
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+EXTRAS ?= notebooks,deepspeed,dev
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tnpo-installed
+
+.PHONY: demo test test-fast lint install clean-cache
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]" "$(TORCH)"
+	@touch $(STAMP)
+
+## main job: prepare the embedded benchmark and models, print the memorisation summary
+demo: $(STAMP)
+	$(BIN)/npo prepare
+
+## install what the tests need, lint, run the whole suite (slow end-to-end tests included)
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

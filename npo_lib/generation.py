@@ -1,0 +1,73 @@
+"""Batched greedy generation with left padding and the KV cache, and answer extraction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from npo_lib.families import ChatTags
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 200,
+    batch_size: int = 32,
+    add_special_tokens: bool = True,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (special tokens stripped, think tags kept).
+
+    Prompts are sorted by length so each batch pads little, then returned in input order.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str | None] = [None] * len(prompts)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    was_training = model.training
+    model.eval()
+    try:
+        starts = range(0, len(order), batch_size)
+        for s in tqdm(starts, desc="generate", disable=not progress, leave=False):
+            idx = order[s : s + batch_size]
+            enc = tokenizer(
+                [prompts[i] for i in idx],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=add_special_tokens,
+            ).to(model.device)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )  # (B, T_prompt + T_new)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            for i, row in zip(idx, new, strict=True):
+                out[i] = tokenizer.decode(row, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [o or "" for o in out]
+
+
+def split_generation(text: str, tags: ChatTags) -> tuple[str, str]:
+    """(trace, answer) of a generation: the answer is what follows the think-end tag.
+
+    Without think tags the whole text is the answer. A think family's generation that never
+    closes its trace has no answer (strict: a fact inside an unfinished trace is not counted).
+    """
+    if not tags.thinks:
+        return "", text.strip()
+    end = tags.think_end.strip()
+    if end in text:
+        trace, answer = text.split(end, 1)
+        return trace.strip(), answer.strip()
+    return text.strip(), ""

@@ -1,0 +1,107 @@
+"""Config merging (defaults < params files < overrides) and every error the issue names."""
+
+from __future__ import annotations
+
+import pytest
+
+from npo_lib.config import Config, ConfigError, load_config, save_config
+from npo_lib.families import FAMILIES, get_family, load_model, resolve_model_path
+
+
+def test_defaults_come_from_the_schema():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.model_family == "tiny" and cfg.forget_loss == "NPO+GD" and cfg.LoRA.r == 0
+    assert cfg.benchmark.n_authors > 0 and cfg.tiny.hidden_size > 0
+
+
+def test_merge_order_files_then_overrides(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("lr: 2.0e-5\nnum_epochs: 3\nLoRA:\n  r: 4\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("num_epochs: 7\nsplit: forget05\n")
+    cfg = load_config([str(a), str(b), "LoRA.r=8", "lr=1e-4", "task_id=null"])
+    assert cfg.lr == pytest.approx(1e-4)  # command line beats files ('1e-4' parsed as float)
+    assert cfg.num_epochs == 7  # later file beats earlier file
+    assert cfg.split == "forget05" and cfg.LoRA.r == 8 and cfg.LoRA.alpha == 32
+    assert cfg.task_id is None
+    # API form: files and a dotted mapping (notebook parameters)
+    cfg2 = load_config(files=[a], overrides={"LoRA.dropout": 0.0, "beta": 0.2})
+    assert cfg2.LoRA.r == 4 and cfg2.LoRA.dropout == 0.0 and cfg2.beta == 0.2
+
+
+def test_unknown_key_names_key_and_closest():
+    with pytest.raises(ConfigError) as e:
+        load_config(["learning_rate=1e-5"])
+    assert "learning_rate" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(["num_epoch=3"])
+    assert "'num_epoch'" in str(e.value) and "num_epochs" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(["LoRA.rank=8"])
+    assert "LoRA.rank" in str(e.value) and "LoRA.r" in str(e.value)
+
+
+def test_unknown_key_in_params_file_names_file(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("forget_los: NPO\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([str(p)])
+    assert str(p) in str(e.value) and "forget_loss" in str(e.value)
+
+
+def test_wrong_type_names_key_value_and_type():
+    with pytest.raises(ConfigError) as e:
+        load_config(["lr=fast"])
+    msg = str(e.value)
+    assert "'lr'" in msg and "fast" in msg and "float" in msg
+    with pytest.raises(ConfigError) as e:
+        load_config(["LoRA.r=big"])
+    assert "LoRA.r" in str(e.value) and "int" in str(e.value)
+
+
+def test_missing_params_file_names_path(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config([str(missing)])
+
+
+def test_value_checks_before_any_model_loads():
+    with pytest.raises(ConfigError, match="model_family 'llama9'.*valid"):
+        load_config(["model_family=llama9"])
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        load_config(["lr=0"])
+    with pytest.raises(ConfigError, match="ds_config file not found"):
+        load_config(["ds_config=/no/such.json"])
+
+
+def test_resolved_config_roundtrips(tmp_path):
+    cfg = load_config(["lr=3e-5", "LoRA.r=16", "model_family=llama3-8b"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    again = load_config([str(path)])
+    assert again == cfg
+
+
+def test_family_registry():
+    for name in ("tiny", "llama2-7b", "llama3-8b", "llama3.2-1b", "qwen2.5-7b"):
+        assert name in FAMILIES
+    assert get_family("llama3-8b").hub_id == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
+    assert get_family("llama3-8b").tags.thinks and not get_family("llama2-7b").tags.thinks
+    with pytest.raises(ConfigError, match="valid: tiny"):
+        get_family("gpt5")
+
+
+def test_hub_model_offline_says_pass_model_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = load_config(["model_family=llama3.2-1b"])
+    assert resolve_model_path(cfg) == "meta-llama/Llama-3.2-1B-Instruct"
+    with pytest.raises(ConfigError, match="model_path="):
+        load_model(cfg, device="cpu")
+
+
+def test_missing_local_model_path_and_unprepared_tiny(tmp_path):
+    with pytest.raises(ConfigError, match="model_path folder not found"):
+        resolve_model_path(load_config([f"model_path={tmp_path / 'none'}"]))
+    with pytest.raises(ConfigError, match="npo prepare"):
+        resolve_model_path(load_config([f"cache_dir={tmp_path}"]))
