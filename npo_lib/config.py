@@ -51,9 +51,9 @@ class TinyModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 256
-    epochs: int = 40  # fine-tuning epochs for the target and the retain model
-    lr: float = 3e-3  # peak learning rate (AdamW, linear decay, 5 % warmup)
-    batch_size: int = 16
+    epochs: int = 28  # fine-tuning epochs for the target and the retain model
+    lr: float = 6e-3  # peak learning rate (AdamW, linear decay, 5 % warmup)
+    batch_size: int = 32
     seed: int = 0  # initialisation and data-order seed
 
 
@@ -74,6 +74,10 @@ class Config:
     # --- objective (section 2 of the reference sheet) ---
     forget_loss: str = "NPO+GD"  # forget term, then regularizers, joined by '+'
     beta: float = 0.1  # NPO / TNPO temperature β
+    simnpo_beta: float = 2.5  # SimNPO's β (its own default, reference-free, length-normalised)
+    gamma: float = 0.0  # SimNPO reward margin γ
+    w_selected: float = 1.0  # INFLUENCE: weight of tokens the influence selection picked
+    w_other: float = 0.0  # INFLUENCE: weight of every other target token
     forget_coeff: float = 1.0  # weight of the forget term
     regularization_coeff: float = 1.0  # weight of each regularizer (GD, KL)
     # --- optimisation ---

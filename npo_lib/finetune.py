@@ -6,6 +6,7 @@ researcher would use to fine-tune a hub model on TOFU before unlearning it.
 
 from __future__ import annotations
 
+import inspect
 import math
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +17,14 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from npo_lib.data import ViewCollator
+
+
+def group_by_length_kwargs() -> dict:
+    """Batches of similar length pad less (seeded, still shuffled); the argument's name changed
+    in transformers 5 (``train_sampling_strategy``) from 4.x (``group_by_length``)."""
+    if "train_sampling_strategy" in inspect.signature(TrainingArguments.__init__).parameters:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
 
 
 @dataclass
@@ -63,6 +72,7 @@ def finetune(
             use_cpu=not torch.cuda.is_available(),
             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             remove_unused_columns=False,
+            **group_by_length_kwargs(),
             dataloader_num_workers=0,
         )
         trainer = Trainer(

@@ -1,0 +1,415 @@
+"""Losses of reference.md section 2 against hand computations (explicit loops, float64)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from npo_lib.data import IGNORE_INDEX
+from npo_lib.losses import (
+    FORGET_TERMS,
+    REGULARIZERS,
+    LossHyper,
+    LossSpec,
+    ce,
+    composed_loss,
+    influence_loss,
+    kl_loss,
+    npo_loss,
+    parse_loss,
+    sequence_logprob,
+    simnpo_loss,
+    term_value,
+    tnpo_loss,
+    token_logprobs,
+)
+
+B, T, V = 3, 7, 11
+M = IGNORE_INDEX
+
+
+def make_batch(
+    seed: int = 0, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, T, V) and labels with a prompt, right padding and different target lengths."""
+    torch.manual_seed(seed)
+    logits = torch.randn(B, T, V, dtype=torch.float64).to(dtype)
+    labels = torch.randint(0, V, (B, T))
+    labels[0, :2] = M  # prompt of 2, then 5 targets
+    labels[1, :3] = M  # prompt of 3, 2 targets, 2 padding
+    labels[1, 5:] = M
+    labels[2, :5] = M  # prompt of 5, 2 targets
+    return logits, labels
+
+
+# ----------------------------------------------------------------------------- hand references
+
+
+def hand_log_softmax(row: list[float]) -> list[float]:
+    m = max(row)
+    z = sum(math.exp(x - m) for x in row)
+    return [x - m - math.log(z) for x in row]
+
+
+def hand_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> list[list[float | None]]:
+    """out[b][t] = log p(labels[b, t+1] | logits[b, t]); None where the label is masked."""
+    out = []
+    for b in range(logits.shape[0]):
+        row = []
+        for t in range(logits.shape[1] - 1):
+            y = int(labels[b, t + 1])
+            row.append(None if y == M else hand_log_softmax(logits[b, t].tolist())[y])
+        out.append(row)
+    return out
+
+
+def hand_log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def hand_seq_logps(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    return [sum(v for v in row if v is not None) for row in hand_token_logps(logits, labels)]
+
+
+# ----------------------------------------------------------------------------- primitives
+
+
+def test_token_logprobs_match_hand_and_gather():
+    logits, labels = make_batch()
+    logp, mask = token_logprobs(logits, labels)
+    assert logp.shape == mask.shape == (B, T - 1)
+    assert logp.dtype == torch.float64
+    hand = hand_token_logps(logits, labels)
+    for b in range(B):
+        for t in range(T - 1):
+            if hand[b][t] is None:
+                assert mask[b, t] == 0 and logp[b, t] == 0
+            else:
+                assert mask[b, t] == 1
+                assert logp[b, t].item() == pytest.approx(hand[b][t], abs=1e-12)
+    # documented equivalent
+    safe = labels[:, 1:].clamp_min(0)
+    gathered = torch.gather(logits[:, :-1].log_softmax(-1), -1, safe[..., None])[..., 0]
+    assert torch.allclose(logp, gathered * mask)
+
+
+def test_causal_shift_ignores_last_logits_and_first_label():
+    logits, labels = make_batch()
+    logp, _ = token_logprobs(logits, labels)
+    logits2, labels2 = logits.clone(), labels.clone()
+    logits2[:, -1] += torch.randn(B, V, dtype=torch.float64)  # predicts nothing
+    labels2[:, 0] = 3  # never predicted
+    logp2, _ = token_logprobs(logits2, labels2)
+    assert torch.equal(logp, logp2)
+
+
+def test_sequence_logprob_and_ce_by_hand():
+    logits, labels = make_batch()
+    hand = hand_token_logps(logits, labels)
+    seq = sequence_logprob(logits, labels)
+    assert seq.shape == (B,)
+    assert seq.tolist() == pytest.approx(hand_seq_logps(logits, labels), abs=1e-12)
+    flat = [v for row in hand for v in row if v is not None]
+    assert len(flat) == 9
+    # token mean over the batch (not a mean of per-sequence means)
+    assert ce(logits, labels).item() == pytest.approx(-sum(flat) / len(flat), abs=1e-12)
+    assert ce(logits, labels).dim() == 0
+
+
+def test_ce_without_targets_is_zero():
+    logits, _ = make_batch()
+    labels = torch.full((B, T), M)
+    assert ce(logits, labels).item() == 0.0
+
+
+# ----------------------------------------------------------------------------- forget terms
+
+
+def test_ga_idk_finetune_are_signed_ce():
+    logits, labels = make_batch()
+    hyper = LossHyper()
+    value = ce(logits, labels)
+    for name in ("GA", "GA1", "GA2", "GA3"):
+        assert term_value(FORGET_TERMS[name], logits, labels, hyper).item() == -value.item()
+    for name in ("IDK1", "IDK2", "IDK3", "FINETUNE"):
+        assert term_value(FORGET_TERMS[name], logits, labels, hyper).item() == value.item()
+    assert term_value(REGULARIZERS["GD"], logits, labels, hyper).item() == value.item()
+
+
+def test_npo_by_hand_and_closed_form():
+    logits, labels = make_batch()
+    beta = 0.3
+    torch.manual_seed(1)
+    ref = torch.randn(B, dtype=torch.float64) - 10.0
+    seq = hand_seq_logps(logits, labels)
+    deltas = [s - r for s, r in zip(seq, ref.tolist())]
+    hand = -(2 / beta) * sum(hand_log_sigmoid(-beta * d) for d in deltas) / B
+    value = npo_loss(logits, labels, ref, beta)
+    assert value.dim() == 0
+    assert value.item() == pytest.approx(hand, abs=1e-12)
+    # (2/β) · mean log(1 + (p_θ/p_ref)^β), p = exp(sequence log-prob)
+    closed = (2 / beta) * sum(
+        math.log(1 + (math.exp(s) / math.exp(r)) ** beta) for s, r in zip(seq, ref.tolist())
+    ) / B
+    assert value.item() == pytest.approx(closed, rel=1e-10)
+
+
+def test_npo_at_reference_is_2_log2_over_beta():
+    logits, labels = make_batch()
+    ref = sequence_logprob(logits, labels).detach()
+    for beta in (0.1, 1.0):
+        value = npo_loss(logits, labels, ref, beta).item()
+        assert value == pytest.approx(2 / beta * math.log(2), abs=1e-12)
+
+
+def test_npo_rejects_misshaped_reference():
+    logits, labels = make_batch()
+    with pytest.raises(ValueError, match="ref_seq_logp has shape"):
+        npo_loss(logits, labels, torch.zeros(B, 1, dtype=torch.float64), 0.1)
+
+
+def test_simnpo_by_hand():
+    logits, labels = make_batch()
+    beta, gamma = 2.5, 0.7
+    hand_tok = hand_token_logps(logits, labels)
+    total = 0.0
+    for row in hand_tok:
+        vals = [v for v in row if v is not None]
+        total += hand_log_sigmoid(-(beta / len(vals)) * sum(vals) - gamma)
+    hand = -(2 / beta) * total / B
+    assert simnpo_loss(logits, labels, beta, gamma).item() == pytest.approx(hand, abs=1e-12)
+    # through the registry: β is simnpo_beta, not beta
+    hyper = LossHyper(beta=0.1, simnpo_beta=beta, gamma=gamma)
+    value = term_value(FORGET_TERMS["SimNPO"], logits, labels, hyper)
+    assert value.item() == pytest.approx(hand, abs=1e-12)
+
+
+def ref_tokens(seed: int = 2) -> torch.Tensor:
+    """A reference token log-prob table (B, T-1), 0 where the shifted label is masked."""
+    logits, labels = make_batch(seed)
+    return token_logprobs(logits, labels)[0]
+
+
+def test_tnpo_by_hand():
+    logits, labels = make_batch()
+    ref = ref_tokens()
+    beta = 0.5
+    hand_tok = hand_token_logps(logits, labels)
+    num, den = 0.0, 0
+    for b in range(B):
+        for t in range(T - 1):
+            if hand_tok[b][t] is not None:
+                num += hand_log_sigmoid(-beta * (hand_tok[b][t] - ref[b, t].item()))
+                den += 1
+    hand = -(2 / beta) * num / den
+    assert tnpo_loss(logits, labels, ref, beta).item() == pytest.approx(hand, abs=1e-12)
+
+
+def test_tnpo_gradient_at_reference_equals_ga_token_mean():
+    logits, labels = make_batch()
+    logits.requires_grad_(True)
+    ref = token_logprobs(logits, labels)[0].detach()
+    (g_tnpo,) = torch.autograd.grad(tnpo_loss(logits, labels, ref, 0.1), logits)
+    (g_ga,) = torch.autograd.grad(-ce(logits, labels), logits)
+    assert g_ga.abs().sum() > 0
+    assert torch.allclose(g_tnpo, g_ga, atol=1e-12)
+
+
+def test_influence_with_mask_weights_equals_tnpo_and_ignores_masked_weights():
+    logits, labels = make_batch()
+    ref = ref_tokens()
+    _, mask = token_logprobs(logits, labels)
+    tnpo = tnpo_loss(logits, labels, ref, 0.1)
+    assert influence_loss(logits, labels, ref, mask, 0.1).item() == pytest.approx(tnpo.item())
+    weights = mask + (1 - mask) * 5.0  # large weights on prompt/padding are multiplied away
+    assert influence_loss(logits, labels, ref, weights, 0.1).item() == pytest.approx(tnpo.item())
+
+
+def test_influence_weights_by_hand():
+    logits, labels = make_batch()
+    ref = ref_tokens()
+    torch.manual_seed(3)
+    weights = torch.rand(B, T - 1, dtype=torch.float64)
+    beta = 0.2
+    hand_tok = hand_token_logps(logits, labels)
+    num = den = 0.0
+    for b in range(B):
+        for t in range(T - 1):
+            if hand_tok[b][t] is not None:
+                w = weights[b, t].item()
+                num += w * hand_log_sigmoid(-beta * (hand_tok[b][t] - ref[b, t].item()))
+                den += w
+    hand = -(2 / beta) * num / den
+    value = influence_loss(logits, labels, ref, weights, beta)
+    assert value.item() == pytest.approx(hand, abs=1e-12)
+
+
+def test_influence_zero_weights_is_exactly_zero_with_finite_grad():
+    logits, labels = make_batch()
+    logits.requires_grad_(True)
+    ref = ref_tokens()
+    weights = torch.zeros(B, T - 1, dtype=torch.float64)
+    weights[1, -1] = 1.0  # only a padding position: masked away, Σw = 0
+    value = influence_loss(logits, labels, ref, weights, 0.1)
+    assert value.item() == 0.0
+    assert value.grad_fn is not None
+    (grad,) = torch.autograd.grad(value, logits)
+    assert torch.isfinite(grad).all() and (grad == 0).all()
+
+
+# ----------------------------------------------------------------------------- KL
+
+
+def test_kl_zero_at_reference():
+    logits, labels = make_batch()
+    assert kl_loss(logits, labels, logits.clone()).item() == pytest.approx(0.0, abs=1e-14)
+
+
+def test_kl_by_hand_and_masked_to_targets():
+    logits, labels = make_batch()
+    torch.manual_seed(4)
+    ref_logits = torch.randn(B, T, V, dtype=torch.float64)
+    num, den = 0.0, 0
+    for b in range(B):
+        for t in range(T - 1):
+            if int(labels[b, t + 1]) == M:
+                continue
+            lq = hand_log_softmax(logits[b, t].tolist())
+            lp = hand_log_softmax(ref_logits[b, t].tolist())
+            num += sum(math.exp(p) * (p - q) for p, q in zip(lp, lq))
+            den += 1
+    value = kl_loss(logits, labels, ref_logits)
+    assert value.item() == pytest.approx(num / den, abs=1e-12)
+    # positions whose next label is masked (prompt, padding) and the last position do not count
+    changed = ref_logits.clone()
+    shifted_masked = torch.cat([labels[:, 1:] == M, torch.ones(B, 1, dtype=torch.bool)], 1)
+    changed[shifted_masked] += 10 * torch.randn(int(shifted_masked.sum()), V, dtype=torch.float64)
+    assert kl_loss(logits, labels, changed).item() == pytest.approx(value.item(), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_parse_loss_and_views_needs():
+    spec = parse_loss("NPO+GD")
+    assert spec == LossSpec(FORGET_TERMS["NPO"], (REGULARIZERS["GD"],))
+    assert spec.forget.name == "NPO" and spec.forget.view == "full"
+    assert [r.name for r in spec.regularizers] == ["GD"]
+    assert spec.views == ("full", "retain")
+    assert parse_loss("GA").regularizers == () and parse_loss("GA").views == ("full",)
+    assert parse_loss("IDK3+KL").views == ("idk3", "retain")
+    assert parse_loss("GA2+GD+KL").views == ("answer", "retain")
+    assert parse_loss("NPO3").views == ("cot",)
+    assert parse_loss("INFLUENCE+KL").needs >= {"token_weights", "ref_token_logp", "ref_logits"}
+    assert parse_loss("INFLUENCE+GD+KL").name == "INFLUENCE+GD+KL"
+    assert parse_loss("FINETUNE").needs == set()
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("NPX+GD", "unknown part 'NPX'"),
+        ("NPO+GDD", "unknown part 'GDD'"),
+        ("GD", "regularizer, not a forget term"),
+        ("GD+NPO", "FORGET\\[\\+REG...\\]"),
+        ("NPO+GA", "forget term 'GA' after"),
+        ("NPO+GD+GD", "'GD' appears twice"),
+    ],
+)
+def test_parse_loss_errors(name: str, match: str):
+    with pytest.raises(ValueError, match=match):
+        parse_loss(name)
+
+
+def test_unknown_part_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        parse_loss("npo")
+    msg = str(err.value)
+    for name in (*FORGET_TERMS, *REGULARIZERS):
+        assert name in msg
+
+
+def test_term_value_names_missing_extra():
+    logits, labels = make_batch()
+    with pytest.raises(ValueError, match="INFLUENCE needs token_weights"):
+        term_value(
+            FORGET_TERMS["INFLUENCE"], logits, labels, LossHyper(), ref_token_logp=ref_tokens()
+        )
+
+
+def test_loss_hyper_checks_and_from_config():
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        LossHyper(beta=0.0)
+
+    class Cfg:
+        beta = 0.2
+        forget_coeff = 2
+        lr = 1e-5
+
+    assert LossHyper.from_config(Cfg()) == LossHyper(beta=0.2, forget_coeff=2.0)
+
+
+def test_composed_loss_npo_gd():
+    logits, labels = make_batch()
+    retain_logits, retain_labels = make_batch(5)
+    ref = torch.randn(B, dtype=torch.float64) - 10
+    hyper = LossHyper(beta=0.2, forget_coeff=0.5, regularization_coeff=3.0)
+    total, logs = composed_loss(
+        parse_loss("NPO+GD"),
+        logits,
+        labels,
+        hyper,
+        retain_logits=retain_logits,
+        retain_labels=retain_labels,
+        ref_seq_logp=ref,
+        token_weights=torch.ones(B, T - 1),  # not needed: ignored
+    )
+    npo = npo_loss(logits, labels, ref, 0.2)
+    gd = ce(retain_logits, retain_labels)
+    assert total.item() == pytest.approx(0.5 * npo.item() + 3.0 * gd.item(), abs=1e-12)
+    assert set(logs) == {"forget/NPO", "reg/GD", "loss"}
+    assert logs["forget/NPO"] == pytest.approx(npo.item())
+    assert logs["reg/GD"] == pytest.approx(gd.item())
+    assert logs["loss"] == pytest.approx(total.item())
+    assert all(isinstance(v, float) for v in logs.values())
+
+
+def test_composed_loss_kl_uses_retain_batch_and_requires_it():
+    logits, labels = make_batch()
+    retain_logits, retain_labels = make_batch(5)
+    spec = parse_loss("GA+KL")
+    total, logs = composed_loss(
+        spec,
+        logits,
+        labels,
+        LossHyper(),
+        retain_logits=retain_logits,
+        retain_labels=retain_labels,
+        ref_logits=retain_logits.clone(),
+    )
+    assert logs["reg/KL"] == pytest.approx(0.0, abs=1e-14)
+    assert total.item() == pytest.approx(-ce(logits, labels).item())
+    with pytest.raises(ValueError, match="retain_logits"):
+        composed_loss(spec, logits, labels, LossHyper())
+
+
+def test_bf16_logits_give_finite_float32():
+    logits, labels = make_batch(dtype=torch.bfloat16)
+    logits.requires_grad_(True)
+    extras = {
+        "ref_seq_logp": torch.full((B,), -12.0),
+        "ref_token_logp": ref_tokens().float(),
+        "token_weights": torch.rand(B, T - 1),
+        "ref_logits": torch.randn(B, T, V, dtype=torch.bfloat16),
+    }
+    hyper = LossHyper()
+    for term in (*FORGET_TERMS.values(), *REGULARIZERS.values()):
+        value = term_value(term, logits, labels, hyper, **extras)
+        assert value.dtype == torch.float32, term.name
+        assert value.dim() == 0 and torch.isfinite(value), term.name
+        (grad,) = torch.autograd.grad(value, logits)
+        assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all(), term.name
+    logp, mask = token_logprobs(logits, labels)
+    assert logp.dtype == mask.dtype == torch.float32

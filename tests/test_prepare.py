@@ -1,0 +1,74 @@
+"""`npo prepare` end to end on a small benchmark, and the CLI's fail-fast config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from npo_lib.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _npo(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "npo_lib", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "TNPO_CACHE": str(env_cache), "HOME": str(env_cache)},
+        timeout=120,
+    )
+
+
+def test_cli_prints_resolved_config(tmp_path):
+    r = _npo("prepare", "--print-config", "params/tiny_quick.yaml", "LoRA.r=8", env_cache=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "n_authors: 20" in r.stdout and "r: 8" in r.stdout
+
+
+def test_cli_bad_key_fails_before_any_work(tmp_path):
+    r = _npo("prepare", "num_epoch=3", env_cache=tmp_path)
+    assert r.returncode == 2
+    assert "unknown key 'num_epoch'" in r.stderr and "num_epochs" in r.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written before the config is valid"
+    r = _npo("prepare", "params/missing.yaml", env_cache=tmp_path)
+    assert r.returncode == 2 and "params/missing.yaml" in r.stderr
+
+
+@pytest.mark.slow
+def test_small_prepare_memorises_and_is_reused(tmp_path):
+    from npo_lib.families import load_model, load_tokenizer, resolve_model_path
+    from npo_lib.prepare import prepare
+
+    cfg = load_config([str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={tmp_path}"])
+    s = prepare(cfg, progress=False)
+    print(s.table())
+    assert s.n_forget == 12 and s.n_retain_eval == 12
+    assert s.recall["target"]["forget"] >= 0.9
+    assert s.recall["retain"]["forget"] <= 0.2
+    assert s.recall["retain"]["retain"] >= 0.9
+    assert all(s.passed.values())
+    saved = json.loads((Path(s.paths["retain"]) / "prepare_summary.json").read_text())
+    assert saved["recall"] == s.recall
+
+    # Saved in Hugging Face format and loaded through the same path a hub model takes.
+    assert resolve_model_path(cfg) == s.paths["target"]
+    model, tok = load_model(cfg, device="cpu"), load_tokenizer(cfg)
+    assert model.config.model_type == "llama" and tok("x").input_ids[0] == tok.bos_token_id
+    assert (Path(s.paths["target"]) / "model.safetensors").is_file()
+
+    # A second prepare reuses every artefact (keyed by settings) and trains nothing.
+    again = prepare(cfg, progress=False)
+    assert {"benchmark", "target", "retain", "memorisation check"} <= set(again.reused)
+    assert again.recall == s.recall
+    # Another forget task gets its own retain model; the target is shared.
+    other = load_config([str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={tmp_path}", "task_id=2"])
+    from npo_lib.embedded import embedded_paths
+
+    assert embedded_paths(other).target == embedded_paths(cfg).target
+    assert embedded_paths(other).retain != embedded_paths(cfg).retain
