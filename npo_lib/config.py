@@ -87,10 +87,20 @@ class Config:
     gradient_accumulation_steps: int = 1
     weight_decay: float = 0.01
     seed: int = 42
+    warmup_epochs: float = 1.0  # linear warm-up length in epochs (the TOFU / NPO scripts use 1)
+    gradient_checkpointing: bool | None = None  # None = the family's default
     LoRA: LoRAConfig = field(default_factory=LoRAConfig)
-    ds_config: str | None = None  # DeepSpeed JSON/YAML config, e.g. params/ds/zero2.json
+    save_merged: bool = False  # with LoRA: also save the adapter merged into the base weights
+    ds_config: str | None = None  # DeepSpeed JSON config, e.g. params/ds/zero2.json
+    report_to: str = "none"  # HF Trainer loggers: none, tensorboard, wandb, ...
+    logging_steps: int = 1
+    save_steps: int = 0  # checkpoint every N optimizer steps; 0 = every epoch
+    # --- token influence (INFLUENCE loss) ---
+    influence_dir: str | None = None  # folder with scores.safetensors / tokens.jsonl / meta.json
     # --- files ---
     save_dir: str | None = None  # run folder; None = runs/<derived name>
+    resume: bool = False  # continue an interrupted run from its last checkpoint
+    overwrite: bool = False  # allow replacing a finished run folder
     cache_dir: str = "~/.cache/tnpo"  # embedded benchmark, tiny models, cached evaluations
     # --- embedded default ---
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -296,6 +306,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"LoRA.r must be >= 0, got {cfg.LoRA.r}")
         if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype '{cfg.dtype}' is unknown; valid: auto, float32, bfloat16, float16")
+        from npo_lib.losses import parse_loss
+
+        try:
+            parse_loss(cfg.forget_loss)
+        except ValueError as e:
+            raise ConfigError(f"forget_loss: {e}") from None
         if cfg.ds_config is not None and not Path(cfg.ds_config).is_file():
             raise ConfigError(f"ds_config file not found: {cfg.ds_config}")
 
