@@ -271,8 +271,11 @@ def quick_fact_recall(cfg: Config, model, tokenizer, data_path: str) -> dict[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m npo_lib.forget [params.yaml ...] [key=value ...]`` (the seed scripts' form)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # the deepspeed launcher appends --local_rank=N; the rank comes from the environment anyway
+    args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]
     try:
-        cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+        cfg = load_config(args)
         run_forget(cfg)
     except ConfigError as e:
         print(f"forget: {e}", file=sys.stderr)

@@ -40,3 +40,36 @@ def rtofu_dir() -> Path:
     if not (path / "forget01.json").is_file():
         pytest.skip(f"R-TOFU data not found at {path} (set {RTOFU_ENV})")
     return path
+
+
+@pytest.fixture(scope="session")
+def mini_world(tmp_path_factory) -> dict[str, str]:
+    """A small generated benchmark and a random 2-layer Llama saved in HF format (seconds).
+
+    Returns ``model_path`` and ``data_path``: the same files `npo prepare` makes, without the
+    fine-tuning, for tests of code paths (not of memorisation).
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from npo_lib.benchmark import BenchmarkConfig, generate_benchmark
+    from npo_lib.prepare import _benchmark_texts
+    from npo_lib.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("mini_world")
+    data = generate_benchmark(
+        BenchmarkConfig(n_authors=10, questions_per_author=4, n_holdout_authors=2, n_retain_eval_authors=2),
+        root / "data",
+    )
+    tok = train_tokenizer(_benchmark_texts(data), 400)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model_dir = root / "model"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    return {"model_path": str(model_dir), "data_path": str(data)}

@@ -1,0 +1,180 @@
+"""The forgetting trainer on a random tiny Llama: reference cache, run folders, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from npo_lib.config import ConfigError, load_config
+from npo_lib.forget import check_forget_config, run_forget
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(world, run: Path, *over: str):
+    return load_config(
+        [
+            f"model_path={world['model_path']}",
+            f"data_path={world['data_path']}",
+            f"save_dir={run}",
+            "split=forget10",
+            "task_id=1",
+            "batch_size=2",
+            "num_epochs=1",
+            "lr=1e-3",
+            "warmup_epochs=0",
+            *over,
+        ]
+    )
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "loss" in line and "train_runtime" not in line]
+
+
+def test_cached_reference_equals_live_model(mini_world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from npo_lib.data import UnlearningDataset, ViewCollator
+    from npo_lib.families import get_family
+    from npo_lib.losses import token_logprobs
+    from npo_lib.trainer import compute_reference_logprobs
+
+    tok = AutoTokenizer.from_pretrained(mini_world["model_path"])
+    model = AutoModelForCausalLM.from_pretrained(mini_world["model_path"], dtype=torch.float32)
+    ds = UnlearningDataset.from_files(mini_world["data_path"], "forget10", 1, tok, get_family("tiny").tags)
+    cache = compute_reference_logprobs(model, ds, "full", pad_token_id=tok.pad_token_id, batch_size=3, fingerprint="x", progress=False)
+    collate = ViewCollator(pad_token_id=tok.pad_token_id)
+    for i in range(len(ds)):  # live reference, one example at a time (no padding)
+        b = collate([ds[i]["full"]])
+        logp, mask = token_logprobs(model(input_ids=b["input_ids"]).logits, b["labels"])
+        n = logp.shape[1]
+        torch.testing.assert_close(cache.token[i, :n], logp[0].float(), atol=1e-5, rtol=1e-5)
+        assert torch.all(cache.token[i, n:] == 0)
+        torch.testing.assert_close(cache.seq[i], logp[0].sum().float(), atol=1e-4, rtol=1e-5)
+
+
+def test_run_folder_reproducible_and_never_overwritten(mini_world, tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(mini_world, run, "forget_loss=NPO+GD")
+    res = run_forget(cfg, progress=False)
+    for name in ("config.yaml", "log.jsonl", "ref_logprobs.safetensors", "result.json", "model/config.json"):
+        assert (run / name).is_file(), name
+    assert load_config([str(run / "config.yaml")]) == cfg
+    rows = _log(run)
+    assert len(rows) == res["steps"] == 2
+    assert {"loss", "forget/NPO", "reg/GD"} <= set(rows[0])
+    # step 1: θ = θ_ref, so Δ = 0 and NPO = (2/β) log 2 exactly (the cache matches the model)
+    assert rows[0]["forget/NPO"] == pytest.approx(2 / cfg.beta * math.log(2), rel=1e-5)
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        run_forget(cfg, progress=False)
+    again = run_forget(load_config([str(run / "config.yaml"), "overwrite=true"]), progress=False)
+    assert again["steps"] == 2
+
+
+def test_unfinished_folder_asks_for_resume(mini_world, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="resume=true"):
+        check_forget_config(_cfg(mini_world, run))
+
+
+def test_loss_errors_before_any_model_loads(mini_world, tmp_path):
+    with pytest.raises(ConfigError, match="valid"):
+        load_config(["forget_loss=NPX+GD"])
+    cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=INFLUENCE+GD", f"influence_dir={tmp_path / 'infl'}")
+    with pytest.raises(ConfigError) as e:
+        check_forget_config(cfg)
+    assert str(tmp_path / "infl" / "scores.safetensors") in str(e.value) and "npo influence" in str(e.value)
+
+
+class _Interrupt(TrainerCallback):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt(f"stop at {self.at}")
+
+
+def test_resume_follows_the_uninterrupted_trajectory(mini_world, tmp_path):
+    over = ("forget_loss=NPO+GD", "num_epochs=3", "save_steps=2")
+    full = tmp_path / "full"
+    run_forget(_cfg(mini_world, full, *over), progress=False)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run_forget(_cfg(mini_world, cut, *over), callbacks=[_Interrupt(3)], progress=False)
+    assert not (cut / "result.json").exists() and (cut / "checkpoints" / "checkpoint-2").is_dir()
+    with pytest.raises(ConfigError, match="resume=true"):
+        run_forget(_cfg(mini_world, cut, *over), progress=False)
+    res = run_forget(_cfg(mini_world, cut, *over, "resume=true"), progress=False)
+    assert res["resumed_from"].endswith("checkpoint-2")
+    a, b = _log(full), _log(cut)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5, abs=1e-6)
+
+
+class _Poison(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_loss_names_step_and_term_and_keeps_checkpoint(mini_world, tmp_path):
+    run = tmp_path / "run"
+    cfg = _cfg(mini_world, run, "forget_loss=NPO+GD", "num_epochs=2", "save_steps=1")
+    from npo_lib.trainer import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"step 3: forget/NPO=nan.*checkpoint-2"):
+        run_forget(cfg, callbacks=[_Poison()], progress=False)
+    assert (run / "checkpoints" / "checkpoint-2").is_dir()
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_kl_reference_is_exact_at_step_one(mini_world, tmp_path, lora):
+    """KL(p_ref ‖ p_θ) = 0 before the first update: frozen copy (full) or adapter off (LoRA)."""
+    run = tmp_path / "run"
+    res = run_forget(_cfg(mini_world, run, "forget_loss=NPO+KL", f"LoRA.r={lora}", "save_merged=true"), progress=False)
+    assert _log(run)[0]["reg/KL"] == pytest.approx(0.0, abs=1e-6)
+    assert res["steps"] == 2
+    if lora:
+        assert (run / "adapter" / "adapter_config.json").is_file() and (run / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_two_ranks_match_single_process_at_step_one(mini_world, tmp_path, launcher):
+    """Global batch = the whole forget task: 1 rank x 4 or 2 ranks x 2 give the same step-1 loss."""
+    if launcher == "deepspeed":
+        pytest.importorskip("deepspeed")
+    single = tmp_path / "single"
+    run_forget(_cfg(mini_world, single, "forget_loss=NPO", "batch_size=4", "num_epochs=2"), progress=False)
+    multi = tmp_path / "multi"
+    args = [f"model_path={mini_world['model_path']}", f"data_path={mini_world['data_path']}", f"save_dir={multi}",
+            "split=forget10", "task_id=1", "batch_size=2", "num_epochs=2", "lr=1e-3", "warmup_epochs=0", "forget_loss=NPO"]
+    bindir = Path(sys.executable).parent
+    if launcher == "torchrun":
+        cmd = [str(bindir / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533", "-m", "npo_lib.forget", *args]
+    else:
+        args.append(f"ds_config={ROOT / 'params/ds/zero2.json'}")
+        cmd = [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", "29534", "--module", "npo_lib.forget", *args]
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((multi / "result.json").read_text())
+    assert res["world_size"] == 2
+    assert _log(multi)[0]["loss"] == pytest.approx(_log(single)[0]["loss"], rel=1e-5)
+    assert _log(multi)[-1]["loss"] == pytest.approx(_log(single)[-1]["loss"], rel=1e-3)
+    shutil.rmtree(multi)
