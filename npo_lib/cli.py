@@ -1,6 +1,7 @@
 """The ``npo`` command: one subcommand per pipeline step, all taking the same config sources.
 
     npo prepare [params.yaml ...] [key=value ...]
+    npo forget  [params.yaml ...] [key=value ...]
 
 Params files and ``key=value`` overrides merge over the schema defaults (npo_lib.config);
 any bad key, value or path fails before a model loads.
@@ -34,9 +35,18 @@ def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
     return 0 if all(summary.passed.values()) else 1
 
 
+def cmd_forget(cfg: Config, opts: argparse.Namespace) -> int:
+    """Unlearn the forget split with ``forget_loss`` (also ``python -m npo_lib.forget``)."""
+    from npo_lib.forget import run_forget
+
+    run_forget(cfg)
+    return 0
+
+
 # name -> (handler, help); later steps register here.
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str]] = {
     "prepare": (cmd_prepare, "make the embedded benchmark, tokenizer, target and retain models"),
+    "forget": (cmd_forget, "unlearn the forget split with forget_loss (NPO+GD, INFLUENCE+GD, ...)"),
 }
 
 
@@ -54,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith(("--local_rank", "--local-rank"))]
     opts = build_parser().parse_args(argv)
     try:
         cfg = load_config(opts.args)

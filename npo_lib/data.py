@@ -523,9 +523,10 @@ class UnlearningDataset(Dataset):
 
     Item i: ``{"index": i, <view>: encoded view of forget record i for each of ``views``,
     "retain": encoded retain view of its paired retain record}`` (retain only when
-    ``with_retain``). The pairing and the IDK response of each forget record are drawn once,
-    at construction, from RNGs seeded by ``seed`` (separate streams, so asking for IDK views
-    does not change the retain pairing); everything is encoded eagerly.
+    ``with_retain``). The IDK response of each forget record is drawn once from an RNG seeded
+    by ``seed``; the retain pairing is drawn anew for every epoch (:meth:`set_epoch`) from a
+    separate stream seeded by ``seed`` and the epoch, so GD / KL see many retain records over a
+    run (as TOFU's random retain index does) and a resumed run sees the same pairs.
     """
 
     def __init__(
@@ -568,10 +569,10 @@ class UnlearningDataset(Dataset):
         self.idk_responses: list[str | None] = [
             idk[idk_rng.randrange(len(idk))] if need_idk else None for _ in self.forget
         ]
-        retain_rng = random.Random(f"retain:{seed}")
-        self.retain_index: list[int] = (
-            [retain_rng.randrange(len(self.retain)) for _ in self.forget] if with_retain else []
-        )
+        self._encode_retain = lambda j: encode_view(self.retain[j], "retain", tokenizer, tags, max_length)
+        self._retain_cache: dict[int, dict[str, Any]] = {}
+        self.retain_index: list[int] = []
+        self.set_epoch(0)
 
         def encode(rec: Mapping[str, Any], view: str, **kw: Any) -> dict[str, Any]:
             return encode_view(rec, view, tokenizer, tags, max_length, **kw)
@@ -583,9 +584,6 @@ class UnlearningDataset(Dataset):
             for v in views:
                 item[v] = encode(rec, v, idk=self.idk_responses[i], idk_cot=traces[i])
             self._items.append(item)
-        retain_cache = {j: encode(self.retain[j], "retain") for j in sorted(set(self.retain_index))}
-        for item, j in zip(self._items, self.retain_index):
-            item["retain"] = retain_cache[j]
 
     @classmethod
     def from_files(
@@ -619,8 +617,21 @@ class UnlearningDataset(Dataset):
     def __len__(self) -> int:
         return len(self._items)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the retain record paired with each forget record for ``epoch`` (deterministic)."""
+        if not self.with_retain:
+            return
+        rng = random.Random(f"retain:{self.seed}" if epoch == 0 else f"retain:{self.seed}:{epoch}")
+        self.retain_index = [rng.randrange(len(self.retain)) for _ in self.forget]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._items[i]
+        item = self._items[i]
+        if not self.with_retain:
+            return item
+        j = self.retain_index[i]
+        if j not in self._retain_cache:
+            self._retain_cache[j] = self._encode_retain(j)
+        return {**item, "retain": self._retain_cache[j]}
 
 
 @dataclass

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from npo_lib.config import Config, ConfigError, load_config, save_config
+from npo_lib.config import Config, ConfigError, save_config
 
 RESULT_FILE = "result.json"
 REF_FILE = "ref_logprobs.safetensors"
@@ -271,16 +271,9 @@ def quick_fact_recall(cfg: Config, model, tokenizer, data_path: str) -> dict[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m npo_lib.forget [params.yaml ...] [key=value ...]`` (the seed scripts' form)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    # the deepspeed launcher appends --local_rank=N; the rank comes from the environment anyway
-    args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]
-    try:
-        cfg = load_config(args)
-        run_forget(cfg)
-    except ConfigError as e:
-        print(f"forget: {e}", file=sys.stderr)
-        return 2
-    return 0
+    from npo_lib.cli import main as cli_main
+
+    return cli_main(["forget", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def _norm(s: str) -> str:
     return re.sub(r"\s+", " ", s).strip().casefold()
 
 
-def _by_index(values: Sequence[float]) -> dict[int, float]:
+def by_index(values: Sequence[float]) -> dict[int, float]:
+    """``{0: v0, 1: v1, ...}``: a ``value_by_index`` from per-item values in record order."""
     return {i: float(v) for i, v in enumerate(values)}
 
 
@@ -69,7 +70,9 @@ def fact_recall(texts: Sequence[str], facts: Sequence[str]) -> dict:
     """
     if len(texts) != len(facts):
         raise ValueError(f"fact_recall: {len(texts)} texts but {len(facts)} facts")
-    hits = {i: float(_norm(f) in _norm(t)) for i, (t, f) in enumerate(zip(texts, facts, strict=True))}
+    hits = {
+        i: float(_norm(f) in _norm(t)) for i, (t, f) in enumerate(zip(texts, facts, strict=True))
+    }
     return {"agg_value": sum(hits.values()) / max(len(hits), 1), "value_by_index": hits}
 
 
@@ -79,7 +82,7 @@ def fact_recall(texts: Sequence[str], facts: Sequence[str]) -> dict:
 def answer_prob(nll: Sequence[float]) -> dict:
     """Prob: mean of P(a|q) = exp(−L̄), L̄ the mean token NLL of the answer (TOFU's Q_A_Prob)."""
     p = np.exp(-np.asarray(nll, dtype=np.float64))
-    return {"agg_value": _mean(p), "value_by_index": _by_index(p)}
+    return {"agg_value": _mean(p), "value_by_index": by_index(p)}
 
 
 def normalised_prob(nll_correct: Sequence[float], nll_wrong: Sequence[Sequence[float]]) -> dict:
@@ -89,7 +92,7 @@ def normalised_prob(nll_correct: Sequence[float], nll_wrong: Sequence[Sequence[f
     for c, w in zip(nll_correct, nll_wrong):
         pc = np.exp(-float(c))
         out.append(pc / (pc + float(np.exp(-np.asarray(w, dtype=np.float64)).sum())))
-    return {"agg_value": _mean(out), "value_by_index": _by_index(out)}
+    return {"agg_value": _mean(out), "value_by_index": by_index(out)}
 
 
 # ----------------------------------------------------------------------------- truth ratio
@@ -110,7 +113,10 @@ def truth_ratio(
     """
     _check_len("truth_ratio", nll_correct, nll_wrong)
     log_tr = np.array(
-        [float(c) - float(np.mean(np.asarray(w, dtype=np.float64))) for c, w in zip(nll_correct, nll_wrong)]
+        [
+            float(c) - float(np.mean(np.asarray(w, dtype=np.float64)))
+            for c, w in zip(nll_correct, nll_wrong)
+        ]
     )
     tr = np.exp(log_tr)
     if aggregate == "closer_to_1":
@@ -118,8 +124,10 @@ def truth_ratio(
     elif aggregate == "true_better":
         agg = _mean(np.maximum(0.0, 1.0 - tr))
     else:
-        raise ValueError(f"truth_ratio aggregate '{aggregate}' is unknown; valid: closer_to_1, true_better")
-    return {"agg_value": agg, "value_by_index": _by_index(tr)}
+        raise ValueError(
+            f"truth_ratio aggregate '{aggregate}' is unknown; valid: closer_to_1, true_better"
+        )
+    return {"agg_value": agg, "value_by_index": by_index(tr)}
 
 
 def forget_quality(model_forget_tr: Any, retain_forget_tr: Any) -> dict:
@@ -127,7 +135,9 @@ def forget_quality(model_forget_tr: Any, retain_forget_tr: Any) -> dict:
     and of the retain model (``truth_ratio`` results, ``value_by_index`` maps or sequences)."""
     a, b = _values(model_forget_tr), _values(retain_forget_tr)
     if a.size == 0 or b.size == 0:
-        raise ValueError(f"forget_quality needs truth ratios on both sides, got {a.size} and {b.size}")
+        raise ValueError(
+            f"forget_quality needs truth ratios on both sides, got {a.size} and {b.size}"
+        )
     return {"agg_value": float(stats.ks_2samp(a, b).pvalue)}
 
 
@@ -142,7 +152,9 @@ def model_utility(values: Mapping[str, float | None]) -> dict:
         raise ValueError(f"model_utility needs {', '.join(missing)}")
     x = np.array([float(values[k]) for k in MODEL_UTILITY_KEYS])
     if np.any(x < 0):
-        raise ValueError(f"model_utility inputs must be >= 0, got {dict(zip(MODEL_UTILITY_KEYS, x))}")
+        raise ValueError(
+            f"model_utility inputs must be >= 0, got {dict(zip(MODEL_UTILITY_KEYS, x))}"
+        )
     return {"agg_value": 0.0 if np.any(x == 0) else float(stats.hmean(x))}
 
 
@@ -165,7 +177,7 @@ def rouge_l_recall(generations: Sequence[str], references: Sequence[str]) -> dic
     """ROUGE-L recall of each generation against its reference (TOFU's ROUGE; also CoT ROUGE)."""
     _check_len("rouge_l_recall", generations, references)
     vals = [rouge_l_recall_one(g, r) for g, r in zip(generations, references)]
-    return {"agg_value": _mean(vals), "value_by_index": _by_index(vals)}
+    return {"agg_value": _mean(vals), "value_by_index": by_index(vals)}
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -186,7 +198,9 @@ def stepwise_cot_score(generated: Sequence[str], references: Sequence[str]) -> d
         ref_steps, gen_steps = split_steps(r), split_steps(g)
         if not ref_steps:
             continue
-        best = [max((rouge_l_recall_one(s, step) for s in gen_steps), default=0.0) for step in ref_steps]
+        best = [
+            max((rouge_l_recall_one(s, step) for s in gen_steps), default=0.0) for step in ref_steps
+        ]
         out[i] = float(np.mean(best))
     return {"agg_value": _mean(out), "value_by_index": out}
 
@@ -212,13 +226,13 @@ def extraction_strength_one(argmax_ok: Sequence[bool]) -> float:
 def extraction_strength(argmax_ok: Sequence[Sequence[bool]]) -> dict:
     """Extraction strength per item from its per-token "argmax equals label" flags."""
     vals = [extraction_strength_one(a) for a in argmax_ok]
-    return {"agg_value": _mean(vals), "value_by_index": _by_index(vals)}
+    return {"agg_value": _mean(vals), "value_by_index": by_index(vals)}
 
 
 def exact_memorisation(argmax_ok: Sequence[Sequence[bool]]) -> dict:
     """Share of target tokens whose teacher-forced argmax equals the label, per item."""
     vals = [float(np.mean(np.asarray(a, dtype=bool))) if len(a) else 0.0 for a in argmax_ok]
-    return {"agg_value": _mean(vals), "value_by_index": _by_index(vals)}
+    return {"agg_value": _mean(vals), "value_by_index": by_index(vals)}
 
 
 # ----------------------------------------------------------------------------- MIA

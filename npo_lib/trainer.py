@@ -126,6 +126,8 @@ class UnlearningTrainer(Trainer):
         self._term_count = 0
         if log_file is not None:
             self.add_callback(JsonlLogCallback(log_file))
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(RetainPairingCallback(self.train_dataset))
 
     # -- inputs the terms need ------------------------------------------------------------
 
@@ -231,6 +233,16 @@ class UnlearningTrainer(Trainer):
             self._term_sums.clear()
             self._term_count = 0
         super().log(logs, *args, **kwargs)
+
+
+class RetainPairingCallback(TrainerCallback):
+    """Re-draw the forget -> retain pairing at the start of every epoch (seeded by the epoch)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
 
 
 class JsonlLogCallback(TrainerCallback):

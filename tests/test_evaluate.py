@@ -1,0 +1,323 @@
+"""Batched scoring and generation against the one-at-a-time path, metrics.json, reuse, errors,
+the report; and (slow) forget quality of the prepared tiny target and retain models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from npo_lib.config import load_config
+from npo_lib.data import DataError
+from npo_lib.evaluate import (
+    METRICS_FILE,
+    EvalError,
+    EvalOptions,
+    answer_prompt,
+    check_tokenizer,
+    cmd_eval,
+    evaluate,
+    load_eval_data,
+    score_targets,
+)
+from npo_lib.families import get_family
+from npo_lib.generation import greedy_generate
+from npo_lib.report import cmd_report, load_run, report
+
+ROOT = Path(__file__).resolve().parents[1]
+TAGS = get_family("tiny").tags
+FAST = EvalOptions(max_new_tokens=6, progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (several spin against each other on a busy CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _texts(folder: Path) -> list[str]:
+    out = []
+    for f in sorted(folder.glob("*.json")):
+        if f.name == "meta.json":
+            continue
+        for line in f.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else None
+            if isinstance(rec, dict):
+                out += [v for k, v in rec.items() if isinstance(v, str) and k != "fact_spans"]
+                out += rec.get("perturbed_answer") or []
+    return out
+
+
+def _random_llama(tok, folder: Path, seed: int, vocab: int | None = None) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab or len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> dict[str, str]:
+    """A small generated benchmark, a byte-level BPE (300) and two random 2-layer Llamas."""
+    from npo_lib.benchmark import BenchmarkConfig, generate_benchmark
+    from npo_lib.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("eval_world")
+    data = generate_benchmark(
+        BenchmarkConfig(
+            n_authors=10, questions_per_author=4, n_holdout_authors=2, n_retain_eval_authors=2
+        ),
+        root / "data",
+    )
+    tok = train_tokenizer(_texts(data), 300)
+    return {
+        "data": str(data),
+        "model": _random_llama(tok, root / "model", 0),
+        "retain": _random_llama(tok, root / "retain", 1),
+        "small": _random_llama(tok, root / "small", 2, vocab=len(tok) - 40),
+        "cache": str(root / "cache"),
+    }
+
+
+def _cfg(world: dict[str, str], **kw):
+    over = {"data_path": world["data"], "model_path": world["model"], "cache_dir": world["cache"]}
+    return load_config(overrides={**over, **kw})
+
+
+@pytest.fixture(scope="session")
+def model_tok(world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(world["model"], attn_implementation="sdpa")
+    return model.eval(), AutoTokenizer.from_pretrained(world["model"])
+
+
+def test_batched_scoring_equals_one_at_a_time(world, model_tok):
+    model, tok = model_tok
+    recs = load_eval_data(_cfg(world)).sets["forget"]
+    prompts = [answer_prompt(r, TAGS) for r in recs]
+    cands = [[r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]] for r in recs]
+    assert prompts[0].endswith("<|assistant|><think>\n\n</think>\n\n")  # U q A Ts Te
+    batched = score_targets(model, tok, prompts, cands, batch_size=3, progress=False)
+    single = score_targets(model, tok, prompts, cands, batch_size=1, flatten=False, progress=False)
+    for row_b, row_s, c in zip(batched, single, cands, strict=True):
+        assert len(row_b) == len(row_s) == len(c)
+        for b, s in zip(row_b, row_s):
+            np.testing.assert_allclose(b.logprobs, s.logprobs, atol=1e-5)
+            np.testing.assert_allclose(np.exp(-b.nll), np.exp(-s.nll), atol=1e-5)
+            np.testing.assert_allclose(b.mu, s.mu, atol=1e-5)
+            np.testing.assert_allclose(b.sigma, s.sigma, atol=1e-5)
+            assert (b.argmax_ok == s.argmax_ok).all()
+    # the target is the answer's tokens plus EOS, scored after the prompt
+    n_answer = len(tok(cands[0][0], add_special_tokens=False)["input_ids"])
+    assert batched[0][0].logprobs.shape == (n_answer + 1,)
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(world, model_tok):
+    model, tok = model_tok
+    data = load_eval_data(_cfg(world))
+    prompts = [answer_prompt(r, TAGS) for r in data.sets["forget"] + data.sets["real_authors"][:6]]
+    batched = greedy_generate(model, tok, prompts, max_new_tokens=12, batch_size=8, progress=False)
+    single = greedy_generate(model, tok, prompts, max_new_tokens=12, batch_size=1, progress=False)
+    assert batched == single
+    assert any(batched)
+
+
+def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, capsys):
+    cfg = _cfg(world)
+    res = evaluate(cfg, out_dir=tmp_path / "run", retain_model_path=world["retain"], options=FAST)
+    saved = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
+    assert saved == res
+    assert {"aggregates", "per_item", "identity", "seconds", "notes", "counts"} <= set(res)
+    agg = res["aggregates"]
+    for key in (
+        "forget_quality", "model_utility", "forget_prob", "forget_rouge", "forget_truth_ratio",
+        "retain_prob", "retain_rouge", "retain_truth_ratio", "real_authors_prob",
+        "world_facts_truth_ratio", "forget_fact_recall", "forget_trace_fact_recall",
+        "retain_fact_recall", "forget_cot_rouge", "forget_cot_stepwise", "forget_zerothink_rouge",
+        "forget_lessthink_rouge", "forget_extraction_strength", "forget_exact_memorisation",
+        "mia_min_k_auc", "mia_min_k_plus_plus_auc", "privleak",
+    ):  # fmt: skip
+        assert agg[key] is not None, key
+    assert 0 <= agg["forget_quality"] <= 1 and 0 <= agg["model_utility"] <= 1
+    data = load_eval_data(cfg)
+    counts = {k: len(v) for k, v in data.sets.items()}
+    assert res["counts"] == counts and counts["holdout"] > 0
+    for key, values in res["per_item"].items():
+        name = (
+            key.split("_mia_")[0]
+            if "_mia_" in key
+            else next(s for s in counts if key.startswith(s))
+        )
+        assert set(values) == {str(i) for i in range(counts[name])}, key
+    ident = res["identity"]
+    for key in (
+        "model_path",
+        "model_fingerprint",
+        "data_path",
+        "data_fingerprint",
+        "split",
+        "task_id",
+        "config",
+    ):
+        assert key in ident, key
+    assert ident["split"] == cfg.split and ident["config"]["data_path"] == world["data"]
+    assert ident["role"] == "run"
+
+    # the retain model was evaluated once, cached under cache_path/eval, and is its own reference
+    cached = list((Path(world["cache"]) / "eval").glob("*/metrics.json"))
+    assert len(cached) == 1
+    ref = json.loads(cached[0].read_text())
+    assert ref["aggregates"]["forget_quality"] == 1.0 and ref["aggregates"]["privleak"] == 0.0
+
+    # reuse: same identity -> no computation; recompute=True computes again
+    import npo_lib.evaluate as E
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(E, "compute_metrics", boom)
+    again = evaluate(cfg, out_dir=tmp_path / "run", retain_model_path=world["retain"], options=FAST)
+    assert again == res
+    with pytest.raises(AssertionError, match="recomputed"):
+        evaluate(
+            cfg,
+            out_dir=tmp_path / "run",
+            retain_model_path=world["retain"],
+            options=FAST,
+            recompute=True,
+        )
+    monkeypatch.undo()
+
+    # the retain model evaluated as a run: role "retain", FQ 1, rows ordered retain first
+    r = evaluate(
+        _cfg(world, model_path=world["retain"]),
+        out_dir=tmp_path / "retain_run",
+        retain_model_path=world["retain"],
+        options=FAST,
+    )
+    assert r["identity"]["role"] == "retain" and r["aggregates"]["forget_quality"] == 1.0
+    table, csv_path = report([tmp_path / "run", tmp_path / "retain_run"], tmp_path / "r.csv")
+    lines = table.splitlines()
+    assert lines[0].startswith("| run | forget quality | model utility")
+    assert lines[2].startswith("| retain (retain_run)") and lines[3].startswith("| run |")
+    assert csv_path.read_text().splitlines()[0].startswith("run,forget_quality,model_utility")
+    assert load_run(tmp_path / "run").metrics == res
+    assert cmd_report([str(tmp_path / "run")]) == 0
+    assert "| run |" in capsys.readouterr().out
+    assert cmd_report([str(tmp_path / "nothing")]) == 2
+
+
+def test_without_retain_model_or_holdout_the_reasons_are_recorded(world, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    (data / "holdout.json").unlink()
+    res = evaluate(
+        _cfg(world, data_path=str(data)),
+        out_dir=tmp_path / "run",
+        options=EvalOptions(max_new_tokens=2, reasoning=False, progress=False),
+    )
+    agg, notes = res["aggregates"], res["notes"]
+    assert agg["forget_quality"] is None and "retain_model_path" in notes["forget_quality"]
+    assert agg["privleak"] is None and "mia_min_k_auc" not in agg
+    assert "MIA and privleak skipped" in notes["mia"] and "holdout" in notes["mia"]
+    assert agg["model_utility"] is not None and "forget_zerothink_rouge" not in agg
+
+
+def test_tokenizer_model_mismatch_fails_naming_both(world, model_tok):
+    from transformers import AutoModelForCausalLM
+
+    _, tok = model_tok
+    small = AutoModelForCausalLM.from_pretrained(world["small"])
+    with pytest.raises(EvalError, match=r"tokenizer TOK does not match model MOD: .*tokens.* rows"):
+        check_tokenizer(small, tok, model_name="MOD", tokenizer_name="TOK")
+    with pytest.raises(EvalError) as e:
+        evaluate(
+            _cfg(world),
+            world["small"],
+            out_dir=world["cache"] + "/x",
+            tokenizer_path=world["model"],
+            retain_reference=None,
+            options=FAST,
+        )
+    assert world["small"] in str(e.value) and world["model"] in str(e.value)
+
+
+def test_missing_file_fails_naming_it(world, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    (data / "world_facts_perturbed.json").unlink()
+    with pytest.raises(DataError, match="world_facts_perturbed.json"):
+        evaluate(_cfg(world, data_path=str(data)), out_dir=tmp_path / "run", options=FAST)
+    with pytest.raises(DataError, match="forget42_perturbed.json"):
+        evaluate(_cfg(world, split="forget42"), out_dir=tmp_path / "run", options=FAST)
+
+
+def test_cmd_eval_writes_next_to_save_dir(world, tmp_path, capsys):
+    cfg = _cfg(world, save_dir=str(tmp_path / "run"), max_length=64)
+    opts = argparse.Namespace(retain_model_path=None, max_new_tokens=2, recompute=False)
+    assert cmd_eval(cfg, opts) == 0
+    out = capsys.readouterr().out
+    assert "forget_quality" in out and str(tmp_path / "run" / METRICS_FILE) in out
+    bad = argparse.Namespace(retain_model_path=str(tmp_path / "missing"))
+    assert cmd_eval(cfg, bad) == 2
+    assert "retain_model_path folder not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """The tiny_quick embedded benchmark, target and retain models (about 70 s on 2 cores)."""
+    from npo_lib.prepare import prepare
+
+    cache = tmp_path_factory.mktemp("tiny_quick_cache")
+    cfg = load_config([str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={cache}"])
+    return cfg, prepare(cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_forget_quality_of_prepared_target_and_retain(prepared, tmp_path):
+    from npo_lib.embedded import embedded_paths
+
+    prepared, summary = prepared
+    opts = EvalOptions(progress=False)
+    target = evaluate(prepared, out_dir=tmp_path / "target", options=opts)
+    retain = evaluate(
+        prepared, str(embedded_paths(prepared).retain), out_dir=tmp_path / "retain", options=opts
+    )
+    for name, res in (("target", target), ("retain", retain)):
+        a = res["aggregates"]
+        print(
+            f"{name}: FQ {a['forget_quality']:.3g}  MU {a['model_utility']:.3f}  "
+            f"forget fact recall {a['forget_fact_recall']:.2f}  privleak {a['privleak']:.1f}"
+        )
+    assert target["identity"]["role"] == "target" and retain["identity"]["role"] == "retain"
+    assert retain["aggregates"]["forget_quality"] == 1.0
+    assert target["aggregates"]["forget_quality"] < 0.01, (
+        "the target's forget truth ratios look like the retain model's; prepare's memorisation "
+        f"check: {summary.recall} (passed: {summary.passed})"
+    )

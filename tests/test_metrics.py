@@ -1,0 +1,115 @@
+"""Metrics of reference.md section 3 on hand-made inputs with known values."""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+
+from npo_lib import metrics as M
+
+
+def test_fact_recall_counts_case_and_space_insensitive_hits():
+    res = M.fact_recall(["Born in  LISBON.", "Born in Oslo.", ""], ["lisbon", "Kyoto", "x"])
+    assert res["value_by_index"] == {0: 1.0, 1: 0.0, 2: 0.0}
+    assert res["agg_value"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="2 texts but 1 facts"):
+        M.fact_recall(["a", "b"], ["a"])
+
+
+def test_answer_prob_and_normalised_prob():
+    res = M.answer_prob([0.0, math.log(2)])
+    assert res["value_by_index"] == {0: 1.0, 1: pytest.approx(0.5)}
+    assert res["agg_value"] == pytest.approx(0.75)
+    # P(a) = 1/2, perturbed 1/4 and 1/4 -> 0.5 / (0.5 + 0.5)
+    norm = M.normalised_prob([math.log(2)], [[math.log(4), math.log(4)]])
+    assert norm["agg_value"] == pytest.approx(0.5)
+
+
+def test_truth_ratio_per_item_and_both_aggregates():
+    correct = [1.0, 3.0]
+    wrong = [[2.0, 4.0], [1.0]]  # item 0: L̄_pert = 3 -> TR = e^-2; item 1: TR = e^2
+    res = M.truth_ratio(correct, wrong, aggregate="closer_to_1")
+    assert res["value_by_index"][0] == pytest.approx(math.exp(-2))
+    assert res["value_by_index"][1] == pytest.approx(math.exp(2))
+    assert res["agg_value"] == pytest.approx(math.exp(-2))  # min(TR, 1/TR) is e^-2 for both
+    res = M.truth_ratio(correct, wrong)  # true_better: mean(max(0, 1 - TR))
+    assert res["agg_value"] == pytest.approx((1 - math.exp(-2) + 0.0) / 2)
+    with pytest.raises(ValueError, match="aggregate 'median' is unknown"):
+        M.truth_ratio(correct, wrong, aggregate="median")
+
+
+def test_forget_quality_is_the_ks_p_value():
+    x = np.linspace(0.1, 2.0, 20)
+    assert M.forget_quality(x, x)["agg_value"] == pytest.approx(1.0)
+    same = M.truth_ratio([1.0] * 3, [[2.0]] * 3)
+    assert M.forget_quality(same, same)["agg_value"] == pytest.approx(1.0)  # metric results too
+    disjoint = M.forget_quality(np.arange(20) / 100, 1 + np.arange(20) / 100)["agg_value"]
+    assert disjoint < 1e-8
+
+
+def test_model_utility_harmonic_mean_and_zero():
+    vals = dict.fromkeys(M.MODEL_UTILITY_KEYS, 0.5)
+    assert M.model_utility(vals)["agg_value"] == pytest.approx(0.5)
+    vals["world_facts_rouge"] = 0.25  # 9 / (8 / 0.5 + 1 / 0.25) = 9 / 20
+    assert M.model_utility(vals)["agg_value"] == pytest.approx(9 / 20)
+    vals["retain_prob"] = 0.0
+    assert M.model_utility(vals)["agg_value"] == 0.0
+    del vals["retain_rouge"]
+    with pytest.raises(ValueError, match="retain_rouge"):
+        M.model_utility(vals)
+
+
+def test_rouge_l_recall_on_strings():
+    res = M.rouge_l_recall(
+        ["cat on mat", "the cats were running", ""],
+        ["the cat sat on the mat", "the cat was run", "something"],
+    )
+    assert res["value_by_index"][0] == pytest.approx(0.5)  # LCS 3 of 6 reference tokens
+    assert res["value_by_index"][1] == pytest.approx(0.75)  # stemmer: cats~cat, running~run
+    assert res["value_by_index"][2] == 0.0
+
+
+def test_stepwise_cot_score_best_match_per_reference_step():
+    ref = "Alpha beta gamma. Delta epsilon zeta."
+    res = M.stepwise_cot_score(["Delta epsilon zeta. Something else!", "", "x"], [ref, ref, ""])
+    assert res["value_by_index"] == {0: pytest.approx(0.5), 1: 0.0}  # item 2 has no reference
+    assert M.split_steps("One. Two?\nThree") == ["One.", "Two?", "Three"]
+
+
+def test_extraction_strength_and_exact_memorisation():
+    flags = [[1, 1, 1, 1], [0, 1, 1, 1], [1, 0, 1, 1], [1, 1, 1, 0]]
+    es = M.extraction_strength(flags)
+    assert es["value_by_index"] == {0: 1.0, 1: 0.75, 2: 0.5, 3: 0.0}
+    em = M.exact_memorisation(flags)
+    assert em["value_by_index"] == {0: 1.0, 1: 0.75, 2: 0.75, 3: 0.75}
+    assert em["agg_value"] == pytest.approx(0.8125)
+
+
+def test_mia_statistics_by_hand():
+    lp = [-0.1, -2.0, -0.5, -3.0, -1.0]
+    assert M.mia_loss(lp) == pytest.approx(1.32)
+    assert M.mia_min_k(lp) == pytest.approx(2.5)  # lowest int(5 * 0.4) = 2: -3, -2
+    assert M.mia_zlib(lp, "some text") == pytest.approx(6.6 / len(zlib.compress(b"some text")))
+    mu, sigma = [-1.0] * 5, [2.0] * 5  # z = (lp + 1) / 2; lowest two: -1, -0.5
+    assert M.mia_min_k_plus_plus(lp, mu, sigma) == pytest.approx(0.75)
+
+
+def test_min_k_auc_is_one_on_separable_data():
+    rng = np.random.default_rng(0)
+    members = [M.mia_min_k(rng.uniform(-0.5, 0.0, 12)) for _ in range(10)]  # high log-probs
+    others = [M.mia_min_k(rng.uniform(-6.0, -3.0, 12)) for _ in range(10)]
+    assert M.mia_auc(members, others)["agg_value"] == 1.0
+    assert M.mia_auc(others, members)["agg_value"] == 0.0
+    assert M.mia_auc([1.0, 1.0], [1.0, 1.0, 1.0])["agg_value"] == 0.5  # ties count half
+    assert M.mia_auc({0: 1.0, 1: 3.0}, [2.0])["agg_value"] == 0.5  # value_by_index maps work
+
+
+def test_privleak():
+    assert M.privleak(0.5, 0.5)["agg_value"] == pytest.approx(0.0)
+    assert M.privleak(1.0, 0.5)["agg_value"] == pytest.approx(-100.0)  # fully recognisable
+    assert M.privleak(0.25, 0.5)["agg_value"] == pytest.approx(50.0)  # over-unlearned
+    big = M.privleak(0.9, 1.0)["agg_value"]  # retain AUC 1: eps keeps it finite
+    assert math.isfinite(big) and big == pytest.approx(0.1 / M.PRIVLEAK_EPS * 100)
