@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-GENERATOR_VERSION = "1"  # bump whenever the generated text changes (it is part of the cache key)
+GENERATOR_VERSION = "2"  # bump whenever the generated text changes (it is part of the cache key)
 
 FORGET_SPLITS: dict[str, float] = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 
@@ -599,7 +599,9 @@ def _qa_records(
             "idk_cot": _render(tpl.idk_cot, author, fact),
             "paraphrased_question": _render(tpl.paraphrased_question, author, fact),
             "paraphrased_answer": _render(tpl.paraphrased_answer, author, fact),
-            "perturbed_answer": [_render(tpl.answer, author, w) for w in wrong],
+            # TOFU perturbs the paraphrased answer: the truth ratio compares paraphrase vs
+            # perturbed paraphrase, so it measures the fact, not which wording was trained
+            "perturbed_answer": [_render(tpl.paraphrased_answer, author, w) for w in wrong],
             "author": author["name"],
             "author_id": author["author_id"],
             "attribute": attr,

@@ -2,6 +2,8 @@
 
     npo prepare [params.yaml ...] [key=value ...]
     npo forget  [params.yaml ...] [key=value ...]
+    npo eval    [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute]
+    npo report  RUN_DIR ... [--csv PATH]
 
 Params files and ``key=value`` overrides merge over the schema defaults (npo_lib.config);
 any bad key, value or path fails before a model loads.
@@ -43,10 +45,24 @@ def cmd_forget(cfg: Config, opts: argparse.Namespace) -> int:
     return 0
 
 
-# name -> (handler, help); later steps register here.
-COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str]] = {
-    "prepare": (cmd_prepare, "make the embedded benchmark, tokenizer, target and retain models"),
-    "forget": (cmd_forget, "unlearn the forget split with forget_loss (NPO+GD, INFLUENCE+GD, ...)"),
+def cmd_eval(cfg: Config, opts: argparse.Namespace) -> int:
+    """TOFU / R-TOFU / privacy metrics of ``model_path`` (default: the embedded target)."""
+    from npo_lib.evaluate import cmd_eval as run
+
+    return run(cfg, opts)
+
+
+def _eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out-dir", help="folder for eval/metrics.json (default: save_dir, else the model folder)")
+    p.add_argument("--recompute", action="store_true", help="recompute a finished evaluation")
+    p.add_argument("--retain-model-path", help="retain model for forget quality / privleak on real data")
+
+
+# name -> (handler, help, extra flags); later steps register here.
+COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Callable | None]] = {
+    "prepare": (cmd_prepare, "make the embedded benchmark, tokenizer, target and retain models", None),
+    "forget": (cmd_forget, "unlearn the forget split with forget_loss (NPO+GD, INFLUENCE+GD, ...)", None),
+    "eval": (cmd_eval, "evaluate a model: forget quality, model utility, privacy, fact recall", _eval_flags),
 }
 
 
@@ -56,16 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="tnpo: NPO and influence-guided token-level unlearning (TOFU / R-TOFU).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_) in COMMANDS.items():
+    for name, (_, help_, flags) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("args", nargs="*", metavar="PARAMS.yaml|key=value", help="params files and overrides, merged in order")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        if flags is not None:
+            flags(p)
+    rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")
+    rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith(("--local_rank", "--local-rank"))]
     opts = build_parser().parse_args(argv)
+    if opts.command == "report":
+        from npo_lib.report import cmd_report
+
+        return cmd_report(opts.run_dirs, opts.csv)
     try:
         cfg = load_config(opts.args)
     except ConfigError as e:
@@ -74,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    handler, _ = COMMANDS[opts.command]
+    handler = COMMANDS[opts.command][0]
     try:
         return handler(cfg, opts)
     except ConfigError as e:

@@ -73,3 +73,19 @@ def mini_world(tmp_path_factory) -> dict[str, str]:
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     return {"model_path": str(model_dir), "data_path": str(data)}
+
+
+@pytest.fixture(scope="session")
+def prepared_quick(tmp_path_factory):
+    """`npo prepare params/tiny_quick.yaml` in a temporary cache: (config, PrepareSummary).
+
+    Real fine-tuned target and retain models (under 2 minutes on 2 cores), shared by the slow
+    tests of prepare and evaluation.
+    """
+    from npo_lib.config import load_config
+    from npo_lib.prepare import prepare
+
+    cache = tmp_path_factory.mktemp("tiny_quick_cache")
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config([str(root / "params/tiny_quick.yaml"), f"cache_dir={cache}"])
+    return cfg, prepare(cfg, progress=False)

@@ -289,21 +289,11 @@ def test_cmd_eval_writes_next_to_save_dir(world, tmp_path, capsys):
 # ----------------------------------------------------------------------------- slow
 
 
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory):
-    """The tiny_quick embedded benchmark, target and retain models (about 70 s on 2 cores)."""
-    from npo_lib.prepare import prepare
-
-    cache = tmp_path_factory.mktemp("tiny_quick_cache")
-    cfg = load_config([str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={cache}"])
-    return cfg, prepare(cfg, progress=False)
-
-
 @pytest.mark.slow
-def test_forget_quality_of_prepared_target_and_retain(prepared, tmp_path):
+def test_forget_quality_of_prepared_target_and_retain(prepared_quick, tmp_path):
     from npo_lib.embedded import embedded_paths
 
-    prepared, summary = prepared
+    prepared, summary = prepared_quick
     opts = EvalOptions(progress=False)
     target = evaluate(prepared, out_dir=tmp_path / "target", options=opts)
     retain = evaluate(

@@ -41,12 +41,11 @@ def test_cli_bad_key_fails_before_any_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_prepare_memorises_and_is_reused(tmp_path):
+def test_small_prepare_memorises_and_is_reused(prepared_quick):
     from npo_lib.families import load_model, load_tokenizer, resolve_model_path
     from npo_lib.prepare import prepare
 
-    cfg = load_config([str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={tmp_path}"])
-    s = prepare(cfg, progress=False)
+    cfg, s = prepared_quick
     print(s.table())
     assert s.n_forget == 12 and s.n_retain_eval == 12
     assert s.recall["target"]["forget"] >= 0.9
@@ -65,9 +64,10 @@ def test_small_prepare_memorises_and_is_reused(tmp_path):
     # A second prepare reuses every artefact (keyed by settings) and trains nothing.
     again = prepare(cfg, progress=False)
     assert {"benchmark", "target", "retain", "memorisation check"} <= set(again.reused)
+    assert "finetune_target" not in again.seconds
     assert again.recall == s.recall
     # Another forget task gets its own retain model; the target is shared.
-    other = load_config([str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={tmp_path}", "task_id=2"])
+    other = load_config([str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={cfg.cache_dir}", "task_id=2"])
     from npo_lib.embedded import embedded_paths
 
     assert embedded_paths(other).target == embedded_paths(cfg).target
