@@ -87,6 +87,11 @@ def _training_arguments(cfg: Config, out: Path, n_examples: int, family_gc: bool
     from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
+    if _world_size() > 1 and cfg.ds_config:
+        import deepspeed
+
+        # ZeRO-3 partitions weights inside from_pretrained: DeepSpeed's process group must exist
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * _world_size()
     steps_per_epoch = max(1, math.ceil(n_examples / per_step))
     return TrainingArguments(
