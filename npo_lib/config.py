@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from npo_lib.benchmark import BenchmarkConfig
+from npo_lib.selection import SelectionConfig
 
 
 class ConfigError(ValueError):
@@ -97,6 +98,7 @@ class Config:
     save_steps: int = 0  # checkpoint every N optimizer steps; 0 = every epoch
     # --- token influence (INFLUENCE loss) ---
     influence_dir: str | None = None  # folder with scores.safetensors / tokens.jsonl / meta.json
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # which tokens INFLUENCE unlearns
     # --- files ---
     save_dir: str | None = None  # run folder; None = runs/<derived name>
     resume: bool = False  # continue an interrupted run from its last checkpoint

@@ -179,3 +179,60 @@ def test_two_ranks_match_single_process_at_step_one(mini_world, tmp_path, launch
     assert _log(multi)[0]["loss"] == pytest.approx(_log(single)[0]["loss"], rel=1e-5)
     assert _log(multi)[-1]["loss"] == pytest.approx(_log(single)[-1]["loss"], rel=1e-3)
     shutil.rmtree(multi)
+
+
+def _fact_scores(world, task: int, folder: Path) -> list[list[float]]:
+    """Influence files whose scores are the ground truth: 1 on fact tokens, 0 elsewhere."""
+    from transformers import AutoTokenizer
+
+    from npo_lib.data import UnlearningDataset
+    from npo_lib.families import get_family
+    from npo_lib.influence import token_manifest, write_influence_files
+
+    tags = get_family("tiny").tags
+    tok = AutoTokenizer.from_pretrained(world["model_path"])
+    ds = UnlearningDataset.from_files(world["data_path"], "forget10", task, tok, tags)
+    rows = token_manifest(ds, "full", tok, tags)
+    scores = []
+    for row, rec in zip(rows, ds.forget):
+        cot_len = len(rec["cot"]) + len(tags.think_end)  # target = cot + Te + answer
+        spans = [(s, e) for s, e in rec["fact_spans"]["cot"]] + [(cot_len + s, cot_len + e) for s, e in rec["fact_spans"]["answer"]]
+        scores.append([float(any(a < e and s < b for s, e in spans)) for a, b in row["offsets"]])
+    write_influence_files(folder, scores, rows, {"scorer": "ground-truth fact spans (test)"})
+    return scores
+
+
+def test_influence_trains_on_selected_tokens_and_refuses_other_data(mini_world, tmp_path):
+    infl = tmp_path / "influence"
+    scores = _fact_scores(mini_world, 1, infl)
+    assert all(0 < sum(s) < len(s) for s in scores)  # every example has fact and other tokens
+    over = ("forget_loss=INFLUENCE+GD", f"influence_dir={infl}", "selection.method=threshold",
+            "selection.threshold=0.5", "selection.whole_words=false", "beta=0.1")
+    run = tmp_path / "run"
+    res = run_forget(_cfg(mini_world, run, *over), progress=False)
+    first = _log(run)[0]
+    assert first["forget/INFLUENCE"] == pytest.approx(20 * math.log(2), rel=1e-5)  # δ = 0 at step 1
+    assert res["steps"] == 2
+    # scores made for task 1 do not fit task 2: refused, naming the folder
+    with pytest.raises(ConfigError, match="do not match|cover"):
+        run_forget(_cfg(mini_world, tmp_path / "run2", *over, "task_id=2"), progress=False)
+
+
+def test_influence_weights_follow_the_selection(mini_world, tmp_path):
+    from transformers import AutoTokenizer
+
+    from npo_lib.data import UnlearningDataset
+    from npo_lib.families import get_family
+    from npo_lib.influence import load_token_weights
+
+    infl = tmp_path / "influence"
+    scores = _fact_scores(mini_world, 1, infl)
+    cfg = _cfg(mini_world, tmp_path / "run", f"influence_dir={infl}", "selection.method=threshold",
+               "selection.threshold=0.5", "selection.whole_words=false", "w_selected=1.0", "w_other=0.25")
+    tok = AutoTokenizer.from_pretrained(mini_world["model_path"])
+    ds = UnlearningDataset.from_files(mini_world["data_path"], "forget10", 1, tok, get_family("tiny").tags)
+    w = load_token_weights(cfg, infl, ds, "full")
+    for i, s in enumerate(scores):
+        p = ds[i]["full"]["prompt_len"]
+        assert w[i, :p].sum() == 0  # prompt positions carry no weight
+        assert w[i, p : p + len(s)].tolist() == [1.0 if x else 0.25 for x in s]
