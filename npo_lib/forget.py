@@ -258,20 +258,13 @@ def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = T
 
 def quick_fact_recall(cfg: Config, model, tokenizer, data_path: str) -> dict[str, float]:
     """Greedy-answer fact recall on the forget set and the retain-eval set (embedded data)."""
-    from npo_lib.data import load_eval_set, load_forget, view_text
+    from npo_lib.data import load_eval_set, load_forget
     from npo_lib.families import get_family
-    from npo_lib.generation import greedy_generate, split_generation
-    from npo_lib.metrics import fact_recall
+    from npo_lib.generation import greedy_fact_recall
 
     tags = get_family(cfg.model_family).tags
-    out = {}
-    for name, records in (
-        ("forget", load_forget(data_path, cfg.split, cfg.task_id)),
-        ("retain", load_eval_set(data_path, "retain_perturbed")),
-    ):
-        gens = greedy_generate(model, tokenizer, [view_text(r, "full", tags)[0] for r in records], max_new_tokens=96, batch_size=64, progress=False)
-        out[name] = fact_recall([split_generation(g, tags)[1] for g in gens], [r["fact"] for r in records])["agg_value"]
-    return out
+    sets = {"forget": load_forget(data_path, cfg.split, cfg.task_id), "retain": load_eval_set(data_path, "retain_perturbed")}
+    return {name: greedy_fact_recall(model, tokenizer, records, tags) for name, records in sets.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

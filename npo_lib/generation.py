@@ -71,3 +71,22 @@ def split_generation(text: str, tags: ChatTags) -> tuple[str, str]:
         trace, answer = text.split(end, 1)
         return trace.strip(), answer.strip()
     return text.strip(), ""
+
+
+def greedy_fact_recall(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[dict],
+    tags: ChatTags,
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> float:
+    """Share of ``records`` whose greedy answer (after the think-end tag) states ``record["fact"]``."""
+    from npo_lib.data import view_text
+    from npo_lib.metrics import fact_recall
+
+    prompts = [view_text(r, "full", tags, tokenizer=tokenizer)[0] for r in records]
+    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    return fact_recall([split_generation(g, tags)[1] for g in gens], [r["fact"] for r in records])["agg_value"]

@@ -196,20 +196,14 @@ def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, final: Path, records: li
 
 
 def fact_recall_of(model_dir: Path, records: list[dict], tokenizer, *, max_new_tokens: int = 96) -> float:
-    """Fact recall of greedy answers (text after the think-end tag) on ``records``."""
+    """Fact recall of the saved model's greedy answers on ``records``."""
     from transformers import AutoModelForCausalLM
 
-    from npo_lib.data import view_text
     from npo_lib.families import get_family
-    from npo_lib.generation import greedy_generate, split_generation
-    from npo_lib.metrics import fact_recall
+    from npo_lib.generation import greedy_fact_recall
 
-    tags = get_family("tiny").tags
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa")
-    prompts = [view_text(r, "full", tags)[0] for r in records]
-    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=64)
-    answers = [split_generation(g, tags)[1] for g in gens]
-    return fact_recall(answers, [r["fact"] for r in records])["agg_value"]
+    return greedy_fact_recall(model, tokenizer, records, get_family("tiny").tags, max_new_tokens=max_new_tokens, progress=True)
 
 
 def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
