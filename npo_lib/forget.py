@@ -18,9 +18,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from npo_lib.config import Config, ConfigError, save_config
+from npo_lib.config import Config, ConfigError, save_config, validate
+
+if TYPE_CHECKING:
+    from npo_lib.losses import LossSpec
 
 RESULT_FILE = "result.json"
 REF_FILE = "ref_logprobs.safetensors"
@@ -42,14 +45,14 @@ def influence_files(cfg: Config) -> Path:
     return Path(cfg.influence_dir) if cfg.influence_dir else run_dir(cfg).parent / "influence"
 
 
-def check_forget_config(cfg: Config) -> Path:
-    """Every check that needs no model: loss name, INFLUENCE inputs, the run folder's state."""
+def check_forget_config(cfg: Config) -> tuple[Path, LossSpec]:
+    """Every check that needs no model: the config's values (loss name included, also for a
+    ``Config`` built in code), INFLUENCE inputs, the run folder's state. Returns the run folder
+    and the parsed loss."""
     from npo_lib.losses import parse_loss
 
-    try:
-        spec = parse_loss(cfg.forget_loss)
-    except ValueError as e:
-        raise ConfigError(f"forget_loss: {e}") from None
+    validate(cfg)
+    spec = parse_loss(cfg.forget_loss)
     if "token_weights" in spec.needs:
         scores = influence_files(cfg) / "scores.safetensors"
         if not scores.is_file():
@@ -63,7 +66,7 @@ def check_forget_config(cfg: Config) -> Path:
         raise ConfigError(f"run folder {out} holds a finished run: pass overwrite=true to replace it, or another save_dir")
     if out.is_dir() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"run folder {out} holds an unfinished run: pass resume=true to continue it or overwrite=true to start again")
-    return out
+    return out, spec
 
 
 def _world_size() -> int:
@@ -154,15 +157,14 @@ def _reference_model(cfg: Config, path: str, trainer):
 
 def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = True) -> dict[str, Any]:
     """Unlearn ``cfg.split`` / ``cfg.task_id`` from the model with ``cfg.forget_loss``."""
-    out = check_forget_config(cfg)
-    from npo_lib.data import UnlearningDataset
+    out, spec = check_forget_config(cfg)
+    from npo_lib.data import UnlearningDataset, ViewCollator
     from npo_lib.embedded import resolve_data_path
     from npo_lib.families import get_family, load_model, load_tokenizer, resolve_model_path
-    from npo_lib.losses import LossHyper, parse_loss
+    from npo_lib.losses import LossHyper
     from npo_lib.trainer import ReferenceLogprobs, UnlearningTrainer
 
     t0 = time.perf_counter()
-    spec = parse_loss(cfg.forget_loss)
     family = get_family(cfg.model_family)
     model_path = resolve_model_path(cfg)
     data_path = resolve_data_path(cfg)
@@ -199,8 +201,6 @@ def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = T
         from npo_lib.influence import load_token_weights  # written by `npo influence`
 
         token_weights = load_token_weights(cfg, influence_files(cfg), dataset, view)
-
-    from npo_lib.data import ViewCollator
 
     trainer = UnlearningTrainer(
         model=model,
