@@ -246,6 +246,7 @@ def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = T
         "seconds": time.perf_counter() - t0,
         "resumed_from": resume_from,
         "world_size": _world_size(),
+        "rank": int(os.environ.get("RANK", 0)),
     }
     if trainer.is_world_process_zero():
         if "fact" in dataset.forget[0] and not trainer.is_deepspeed_enabled:

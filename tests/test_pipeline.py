@@ -1,0 +1,191 @@
+"""Notebooks under papermill, the step cache, sweeps and multi-rank launches (random tiny Llama)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from npo_lib.config import ConfigError
+from npo_lib.notebook import config_from_namespace, injected_parameters
+from npo_lib.pipeline import (
+    NOTEBOOKS,
+    Step,
+    execute,
+    grid_points,
+    notebook_path,
+    point_name,
+    run_steps,
+    run_sweep,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _world_params(world, **over) -> dict:
+    """Config keys of a quick forget run on the random mini model."""
+    return {
+        "model_path": world["model_path"], "data_path": world["data_path"], "split": "forget10", "task_id": 1,
+        "batch_size": 4, "num_epochs": 1, "lr": 1e-3, "warmup_epochs": 0, "forget_loss": "NPO+GD", **over,
+    }
+
+
+# ----------------------------------------------------------------------------- fast
+
+
+def test_notebooks_have_a_tagged_parameters_cell_and_no_config_defaults():
+    from npo_lib.config import Config
+
+    keys = set(Config.__dataclass_fields__)
+    for name in NOTEBOOKS:
+        nb = nbformat.read(notebook_path(name), as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        declared = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line and not line.lstrip().startswith("#")}
+        assert "config_files" in declared and not declared & keys, f"{name} redeclares config defaults {declared & keys}"
+
+
+def test_config_from_namespace_takes_injected_keys_and_names_a_typo(tmp_path):
+    import math
+
+    params = tmp_path / "p.yaml"
+    params.write_text("lr: 3.0e-4\nnum_epochs: 7\n")
+    ns = {"config_files": [str(params)], "math": math, "In": [], "_x": 1, "lr": 1e-3, "selection": {"method": "top_k", "k": 2}}
+    assert set(injected_parameters(ns, ["config_files"])) == {"lr", "selection"}
+    cfg = config_from_namespace(ns, ["config_files"], [str(params)])
+    assert (cfg.lr, cfg.num_epochs, cfg.selection.method, cfg.selection.k) == (1e-3, 7, "top_k", 2)
+    with pytest.raises(ConfigError, match="num_epoch.*num_epochs"):
+        config_from_namespace({"num_epoch": 3}, ["config_files"])
+
+
+def test_grid_points_and_run_names():
+    pts = grid_points({"forget_loss": ["NPO+GD", "GA+GD"], "lr": [1e-4, 2e-4], "selection.k": [3]})
+    assert len(pts) == 4 and pts[0] == {"forget_loss": "NPO+GD", "lr": 1e-4, "selection.k": 3}
+    assert point_name(pts[1]) == "forget_loss-NPO+GD_lr-0.0002_k-3"
+    assert len({point_name(p) for p in pts}) == 4
+    with pytest.raises(ConfigError, match="'lr' must be a non-empty list"):
+        grid_points({"lr": 1e-4})
+
+
+def test_spec_errors_name_the_key_before_any_notebook_runs(tmp_path):
+    from npo_lib.pipeline import PipelineSpec, _read_spec, sweep_steps
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmethod: {a: {forget_loss: NPO+GD}}\n")
+    with pytest.raises(ConfigError, match="unknown key.*method.*valid:.*methods"):
+        _read_spec(bad, PipelineSpec)
+    from npo_lib.pipeline import SweepSpec
+
+    bad.write_text("name: x\nconfig: {num_epoch: 2}\ngrid: {lr: [1.0e-4]}\n")
+    with pytest.raises(ConfigError, match="num_epoch"):
+        sweep_steps(_read_spec(bad, SweepSpec))
+
+
+def test_step_key_follows_parameters_notebook_and_upstream(tmp_path):
+    nb = notebook_path("forget")
+    a = Step("a", nb, {"lr": 1e-3}, tmp_path / "a.ipynb")
+    b = Step("b", nb, {"x": 1}, tmp_path / "b.ipynb", deps=[a])
+    k = b.key
+    b.runtime["resume"] = True  # run mode is not an input
+    assert b.key == k
+    a.params["lr"] = 2e-3
+    assert b.key != k
+
+
+# ----------------------------------------------------------------------------- papermill
+
+
+@pytest.mark.slow
+def test_forget_and_evaluation_notebooks_run_headless_and_skip_when_unchanged(mini_world, tmp_path, capsys):
+    run = tmp_path / "run"
+    forget = Step("forget", notebook_path("forget"), {"config_files": [], **_world_params(mini_world, save_dir=str(run))}, tmp_path / "nb" / "forget.ipynb")
+    ev = Step("evaluate", notebook_path("evaluation"),
+              {"config_files": [], **_world_params(mini_world), "eval_model_path": str(run / "model"), "eval_out_dir": str(run)},
+              tmp_path / "nb" / "evaluation.ipynb", deps=[forget])
+    res = run_steps([forget, ev], stream=False)
+    assert [r.status for r in res] == ["done", "done"], res[-1].error
+    result = json.loads((run / "result.json").read_text())
+    assert result["forget_loss"] == "NPO+GD" and result["steps"] > 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["identity"]["model_path"] == str(run / "model")
+    executed = nbformat.read(ev.output, as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert any(o.get("output_type") == "display_data" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    # unchanged inputs: both skipped; a changed parameter re-runs the step and its dependants
+    assert [r.status for r in run_steps([forget, ev], stream=False)] == ["skipped", "skipped"]
+    ev.params["eval_recompute"] = True
+    assert [r.status for r in run_steps([forget, ev], stream=False)] == ["skipped", "done"]
+
+
+@pytest.mark.slow
+def test_a_failing_cell_stops_the_notebook_names_the_error_and_keeps_earlier_outputs(mini_world, tmp_path):
+    run = tmp_path / "run"
+    good = Step("forget", notebook_path("forget"), {"config_files": [], **_world_params(mini_world, save_dir=str(run))}, tmp_path / "nb" / "1.ipynb")
+    bad = Step("evaluate", notebook_path("evaluation"),
+               {"config_files": [], **_world_params(mini_world), "eval_model_path": str(tmp_path / "missing"), "eval_out_dir": str(run), "num_epoch": 2},
+               tmp_path / "nb" / "2.ipynb", deps=[good])
+    res = run_steps([good, bad], stream=False)
+    assert [r.status for r in res] == ["done", "failed"]
+    assert "num_epoch" in res[1].error and "num_epochs" in res[1].error
+    executed = nbformat.read(bad.output, as_version=4)  # papermill saved it with the failing cell marked
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
+    assert errors and errors[0]["ename"] == "ConfigError"
+    assert (run / "result.json").is_file() and good.is_current()  # the earlier step's outputs stay
+    assert json.loads(bad.output.with_name("2.failed.json").read_text())["error"] == res[1].error
+    # the command line exits non-zero with the cell's error
+    cmd = [sys.executable, "-m", "papermill", str(notebook_path("evaluation")), str(tmp_path / "3.ipynb"), "-p", "num_epoch", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "num_epoch" in r.stderr
+
+
+@pytest.mark.slow
+def test_sweep_records_a_failed_run_goes_on_and_resumes(mini_world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(_world_params(mini_world)))
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "s", "params": [str(base)], "runs_dir": str(tmp_path / "runs"),
+        "grid": {"forget_loss": ["NPO+GD", "NOPE+GD", "GA+GD"]}, "notebooks": ["forget", "evaluation"],
+    }))
+    res = run_sweep(spec, stream=False)
+    st = res["status"]
+    assert [st[k]["status"] for k in st] == ["done", "failed", "done"]
+    assert "NOPE" in st["forget_loss-NOPE+GD"]["error"] and st["forget_loss-NOPE+GD"]["failed_step"].endswith("forget")
+    assert res["report"].count("forget_loss-") == 2  # the table of finished runs
+    status_file = tmp_path / "runs" / "s" / "status.json"
+    assert json.loads(status_file.read_text())["forget_loss-GA+GD"]["status"] == "done"
+    # an interrupted sweep: the last run lost its evaluation; a re-run only redoes what is missing
+    (tmp_path / "runs" / "s" / "forget_loss-GA+GD" / "notebooks" / "02-evaluation.done.json").unlink()
+    again = run_sweep(spec, stream=False)["status"]
+    assert [again[k]["status"] for k in again] == ["skipped", "failed", "done"]
+    assert again["forget_loss-GA+GD"]["seconds"] < st["forget_loss-GA+GD"]["seconds"]
+
+
+@pytest.mark.slow
+def test_launch_runs_the_forget_notebook_on_two_ranks(mini_world, tmp_path):
+    pytest.importorskip("deepspeed")
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump(_world_params(mini_world, save_dir=str(tmp_path / "run"))))
+    out = tmp_path / "nb" / "forget.ipynb"
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = subprocess.run([str(bindir / "npo"), "launch", "--nproc", "2", "notebooks/forget.ipynb", "-f", str(params), "-o", str(out), "--master-port", "29571"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rank1 = out.parent / "ranks" / "forget.rank1.ipynb"
+    assert out.is_file() and rank1.is_file()
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["world_size"] == 2
+    shown = "".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nbformat.read(rank1, as_version=4).cells if c.cell_type == "code" for o in c.outputs)
+    assert "world_size" in shown  # rank 1's kernel ran the same cells
+    # a failing rank stops the launch and its error comes back
+    r = subprocess.run([str(bindir / "npo"), "launch", "--nproc", "2", "forget", "-f", str(params), "-p", "task_id", "99", "-o", str(tmp_path / "bad.ipynb"), "--master-port", "29572"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "99" in r.stderr and "rank" in r.stderr
