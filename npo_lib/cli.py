@@ -3,6 +3,7 @@
     npo prepare [params.yaml ...] [key=value ...]
     npo forget  [params.yaml ...] [key=value ...]
     npo eval    [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute]
+    npo influence [params.yaml ...] [key=value ...] [--auroc-table]
     npo report  RUN_DIR ... [--csv PATH]
 
 Params files and ``key=value`` overrides merge over the schema defaults (npo_lib.config);
@@ -58,11 +59,28 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retain-model-path", help="retain model for forget quality / privleak on real data")
 
 
+def cmd_influence(cfg: Config, opts: argparse.Namespace) -> int:
+    """Per-token influence scores of the forget split for INFLUENCE (also ``python -m npo_lib.compute_influence``)."""
+    from npo_lib.compute_influence import auroc_table, format_auroc_table, run_influence
+
+    if opts.auroc_table:
+        print(format_auroc_table(auroc_table(cfg)))
+        return 0
+    run_influence(cfg)
+    return 0
+
+
+def _influence_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--auroc-table", action="store_true",
+                   help="print the AUROC against the fact tokens of every scorer and preconditioner (embedded benchmark); writes nothing")
+
+
 # name -> (handler, help, extra flags); later steps register here.
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Callable | None]] = {
     "prepare": (cmd_prepare, "make the embedded benchmark, tokenizer, target and retain models", None),
     "forget": (cmd_forget, "unlearn the forget split with forget_loss (NPO+GD, INFLUENCE+GD, ...)", None),
     "eval": (cmd_eval, "evaluate a model: forget quality, model utility, privacy, fact recall", _eval_flags),
+    "influence": (cmd_influence, "per-token influence scores of the forget split (input of INFLUENCE)", _influence_flags),
 }
 
 

@@ -58,6 +58,49 @@ class TinyModelConfig:
     seed: int = 0  # initialisation and data-order seed
 
 
+INFLUENCE_SCORERS = ("differential", "gradient_dot", "contrast", "kronfluence")
+INFLUENCE_PRECONDITIONERS = ("identity", "diagonal", "kfac", "ekfac")
+INFLUENCE_METHODS = ("jvp", "fd")
+INFLUENCE_MODULES = ("all_linear", "mlp", "last_n", "lora")
+INFLUENCE_DTYPES = ("float64", "float32")
+
+
+@dataclass
+class InfluenceConfig:
+    """Per-token influence scores for INFLUENCE (`npo influence`; reference.md section 4).
+
+    s_it = vᵀ ∇θ_S ℓ_it with v = P⁻¹ (ḡ_forget − λ ḡ_retain) over the tracked parameters θ_S.
+    """
+
+    scorer: str = "differential"  # differential, gradient_dot (ḡ_forget, P = I), contrast (log p_target - log p_retain), kronfluence (optional package)
+    preconditioner: str = "ekfac"  # P: identity, diagonal (empirical Fisher), kfac, ekfac (eigenvalue-corrected K-FAC)
+    lam: float = 1.0  # λ, weight of the retain gradient in the direction
+    modules: str = "all_linear"  # θ_S: all_linear (every Linear but lm_head), mlp, last_n, lora (LoRA.r > 0)
+    last_n_layers: int = 1  # modules=last_n: how many of the last decoder blocks
+    method: str = "jvp"  # row scores: jvp (forward-mode, exact) or fd (symmetric finite difference, two forwards)
+    dtype: str = "float32"  # scoring precision: float32, or float64 (exactness checks)
+    damping: float = 0.1  # P + damping · mean eigenvalue of P, per layer (diagonal, kfac, ekfac)
+    fd_eps: float = 1e-3  # fd step h = fd_eps · ‖θ_S‖ / ‖v‖
+    retain_samples: int = 0  # retain examples for ḡ_retain (and P); 0 = as many as the forget set
+    batch_size: int = 8  # sequences per forward / backward
+    retain_model_path: str | None = None  # contrast: the retain model; None = the embedded one
+
+    def __post_init__(self) -> None:
+        for key, valid in (("scorer", INFLUENCE_SCORERS), ("preconditioner", INFLUENCE_PRECONDITIONERS),
+                           ("method", INFLUENCE_METHODS), ("modules", INFLUENCE_MODULES), ("dtype", INFLUENCE_DTYPES)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"influence.{key} '{getattr(self, key)}' is unknown; valid: {', '.join(valid)}")
+        for key in ("damping", "fd_eps"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"influence.{key} must be > 0, got {getattr(self, key)}")
+        if self.lam < 0 or self.retain_samples < 0 or self.last_n_layers < 1 or self.batch_size < 1:
+            raise ValueError(
+                "influence: need lam >= 0, retain_samples >= 0, last_n_layers >= 1, batch_size >= 1; "
+                f"got lam={self.lam}, retain_samples={self.retain_samples}, last_n_layers={self.last_n_layers}, "
+                f"batch_size={self.batch_size}"
+            )
+
+
 @dataclass
 class Config:
     """Everything a run needs. Names follow the seed scripts and the NPO / TOFU papers."""
@@ -99,6 +142,7 @@ class Config:
     # --- token influence (INFLUENCE loss) ---
     influence_dir: str | None = None  # folder with scores.safetensors / tokens.jsonl / meta.json
     selection: SelectionConfig = field(default_factory=SelectionConfig)  # which tokens INFLUENCE unlearns
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)  # how `npo influence` scores tokens
     # --- files ---
     save_dir: str | None = None  # run folder; None = runs/<derived name>
     resume: bool = False  # continue an interrupted run from its last checkpoint
@@ -285,7 +329,10 @@ def load_config(
             value = flat.get(key, getattr(e, "msg", ""))
             expected = _type_name(types[key]) if key in types else "?"
             raise ConfigError(f"{source}: key '{key}' got {value!r} ({type(value).__name__}), expected {expected}") from e
-    cfg = OmegaConf.to_object(merged)
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except ValueError as e:  # a group's __post_init__ range / name check (selection, influence)
+        raise ConfigError(str(e)) from None
     validate(cfg)
     return cfg
 
