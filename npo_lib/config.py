@@ -80,7 +80,7 @@ class InfluenceConfig:
     method: str = "jvp"  # row scores: jvp (forward-mode, exact) or fd (symmetric finite difference, two forwards)
     dtype: str = "float32"  # scoring precision: float32, or float64 (exactness checks)
     damping: float = 0.1  # P + damping · mean eigenvalue of P, per layer (diagonal, kfac, ekfac)
-    fd_eps: float = 1e-3  # fd step h = fd_eps · ‖θ_S‖ / ‖v‖
+    fd_eps: float | None = None  # fd step h: the largest token-loss change of a step, in nats; None = 3e-2 (float32), 1e-4 (float64)
     retain_samples: int = 0  # retain examples for ḡ_retain (and P); 0 = as many as the forget set
     batch_size: int = 8  # sequences per forward / backward
     retain_model_path: str | None = None  # contrast: the retain model; None = the embedded one
@@ -91,7 +91,7 @@ class InfluenceConfig:
             if getattr(self, key) not in valid:
                 raise ValueError(f"influence.{key} '{getattr(self, key)}' is unknown; valid: {', '.join(valid)}")
         for key in ("damping", "fd_eps"):
-            if not getattr(self, key) > 0:
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
                 raise ValueError(f"influence.{key} must be > 0, got {getattr(self, key)}")
         if self.lam < 0 or self.retain_samples < 0 or self.last_n_layers < 1 or self.batch_size < 1:
             raise ValueError(
