@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]" "$(TORCH)"
 	@touch $(STAMP)
 
-## main job on the embedded default: prepare benchmark + models (memorisation summary),
-## then unlearn the forget split with NPO+GD and print forget / retain fact recall
+## main job on the embedded default (`npo run params/demo.yaml`): prepare -> influence ->
+## forget (NPO+GD, INFLUENCE+GD) -> evaluation -> token heatmaps, executed notebooks under
+## runs/demo/notebooks/, then the report table and the heatmap page
 demo: $(STAMP)
-	$(BIN)/npo prepare
-	$(BIN)/npo forget params/tiny_forget.yaml params/npo_gd.yaml save_dir=runs/demo-npo_gd overwrite=true
+	$(BIN)/npo run params/demo.yaml
 
 ## install what the tests need, lint, run the whole suite (slow end-to-end tests included)
 test: $(STAMP)

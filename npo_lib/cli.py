@@ -5,6 +5,9 @@
     npo eval    [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute]
     npo influence [params.yaml ...] [key=value ...] [--auroc-table]
     npo report  RUN_DIR ... [--csv PATH]
+    npo run     PIPELINE.yaml                 (prepare -> influence -> forget -> eval -> heatmaps)
+    npo sweep   SWEEP.yaml [--parallel N]     (a grid of runs through the notebooks)
+    npo launch  --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
 
 Params files and ``key=value`` overrides merge over the schema defaults (npo_lib.config);
 any bad key, value or path fails before a model loads.
@@ -84,6 +87,62 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Call
 }
 
 
+def cmd_report(opts: argparse.Namespace) -> int:
+    from npo_lib.report import cmd_report as run
+
+    return run(opts.run_dirs, opts.csv)
+
+
+def cmd_run(opts: argparse.Namespace) -> int:
+    """``npo run PIPELINE.yaml``: print the report table, the heatmap page and the wall time."""
+    from npo_lib.pipeline import run_pipeline
+
+    res = run_pipeline(opts.spec)
+    if res.get("report"):
+        print("\n" + res["report"])
+    if res.get("heatmaps"):
+        print(f"\nheatmaps: {res['heatmaps']}")
+    failed = [s for s in res["steps"] if s["status"] == "failed"]
+    for s in failed:
+        print(f"\nstep '{s['name']}' failed; executed notebook: {s['output']}\n{s['error']}", file=sys.stderr)
+    print(f"pipeline {res['name']}: {'ok' if res['ok'] else 'FAILED'} in {res['seconds']:.1f} s")
+    return 0 if res["ok"] else 1
+
+
+def cmd_sweep(opts: argparse.Namespace) -> int:
+    from npo_lib.pipeline import run_sweep
+
+    res = run_sweep(opts.spec, parallel=opts.parallel)
+    if res.get("report"):
+        print("\n" + res["report"])
+    n_failed = sum(r["status"] == "failed" for r in res["status"].values())
+    print(f"sweep {res['name']}: {len(res['status']) - n_failed} ok, {n_failed} failed in {res['seconds']:.1f} s")
+    return 0 if res["ok"] else 1
+
+
+def cmd_launch(opts: argparse.Namespace) -> int:
+    import yaml
+
+    from npo_lib.pipeline import launch
+
+    params = {k: yaml.safe_load(v) for k, v in opts.parameter}
+    res = launch(opts.notebook, nproc=opts.nproc, params_files=opts.files, parameters=params, output=opts.output, port=opts.master_port)
+    if res["returncode"] != 0:
+        print(f"npo launch: rank {res.get('failed_rank')} failed:\n{res['error']}", file=sys.stderr)
+        return 1
+    print(f"rank 0: {res['output']}; other ranks: {res['ranks']} ({res['seconds']:.1f} s)")
+    return 0
+
+
+# commands that take their own spec files instead of the config sources
+SPEC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "report": cmd_report,
+    "run": cmd_run,
+    "sweep": cmd_sweep,
+    "launch": cmd_launch,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npo",
@@ -96,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         if flags is not None:
             flags(p)
+    run = sub.add_parser("run", help="the pipeline: prepare, influence, forget, evaluate, visualise (executed notebooks)")
+    run.add_argument("spec", metavar="PIPELINE.yaml", help="e.g. params/demo.yaml")
+    sw = sub.add_parser("sweep", help="a grid of runs through the notebooks; resumable")
+    sw.add_argument("spec", metavar="SWEEP.yaml", help="e.g. params/sweep.yaml")
+    sw.add_argument("--parallel", type=int, help="grid points at a time (default: the file's)")
+    la = sub.add_parser("launch", help="a notebook on N ranks (DeepSpeed launcher, torchrun fallback)")
+    la.add_argument("notebook", metavar="NOTEBOOK", help="notebooks/forget.ipynb or a name (forget, evaluation, ...)")
+    la.add_argument("--nproc", type=int, required=True, help="ranks")
+    la.add_argument("-f", "--parameters-file", action="append", default=[], dest="files", help="params YAML (repeatable)")
+    la.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="one parameter (YAML value)")
+    la.add_argument("-o", "--output", help="rank 0's executed notebook (default runs/<run>/notebooks/NOTEBOOK)")
+    la.add_argument("--master-port", type=int, default=29560)
     rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")
     rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")
@@ -105,10 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith(("--local_rank", "--local-rank"))]
     opts = build_parser().parse_args(argv)
-    if opts.command == "report":
-        from npo_lib.report import cmd_report
-
-        return cmd_report(opts.run_dirs, opts.csv)
+    if opts.command in SPEC_COMMANDS:
+        try:
+            return SPEC_COMMANDS[opts.command](opts)
+        except ConfigError as e:
+            print(f"npo {opts.command}: {e}", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(opts.args)
     except ConfigError as e:

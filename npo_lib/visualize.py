@@ -33,6 +33,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from npo_lib.config import Config
     from npo_lib.families import ChatTags
     from npo_lib.report import Run
     from npo_lib.selection import SelectionConfig
@@ -590,3 +591,38 @@ def plot_score_distributions(
     ax.set(xlabel=score_label(score), ylabel="density", title=f"{score_label(score)}: fact vs other tokens")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the visualisation step
+
+
+def token_tables(
+    cfg: Config,
+    influence_dir: str | Path | None = None,
+    unlearned_model_path: str | Path | None = None,
+    *,
+    progress: bool = True,
+) -> list[TokenTable]:
+    """Every forget example's table for a run: ``influence`` and ``weight`` (the INFLUENCE loss's
+    selection under ``cfg.selection``) from the influence files, fact masks from the records, and
+    ``delta_logp`` (unlearned − target model) when ``unlearned_model_path`` is given.
+
+    ``influence_dir`` defaults to where INFLUENCE reads (``forget.influence_files(cfg)``); the
+    files must match ``cfg``'s data (checked by question).
+    """
+    from npo_lib.compute_influence import INFLUENCE_VIEW, load_inputs
+    from npo_lib.families import load_model
+    from npo_lib.forget import influence_files
+
+    folder = Path(influence_dir) if influence_dir else influence_files(cfg)
+    inputs = load_inputs(cfg)
+    tables = tables_from_influence(
+        folder, inputs.dataset.forget, tags=inputs.tags, view=INFLUENCE_VIEW,
+        selection=cfg.selection, w_selected=cfg.w_selected, w_other=cfg.w_other,
+    )
+    if unlearned_model_path is not None:
+        target = load_model(cfg, inputs.model_path).eval()
+        unlearned = load_model(cfg, str(unlearned_model_path)).eval()
+        rows = delta_logprobs(target, unlearned, inputs.dataset, INFLUENCE_VIEW, pad_token_id=inputs.tokenizer.pad_token_id, progress=progress)
+        add_score(tables, "delta_logp", rows)
+    return tables

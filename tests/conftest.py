@@ -76,6 +76,21 @@ def mini_world(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def prepared_embedded(tmp_path_factory):
+    """`npo prepare` at the default size in a temporary cache: (config, PrepareSummary).
+
+    The embedded default itself (about 2.5 minutes on 2 cores): the target and retain models
+    the evaluation, influence and pipeline tests measure.
+    """
+    from npo_lib.config import load_config
+    from npo_lib.prepare import prepare
+
+    cache = tmp_path_factory.mktemp("embedded_cache")
+    cfg = load_config([f"cache_dir={cache}"])
+    return cfg, prepare(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
 def prepared_quick(tmp_path_factory):
     """`npo prepare params/tiny_quick.yaml` in a temporary cache: (config, PrepareSummary).
 
