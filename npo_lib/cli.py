@@ -8,6 +8,7 @@
     npo run     PIPELINE.yaml                 (prepare -> influence -> forget -> eval -> heatmaps)
     npo sweep   SWEEP.yaml [--parallel N]     (a grid of runs through the notebooks)
     npo launch  --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
+    npo study   SWEEP_DIR [--out docs]        (mean ± std over seeds, FQ-MU plot, the claim)
 
 Params files and ``key=value`` overrides merge over the schema defaults (npo_lib.config);
 any bad key, value or path fails before a model loads.
@@ -134,12 +135,19 @@ def cmd_launch(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(opts: argparse.Namespace) -> int:
+    from npo_lib.study import cmd_study as run
+
+    return run(opts.sweep_dir, opts.out, opts.group_by, opts.mu_fraction)
+
+
 # commands that take their own spec files instead of the config sources
 SPEC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "run": cmd_run,
     "sweep": cmd_sweep,
     "launch": cmd_launch,
+    "study": cmd_study,
 }
 
 
@@ -167,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="one parameter (YAML value)")
     la.add_argument("-o", "--output", help="rank 0's executed notebook (default runs/<run>/notebooks/NOTEBOOK)")
     la.add_argument("--master-port", type=int, default=29560)
+    st = sub.add_parser("study", help="method comparison of a finished sweep: mean ± std table and FQ-MU plot")
+    st.add_argument("sweep_dir", metavar="SWEEP_DIR", help="e.g. runs/study")
+    st.add_argument("--out", default="docs", help="folder for study.md, study.csv, study_fq_mu.png (default docs)")
+    st.add_argument("--group-by", default="forget_loss,lr,num_epochs", help="config keys of a setting (seeds vary inside)")
+    st.add_argument("--mu-fraction", type=float, default=0.95, help="utility floor as a fraction of the target's")
     rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")
     rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")
