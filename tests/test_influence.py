@@ -73,13 +73,29 @@ def test_row_scores_equal_the_per_token_autograd_loop(f64, preconditioner, metho
     cfg, inputs, model = f64
     modules = tracked_modules(model, "all_linear")
     v = differential_direction(model, modules, inputs.forget, inputs.retain, lam=1.0,
-                               preconditioner=PRECONDITIONERS[preconditioner](0.1), pad_token_id=0)
+                               preconditioner=PRECONDITIONERS[preconditioner](cfg.influence.damping), pad_token_id=0)
     rows = score_rows(model, v, inputs.forget, method=method, batch_size=3)
     refs = [autograd_token_scores(model, v, ex) for ex in inputs.forget[:2]]
     assert [len(r) for r in rows[:2]] == [len(r) for r in refs]
     err = _rel_err(rows[:2], refs)
     print(f"{preconditioner} {method}: relative error {err:.1e}")
     assert err < (1e-10 if method == "jvp" else 1e-4)
+
+
+def test_float32_scores_agree_with_the_float64_loop(mini_world, f64):
+    """The default dtype (float32) and damping: JVP and finite-difference rows stay close to the
+    float64 per-token loop for the same direction."""
+    _, inputs, model64 = f64
+    cfg = _cfg(mini_world)
+    model = load_scoring_model(cfg, inputs.model_path)
+    v = differential_direction(model64, tracked_modules(model64, "all_linear"), inputs.forget, inputs.retain,
+                               preconditioner=PRECONDITIONERS[cfg.influence.preconditioner](cfg.influence.damping))
+    refs = [autograd_token_scores(model64, v, ex) for ex in inputs.forget[:2]]
+    v32 = {n: t.float() for n, t in v.items()}
+    for method, tol in (("jvp", 1e-4), ("fd", 1e-2)):
+        err = _rel_err(score_rows(model, v32, inputs.forget[:2], method=method), refs)
+        print(f"float32 {method}: relative error {err:.1e}")
+        assert err < tol
 
 
 def test_direction_is_the_autograd_gradient_difference(f64):
@@ -179,7 +195,7 @@ def test_lora_modules_score_exactly(mini_world):
     ctx = ScoreContext(model, inputs.forget, inputs.retain, cfg.influence)
     rows = compute_token_scores(ctx)
     assert ctx.info["tracked_modules"] == len(modules)
-    v = differential_direction(model, modules, inputs.forget, inputs.retain, preconditioner=DiagonalFisher(0.1))
+    v = differential_direction(model, modules, inputs.forget, inputs.retain, preconditioner=DiagonalFisher(cfg.influence.damping))
     assert _rel_err(rows[:1], [autograd_token_scores(model, v, inputs.forget[0])]) < 1e-10
 
 
