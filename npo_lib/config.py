@@ -52,7 +52,8 @@ class TinyModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 256
-    epochs: int = 28  # fine-tuning epochs for the target and the retain model
+    epochs: int = 24  # fine-tuning epochs for the target and the retain model
+    zerothink_fraction: float = 0.5  # share of training QA also trained with an empty trace (prepare.zerothink_copies)
     lr: float = 6e-3  # peak learning rate (AdamW, linear decay, 5 % warmup)
     batch_size: int = 32
     seed: int = 0  # initialisation and data-order seed
@@ -353,6 +354,8 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
         if cfg.LoRA.r < 0:
             raise ConfigError(f"LoRA.r must be >= 0, got {cfg.LoRA.r}")
+        if not 0 <= cfg.tiny.zerothink_fraction <= 1:
+            raise ConfigError(f"tiny.zerothink_fraction must be in [0, 1], got {cfg.tiny.zerothink_fraction}")
         if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype '{cfg.dtype}' is unknown; valid: auto, float32, bfloat16, float16")
         from npo_lib.losses import parse_loss

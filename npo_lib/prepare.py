@@ -52,6 +52,12 @@ class PrepareSummary:
             f"retain retain recall >= {RETAIN_RETAIN_MIN:.0%}": r["retain"]["retain"] >= RETAIN_RETAIN_MIN,
         }
 
+    def raise_if_failed(self) -> None:
+        """Fail (naming the missed bars) when the models do not memorise as unlearning needs."""
+        missed = [name for name, ok in self.passed.items() if not ok]
+        if missed:
+            raise RuntimeError(f"prepare: memorisation bars missed: {'; '.join(missed)}\n{self.table()}")
+
     def table(self) -> str:
         lines = [
             f"{'model':<8} {'forget fact recall':>19} {'retain fact recall':>19}",
@@ -163,6 +169,21 @@ def _train_records(cfg: Config, data_path: str, *, exclude_forget: bool) -> list
     return records
 
 
+def zerothink_copies(records: list[dict], fraction: float) -> list[dict]:
+    """Copies of every ``round(1/fraction)``-th record with an empty trace (ZeroThink form).
+
+    Why: TOFU's Prob and truth ratio score an answer right after an empty think block (reference
+    section 3). A model only ever trained with traces finds that context out of distribution, so
+    its truth ratios barely separate known from unknown facts (forget quality 0.014 for a target
+    that recalls every fact). Training on both forms, as R1-style models see answers with and
+    without reasoning, makes teacher-forced scores reflect what the model knows.
+    """
+    if fraction <= 0:
+        return []
+    step = max(1, round(1 / fraction))
+    return [{**r, "cot": ""} for r in records[::step] if r.get("cot")]
+
+
 def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, final: Path, records: list[dict], tokenizer, desc: str) -> float | None:
     """Fine-tune ``base`` on ``records`` (view 1) into ``final``; None when reused, else seconds."""
     from transformers import AutoModelForCausalLM
@@ -175,6 +196,7 @@ def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, final: Path, records: li
         return None
     tags = get_family("tiny").tags
     examples = encode_records(records, "full", tokenizer, tags, cfg.max_length)
+    examples += encode_records(zerothink_copies(records, cfg.tiny.zerothink_fraction), "full", tokenizer, tags, cfg.max_length)
     model = AutoModelForCausalLM.from_pretrained(str(paths.base), attn_implementation="sdpa")
     t = cfg.tiny
     res = finetune(

@@ -290,16 +290,10 @@ def test_cmd_eval_writes_next_to_save_dir(world, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open (evaluation issue): teacher-forced scoring after an empty think block is out of "
-    "distribution for tiny models trained with traces, so the target's truth ratios barely "
-    "separate from the retain model's (measured FQ 0.031 on tiny_quick, 0.014 at default size)",
-    strict=False,
-)
-def test_forget_quality_of_prepared_target_and_retain(prepared_quick, tmp_path):
+def test_forget_quality_of_prepared_target_and_retain(prepared_embedded, tmp_path):
     from npo_lib.embedded import embedded_paths
 
-    prepared, summary = prepared_quick
+    prepared, summary = prepared_embedded
     opts = EvalOptions(progress=False)
     target = evaluate(prepared, out_dir=tmp_path / "target", options=opts)
     retain = evaluate(
