@@ -41,13 +41,13 @@ def test_cli_bad_key_fails_before_any_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_prepare_memorises_and_is_reused(prepared_quick):
+def test_prepare_memorises_and_is_reused(prepared_embedded):
     from npo_lib.families import load_model, load_tokenizer, resolve_model_path
     from npo_lib.prepare import prepare
 
-    cfg, s = prepared_quick
+    cfg, s = prepared_embedded
     print(s.table())
-    assert s.n_forget == 12 and s.n_retain_eval == 12
+    assert s.n_forget == 40 and s.n_retain_eval == 40
     assert s.recall["target"]["forget"] >= 0.9
     assert s.recall["retain"]["forget"] <= 0.2
     assert s.recall["retain"]["retain"] >= 0.9
@@ -67,7 +67,7 @@ def test_small_prepare_memorises_and_is_reused(prepared_quick):
     assert "finetune_target" not in again.seconds
     assert again.recall == s.recall
     # Another forget task gets its own retain model; the target is shared.
-    other = load_config([str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={cfg.cache_dir}", "task_id=2"])
+    other = load_config([f"cache_dir={cfg.cache_dir}", "task_id=2"])
     from npo_lib.embedded import embedded_paths
 
     assert embedded_paths(other).target == embedded_paths(cfg).target
