@@ -152,6 +152,18 @@ def influence_identity(cfg: Config, inputs: InfluenceInputs) -> dict[str, Any]:
     }
 
 
+def _flat(d: dict[str, Any], keys: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``d`` restricted to the keys of ``keys`` (default: its own), nested dicts as dotted keys."""
+    out: dict[str, Any] = {}
+    for k in keys if keys is not None else d:
+        v, ref = d.get(k), (keys or d)[k]
+        if isinstance(ref, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in _flat(v if isinstance(v, dict) else {}, ref).items()})
+        else:
+            out[k] = v
+    return out
+
+
 def _reuse_or_refuse(folder: Path, identity: dict[str, Any], overwrite: bool) -> dict | None:
     """The finished folder's meta when it matches ``identity``; an error when it differs."""
     from npo_lib.influence import META_FILE, SCORES_FILE, TOKENS_FILE
@@ -163,12 +175,13 @@ def _reuse_or_refuse(folder: Path, identity: dict[str, Any], overwrite: bool) ->
     except json.JSONDecodeError:
         meta = {}
     complete = all((folder / f).is_file() for f in (SCORES_FILE, TOKENS_FILE))
-    differ = [k for k in identity if meta.get(k) != identity[k]]
+    old, new = _flat(meta, identity), _flat(identity)
+    differ = [k for k in new if old.get(k) != new[k]]
     if complete and not differ:
         return meta
     if overwrite:
         return None
-    what = ", ".join(f"{k}: {meta.get(k)!r} -> {identity[k]!r}" for k in differ[:4]) or "files missing"
+    what = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in differ[:4]) or "files missing"
     raise ConfigError(
         f"influence folder {folder} holds scores made with other settings ({what}): pass overwrite=true "
         "to replace them, or influence_dir=... for another folder"
