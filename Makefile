@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]" "$(TORCH)"
+	@# optional comparison scorer (tests skip without it); --no-deps: its metadata lists torchvision,
+	@# which it never imports and which would replace the pinned torch
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps "kronfluence>=1.0.1" einconv opt-einsum einops \
+	  || echo "make: kronfluence not installed; its comparison test will skip" >&2
 	@touch $(STAMP)
 
 ## main job on the embedded default (`npo run params/demo.yaml`): prepare -> influence ->

@@ -88,19 +88,3 @@ def prepared_embedded(tmp_path_factory):
     cache = tmp_path_factory.mktemp("embedded_cache")
     cfg = load_config([f"cache_dir={cache}"])
     return cfg, prepare(cfg, progress=False)
-
-
-@pytest.fixture(scope="session")
-def prepared_quick(tmp_path_factory):
-    """`npo prepare params/tiny_quick.yaml` in a temporary cache: (config, PrepareSummary).
-
-    Real fine-tuned target and retain models (under 2 minutes on 2 cores), shared by the slow
-    tests of prepare and evaluation.
-    """
-    from npo_lib.config import load_config
-    from npo_lib.prepare import prepare
-
-    cache = tmp_path_factory.mktemp("tiny_quick_cache")
-    root = Path(__file__).resolve().parents[1]
-    cfg = load_config([str(root / "params/tiny_quick.yaml"), f"cache_dir={cache}"])
-    return cfg, prepare(cfg, progress=False)

@@ -337,10 +337,10 @@ def test_check_returns_the_forget_runs_influence_folder(mini_world, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_scorer_finds_the_fact_tokens(prepared_quick):
+def test_default_scorer_finds_the_fact_tokens(prepared_embedded):
     """Ground truth of the embedded benchmark: the default scorer's AUROC against the fact-token
     mask over the forget split is at least 0.85; prints every scorer x preconditioner."""
-    cfg, _ = prepared_quick
+    cfg, _ = prepared_embedded
     rows = auroc_table(cfg, progress=False)
     print("\n" + format_auroc_table(rows))
     default = next(r for r in rows if r["scorer"] == cfg.influence.scorer and r["preconditioner"] == cfg.influence.preconditioner)

@@ -202,7 +202,7 @@ def test_npo_run_pipeline_end_to_end_and_skips_unchanged_steps(prepared_embedded
         "name": "demo", "params": [str(ROOT / "params/tiny_forget.yaml")], "config": {"cache_dir": cfg.cache_dir},
         "methods": {"npo_gd": {"forget_loss": "NPO+GD"}, "influence_gd": {"forget_loss": "INFLUENCE+GD"}},
         "runs_dir": str(tmp_path / "runs"),
-    }))
+    }, sort_keys=False))  # methods run and are reported in the order the file lists them
     res = run_pipeline(spec, stream=False)
     assert res["ok"], [s for s in res["steps"] if s["status"] == "failed"]
     names = [s["name"] for s in res["steps"]]
