@@ -154,7 +154,7 @@ def _references(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def plot(settings: Sequence[Setting], refs: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+def plot(settings: Sequence[Setting], refs: Mapping[str, Mapping[str, Any]], path: Path, mu_fraction: float = 0.95) -> Path:
     """Mean forget quality (log) vs mean model utility per setting, seed std as error bars."""
     import matplotlib
 
@@ -172,9 +172,12 @@ def plot(settings: Sequence[Setting], refs: Mapping[str, Mapping[str, Any]], pat
     for role, marker in (("target", "*"), ("retain", "D")):
         if role in refs and refs[role].get("forget_quality") is not None:
             ax.scatter([refs[role]["model_utility"]], [max(refs[role]["forget_quality"], 1e-30)], marker=marker, s=160, color="k", label=role, zorder=5)
+    target_mu = refs.get("target", {}).get("model_utility")
+    if target_mu is not None and mu_fraction:
+        ax.axvline(mu_fraction * target_mu, color="0.5", ls="--", lw=1, label=f"{mu_fraction:g} x target MU")
     ax.set_yscale("log")
     ax.set(xlabel="model utility", ylabel="forget quality (log)", title="embedded benchmark: forget quality vs model utility (mean over seeds)")
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
@@ -197,7 +200,7 @@ def write_study(sweep_dir: str | Path, out: str | Path = "docs", keys: Sequence[
         w.writerow([*keys, "seeds", *(f"{m}_{s}" for m in METRICS for s in ("mean", "std"))])
         for s in settings:
             w.writerow([*s.key, len(s.runs), *(x for m in METRICS for x in (s.mean(m), s.std(m)))])
-    png = plot(settings, refs, out / "study_fq_mu.png")
+    png = plot(settings, refs, out / "study_fq_mu.png", mu_fraction)
     return {"markdown": text, "md": str(out / "study.md"), "csv": str(out / "study.csv"), "plot": str(png)}
 
 
