@@ -76,6 +76,12 @@ def collect(run_dirs: Sequence[Path], keys: Sequence[str] = GROUP_KEYS) -> list[
     return list(groups.values())
 
 
+def utility_floor(refs: Mapping[str, Mapping[str, Any]], mu_fraction: float) -> float | None:
+    """The claim's model-utility bar: ``mu_fraction`` x the target's (None without a target row)."""
+    target_mu = refs.get("target", {}).get("model_utility")
+    return None if target_mu is None else mu_fraction * target_mu
+
+
 def best_per_method(settings: Sequence[Setting], mu_floor: float) -> dict[str, Setting | None]:
     """Per method (first key), the setting of highest mean forget quality with mean model
     utility >= ``mu_floor`` (None when no setting of the method keeps that utility)."""
@@ -109,10 +115,9 @@ def markdown(settings: Sequence[Setting], keys: Sequence[str], refs: Mapping[str
         lines.append("| " + " | ".join(cells) + " |")
     for s in settings:
         lines.append("| " + " | ".join([*map(str, s.key), str(len(s.runs)), *(_pm(s, m, FORMATS[m]) for m in METRICS)]) + " |")
-    target_mu = refs.get("target", {}).get("model_utility")
+    floor = utility_floor(refs, mu_fraction)
     out = ["\n".join(lines)]
-    if target_mu is not None:
-        floor = mu_fraction * target_mu
+    if floor is not None:
         best = best_per_method(settings, floor)
         out.append(f"\nBest setting per method with mean model utility >= {mu_fraction:g} x target ({floor:.3f}):\n")
         out.append("| method | setting | forget quality | model utility |\n|---|---|---|---|")
@@ -172,9 +177,9 @@ def plot(settings: Sequence[Setting], refs: Mapping[str, Mapping[str, Any]], pat
     for role, marker in (("target", "*"), ("retain", "D")):
         if role in refs and refs[role].get("forget_quality") is not None:
             ax.scatter([refs[role]["model_utility"]], [max(refs[role]["forget_quality"], 1e-30)], marker=marker, s=160, color="k", label=role, zorder=5)
-    target_mu = refs.get("target", {}).get("model_utility")
-    if target_mu is not None and mu_fraction:
-        ax.axvline(mu_fraction * target_mu, color="0.5", ls="--", lw=1, label=f"{mu_fraction:g} x target MU")
+    floor = utility_floor(refs, mu_fraction)
+    if floor is not None:
+        ax.axvline(floor, color="0.5", ls="--", lw=1, label=f"{mu_fraction:g} x target MU")
     ax.set_yscale("log")
     ax.set(xlabel="model utility", ylabel="forget quality (log)", title="embedded benchmark: forget quality vs model utility (mean over seeds)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a point
