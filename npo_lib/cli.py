@@ -209,6 +209,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"npo {opts.command}: {e}", file=sys.stderr)
         return 2
+    finally:
+        _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """Tear down a process group the command started (multi-rank forget / influence).
+
+    Left to interpreter exit, the gloo group's threads are destroyed while still joinable and a
+    rank can abort with "terminate called without an active exception" after its work is done
+    (seen with ZeRO-3 on 2 CPU ranks), which fails the launch.
+    """
+    if "torch" not in sys.modules:  # commands that never loaded torch pay nothing
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank tears down while another still talks to it
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
