@@ -39,7 +39,8 @@ def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
     )
     for k, v in summary.paths.items():
         print(f"  {k:<10} {v}")
-    return 0 if all(summary.passed.values()) else 1
+    summary.raise_if_failed()  # a missed bar: one line naming it, the value and what to raise
+    return 0
 
 
 def cmd_forget(cfg: Config, opts: argparse.Namespace) -> int:
@@ -203,10 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    from npo_lib.prepare import PrepareError
+
     handler = COMMANDS[opts.command][0]
     try:
         return handler(cfg, opts)
-    except ConfigError as e:
+    except (ConfigError, PrepareError) as e:
         print(f"npo {opts.command}: {e}", file=sys.stderr)
         return 2
     finally:

@@ -52,9 +52,11 @@ class TinyModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 256
-    epochs: int = 24  # fine-tuning epochs for the target and the retain model
+    max_epochs: int = 40  # epoch budget: the learning rate decays linearly to 0 over it; training stops earlier once the recall bars hold
+    check_every: int = 2  # epochs between greedy fact-recall checks of the stop criterion
+    patience: int = 1  # consecutive checks at which every recall bar must hold before training stops
     zerothink_fraction: float = 0.5  # share of training QA also trained with an empty trace (prepare.zerothink_copies)
-    lr: float = 6e-3  # peak learning rate (AdamW, linear decay, 5 % warmup)
+    lr: float = 6e-3  # peak learning rate (AdamW, linear decay over max_epochs, 5 % warmup)
     batch_size: int = 32
     seed: int = 0  # initialisation and data-order seed
 
@@ -354,6 +356,9 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{name} must be > 0, got {getattr(cfg, name)}")
         if cfg.LoRA.r < 0:
             raise ConfigError(f"LoRA.r must be >= 0, got {cfg.LoRA.r}")
+        for name in ("max_epochs", "check_every", "patience"):
+            if getattr(cfg.tiny, name) < 1:
+                raise ConfigError(f"tiny.{name} must be >= 1, got {getattr(cfg.tiny, name)}")
         if not 0 <= cfg.tiny.zerothink_fraction <= 1:
             raise ConfigError(f"tiny.zerothink_fraction must be in [0, 1], got {cfg.tiny.zerothink_fraction}")
         if cfg.dtype not in ("auto", "float32", "bfloat16", "float16"):

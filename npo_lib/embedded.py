@@ -15,6 +15,8 @@ from typing import Any
 from npo_lib.benchmark import benchmark_fingerprint
 from npo_lib.config import Config, ConfigError
 
+RECIPE_VERSION = "2"  # bump when the fine-tuning recipe or its bars change (part of the models' cache key)
+
 
 def fingerprint(*parts: Any) -> str:
     """12 hex chars of sha256 over the JSON of ``parts`` (dataclasses as dicts)."""
@@ -38,7 +40,7 @@ class EmbeddedPaths:
 def embedded_paths(cfg: Config) -> EmbeddedPaths:
     root = cfg.cache_path
     bench_fp = benchmark_fingerprint(cfg.benchmark)
-    model_fp = fingerprint(bench_fp, cfg.tiny, cfg.max_length)
+    model_fp = fingerprint(bench_fp, cfg.tiny, cfg.max_length, RECIPE_VERSION)
     task = "all" if cfg.task_id is None else str(cfg.task_id)
     models = root / "tiny" / model_fp
     return EmbeddedPaths(

@@ -42,6 +42,7 @@ from npo_lib.data import DataError, load_eval_set, load_forget, load_perturbed, 
 from npo_lib.embedded import embedded_paths, fingerprint, resolve_data_path
 from npo_lib.families import ChatTags, get_family, resolve_model_path
 from npo_lib.generation import greedy_generate, split_generation
+from npo_lib.machine import machine_info
 from npo_lib.report import METRICS_FILE
 
 if TYPE_CHECKING:
@@ -351,6 +352,31 @@ def forced_answer(text: str, tags: ChatTags) -> str:
     if end and end in text:
         text = text.split(end, 1)[1]
     return text.strip()
+
+
+def forget_truth_ratio(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tags: ChatTags,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+) -> dict:
+    """Per-item truth ratios of ``records`` (``<split>_perturbed``: paraphrased vs perturbed
+    answers, scored as :func:`compute_metrics` scores them), aggregated as the forget set's."""
+    scores = score_targets(
+        model,
+        tokenizer,
+        [answer_prompt(r, tags, tokenizer) for r in records],
+        [[r["paraphrased_answer"], *r["perturbed_answer"]] for r in records],
+        batch_size=batch_size,
+        add_special_tokens=not tags.use_tokenizer_template,
+        max_length=max_length,
+        progress=False,
+    )
+    nll = [[s.nll for s in row] for row in scores]
+    return M.truth_ratio([n[0] for n in nll], [n[1:] for n in nll], aggregate="closer_to_1")
 
 
 def _candidates(name: str, r: Mapping[str, Any]) -> list[str]:
@@ -784,7 +810,7 @@ def _run(
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # before the next model of the session loads
-    out = {**res, "identity": identity}
+    out = {**res, "identity": identity, "machine": machine_info()}  # where the numbers came from
     out["seconds"] = {**res["seconds"], "total": time.perf_counter() - t0}
     _write_json(file, out)
     return json.loads(json.dumps(out, default=str))  # the same (string-keyed) form as reloaded

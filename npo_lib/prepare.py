@@ -4,9 +4,12 @@
 2. train a byte-level BPE tokenizer on its text;
 3. initialise one Llama-architecture model from a ``LlamaConfig`` (saved as ``base``);
 4. fine-tune ``target`` on all training data and ``retain`` on everything except the forget
-   split / task, both from ``base``, through :func:`npo_lib.finetune.finetune` (HF ``Trainer``);
-5. check memorisation by greedy decoding: the target must state the forget facts, the retain
-   model must not, yet keep the retain facts.
+   split / task, both from ``base``, through :func:`npo_lib.finetune.finetune` (HF ``Trainer``),
+   each until its fact-recall bars hold (checked every ``tiny.check_every`` epochs, at most
+   ``tiny.max_epochs``);
+5. check every bar of :class:`MemorisationBars` on the saved models: the target must state the
+   forget facts, the retain model must not, yet keep the retain facts, and the target's forget
+   truth ratios must differ from the retain model's (forget quality).
 
 Every artefact is written to a temporary folder and renamed into the cache only when complete,
 so an interrupted prepare never leaves a half-written model that a later run would reuse.
@@ -24,10 +27,29 @@ from pathlib import Path
 from npo_lib.benchmark import generate_benchmark
 from npo_lib.config import Config, save_config
 from npo_lib.embedded import EmbeddedPaths, embedded_paths
+from npo_lib.finetune import FinetuneResult, RecallBar, RecallStop, finetune
+from npo_lib.machine import machine_info
 
 TRAIN_EXTRA_SETS = ("real_authors_perturbed", "world_facts_perturbed")  # in every training set
-# Memorisation bars the issue sets for the embedded default (printed and checked).
-TARGET_FORGET_MIN, RETAIN_FORGET_MAX, RETAIN_RETAIN_MIN = 0.90, 0.20, 0.90
+
+
+@dataclass(frozen=True)
+class MemorisationBars:
+    """What the embedded models must reach for unlearning to be measurable, checked at the end
+    of ``npo prepare``. Fine-tuning stops once the recall bars hold (:class:`RecallStop`)."""
+
+    target_forget_recall: float = 0.975  # the target states >= 39 of 40 forget facts
+    target_retain_recall: float = 0.95  # ... and >= 38 of 40 retain-set facts
+    retain_forget_recall: float = 0.10  # the retain model states <= 4 of 40 forget facts
+    retain_retain_recall: float = 0.95  # ... yet >= 38 of 40 retain-set facts
+    target_forget_quality: float = 0.01  # KS p-value of the target's forget truth ratios vs the retain model's
+
+
+BARS = MemorisationBars()
+
+
+class PrepareError(RuntimeError):
+    """A memorisation bar was missed; the message names the bar, the value and what to raise."""
 
 
 @dataclass
@@ -40,34 +62,63 @@ class PrepareSummary:
     n_forget: int
     n_retain_eval: int
     recall: dict[str, dict[str, float]]  # model -> set -> fact recall of greedy answers
+    forget_quality: dict[str, float] = field(default_factory=dict)  # model -> KS p-value vs the retain model
+    epochs: dict[str, int | None] = field(default_factory=dict)  # model -> epochs trained (None: not recorded)
+    max_epochs: int = 0  # the epoch budget (tiny.max_epochs)
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    machine: dict[str, str] = field(default_factory=dict)  # CPU capability, torch version, threads
+
+    def bars(self) -> list[tuple[str, float, str, float, str]]:
+        """(bar, measured, comparison, limit, what to change when it fails) of every bar."""
+        r, fq, b = self.recall, self.forget_quality, BARS
+        budget = f"raise tiny.max_epochs (now {self.max_epochs})"
+        return [
+            ("target forget fact recall", r["target"]["forget"], ">=", b.target_forget_recall, budget),
+            ("target retain fact recall", r["target"]["retain"], ">=", b.target_retain_recall, budget),
+            ("retain-model forget fact recall", r["retain"]["forget"], "<=", b.retain_forget_recall,
+             "the retain model states facts it never saw: check the benchmark's forget / retain split"),
+            ("retain-model retain fact recall", r["retain"]["retain"], ">=", b.retain_retain_recall, budget),
+            ("target forget quality", fq.get("target", float("nan")), "<", b.target_forget_quality,
+             "raise tiny.patience (keep training after the recall bars hold) or tiny.zerothink_fraction"),
+        ]
 
     @property
     def passed(self) -> dict[str, bool]:
-        r = self.recall
-        return {
-            f"target forget recall >= {TARGET_FORGET_MIN:.0%}": r["target"]["forget"] >= TARGET_FORGET_MIN,
-            f"retain forget recall <= {RETAIN_FORGET_MAX:.0%}": r["retain"]["forget"] <= RETAIN_FORGET_MAX,
-            f"retain retain recall >= {RETAIN_RETAIN_MIN:.0%}": r["retain"]["retain"] >= RETAIN_RETAIN_MIN,
-        }
+        ops = {">=": lambda v, lim: v >= lim, "<=": lambda v, lim: v <= lim, "<": lambda v, lim: v < lim}
+        return {f"{name} {op} {_fmt(name, lim)}": ops[op](v, lim) for name, v, op, lim, _ in self.bars()}
+
+    def failures(self) -> list[str]:
+        """One line per missed bar: the bar, the measured value and the setting to change."""
+        return [
+            f"{name} {_fmt(name, v)} missed the bar {op} {_fmt(name, lim)}: {fix}"
+            for (name, v, op, lim, fix), ok in zip(self.bars(), self.passed.values(), strict=True)
+            if not ok
+        ]
 
     def raise_if_failed(self) -> None:
         """Fail (naming the missed bars) when the models do not memorise as unlearning needs."""
-        missed = [name for name, ok in self.passed.items() if not ok]
+        missed = self.failures()
         if missed:
-            raise RuntimeError(f"prepare: memorisation bars missed: {'; '.join(missed)}\n{self.table()}")
+            raise PrepareError("prepare: " + "; ".join(missed))
 
     def table(self) -> str:
         lines = [
-            f"{'model':<8} {'forget fact recall':>19} {'retain fact recall':>19}",
+            f"{'model':<8} {'forget fact recall':>19} {'retain fact recall':>19} {'forget quality':>15} {'epochs':>7}",
             *(
-                f"{m:<8} {self.recall[m]['forget']:>18.1%} {self.recall[m]['retain']:>18.1%}"
+                f"{m:<8} {self.recall[m]['forget']:>18.1%} {self.recall[m]['retain']:>18.1%} "
+                f"{self.forget_quality.get(m, float('nan')):>15.3g} {self.epochs.get(m) or '-':>7}"
                 for m in ("target", "retain")
             ),
         ]
         lines += [f"[{'ok' if ok else 'FAIL'}] {name}" for name, ok in self.passed.items()]
+        if self.machine:
+            lines.append("machine: " + ", ".join(f"{k} {v}" for k, v in self.machine.items()))
         return "\n".join(lines)
+
+
+def _fmt(name: str, value: float) -> str:
+    return f"{value:.3g}" if "quality" in name else f"{value:.1%}"
 
 
 def _atomic_dir(final: Path) -> Path:
@@ -184,13 +235,16 @@ def zerothink_copies(records: list[dict], fraction: float) -> list[dict]:
     return [{**r, "cot": ""} for r in records[::step] if r.get("cot")]
 
 
-def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, final: Path, records: list[dict], tokenizer, desc: str) -> float | None:
-    """Fine-tune ``base`` on ``records`` (view 1) into ``final``; None when reused, else seconds."""
+def ensure_finetuned(
+    cfg: Config, paths: EmbeddedPaths, final: Path, records: list[dict], tokenizer, desc: str,
+    bars: list[RecallBar], *, progress: bool = True,
+) -> FinetuneResult | None:
+    """Fine-tune ``base`` on ``records`` (view 1) into ``final`` until the recall ``bars`` hold
+    (at most ``tiny.max_epochs``); None when the model was already there."""
     from transformers import AutoModelForCausalLM
 
     from npo_lib.data import encode_records
     from npo_lib.families import get_family
-    from npo_lib.finetune import finetune
 
     if (final / "config.json").is_file():
         return None
@@ -199,38 +253,57 @@ def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, final: Path, records: li
     examples += encode_records(zerothink_copies(records, cfg.tiny.zerothink_fraction), "full", tokenizer, tags, cfg.max_length)
     model = AutoModelForCausalLM.from_pretrained(str(paths.base), attn_implementation="sdpa")
     t = cfg.tiny
+    stop = RecallStop(bars, tokenizer, tags, check_every=t.check_every, patience=t.patience, progress=progress)
     res = finetune(
         model,
         examples,
         pad_token_id=tokenizer.pad_token_id,
         lr=t.lr,
-        epochs=t.epochs,
+        epochs=t.max_epochs,
         batch_size=t.batch_size,
         seed=t.seed,
+        stop=stop,
         desc=desc,
+        progress=progress,
     )
     tmp = _atomic_dir(final)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "finetune.json").write_text(json.dumps({**asdict(res), "n_examples": len(examples)}, indent=2))
+    record = {**asdict(res), "n_examples": len(examples), "max_epochs": t.max_epochs, "machine": machine_info()}
+    (tmp / "finetune.json").write_text(json.dumps(record, indent=2))
     _commit(tmp, final)
-    return res.seconds
+    return res
 
 
-def fact_recall_of(model_dir: Path, records: list[dict], tokenizer, *, max_new_tokens: int = 96) -> float:
-    """Fact recall of the saved model's greedy answers on ``records``."""
+def _trained_epochs(model_dir: Path) -> int | None:
+    f = model_dir / "finetune.json"
+    return json.loads(f.read_text()).get("epochs") if f.is_file() else None
+
+
+def memorisation(model_dir: Path, tokenizer, sets: dict[str, list[dict]], perturbed: list[dict]) -> tuple[dict[str, float], dict]:
+    """Greedy fact recall of the saved model on each of ``sets``, and its per-item forget truth
+    ratios on ``perturbed`` (TOFU's scoring: the answer after an empty think block)."""
     from transformers import AutoModelForCausalLM
 
+    from npo_lib.evaluate import forget_truth_ratio
     from npo_lib.families import get_family
     from npo_lib.generation import greedy_fact_recall
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa")
-    return greedy_fact_recall(model, tokenizer, records, get_family("tiny").tags, max_new_tokens=max_new_tokens, progress=True)
+    tags = get_family("tiny").tags
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+    recall = {name: greedy_fact_recall(model, tokenizer, recs, tags) for name, recs in sets.items()}
+    return recall, forget_truth_ratio(model, tokenizer, tags, perturbed)
 
 
 def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
-    """Make (or reuse) every embedded artefact for ``cfg`` and measure memorisation."""
-    from npo_lib.data import load_eval_set, load_forget
+    """Make (or reuse) every embedded artefact for ``cfg`` and measure memorisation.
+
+    Target and retain model train until their recall bars hold (:data:`BARS`); the summary then
+    measures every bar on the saved models, forget quality included. Call
+    :meth:`PrepareSummary.raise_if_failed` to turn a missed bar into an error.
+    """
+    from npo_lib import metrics as M
+    from npo_lib.data import load_eval_set, load_forget, load_perturbed
 
     if cfg.model_family != "tiny" or cfg.data_path or cfg.model_path:
         raise ValueError("npo prepare builds the embedded default: use model_family=tiny without data_path/model_path")
@@ -247,28 +320,36 @@ def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
     tokenizer = ensure_tokenizer(cfg, paths)
     ensure_base(cfg, paths, tokenizer)
 
-    target_records = _train_records(cfg, data_path, exclude_forget=False)
-    retain_records = _train_records(cfg, data_path, exclude_forget=True)
-    for name, final, records in (("target", paths.target, target_records), ("retain", paths.retain, retain_records)):
-        say(f"{name:<10} {final}")
-        secs = ensure_finetuned(cfg, paths, final, records, tokenizer, name)
-        if secs is None:
-            reused.append(name)
-        else:
-            seconds[f"finetune_{name}"] = secs
-
-    summary_file = paths.retain / "prepare_summary.json"
     forget = load_forget(data_path, cfg.split, cfg.task_id)
     retain_eval = load_eval_set(data_path, "retain_perturbed")
+    target_records = _train_records(cfg, data_path, exclude_forget=False)
+    retain_records = _train_records(cfg, data_path, exclude_forget=True)
+    plan = (
+        ("target", paths.target, target_records,
+         [RecallBar("forget", forget, BARS.target_forget_recall), RecallBar("retain", retain_eval, BARS.target_retain_recall)]),
+        ("retain", paths.retain, retain_records, [RecallBar("retain", retain_eval, BARS.retain_retain_recall)]),
+    )
+    for name, final, records, bars in plan:
+        say(f"{name:<10} {final}")
+        res = ensure_finetuned(cfg, paths, final, records, tokenizer, name, bars, progress=progress)
+        if res is None:
+            reused.append(name)
+        else:
+            seconds[f"finetune_{name}"] = res.seconds
+
+    summary_file = paths.retain / "prepare_summary.json"
     if summary_file.is_file():
-        recall = json.loads(summary_file.read_text())["recall"]
+        saved = json.loads(summary_file.read_text())
+        recall, fq = saved["recall"], saved["forget_quality"]
         reused.append("memorisation check")
     else:
         t1 = time.perf_counter()
-        recall = {
-            m: {"forget": fact_recall_of(d, forget, tokenizer), "retain": fact_recall_of(d, retain_eval, tokenizer)}
-            for m, d in (("target", paths.target), ("retain", paths.retain))
-        }
+        perturbed = load_perturbed(data_path, cfg.split, cfg.task_id)
+        sets = {"forget": forget, "retain": retain_eval}
+        recall, tr = {}, {}
+        for m, d in (("target", paths.target), ("retain", paths.retain)):
+            recall[m], tr[m] = memorisation(d, tokenizer, sets, perturbed)
+        fq = {m: M.forget_quality(tr[m], tr["retain"])["agg_value"] for m in tr}
         seconds["memorisation_check"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
     summary = PrepareSummary(
@@ -278,8 +359,12 @@ def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
         n_forget=len(forget),
         n_retain_eval=len(retain_eval),
         recall=recall,
+        forget_quality=fq,
+        epochs={m: _trained_epochs(Path(getattr(paths, m))) for m in ("target", "retain")},
+        max_epochs=cfg.tiny.max_epochs,
         seconds=seconds,
         reused=reused,
+        machine=machine_info(),
     )
     if not summary_file.is_file():
         summary_file.write_text(json.dumps({**asdict(summary), "passed": summary.passed}, indent=2))

@@ -108,15 +108,24 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     return p
 
 
+def machines(runs: Sequence[Run]) -> str:
+    """Where the numbers came from: the distinct kernel paths / torch versions of the runs'
+    evaluations (other CPUs round differently, so a figure names its machine)."""
+    from npo_lib.machine import machine_line
+
+    seen = list(dict.fromkeys(machine_line(r.metrics["machine"]) for r in runs if r.metrics.get("machine")))
+    return "measured on: " + ("; ".join(seen) if seen else "unrecorded (evaluations before machine records)")
+
+
 def report(run_dirs: Sequence[str | Path], csv_path: str | Path | None = None) -> tuple[str, Path]:
-    """Markdown table of the runs and the CSV path written (default: next to the first run's
-    metrics.json, ``report.csv``)."""
+    """Markdown table of the runs, a line naming the machine(s) they were measured on, and the
+    CSV path written (default: next to the first run's metrics.json, ``report.csv``)."""
     if not run_dirs:
         raise ReportError("no run folders given")
     runs = [load_run(d) for d in run_dirs]
     table = rows(runs)
     out = write_csv(table, csv_path or runs[0].path.parent / "report.csv")
-    return markdown_table(table), out
+    return f"{markdown_table(table)}\n\n{machines(runs)}", out
 
 
 def cmd_report(run_dirs: list[str], csv_path: str | None = None) -> int:
