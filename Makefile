@@ -27,13 +27,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/npo run params/demo.yaml
 
-## install what the tests need, lint, run the whole suite (slow end-to-end tests included)
-test: $(STAMP)
-	$(BIN)/ruff check .
+## install what the tests need, lint (ruff, the import layers), run the whole suite (slow end-to-end tests included)
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports

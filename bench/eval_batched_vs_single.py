@@ -3,7 +3,7 @@
     python bench/eval_batched_vs_single.py [--cache DIR] [--max-new-tokens 200] [--threads 1]
 
 Prepares params/tiny_quick.yaml into a temporary cache unless ``--cache`` already holds it (or
-should keep it), evaluates the target model twice with :func:`npo_lib.evaluate.compute_metrics`
+should keep it), evaluates the target model twice with :func:`npo_lib.eval.compute.compute_metrics`
 (batched: all candidates of 8 items per forward, 32 prompts per generation batch; single: one
 row per forward, one prompt per generation), checks that every per-item metric agrees
 (probabilities within 1e-5, other numbers within 1e-4 relative, generations identical) and
@@ -25,10 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from npo_lib.config import load_config  # noqa: E402
-from npo_lib.embedded import embedded_paths  # noqa: E402
-from npo_lib.evaluate import EvalData, EvalOptions, compute_metrics, load_eval_data  # noqa: E402
-from npo_lib.families import get_family, load_model, load_tokenizer  # noqa: E402
+from npo_lib.config import EvalConfig, load_config  # noqa: E402
+from npo_lib.embedded.paths import embedded_paths, resolve_model_path  # noqa: E402
+from npo_lib.eval.compute import EvalData, compute_metrics, load_eval_data  # noqa: E402
+from npo_lib.models.families import get_family  # noqa: E402
+from npo_lib.models.loading import load_model, load_tokenizer  # noqa: E402
 
 PROB_ATOL = 1e-5
 REL_TOL = 1e-4
@@ -84,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         [str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={cache}", f"dtype={args.dtype}"]
     )
     if not (embedded_paths(cfg).retain / "config.json").is_file():
-        from npo_lib.prepare import prepare
+        from npo_lib.run.prepare import prepare
 
         print(f"preparing tiny_quick into {cache} ...")
         prepare(cfg, progress=False)
     tags = get_family(cfg.model_family).tags
-    model = load_model(cfg, device=args.device)
-    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg, resolve_model_path(cfg), device=args.device)
+    tokenizer = load_tokenizer(cfg, resolve_model_path(cfg))
     data = load_eval_data(cfg)
     print(
         f"model {embedded_paths(cfg).target} on {model.device}, {torch.get_num_threads()} threads; "
@@ -99,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # warm-up (lazy initialisation, allocator) so that neither timed path pays it
     small = EvalData(data.data_path, {k: v[:2] for k, v in data.sets.items()})
-    compute_metrics(model, tokenizer, tags, small, EvalOptions(max_new_tokens=4, progress=False))
+    compute_metrics(model, tokenizer, tags, small, EvalConfig(max_new_tokens=4), progress=False)
     runs = {}
     for name, opt in (
-        ("batched", EvalOptions(max_new_tokens=args.max_new_tokens, progress=False)),
-        ("single", EvalOptions.single(max_new_tokens=args.max_new_tokens, progress=False)),
+        ("batched", EvalConfig(max_new_tokens=args.max_new_tokens)),
+        ("single", EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=1, gen_batch_size=1, flatten=False)),
     ):
         t0 = time.perf_counter()
-        res = compute_metrics(model, tokenizer, tags, data, opt, max_length=cfg.max_length)
+        res = compute_metrics(model, tokenizer, tags, data, opt, max_length=cfg.max_length, progress=False)
         res["seconds"]["total"] = time.perf_counter() - t0
         runs[name] = res
 

@@ -4,11 +4,11 @@ Every section runs in its own process (its own peak memory; an OOM or a CUDA err
 the next one) through npo_lib's real code, on a randomly initialised Llama built from a
 ``LlamaConfig`` directly on the device (bf16 weights, PyTorch sdpa attention):
 
-* ``lora``: NPO+GD with LoRA (``forget._apply_lora``) through ``UnlearningTrainer`` / HF Trainer;
+* ``lora``: NPO+GD with LoRA (``models.lora.apply_lora``) through ``UnlearningTrainer`` / HF Trainer;
 * ``full``: NPO+GD, every weight trained (pure bf16 weights and fused AdamW, as ``npo forget``
   does on a GPU);
 * ``influence``: the differential direction and the exact per-token JVP scores
-  (``influence_scores.compute_token_scores``) on a few sequences of ~128 target tokens, in the
+  (``influence.scorers.compute_token_scores``) on a few sequences of ~128 target tokens, in the
   scoring dtype the module supports (float32, ``npo_eager`` attention: fused SDPA has no JVP);
 * ``zero3``: ``run_forget`` under ``deepspeed --num_gpus 1`` with ``params/ds/zero3.json`` on a
   model saved to a temp folder and the embedded benchmark (traces joined to ~seq-len tokens).
@@ -317,10 +317,11 @@ def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from npo_lib.config import load_config
-    from npo_lib.data import ViewCollator
-    from npo_lib.forget import _apply_lora, _training_arguments
-    from npo_lib.losses import LossHyper, parse_loss
-    from npo_lib.trainer import UnlearningTrainer
+    from npo_lib.data.dataset import ViewCollator
+    from npo_lib.models.lora import apply_lora
+    from npo_lib.objectives.registry import LossHyper, parse_loss
+    from npo_lib.objectives.trainer import UnlearningTrainer
+    from npo_lib.run.forget import training_arguments
 
     device = device_of(a)
     gc = gradient_checkpointing(a, shape)
@@ -333,7 +334,7 @@ def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: 
         f"cache_dir={out / 'cache'}", f"max_length={a.seq_len}",
     ])
     spec = parse_loss(cfg.forget_loss)
-    args = _training_arguments(cfg, out, n, gc)
+    args = training_arguments(cfg, out, n, gc)
     args = dataclasses.replace(args, max_steps=steps, save_strategy="no", logging_steps=steps,
                                use_cpu=device == "cpu", disable_tqdm=True)
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32  # families.resolve_dtype("auto")
@@ -344,7 +345,7 @@ def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: 
     n_params = sum(p.numel() for p in model.parameters())
     n_lora = 0
     if lora:
-        model = _apply_lora(cfg, model)
+        model = apply_lora(model, cfg.LoRA)
         n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if gc:
         model.config.use_cache = False
@@ -453,21 +454,15 @@ def _downstream_params(model, modules: dict) -> int:
 
 
 def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | None) -> list[dict[str, Any]]:
-    """Direction v = P⁻¹(ḡ_forget − λ ḡ_retain) and exact JVP scores through npo_lib.influence_scores."""
+    """Direction v = P⁻¹(ḡ_forget − λ ḡ_retain) and exact JVP scores through npo_lib.influence."""
     import torch
 
     from npo_lib.config import InfluenceConfig
-    from npo_lib.influence_scores import (
-        PRECONDITIONERS,
-        ScoreContext,
-        compute_token_scores,
-        differential_direction,
-        module_params,
-        precise_norms,
-        register_precise_attention,
-        score_rows,
-        tracked_modules,
-    )
+    from npo_lib.influence.direction import differential_direction, score_rows
+    from npo_lib.influence.modules import module_params, tracked_modules
+    from npo_lib.influence.preconditioners import PRECONDITIONERS
+    from npo_lib.influence.scorers import ScoreContext, compute_token_scores
+    from npo_lib.models.attention import precise_norms, register_precise_attention
 
     device = device_of(a)
     dtype = getattr(torch, a.influence_dtype)
@@ -475,7 +470,7 @@ def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | N
     say(f"influence: building {shape.name} ({shape.like}) on {device} in {a.influence_dtype}, attention {attention}")
     t0 = time.perf_counter()
     model = build_model(shape, device, dtype, attention)
-    precise_norms(model)  # as compute_influence.load_scoring_model does
+    precise_norms(model)  # as run.influence.load_scoring_model does
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
     sync(device)
@@ -509,7 +504,7 @@ def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | N
     per_jvp = 2 * n_params + 2 * n_down + 2 * n_s
     seq = prompt + a.influence_tokens
     dir_s, jvp_s = [], []
-    for _ in range(a.influence_repeats):  # the two calls of influence_scores._direction_rows, timed apart
+    for _ in range(a.influence_repeats):  # the two calls inside the differential scorer, timed apart
         sync(device)
         t0 = time.perf_counter()
         v = differential_direction(model, modules, forget, retain, lam=icfg.lam,
@@ -547,9 +542,9 @@ def _zero3_world(a: argparse.Namespace, shape: Shape, device: str, work: Path) -
     import torch
 
     from npo_lib.config import load_config
-    from npo_lib.data import read_records
-    from npo_lib.embedded import embedded_paths
-    from npo_lib.prepare import ensure_benchmark, ensure_tokenizer
+    from npo_lib.data.records import read_records
+    from npo_lib.embedded.paths import embedded_paths
+    from npo_lib.run.prepare import ensure_benchmark, ensure_tokenizer
 
     cfg = load_config([f"cache_dir={work / 'cache'}"])
     paths = embedded_paths(cfg)
@@ -617,8 +612,8 @@ def zero3_worker(a: argparse.Namespace) -> None:
     import torch
 
     from npo_lib.config import load_config
-    from npo_lib.forget import run_forget
-    from npo_lib.trainer import UnlearningTrainer
+    from npo_lib.objectives.trainer import UnlearningTrainer
+    from npo_lib.run.forget import run_forget
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = SHAPES[a.shape]

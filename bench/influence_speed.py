@@ -35,8 +35,8 @@ TOKENS = 128  # target tokens of the row compared with the per-token loop
 def world(cache: str | None, model_path: str | None) -> tuple[object, str]:
     """(config, model folder): the prepared target, else the random base (made in seconds)."""
     from npo_lib.config import load_config
-    from npo_lib.embedded import embedded_paths
-    from npo_lib.prepare import ensure_base, ensure_benchmark, ensure_tokenizer
+    from npo_lib.embedded.paths import embedded_paths
+    from npo_lib.run.prepare import ensure_base, ensure_benchmark, ensure_tokenizer
 
     cfg = load_config([f"cache_dir={cache}"] if cache else [])
     paths = embedded_paths(cfg)
@@ -51,7 +51,7 @@ def world(cache: str | None, model_path: str | None) -> tuple[object, str]:
 
 def long_example(inputs, cfg) -> dict:
     """One forget question whose target is cut to exactly TOKENS tokens (several traces joined)."""
-    from npo_lib.data import encode_view
+    from npo_lib.data.views import encode_view
 
     records = inputs.dataset.forget
     cot = " ".join(r["cot"] for r in records)
@@ -77,7 +77,7 @@ def training_epoch(cfg, model_path: str, batch_size: int, epochs: int = 4) -> fl
     from transformers import TrainerCallback
 
     from npo_lib.config import load_config
-    from npo_lib.forget import run_forget
+    from npo_lib.run.forget import run_forget
 
     class Epochs(TrainerCallback):
         seconds: list[float] = []
@@ -108,14 +108,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from npo_lib.compute_influence import _context, load_inputs, load_scoring_model
-    from npo_lib.influence_scores import (
+    from npo_lib.influence.direction import (
         autograd_token_scores,
-        compute_token_scores,
         differential_direction,
         score_rows,
-        tracked_modules,
     )
+    from npo_lib.influence.modules import tracked_modules
+    from npo_lib.influence.scorers import compute_token_scores
+    from npo_lib.run.influence import load_inputs, load_scoring_model, score_context
 
     base, model_path = world(args.cache, args.model_path)
     cfg = dataclasses.replace(base, model_path=model_path,
@@ -149,7 +149,7 @@ def main() -> int:
     for _ in range(2):
         for pre in ("identity", "diagonal", "ekfac"):
             c = dataclasses.replace(cfg, influence=dataclasses.replace(cfg.influence, scorer="differential", preconditioner=pre))
-            s, _ = timed(lambda c=c: compute_token_scores(_context(c, model, inputs, False)), args.repeats)
+            s, _ = timed(lambda c=c: compute_token_scores(score_context(c, model, inputs, False)), args.repeats)
             steps[pre] = min(s, steps.get(pre, float("inf")))
         epoch = min(epoch, training_epoch(cfg, model_path, args.batch_size))
     print(f"\n2. influence step (direction from {len(inputs.forget)} forget + {len(inputs.retain)} retain, "

@@ -35,8 +35,8 @@ def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from npo_lib.config import load_config
-    from npo_lib.embedded import embedded_paths
-    from npo_lib.prepare import ensure_benchmark, ensure_tokenizer
+    from npo_lib.embedded.paths import embedded_paths
+    from npo_lib.run.prepare import ensure_benchmark, ensure_tokenizer
 
     cfg = load_config([f"cache_dir={cache}"])
     paths = embedded_paths(cfg)
@@ -59,10 +59,10 @@ def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
 def run_mode(mode: str, loss: str, model_path: str, data_path: str, out: Path) -> dict:
     """One epoch of ``loss`` with the reference ``mode``; returns times, losses, peak memory."""
     from npo_lib.config import load_config
-    from npo_lib.families import load_model
-    from npo_lib.forget import run_forget
-    from npo_lib.losses import token_logprobs
-    from npo_lib.trainer import UnlearningTrainer
+    from npo_lib.models.loading import load_model
+    from npo_lib.objectives.primitives import token_logprobs
+    from npo_lib.objectives.trainer import UnlearningTrainer
+    from npo_lib.run.forget import run_forget
 
     cfg = load_config([
         f"model_path={model_path}", f"data_path={data_path}", f"save_dir={out}", f"forget_loss={loss}",

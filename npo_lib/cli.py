@@ -1,17 +1,19 @@
-"""The ``npo`` command: one subcommand per pipeline step, all taking the same config sources.
+"""The ``npo`` command: one subcommand per step, all taking the same config sources.
 
-    npo prepare [params.yaml ...] [key=value ...]
-    npo forget  [params.yaml ...] [key=value ...]
-    npo eval    [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute]
+    npo prepare   [params.yaml ...] [key=value ...]
+    npo forget    [params.yaml ...] [key=value ...]
+    npo eval      [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute] [--retain-model-path DIR]
     npo influence [params.yaml ...] [key=value ...] [--auroc-table]
-    npo report  RUN_DIR ... [--csv PATH]
-    npo run     PIPELINE.yaml                 (prepare -> influence -> forget -> eval -> heatmaps)
-    npo sweep   SWEEP.yaml [--parallel N]     (a grid of runs through the notebooks)
-    npo launch  --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
-    npo study   SWEEP_DIR [--out docs]        (mean ± std over seeds, FQ-MU plot, the claim)
+    npo losses                                (the objective registry, each term's equation)
+    npo report    RUN_DIR ... [--csv PATH]
+    npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
+    npo sweep     SWEEP.yaml [--parallel N]   (a grid of runs through the notebooks)
+    npo launch    --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
+    npo study     SWEEP_DIR [--out docs] [key=value ...]
 
-Params files and ``key=value`` overrides merge over the schema defaults (npo_lib.config);
-any bad key, value or path fails before a model loads.
+Params files and ``key=value`` overrides merge over the schema defaults (:mod:`npo_lib.config`);
+``--print-config`` shows every key with its help. An error a user can cause (a bad key, value,
+file or folder, a missed bar) prints one line naming it and exits with 2; a traceback means a bug.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from npo_lib.config import Config, ConfigError, load_config, to_yaml
+from npo_lib.config import Config, annotated_yaml, load_config
+from npo_lib.errors import UserError
+
+# ----------------------------------------------------------------------------- config commands
 
 
 def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
     """Generate the embedded benchmark, train its tokenizer, target and retain models."""
-    from npo_lib.prepare import prepare
+    from npo_lib.run.prepare import prepare
 
     summary = prepare(cfg)
     print()
@@ -45,7 +51,7 @@ def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
 
 def cmd_forget(cfg: Config, opts: argparse.Namespace) -> int:
     """Unlearn the forget split with ``forget_loss`` (also ``python -m npo_lib.forget``)."""
-    from npo_lib.forget import run_forget
+    from npo_lib.run.forget import run_forget
 
     run_forget(cfg)
     return 0
@@ -53,20 +59,29 @@ def cmd_forget(cfg: Config, opts: argparse.Namespace) -> int:
 
 def cmd_eval(cfg: Config, opts: argparse.Namespace) -> int:
     """TOFU / R-TOFU / privacy metrics of ``model_path`` (default: the embedded target)."""
-    from npo_lib.evaluate import cmd_eval as run
+    import dataclasses
 
-    return run(cfg, opts)
+    from npo_lib.run.evaluation import METRICS_FILE, default_out_dir, evaluate, summary
+
+    if opts.retain_model_path:
+        cfg = dataclasses.replace(cfg, retain_model_path=opts.retain_model_path)
+    out_dir = Path(opts.out_dir or default_out_dir(cfg))
+    result = evaluate(cfg, out_dir=out_dir, recompute=opts.recompute)
+    print(f"{result['identity']['model_path']} ({result['identity']['role']})")
+    print(summary(result))
+    print(f"wrote {out_dir / METRICS_FILE} in {result['seconds'].get('total', 0.0):.1f} s")
+    return 0
 
 
 def _eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", help="folder for eval/metrics.json (default: save_dir, else the model folder)")
     p.add_argument("--recompute", action="store_true", help="recompute a finished evaluation")
-    p.add_argument("--retain-model-path", help="retain model for forget quality / privleak on real data")
+    p.add_argument("--retain-model-path", help="the retain model (same as retain_model_path=...)")
 
 
 def cmd_influence(cfg: Config, opts: argparse.Namespace) -> int:
-    """Per-token influence scores of the forget split for INFLUENCE (also ``python -m npo_lib.compute_influence``)."""
-    from npo_lib.compute_influence import auroc_table, format_auroc_table, run_influence
+    """Per-token influence scores of the forget split (also ``python -m npo_lib.compute_influence``)."""
+    from npo_lib.run.influence import auroc_table, format_auroc_table, run_influence
 
     if opts.auroc_table:
         print(format_auroc_table(auroc_table(cfg)))
@@ -80,7 +95,7 @@ def _influence_flags(p: argparse.ArgumentParser) -> None:
                    help="print the AUROC against the fact tokens of every scorer and preconditioner (embedded benchmark); writes nothing")
 
 
-# name -> (handler, help, extra flags); later steps register here.
+# name -> (handler, help, extra flags)
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Callable | None]] = {
     "prepare": (cmd_prepare, "make the embedded benchmark, tokenizer, target and retain models", None),
     "forget": (cmd_forget, "unlearn the forget split with forget_loss (NPO+GD, INFLUENCE+GD, ...)", None),
@@ -88,31 +103,48 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Call
     "influence": (cmd_influence, "per-token influence scores of the forget split (input of INFLUENCE)", _influence_flags),
 }
 
+# ----------------------------------------------------------------------------- other commands
+
+
+def cmd_losses(opts: argparse.Namespace) -> int:
+    """The objective registry: every forget term and regularizer, its view, inputs and equation."""
+    from npo_lib.objectives.registry import FORGET_TERMS, REGULARIZERS
+
+    for title, registry in (("forget terms", FORGET_TERMS), ("regularizers (FORGET+REG)", REGULARIZERS)):
+        print(f"{title}:")
+        for t in registry.values():
+            needs = f"  needs {', '.join(t.needs)}" if t.needs else ""
+            print(f"  {t.name:<10} view {t.view:<7} {t.doc}{needs}")
+    print("compose as FORGET[+REG...], e.g. forget_loss=NPO+GD; total = forget_coeff·forget + regularization_coeff·Σ regularizers")
+    return 0
+
 
 def cmd_report(opts: argparse.Namespace) -> int:
-    from npo_lib.report import cmd_report as run
+    from npo_lib.run.report import report
 
-    return run(opts.run_dirs, opts.csv)
+    table, out = report(opts.run_dirs, opts.csv)
+    print(table)
+    print(f"\nCSV: {out}")
+    return 0
 
 
 def cmd_run(opts: argparse.Namespace) -> int:
     """``npo run PIPELINE.yaml``: print the report table, the heatmap page and the wall time."""
-    from npo_lib.pipeline import run_pipeline
+    from npo_lib.run.pipeline import run_pipeline
 
     res = run_pipeline(opts.spec)
     if res.get("report"):
         print("\n" + res["report"])
     if res.get("heatmaps"):
         print(f"\nheatmaps: {res['heatmaps']}")
-    failed = [s for s in res["steps"] if s["status"] == "failed"]
-    for s in failed:
+    for s in (s for s in res["steps"] if s["status"] == "failed"):
         print(f"\nstep '{s['name']}' failed; executed notebook: {s['output']}\n{s['error']}", file=sys.stderr)
     print(f"pipeline {res['name']}: {'ok' if res['ok'] else 'FAILED'} in {res['seconds']:.1f} s")
     return 0 if res["ok"] else 1
 
 
 def cmd_sweep(opts: argparse.Namespace) -> int:
-    from npo_lib.pipeline import run_sweep
+    from npo_lib.run.sweep import run_sweep
 
     res = run_sweep(opts.spec, parallel=opts.parallel)
     if res.get("report"):
@@ -125,7 +157,7 @@ def cmd_sweep(opts: argparse.Namespace) -> int:
 def cmd_launch(opts: argparse.Namespace) -> int:
     import yaml
 
-    from npo_lib.pipeline import launch
+    from npo_lib.run.launch import launch
 
     params = {k: yaml.safe_load(v) for k, v in opts.parameter}
     res = launch(opts.notebook, nproc=opts.nproc, params_files=opts.files, parameters=params, output=opts.output, port=opts.master_port)
@@ -137,13 +169,18 @@ def cmd_launch(opts: argparse.Namespace) -> int:
 
 
 def cmd_study(opts: argparse.Namespace) -> int:
-    from npo_lib.study import cmd_study as run
+    from npo_lib.run.study import write_study
 
-    return run(opts.sweep_dir, opts.out, opts.group_by, opts.mu_fraction)
+    cfg = load_config(opts.args)
+    res = write_study(opts.sweep_dir, opts.out, cfg.study)
+    print(res["markdown"])
+    print(f"\nwrote {res['md']}, {res['csv']}, {res['plot']}")
+    return 0
 
 
-# commands that take their own spec files instead of the config sources
+# commands that take their own arguments instead of the config sources
 SPEC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "losses": cmd_losses,
     "report": cmd_report,
     "run": cmd_run,
     "sweep": cmd_sweep,
@@ -152,18 +189,8 @@ SPEC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="npo",
-        description="tnpo: NPO and influence-guided token-level unlearning (TOFU / R-TOFU).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_, flags) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("args", nargs="*", metavar="PARAMS.yaml|key=value", help="params files and overrides, merged in order")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-        if flags is not None:
-            flags(p)
+def _spec_parsers(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("losses", help="list the objectives (forget terms, regularizers) with their equations")
     run = sub.add_parser("run", help="the pipeline: prepare, influence, forget, evaluate, visualise (executed notebooks)")
     run.add_argument("spec", metavar="PIPELINE.yaml", help="e.g. params/demo.yaml")
     sw = sub.add_parser("sweep", help="a grid of runs through the notebooks; resumable")
@@ -178,39 +205,49 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--master-port", type=int, default=29560)
     st = sub.add_parser("study", help="method comparison of a finished sweep: mean ± std table and FQ-MU plot")
     st.add_argument("sweep_dir", metavar="SWEEP_DIR", help="e.g. runs/study")
+    st.add_argument("args", nargs="*", metavar="PARAMS.yaml|key=value", help="study.* settings, e.g. study.mu_fraction=0.9")
     st.add_argument("--out", default="docs", help="folder for study.md, study.csv, study_fq_mu.png (default docs)")
-    st.add_argument("--group-by", default="forget_loss,lr,num_epochs", help="config keys of a setting (seeds vary inside)")
-    st.add_argument("--mu-fraction", type=float, default=0.95, help="utility floor as a fraction of the target's")
     rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")
     rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npo", description="tnpo: NPO and influence-guided token-level unlearning (TOFU / R-TOFU).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_, flags) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("args", nargs="*", metavar="PARAMS.yaml|key=value", help="params files and overrides, merged in order")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config, each key with its help, and exit")
+        if flags is not None:
+            flags(p)
+    _spec_parsers(sub)
     return parser
+
+
+def _dispatch(opts: argparse.Namespace) -> int:
+    from npo_lib.run.checks import check_config
+
+    if opts.command in SPEC_COMMANDS:
+        return SPEC_COMMANDS[opts.command](opts)
+    cfg = load_config(opts.args)
+    check_config(cfg)
+    if opts.print_config:
+        print(annotated_yaml(cfg))
+        return 0
+    return COMMANDS[opts.command][0](cfg, opts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith(("--local_rank", "--local-rank"))]
     opts = build_parser().parse_args(argv)
-    if opts.command in SPEC_COMMANDS:
-        try:
-            return SPEC_COMMANDS[opts.command](opts)
-        except ConfigError as e:
-            print(f"npo {opts.command}: {e}", file=sys.stderr)
-            return 2
     try:
-        cfg = load_config(opts.args)
-    except ConfigError as e:
-        print(f"npo {opts.command}: config error: {e}", file=sys.stderr)
-        return 2
-    if opts.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    from npo_lib.prepare import PrepareError
-
-    handler = COMMANDS[opts.command][0]
-    try:
-        return handler(cfg, opts)
-    except (ConfigError, PrepareError) as e:
+        return _dispatch(opts)
+    except UserError as e:
         print(f"npo {opts.command}: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # a path the user gave that is not there
+        print(f"npo {opts.command}: file not found: {e.filename or e}", file=sys.stderr)
         return 2
     finally:
         _destroy_process_group()

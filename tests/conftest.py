@@ -26,8 +26,8 @@ def _tokenizer_texts() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """Byte-level BPE (vocab 512) from ``npo_lib.tokenizer``: tokenizes any text."""
-    from npo_lib.tokenizer import train_tokenizer
+    """Byte-level BPE (vocab 512) from ``npo_lib.embedded.tokenizer``: tokenizes any text."""
+    from npo_lib.embedded.tokenizer import train_tokenizer
 
     return train_tokenizer(_tokenizer_texts(), 512)
 
@@ -52,16 +52,16 @@ def mini_world(tmp_path_factory) -> dict[str, str]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from npo_lib.benchmark import BenchmarkConfig, generate_benchmark
-    from npo_lib.prepare import _benchmark_texts
-    from npo_lib.tokenizer import train_tokenizer
+    from npo_lib.config import BenchmarkConfig
+    from npo_lib.embedded.benchmark import generate_benchmark
+    from npo_lib.embedded.tokenizer import corpus_texts, train_tokenizer
 
     root = tmp_path_factory.mktemp("mini_world")
     data = generate_benchmark(
         BenchmarkConfig(n_authors=10, questions_per_author=4, n_holdout_authors=2, n_retain_eval_authors=2),
         root / "data",
     )
-    tok = train_tokenizer(_benchmark_texts(data), 400)
+    tok = train_tokenizer(corpus_texts(data), 400)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -83,7 +83,7 @@ def prepared_embedded(tmp_path_factory):
     the evaluation, influence and pipeline tests measure.
     """
     from npo_lib.config import load_config
-    from npo_lib.prepare import prepare
+    from npo_lib.run.prepare import prepare
 
     cache = tmp_path_factory.mktemp("embedded_cache")
     cfg = load_config([f"cache_dir={cache}"])

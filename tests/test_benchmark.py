@@ -1,4 +1,4 @@
-"""Tests of the embedded synthetic benchmark generator (npo_lib.benchmark)."""
+"""Tests of the embedded synthetic benchmark generator (npo_lib.embedded.benchmark)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from npo_lib.benchmark import (
-    ATTRIBUTES,
-    FORGET_SPLITS,
-    BenchmarkConfig,
+from npo_lib.config import BenchmarkConfig
+from npo_lib.embedded.benchmark import (
     benchmark_fingerprint,
+    check_benchmark_config,
     check_record,
     generate_benchmark,
-    pool_problems,
 )
+from npo_lib.embedded.pools import ATTRIBUTES, FORGET_SPLITS, pool_problems
 
 QA_FILES = (
     "full.json",
@@ -200,8 +199,8 @@ def test_small_and_large_configs(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_names_field(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=field):
-        BenchmarkConfig(**{field: value})
+    with pytest.raises(ValueError, match=field):  # the type and range at construction, the pools' limits after
+        check_benchmark_config(BenchmarkConfig(**{field: value}))
 
 
 def test_fingerprint_changes_with_every_setting() -> None:

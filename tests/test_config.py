@@ -1,11 +1,14 @@
-"""Config merging (defaults < params files < overrides) and every error the issue names."""
+"""Config merging (defaults < params files < overrides) and every error it can report."""
 
 from __future__ import annotations
 
 import pytest
 
-from npo_lib.config import Config, ConfigError, load_config, save_config
-from npo_lib.families import FAMILIES, get_family, load_model, resolve_model_path
+from npo_lib.config import Config, load_config, save_config
+from npo_lib.embedded.paths import resolve_model_path
+from npo_lib.errors import ConfigError
+from npo_lib.models.families import FAMILIES, get_family
+from npo_lib.models.loading import load_model
 
 
 def test_defaults_come_from_the_schema():
@@ -67,8 +70,16 @@ def test_missing_params_file_names_path(tmp_path):
 
 
 def test_value_checks_before_any_model_loads():
+    from npo_lib.run.checks import check_config
+
     with pytest.raises(ConfigError, match="model_family 'llama9'.*valid"):
-        load_config(["model_family=llama9"])
+        check_config(load_config(["model_family=llama9"]))
+    with pytest.raises(ConfigError, match="forget_loss|unknown part 'NPX'"):
+        check_config(load_config(["forget_loss=NPX+GD"]))
+    with pytest.raises(ConfigError, match="influence.scorer 'magic' is unknown; valid: differential"):
+        check_config(load_config(["influence.scorer=magic"]))
+    with pytest.raises(ConfigError, match="selection.method 'best' is unknown"):
+        check_config(load_config(["selection.method=best"]))
     with pytest.raises(ConfigError, match="lr must be > 0"):
         load_config(["lr=0"])
     with pytest.raises(ConfigError, match="ds_config file not found"):
@@ -92,12 +103,15 @@ def test_family_registry():
 
 
 def test_hub_model_offline_says_pass_model_path(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: no network retries
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     cfg = load_config(["model_family=llama3.2-1b"])
     assert resolve_model_path(cfg) == "meta-llama/Llama-3.2-1B-Instruct"
     with pytest.raises(ConfigError, match="model_path="):
-        load_model(cfg, device="cpu")
+        load_model(cfg, resolve_model_path(cfg), device="cpu")
 
 
 def test_missing_local_model_path_and_unprepared_tiny(tmp_path):

@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from npo_lib.data import (
-    IGNORE_INDEX,
-    VIEWS,
-    DataError,
-    UnlearningDataset,
-    ViewCollator,
-    encode_records,
-    encode_view,
+from npo_lib.data.dataset import UnlearningDataset, ViewCollator
+from npo_lib.data.records import read_idk_cot, read_lines, read_records
+from npo_lib.data.sources import (
     load_eval_set,
     load_file,
     load_forget,
@@ -25,12 +20,10 @@ from npo_lib.data import (
     load_idk_cot,
     load_perturbed,
     load_retain,
-    read_idk_cot,
-    read_lines,
-    read_records,
-    view_text,
 )
-from npo_lib.families import FAMILIES
+from npo_lib.data.views import IGNORE_INDEX, VIEWS, encode_records, encode_view, view_text
+from npo_lib.errors import DataError
+from npo_lib.models.families import FAMILIES
 
 TINY = FAMILIES["tiny"].tags
 R1 = FAMILIES["llama3-8b"].tags

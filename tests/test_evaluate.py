@@ -3,7 +3,6 @@ the report; and (slow) forget quality of the prepared tiny target and retain mod
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -12,26 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from npo_lib.config import load_config
-from npo_lib.data import DataError
-from npo_lib.evaluate import (
-    METRICS_FILE,
-    EvalError,
-    EvalOptions,
-    answer_prompt,
-    check_tokenizer,
-    cmd_eval,
-    evaluate,
-    load_eval_data,
-    score_targets,
-)
-from npo_lib.families import get_family
-from npo_lib.generation import greedy_generate
-from npo_lib.report import cmd_report, load_run, report
+from npo_lib.cli import main as npo
+from npo_lib.config import EvalConfig, load_config
+from npo_lib.errors import DataError, EvalError
+from npo_lib.eval.compute import answer_prompt, load_eval_data
+from npo_lib.eval.generation import greedy_generate
+from npo_lib.eval.scoring import score_targets
+from npo_lib.models.families import get_family
+from npo_lib.models.loading import check_tokenizer
+from npo_lib.run.evaluation import METRICS_FILE, evaluate
+from npo_lib.run.report import load_run, report
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = get_family("tiny").tags
-FAST = EvalOptions(max_new_tokens=6, progress=False)
+FAST = EvalConfig(max_new_tokens=6)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -81,8 +74,9 @@ def _random_llama(tok, folder: Path, seed: int, vocab: int | None = None) -> str
 @pytest.fixture(scope="session")
 def world(tmp_path_factory) -> dict[str, str]:
     """A small generated benchmark, a byte-level BPE (300) and two random 2-layer Llamas."""
-    from npo_lib.benchmark import BenchmarkConfig, generate_benchmark
-    from npo_lib.tokenizer import train_tokenizer
+    from npo_lib.config import BenchmarkConfig
+    from npo_lib.embedded.benchmark import generate_benchmark
+    from npo_lib.embedded.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("eval_world")
     data = generate_benchmark(
@@ -146,8 +140,8 @@ def test_batched_greedy_generation_equals_one_at_a_time(world, model_tok):
 
 
 def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, capsys):
-    cfg = _cfg(world)
-    res = evaluate(cfg, out_dir=tmp_path / "run", retain_model_path=world["retain"], options=FAST)
+    cfg = _cfg(world, retain_model_path=world["retain"])
+    res = evaluate(cfg, out_dir=tmp_path / "run", options=FAST, progress=False)
     saved = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
     assert saved == res
     assert {"aggregates", "per_item", "identity", "seconds", "notes", "counts"} <= set(res)
@@ -193,31 +187,21 @@ def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, caps
     assert ref["aggregates"]["forget_quality"] == 1.0 and ref["aggregates"]["privleak"] == 0.0
 
     # reuse: same identity -> no computation; recompute=True computes again
-    import npo_lib.evaluate as E
+    import npo_lib.run.evaluation as E
 
     def boom(*a, **k):
         raise AssertionError("recomputed")
 
     monkeypatch.setattr(E, "compute_metrics", boom)
-    again = evaluate(cfg, out_dir=tmp_path / "run", retain_model_path=world["retain"], options=FAST)
+    again = evaluate(cfg, out_dir=tmp_path / "run", options=FAST, progress=False)
     assert again == res
     with pytest.raises(AssertionError, match="recomputed"):
-        evaluate(
-            cfg,
-            out_dir=tmp_path / "run",
-            retain_model_path=world["retain"],
-            options=FAST,
-            recompute=True,
-        )
+        evaluate(cfg, out_dir=tmp_path / "run", options=FAST, recompute=True, progress=False)
     monkeypatch.undo()
 
     # the retain model evaluated as a run: role "retain", FQ 1, rows ordered retain first
-    r = evaluate(
-        _cfg(world, model_path=world["retain"]),
-        out_dir=tmp_path / "retain_run",
-        retain_model_path=world["retain"],
-        options=FAST,
-    )
+    r = evaluate(_cfg(world, model_path=world["retain"], retain_model_path=world["retain"]),
+                 out_dir=tmp_path / "retain_run", options=FAST, progress=False)
     assert r["identity"]["role"] == "retain" and r["aggregates"]["forget_quality"] == 1.0
     table, csv_path = report([tmp_path / "run", tmp_path / "retain_run"], tmp_path / "r.csv")
     lines = table.splitlines()
@@ -225,9 +209,10 @@ def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, caps
     assert lines[2].startswith("| retain (retain_run)") and lines[3].startswith("| run |")
     assert csv_path.read_text().splitlines()[0].startswith("run,forget_quality,model_utility")
     assert load_run(tmp_path / "run").metrics == res
-    assert cmd_report([str(tmp_path / "run")]) == 0
+    assert npo(["report", str(tmp_path / "run")]) == 0
     assert "| run |" in capsys.readouterr().out
-    assert cmd_report([str(tmp_path / "nothing")]) == 2
+    assert npo(["report", str(tmp_path / "nothing")]) == 2
+    assert "no evaluation in" in capsys.readouterr().err
 
 
 def test_without_retain_model_or_holdout_the_reasons_are_recorded(world, tmp_path):
@@ -237,7 +222,8 @@ def test_without_retain_model_or_holdout_the_reasons_are_recorded(world, tmp_pat
     res = evaluate(
         _cfg(world, data_path=str(data)),
         out_dir=tmp_path / "run",
-        options=EvalOptions(max_new_tokens=2, reasoning=False, progress=False),
+        options=EvalConfig(max_new_tokens=2, reasoning=False),
+        progress=False,
     )
     agg, notes = res["aggregates"], res["notes"]
     assert agg["forget_quality"] is None and "retain_model_path" in notes["forget_quality"]
@@ -261,6 +247,7 @@ def test_tokenizer_model_mismatch_fails_naming_both(world, model_tok):
             tokenizer_path=world["model"],
             retain_reference=None,
             options=FAST,
+            progress=False,
         )
     assert world["small"] in str(e.value) and world["model"] in str(e.value)
 
@@ -270,20 +257,22 @@ def test_missing_file_fails_naming_it(world, tmp_path):
     shutil.copytree(world["data"], data)
     (data / "world_facts_perturbed.json").unlink()
     with pytest.raises(DataError, match="world_facts_perturbed.json"):
-        evaluate(_cfg(world, data_path=str(data)), out_dir=tmp_path / "run", options=FAST)
+        evaluate(_cfg(world, data_path=str(data)), out_dir=tmp_path / "run", options=FAST, progress=False)
     with pytest.raises(DataError, match="forget42_perturbed.json"):
-        evaluate(_cfg(world, split="forget42"), out_dir=tmp_path / "run", options=FAST)
+        evaluate(_cfg(world, split="forget42"), out_dir=tmp_path / "run", options=FAST, progress=False)
 
 
-def test_cmd_eval_writes_next_to_save_dir(world, tmp_path, capsys):
-    cfg = _cfg(world, save_dir=str(tmp_path / "run"), max_length=64)
-    opts = argparse.Namespace(retain_model_path=None, max_new_tokens=2, recompute=False)
-    assert cmd_eval(cfg, opts) == 0
+def test_npo_eval_writes_next_to_save_dir_and_names_a_bad_folder(world, tmp_path, capsys):
+    args = ["eval", f"data_path={world['data']}", f"model_path={world['model']}", f"cache_dir={world['cache']}",
+            f"save_dir={tmp_path / 'run'}", "max_length=64", "eval.max_new_tokens=2"]
+    assert npo(args) == 0
     out = capsys.readouterr().out
     assert "forget_quality" in out and str(tmp_path / "run" / METRICS_FILE) in out
-    bad = argparse.Namespace(retain_model_path=str(tmp_path / "missing"))
-    assert cmd_eval(cfg, bad) == 2
-    assert "retain_model_path folder not found" in capsys.readouterr().err
+    assert npo([*args, "--retain-model-path", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "retain_model_path folder not found" in err[0]
+    assert npo([*args, "eval.max_new_token=3"]) == 2
+    assert "unknown key 'eval.max_new_token'" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- slow
@@ -291,14 +280,11 @@ def test_cmd_eval_writes_next_to_save_dir(world, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_forget_quality_of_prepared_target_and_retain(prepared_embedded, tmp_path):
-    from npo_lib.embedded import embedded_paths
+    from npo_lib.embedded.paths import embedded_paths
 
     prepared, summary = prepared_embedded
-    opts = EvalOptions(progress=False)
-    target = evaluate(prepared, out_dir=tmp_path / "target", options=opts)
-    retain = evaluate(
-        prepared, str(embedded_paths(prepared).retain), out_dir=tmp_path / "retain", options=opts
-    )
+    target = evaluate(prepared, out_dir=tmp_path / "target", progress=False)
+    retain = evaluate(prepared, str(embedded_paths(prepared).retain), out_dir=tmp_path / "retain", progress=False)
     for name, res in (("target", target), ("retain", retain)):
         a = res["aggregates"]
         print(

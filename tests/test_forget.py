@@ -14,8 +14,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from npo_lib.config import ConfigError, load_config
-from npo_lib.forget import check_forget_config, run_forget
+from npo_lib.config import load_config
+from npo_lib.errors import ConfigError
+from npo_lib.run.forget import check_forget_config, run_forget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +45,10 @@ def _log(run: Path) -> list[dict]:
 def test_cached_reference_equals_live_model(mini_world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from npo_lib.data import UnlearningDataset, ViewCollator
-    from npo_lib.families import get_family
-    from npo_lib.losses import token_logprobs
-    from npo_lib.trainer import compute_reference_logprobs
+    from npo_lib.data.dataset import UnlearningDataset, ViewCollator
+    from npo_lib.models.families import get_family
+    from npo_lib.objectives.primitives import token_logprobs
+    from npo_lib.objectives.reference import compute_reference_logprobs
 
     tok = AutoTokenizer.from_pretrained(mini_world["model_path"])
     model = AutoModelForCausalLM.from_pretrained(mini_world["model_path"], dtype=torch.float32)
@@ -91,7 +92,7 @@ def test_unfinished_folder_asks_for_resume(mini_world, tmp_path):
 
 def test_loss_errors_before_any_model_loads(mini_world, tmp_path):
     with pytest.raises(ConfigError, match="valid"):
-        load_config(["forget_loss=NPX+GD"])
+        check_forget_config(_cfg(mini_world, tmp_path / "bad", "forget_loss=NPX+GD"))
     cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=INFLUENCE+GD", f"influence_dir={tmp_path / 'infl'}")
     with pytest.raises(ConfigError) as e:
         check_forget_config(cfg)
@@ -135,7 +136,7 @@ class _Poison(TrainerCallback):
 def test_non_finite_loss_names_step_and_term_and_keeps_checkpoint(mini_world, tmp_path):
     run = tmp_path / "run"
     cfg = _cfg(mini_world, run, "forget_loss=NPO+GD", "num_epochs=2", "save_steps=1")
-    from npo_lib.trainer import NonFiniteLossError
+    from npo_lib.objectives.trainer import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match=r"step 3: forget/NPO=nan.*checkpoint-2"):
         run_forget(cfg, callbacks=[_Poison()], progress=False)
@@ -143,14 +144,30 @@ def test_non_finite_loss_names_step_and_term_and_keeps_checkpoint(mini_world, tm
 
 
 @pytest.mark.parametrize("lora", [0, 4])
-def test_kl_reference_is_exact_at_step_one(mini_world, tmp_path, lora):
-    """KL(p_ref ‖ p_θ) = 0 before the first update: frozen copy (full) or adapter off (LoRA)."""
-    run = tmp_path / "run"
-    res = run_forget(_cfg(mini_world, run, "forget_loss=NPO+KL", f"LoRA.r={lora}", "save_merged=true"), progress=False)
-    assert _log(run)[0]["reg/KL"] == pytest.approx(0.0, abs=1e-6)
-    assert res["steps"] == 2
+def test_kl_reference_stays_the_model_before_unlearning(mini_world, tmp_path, lora):
+    """KL(p_ref ‖ p_θ) reads a frozen reference (a copy, or the base with the adapter off): 0 at
+    step 1, and after the updates it still gives the original model's logits, not the trained one's."""
+    from transformers import AutoModelForCausalLM
+
+    from npo_lib.run.forget import build_trainer, save_trained
+
+    cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=NPO+KL", f"LoRA.r={lora}", "save_merged=true", "lr=1e-2")
+    out, spec = check_forget_config(cfg)
+    out.mkdir(parents=True)
+    trainer, tok, ds = build_trainer(cfg, spec, out, mini_world["model_path"], mini_world["data_path"])
+    trainer.train()
+    assert _log(out)[0]["reg/KL"] == pytest.approx(0.0, abs=1e-6) and _log(out)[-1]["reg/KL"] > 1e-4
+    batch = trainer.data_collator([ds[i] for i in range(len(ds))])["retain"]
+    original = AutoModelForCausalLM.from_pretrained(mini_world["model_path"]).eval()
+    with torch.no_grad():
+        kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        before, after = original(**kw).logits, trainer.model.eval()(**kw).logits
+        ref = trainer.reference_logits(trainer.model, batch)
+    assert (after - before).abs().max() > 1e-3  # the model moved
+    torch.testing.assert_close(ref, before, rtol=0, atol=1e-5)  # the reference did not
+    save_trained(cfg, trainer, tok, out)
     if lora:
-        assert (run / "adapter" / "adapter_config.json").is_file() and (run / "model" / "config.json").is_file()
+        assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model" / "config.json").is_file()
 
 
 @pytest.mark.slow
@@ -185,9 +202,9 @@ def _fact_scores(world, task: int, folder: Path) -> list[list[float]]:
     """Influence files whose scores are the ground truth: 1 on fact tokens, 0 elsewhere."""
     from transformers import AutoTokenizer
 
-    from npo_lib.data import UnlearningDataset
-    from npo_lib.families import get_family
-    from npo_lib.influence import token_manifest, write_influence_files
+    from npo_lib.data.dataset import UnlearningDataset
+    from npo_lib.influence.files import token_manifest, write_influence_files
+    from npo_lib.models.families import get_family
 
     tags = get_family("tiny").tags
     tok = AutoTokenizer.from_pretrained(world["model_path"])
@@ -202,28 +219,60 @@ def _fact_scores(world, task: int, folder: Path) -> list[list[float]]:
     return scores
 
 
-def test_influence_trains_on_selected_tokens_and_refuses_other_data(mini_world, tmp_path):
+def _forget_logit_grads(world, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """|∂ loss / ∂ logits| per position (B, T-1) of one batch of the whole forget task, the token
+    weights of its next-token labels (B, T-1) and its target mask (B, T-1)."""
+    from npo_lib.run.forget import build_trainer
+
+    out, spec = check_forget_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer, _, ds = build_trainer(cfg, spec, out, world["model_path"], world["data_path"])
+    model = trainer.model
+    trainer.ensure_reference(model)  # its no-grad pass first, so the hook sees only the loss's forward
+    batch = trainer.data_collator([ds[i] for i in range(len(ds))])
+    seen: list[torch.Tensor] = []
+
+    def keep(module, inputs, logits):  # returns None: the output stays as it is
+        logits.retain_grad()
+        seen.append(logits)
+
+    hook = model.lm_head.register_forward_hook(keep)
+    trainer.compute_loss(model, batch).backward()
+    hook.remove()
+    labels = batch["full"]["labels"]  # (B, T)
+    T = labels.shape[1]
+    grads = seen[0].grad.abs().sum(-1)[:, : T - 1]  # logits at t predict label t + 1
+    weights = trainer.token_weights[batch["index"], 1:T]
+    return grads, weights, labels[:, 1:] != -100
+
+
+def test_influence_trains_only_on_the_selected_tokens_and_refuses_other_data(mini_world, tmp_path):
     infl = tmp_path / "influence"
     scores = _fact_scores(mini_world, 1, infl)
     assert all(0 < sum(s) < len(s) for s in scores)  # every example has fact and other tokens
-    over = ("forget_loss=INFLUENCE+GD", f"influence_dir={infl}", "selection.method=threshold",
-            "selection.threshold=0.5", "selection.whole_words=false", "beta=0.1")
-    run = tmp_path / "run"
-    res = run_forget(_cfg(mini_world, run, *over), progress=False)
-    first = _log(run)[0]
-    assert first["forget/INFLUENCE"] == pytest.approx(20 * math.log(2), rel=1e-5)  # δ = 0 at step 1
-    assert res["steps"] == 2
+    base = ("forget_loss=INFLUENCE", f"influence_dir={infl}", "selection.whole_words=false", "beta=0.1")
+    facts = _cfg(mini_world, tmp_path / "facts", *base, "selection.method=threshold", "selection.threshold=0.5")
+    grads, weights, target = _forget_logit_grads(mini_world, facts)
+    selected = weights > 0
+    assert selected.any() and (target & ~selected).any()
+    assert (grads[target & ~selected] == 0).all()  # no gradient from a token the selection left out
+    assert (grads[selected] > 0).all()
+    # another selection (the first token of every example): the gradient follows it
+    first = _cfg(mini_world, tmp_path / "first", *base, "selection.method=top_k", "selection.k=1")
+    grads2, weights2, _ = _forget_logit_grads(mini_world, first)
+    assert not torch.equal(weights2 > 0, selected) and (weights2 > 0).sum(1).eq(1).all()
+    assert (grads2[target & ~(weights2 > 0)] == 0).all() and (grads2[weights2 > 0] > 0).all()
     # scores made for task 1 do not fit task 2: refused, naming the folder
     with pytest.raises(ConfigError, match="do not match|cover"):
-        run_forget(_cfg(mini_world, tmp_path / "run2", *over, "task_id=2"), progress=False)
+        run_forget(_cfg(mini_world, tmp_path / "run2", *base, "task_id=2"), progress=False)
 
 
 def test_influence_weights_follow_the_selection(mini_world, tmp_path):
     from transformers import AutoTokenizer
 
-    from npo_lib.data import UnlearningDataset
-    from npo_lib.families import get_family
-    from npo_lib.influence import load_token_weights
+    from npo_lib.data.dataset import UnlearningDataset
+    from npo_lib.influence.files import load_token_weights
+    from npo_lib.models.families import get_family
 
     infl = tmp_path / "influence"
     scores = _fact_scores(mini_world, 1, infl)

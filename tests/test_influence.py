@@ -12,31 +12,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from npo_lib.compute_influence import (
+from npo_lib.config import load_config
+from npo_lib.errors import ConfigError
+from npo_lib.influence.direction import (
+    autograd_token_scores,
+    differential_direction,
+    score_rows,
+    token_nll,
+)
+from npo_lib.influence.ground_truth import auroc, fact_token_mask
+from npo_lib.influence.modules import module_params, tracked_modules
+from npo_lib.influence.preconditioners import EKFAC, KFAC, PRECONDITIONERS, DiagonalFisher
+from npo_lib.influence.scorers import SCORERS, ScoreContext, compute_token_scores
+from npo_lib.run.influence import (
     auroc_table,
     check_influence_config,
     format_auroc_table,
     load_inputs,
     load_scoring_model,
     run_influence,
-)
-from npo_lib.config import ConfigError, load_config
-from npo_lib.influence_scores import (
-    EKFAC,
-    KFAC,
-    PRECONDITIONERS,
-    SCORERS,
-    DiagonalFisher,
-    ScoreContext,
-    auroc,
-    autograd_token_scores,
-    compute_token_scores,
-    differential_direction,
-    fact_token_mask,
-    module_params,
-    score_rows,
-    token_nll,
-    tracked_modules,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +102,7 @@ def test_direction_is_the_autograd_gradient_difference(f64):
     def mean_grad(examples):
         total = {n: torch.zeros_like(p) for n, p in params.items()}
         for ex in examples:  # one sequence at a time: no padding involved
-            from npo_lib.data import ViewCollator
+            from npo_lib.data.dataset import ViewCollator
 
             batch = ViewCollator(0).pad([ex])
             nll = token_nll(model, batch)
@@ -125,7 +119,7 @@ def test_direction_is_the_autograd_gradient_difference(f64):
 
 
 def _per_example_grads(model, modules, examples):
-    from npo_lib.data import ViewCollator
+    from npo_lib.data.dataset import ViewCollator
 
     W = [m.weight for m in modules.values()]
     out = []
@@ -246,36 +240,36 @@ def test_auroc_rank_definition():
 
 
 def test_config_errors_come_before_any_model_loads(mini_world, tmp_path, monkeypatch):
-    import npo_lib.families as families
+    import npo_lib.run.influence as run_influence_module
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(families, "load_model", no_model)
+    monkeypatch.setattr(run_influence_module, "load_model", no_model)
     for bad, msg in [("influence.scorer=foo", "influence.scorer 'foo' is unknown; valid: differential"),
                      ("influence.preconditioner=kfc", "valid: identity, diagonal, kfac, ekfac"),
                      ("influence.method=bwd", "influence.method"), ("influence.damping=0", "influence.damping must be > 0"),
                      ("influence.lam=-1", "lam >= 0"), ("influence.modules=attn", "valid: all_linear, mlp, last_n, lora")]:
         with pytest.raises(ConfigError, match=msg):
-            _cfg(mini_world, bad)
+            check_influence_config(_cfg(mini_world, bad))
     with pytest.raises(ConfigError, match="LoRA.r > 0"):
         run_influence(_cfg(mini_world, "influence.modules=lora", folder=tmp_path / "a"), progress=False)
     with pytest.raises(ConfigError, match="retain model"):  # model_path given: no embedded retain model
         run_influence(_cfg(mini_world, "influence.scorer=contrast", folder=tmp_path / "b"), progress=False)
     with pytest.raises(ConfigError, match="not found"):
-        run_influence(_cfg(mini_world, "influence.scorer=contrast", "influence.retain_model_path=/nope", folder=tmp_path / "c"), progress=False)
+        run_influence(_cfg(mini_world, "influence.scorer=contrast", "retain_model_path=/nope", folder=tmp_path / "c"), progress=False)
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kronfluence" else real(name, *a))
-    with pytest.raises(ConfigError, match="pip install kronfluence"):
+    with pytest.raises(ConfigError, match="optional package kronfluence, which is not installed"):
         run_influence(_cfg(mini_world, "influence.scorer=kronfluence", folder=tmp_path / "d"), progress=False)
     assert not any(tmp_path.iterdir())
 
 
 def test_files_feed_the_influence_loss_and_are_reused_or_refused(mini_world, tmp_path, monkeypatch):
-    from npo_lib import compute_influence
-    from npo_lib.influence import read_influence_files
+    import npo_lib.run.influence as compute_influence
+    from npo_lib.influence.files import read_influence_files
 
     folder = tmp_path / "influence"
     cfg = _cfg(mini_world, "influence.preconditioner=diagonal", "forget_loss=INFLUENCE+GD",
@@ -289,8 +283,8 @@ def test_files_feed_the_influence_loss_and_are_reused_or_refused(mini_world, tmp
     assert int(lengths.sum()) == res["n_tokens"] and scores.shape[0] == 4
 
     # INFLUENCE reads them: weights on the selected target tokens
-    from npo_lib.data import UnlearningDataset
-    from npo_lib.influence import load_token_weights
+    from npo_lib.data.dataset import UnlearningDataset
+    from npo_lib.influence.files import load_token_weights
 
     inputs = load_inputs(cfg)
     w = load_token_weights(cfg, folder, UnlearningDataset.from_files(inputs.data_path, "forget10", 1, inputs.tokenizer, inputs.tags), "full")
@@ -327,7 +321,7 @@ def test_npo_influence_cli_and_module_entry(mini_world, tmp_path):
 
 
 def test_check_returns_the_forget_runs_influence_folder(mini_world, tmp_path):
-    from npo_lib.forget import influence_files
+    from npo_lib.run.folders import influence_files
 
     cfg = _cfg(mini_world, f"save_dir={tmp_path / 'runs' / 'x'}")
     assert check_influence_config(cfg) == influence_files(cfg) == tmp_path / "runs" / "influence"

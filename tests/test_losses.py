@@ -1,33 +1,34 @@
-"""Losses of reference.md section 2 against hand computations (explicit loops, float64)."""
+"""The objectives against hand computations (explicit loops, float64)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from npo_lib.data import IGNORE_INDEX
-from npo_lib.losses import (
+from npo_lib.config import Config
+from npo_lib.data.views import IGNORE_INDEX
+from npo_lib.objectives.primitives import ce, sequence_logprob, token_logprobs
+from npo_lib.objectives.registry import (
     FORGET_TERMS,
     REGULARIZERS,
     LossHyper,
     LossSpec,
-    ce,
     composed_loss,
-    influence_loss,
-    kl_loss,
-    npo_loss,
     parse_loss,
-    sequence_logprob,
-    simnpo_loss,
     term_value,
-    tnpo_loss,
-    token_logprobs,
 )
+from npo_lib.objectives.terms import influence_loss, kl_loss, npo_loss, simnpo_loss, tnpo_loss
 
 B, T, V = 3, 7, 11
 M = IGNORE_INDEX
+
+
+def hyper(**values: float) -> LossHyper:
+    """The loss hyperparameters of the default config with ``values`` changed."""
+    return LossHyper.from_config(dataclasses.replace(Config(), **values))
 
 
 def make_batch(
@@ -129,13 +130,13 @@ def test_ce_without_targets_is_zero():
 
 def test_ga_idk_finetune_are_signed_ce():
     logits, labels = make_batch()
-    hyper = LossHyper()
+    hp = hyper()
     value = ce(logits, labels)
     for name in ("GA", "GA1", "GA2", "GA3"):
-        assert term_value(FORGET_TERMS[name], logits, labels, hyper).item() == -value.item()
+        assert term_value(FORGET_TERMS[name], logits, labels, hp).item() == -value.item()
     for name in ("IDK1", "IDK2", "IDK3", "FINETUNE"):
-        assert term_value(FORGET_TERMS[name], logits, labels, hyper).item() == value.item()
-    assert term_value(REGULARIZERS["GD"], logits, labels, hyper).item() == value.item()
+        assert term_value(FORGET_TERMS[name], logits, labels, hp).item() == value.item()
+    assert term_value(REGULARIZERS["GD"], logits, labels, hp).item() == value.item()
 
 
 def test_npo_by_hand_and_closed_form():
@@ -181,8 +182,8 @@ def test_simnpo_by_hand():
     hand = -(2 / beta) * total / B
     assert simnpo_loss(logits, labels, beta, gamma).item() == pytest.approx(hand, abs=1e-12)
     # through the registry: β is simnpo_beta, not beta
-    hyper = LossHyper(beta=0.1, simnpo_beta=beta, gamma=gamma)
-    value = term_value(FORGET_TERMS["SimNPO"], logits, labels, hyper)
+    hp = hyper(simnpo_beta=beta, gamma=gamma)
+    value = term_value(FORGET_TERMS["SimNPO"], logits, labels, hp)
     assert value.item() == pytest.approx(hand, abs=1e-12)
 
 
@@ -335,32 +336,29 @@ def test_term_value_names_missing_extra():
     logits, labels = make_batch()
     with pytest.raises(ValueError, match="INFLUENCE needs token_weights"):
         term_value(
-            FORGET_TERMS["INFLUENCE"], logits, labels, LossHyper(), ref_token_logp=ref_tokens()
+            FORGET_TERMS["INFLUENCE"], logits, labels, hyper(), ref_token_logp=ref_tokens()
         )
 
 
-def test_loss_hyper_checks_and_from_config():
+def test_loss_hyper_comes_from_the_config_and_checks_its_values():
+    assert LossHyper.from_config(Config()) == LossHyper(beta=0.1, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0, regularization_coeff=1.0)
+    assert hyper(beta=0.2, forget_coeff=2).forget_coeff == 2.0
+    with pytest.raises(TypeError):  # no defaults of its own: every value comes from the config
+        LossHyper(beta=0.2)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="beta must be > 0"):
-        LossHyper(beta=0.0)
-
-    class Cfg:
-        beta = 0.2
-        forget_coeff = 2
-        lr = 1e-5
-
-    assert LossHyper.from_config(Cfg()) == LossHyper(beta=0.2, forget_coeff=2.0)
+        LossHyper(beta=0.0, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0, regularization_coeff=1.0)
 
 
 def test_composed_loss_npo_gd():
     logits, labels = make_batch()
     retain_logits, retain_labels = make_batch(5)
     ref = torch.randn(B, dtype=torch.float64) - 10
-    hyper = LossHyper(beta=0.2, forget_coeff=0.5, regularization_coeff=3.0)
+    hp = hyper(beta=0.2, forget_coeff=0.5, regularization_coeff=3.0)
     total, logs = composed_loss(
         parse_loss("NPO+GD"),
         logits,
         labels,
-        hyper,
+        hp,
         retain_logits=retain_logits,
         retain_labels=retain_labels,
         ref_seq_logp=ref,
@@ -384,7 +382,7 @@ def test_composed_loss_kl_uses_retain_batch_and_requires_it():
         spec,
         logits,
         labels,
-        LossHyper(),
+        hyper(),
         retain_logits=retain_logits,
         retain_labels=retain_labels,
         ref_logits=retain_logits.clone(),
@@ -392,7 +390,7 @@ def test_composed_loss_kl_uses_retain_batch_and_requires_it():
     assert logs["reg/KL"] == pytest.approx(0.0, abs=1e-14)
     assert total.item() == pytest.approx(-ce(logits, labels).item())
     with pytest.raises(ValueError, match="retain_logits"):
-        composed_loss(spec, logits, labels, LossHyper())
+        composed_loss(spec, logits, labels, hyper())
 
 
 def test_bf16_logits_give_finite_float32():
@@ -404,9 +402,9 @@ def test_bf16_logits_give_finite_float32():
         "token_weights": torch.rand(B, T - 1),
         "ref_logits": torch.randn(B, T, V, dtype=torch.bfloat16),
     }
-    hyper = LossHyper()
+    hp = hyper()
     for term in (*FORGET_TERMS.values(), *REGULARIZERS.values()):
-        value = term_value(term, logits, labels, hyper, **extras)
+        value = term_value(term, logits, labels, hp, **extras)
         assert value.dtype == torch.float32, term.name
         assert value.dim() == 0 and torch.isfinite(value), term.name
         (grad,) = torch.autograd.grad(value, logits)

@@ -1,4 +1,4 @@
-"""Metrics of reference.md section 3 on hand-made inputs with known values."""
+"""The evaluation metrics on hand-made inputs with known values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from npo_lib import metrics as M
+from npo_lib.eval import metrics as M
 
 
 def test_fact_recall_counts_case_and_space_insensitive_hits():

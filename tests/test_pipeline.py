@@ -12,17 +12,10 @@ import nbformat
 import pytest
 import yaml
 
-from npo_lib.config import ConfigError
-from npo_lib.notebook import config_from_namespace, injected_parameters
-from npo_lib.pipeline import (
-    NOTEBOOKS,
-    Step,
-    grid_points,
-    notebook_path,
-    point_name,
-    run_steps,
-    run_sweep,
-)
+from npo_lib.errors import ConfigError
+from npo_lib.run.notebook import config_from_namespace, injected_parameters
+from npo_lib.run.steps import NOTEBOOKS, Step, notebook_path, run_steps
+from npo_lib.run.sweep import grid_points, point_name, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,17 +66,19 @@ def test_grid_points_and_run_names():
 
 
 def test_spec_errors_name_the_key_before_any_notebook_runs(tmp_path):
-    from npo_lib.pipeline import PipelineSpec, _read_spec, sweep_steps
+    from npo_lib.run.pipeline import PipelineSpec
+    from npo_lib.run.steps import read_spec
+    from npo_lib.run.sweep import sweep_steps
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmethod: {a: {forget_loss: NPO+GD}}\n")
     with pytest.raises(ConfigError, match="unknown key.*method.*valid:.*methods"):
-        _read_spec(bad, PipelineSpec)
-    from npo_lib.pipeline import SweepSpec
+        read_spec(bad, PipelineSpec)
+    from npo_lib.run.sweep import SweepSpec
 
     bad.write_text("name: x\nconfig: {num_epoch: 2}\ngrid: {lr: [1.0e-4]}\n")
     with pytest.raises(ConfigError, match="num_epoch"):
-        sweep_steps(_read_spec(bad, SweepSpec))
+        sweep_steps(read_spec(bad, SweepSpec))
 
 
 def test_step_key_follows_parameters_notebook_and_upstream(tmp_path):
@@ -193,7 +188,7 @@ def test_launch_runs_the_forget_notebook_on_two_ranks(mini_world, tmp_path):
 
 @pytest.mark.slow
 def test_npo_run_pipeline_end_to_end_and_skips_unchanged_steps(prepared_embedded, tmp_path, monkeypatch):
-    from npo_lib.pipeline import run_pipeline
+    from npo_lib.run.pipeline import run_pipeline
 
     cfg, _ = prepared_embedded
     monkeypatch.chdir(tmp_path)

@@ -42,8 +42,9 @@ def test_cli_bad_key_fails_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_memorises_and_is_reused(prepared_embedded):
-    from npo_lib.families import load_model, load_tokenizer, resolve_model_path
-    from npo_lib.prepare import prepare
+    from npo_lib.embedded.paths import resolve_model_path
+    from npo_lib.models.loading import load_model, load_tokenizer
+    from npo_lib.run.prepare import prepare
 
     cfg, s = prepared_embedded
     print(s.table())
@@ -64,7 +65,7 @@ def test_prepare_memorises_and_is_reused(prepared_embedded):
 
     # Saved in Hugging Face format and loaded through the same path a hub model takes.
     assert resolve_model_path(cfg) == s.paths["target"]
-    model, tok = load_model(cfg, device="cpu"), load_tokenizer(cfg)
+    model, tok = load_model(cfg, s.paths["target"], device="cpu"), load_tokenizer(cfg, s.paths["target"])
     assert model.config.model_type == "llama" and tok("x").input_ids[0] == tok.bos_token_id
     assert (Path(s.paths["target"]) / "model.safetensors").is_file()
 
@@ -75,14 +76,14 @@ def test_prepare_memorises_and_is_reused(prepared_embedded):
     assert again.recall == s.recall and again.epochs == s.epochs
     # Another forget task gets its own retain model; the target is shared.
     other = load_config([f"cache_dir={cfg.cache_dir}", "task_id=2"])
-    from npo_lib.embedded import embedded_paths
+    from npo_lib.embedded.paths import embedded_paths
 
     assert embedded_paths(other).target == embedded_paths(cfg).target
     assert embedded_paths(other).retain != embedded_paths(cfg).retain
 
 
 def test_a_missed_bar_names_the_bar_the_value_and_what_to_raise():
-    from npo_lib.prepare import PrepareError, PrepareSummary
+    from npo_lib.run.prepare import PrepareError, PrepareSummary
 
     s = PrepareSummary(
         paths={}, n_train_target=1, n_train_retain=1, n_forget=40, n_retain_eval=40,

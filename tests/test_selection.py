@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from npo_lib.selection import SelectionConfig, expand_window, select, token_weights, word_ids
+from npo_lib.config import SelectionConfig
+from npo_lib.influence.selection import expand_window, select, token_weights, word_ids
 
 S = torch.tensor([[0.1, 0.9, 0.3, 0.9, 0.0], [2.0, -1.0, 0.5, 0.0, 0.0]])  # (2, 5)
 L = torch.tensor([5, 3])  # row 1 has 3 valid tokens
@@ -50,5 +51,5 @@ def test_soft_weights_scale_with_score_and_padding_is_zero():
 
 
 def test_bad_method_names_valid_ones():
-    with pytest.raises(ValueError, match="top_k, top_p, threshold, zscore"):
-        SelectionConfig(method="best")
+    with pytest.raises(ValueError, match="selection.method 'best' is unknown; valid: top_k, top_p, threshold, zscore"):
+        select(torch.zeros(1, 3), torch.tensor([3]), SelectionConfig(method="best"))

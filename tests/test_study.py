@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from npo_lib.study import best_per_method, claim_text, collect, markdown
+from npo_lib.run.study import best_per_method, claim_text, collect, markdown
 
 
 def _run(root, name, loss, lr, seed, fq, mu):
@@ -26,7 +26,7 @@ def test_settings_average_seeds_and_the_claim_respects_the_utility_floor(tmp_pat
         _run(tmp_path, "c0", "INFLUENCE+GD", 1e-4, 0, 0.10, 0.84), _run(tmp_path, "c1", "INFLUENCE+GD", 1e-4, 1, 0.20, 0.86),
     ]
     (tmp_path / "unevaluated").mkdir()
-    settings = collect([*runs, tmp_path / "unevaluated"])
+    settings = collect([*runs, tmp_path / "unevaluated"], ("forget_loss", "lr", "num_epochs"))
     assert [s.key for s in settings] == [("NPO+GD", 1e-4, 5), ("NPO+GD", 3e-4, 5), ("INFLUENCE+GD", 1e-4, 5)]
     npo = settings[0]
     assert npo.mean("forget_quality") == pytest.approx(0.03) and npo.std("forget_quality") == pytest.approx(0.0141421, rel=1e-4)

@@ -1,0 +1,30 @@
+"""The configuration: one schema of every default (:mod:`.schema`) and where values come from
+(:mod:`.sources`: params files, ``key=value`` overrides, notebook parameters)."""
+
+from npo_lib.config.schema import (
+    BenchmarkConfig,
+    Config,
+    EvalConfig,
+    InfluenceConfig,
+    LoRAConfig,
+    SelectionConfig,
+    StudyConfig,
+    TinyModelConfig,
+)
+from npo_lib.config.sources import (
+    annotated_yaml,
+    check_keys,
+    load_config,
+    parse_overrides,
+    read_params_file,
+    save_config,
+    split_args,
+    to_yaml,
+)
+from npo_lib.errors import ConfigError
+
+__all__ = [
+    "BenchmarkConfig", "Config", "ConfigError", "EvalConfig", "InfluenceConfig", "LoRAConfig",
+    "SelectionConfig", "StudyConfig", "TinyModelConfig", "annotated_yaml", "check_keys",
+    "load_config", "parse_overrides", "read_params_file", "save_config", "split_args", "to_yaml",
+]

@@ -1,0 +1,239 @@
+"""The one dataclass tree that holds every default of the project, each with its help text.
+
+``Config`` is what a run reads; its groups (``LoRA``, ``tiny``, ``benchmark``, ``selection``,
+``influence``, ``eval``, ``study``) nest as dotted keys (``LoRA.r=8``). Help texts use the
+papers' symbols; ``npo <command> --print-config`` shows them beside the resolved values. The
+checks here need nothing but the values (types, ranges); names that a registry owns (families,
+losses, scorers, selection methods) are checked by :func:`npo_lib.run.checks.check_config`,
+also before any model loads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from npo_lib.errors import ConfigError
+
+
+def opt(default: Any, help: str) -> Any:
+    """A leaf field with its help text (a list default is copied per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def group(cls: type, help: str) -> Any:
+    """A nested group of fields (a dataclass of its own)."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class LoRAConfig:
+    """peft LoRA on every linear layer except ``lm_head``; ``r=0`` means full fine-tuning."""
+
+    r: int = opt(0, "adapter rank; 0 disables LoRA (full fine-tuning)")
+    alpha: int = opt(32, "scaling numerator: the update is (alpha / r) · B A")
+    dropout: float = opt(0.05, "dropout on the adapter input")
+
+    def __post_init__(self) -> None:
+        _need(self.r >= 0, f"LoRA.r must be >= 0, got {self.r}")
+        _need(0 <= self.dropout < 1, f"LoRA.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TinyModelConfig:
+    """Architecture and fine-tuning recipe of the embedded Llama-architecture models (`npo prepare`)."""
+
+    vocab_size: int = opt(1024, "byte-level BPE vocabulary trained on the benchmark text")
+    hidden_size: int = opt(128, "model width")
+    intermediate_size: int = opt(384, "MLP width")
+    num_hidden_layers: int = opt(4, "decoder blocks")
+    num_attention_heads: int = opt(4, "attention heads")
+    num_key_value_heads: int = opt(4, "key/value heads (grouped-query attention when fewer)")
+    max_position_embeddings: int = opt(256, "longest sequence the model takes")
+    max_epochs: int = opt(40, "epoch budget: the learning rate decays linearly to 0 over it; training stops earlier once the recall bars hold")
+    check_every: int = opt(2, "epochs between greedy fact-recall checks of the stop criterion")
+    patience: int = opt(1, "consecutive checks at which every recall bar must hold before training stops")
+    zerothink_fraction: float = opt(0.5, "share of training QA also trained with an empty trace (ZeroThink form)")
+    lr: float = opt(6e-3, "peak learning rate (AdamW, linear decay over max_epochs, 5 % warm-up)")
+    batch_size: int = opt(32, "fine-tuning batch size")
+    seed: int = opt(0, "initialisation and data-order seed")
+
+    def __post_init__(self) -> None:
+        for name in ("max_epochs", "check_every", "patience", "batch_size", "vocab_size"):
+            _need(getattr(self, name) >= 1, f"tiny.{name} must be >= 1, got {getattr(self, name)}")
+        _need(0 <= self.zerothink_fraction <= 1, f"tiny.zerothink_fraction must be in [0, 1], got {self.zerothink_fraction}")
+        _need(self.lr > 0, f"tiny.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class BenchmarkConfig:
+    """Settings of the embedded benchmark generator (fictitious authors, R-TOFU layout)."""
+
+    seed: int = opt(0, "generator seed: same settings give byte-identical files")
+    n_authors: int = opt(40, "fictitious authors in the training data (full.json)")
+    questions_per_author: int = opt(10, "QA pairs per author: the first N attributes of the generator")
+    n_holdout_authors: int = opt(4, "authors never trained on (membership-inference holdout)")
+    n_retain_eval_authors: int = opt(4, "training authors in no forget task (retain_perturbed.json)")
+    n_perturbed: int = opt(5, "perturbed (wrong) answers per QA, for the truth ratio")
+    n_tasks: int = opt(10, "max number of forget tasks per split (R-TOFU has 10)")
+
+    def __post_init__(self) -> None:
+        for name, lo in (("seed", 0), ("n_authors", 1), ("questions_per_author", 1), ("n_holdout_authors", 0),
+                         ("n_retain_eval_authors", 0), ("n_perturbed", 1), ("n_tasks", 1)):
+            value = getattr(self, name)
+            _need(isinstance(value, int) and not isinstance(value, bool), f"benchmark.{name} must be an integer, got {value!r}")
+            _need(value >= lo, f"benchmark.{name} must be >= {lo}, got {value}")
+
+
+@dataclass
+class SelectionConfig:
+    """Which target tokens INFLUENCE unlearns, from their influence scores."""
+
+    method: str = opt("top_p", "top_k (per example), top_p (global % of tokens), threshold, zscore")
+    k: int = opt(5, "top_k: tokens per example")
+    p: float = opt(10.0, "top_p: percent of all target tokens of the split, highest scores first")
+    threshold: float = opt(0.0, "threshold: select tokens scoring above it")
+    z: float = opt(1.0, "zscore: select tokens more than z standard deviations above their example's mean")
+    window: int = opt(0, "also select this many tokens either side of a selected one")
+    whole_words: bool = opt(True, "extend a selection to every token of the words it touches")
+    soft: bool = opt(False, "weights grow with the score instead of a hard w_selected / w_other")
+
+    def __post_init__(self) -> None:
+        _need(self.k >= 1 and 0 < self.p <= 100 and self.window >= 0 and self.z >= 0,
+              f"selection: need k >= 1, 0 < p <= 100, window >= 0, z >= 0; got k={self.k}, p={self.p}, "
+              f"window={self.window}, z={self.z}")
+
+
+@dataclass
+class InfluenceConfig:
+    """Per-token influence scores for INFLUENCE (`npo influence`).
+
+    s_it = vᵀ ∇θ_S ℓ_it with v = P⁻¹ (ḡ_forget − λ ḡ_retain) over the tracked parameters θ_S.
+    """
+
+    scorer: str = opt("differential", "differential, gradient_dot (ḡ_forget, P = I), contrast (log p_target − log p_retain), kronfluence (optional package)")
+    preconditioner: str = opt("ekfac", "P: identity, diagonal (empirical Fisher), kfac, ekfac (eigenvalue-corrected K-FAC)")
+    lam: float = opt(1.0, "λ, weight of the retain gradient in the direction")
+    modules: str = opt("all_linear", "θ_S: all_linear (every Linear but lm_head), mlp, last_n, lora (LoRA.r > 0)")
+    last_n_layers: int = opt(1, "modules=last_n: how many of the last decoder blocks")
+    method: str = opt("jvp", "row scores: jvp (forward-mode, exact) or fd (symmetric finite difference, two forwards)")
+    dtype: str = opt("float32", "scoring precision: float32, or float64 (exactness checks)")
+    damping: float = opt(1e-4, "P + damping · mean eigenvalue of P, per layer (diagonal, kfac, ekfac)")
+    fd_eps: float | None = opt(None, "fd step h: the largest token-loss change of a step, in nats; None = 3e-3 (float32), 1e-4 (float64)")
+    retain_samples: int = opt(0, "retain examples for ḡ_retain (and P); 0 = as many as the forget set")
+    batch_size: int = opt(8, "sequences per forward / backward")
+
+    def __post_init__(self) -> None:
+        _need(self.dtype in ("float32", "float64"), f"influence.dtype '{self.dtype}' is unknown; valid: float32, float64")
+        _need(self.method in ("jvp", "fd"), f"influence.method '{self.method}' is unknown; valid: jvp, fd")
+        for key in ("damping", "fd_eps"):
+            value = getattr(self, key)
+            _need(value is None or value > 0, f"influence.{key} must be > 0, got {value}")
+        _need(self.lam >= 0 and self.retain_samples >= 0 and self.last_n_layers >= 1 and self.batch_size >= 1,
+              "influence: need lam >= 0, retain_samples >= 0, last_n_layers >= 1, batch_size >= 1; "
+              f"got lam={self.lam}, retain_samples={self.retain_samples}, last_n_layers={self.last_n_layers}, "
+              f"batch_size={self.batch_size}")
+
+
+@dataclass
+class EvalConfig:
+    """How `npo eval` runs. Only max_new_tokens and reasoning change the numbers (and the reuse key)."""
+
+    batch_size: int = opt(8, "items per teacher-forced forward (all their candidate answers together)")
+    gen_batch_size: int = opt(32, "prompts per greedy-generation batch")
+    max_new_tokens: int = opt(200, "greedy generation budget (TOFU / open-unlearning: 200)")
+    flatten: bool = opt(True, "one forward per batch of items with all their candidates; False: one forward per row")
+    reasoning: bool = opt(True, "also ZeroThink / LessThink answers on the forget set (think families)")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "gen_batch_size", "max_new_tokens"):
+            _need(getattr(self, name) >= 1, f"eval.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class StudyConfig:
+    """How `npo study` compares the methods of a finished sweep."""
+
+    group_by: list[str] = opt(["forget_loss", "lr", "num_epochs"], "config keys of a setting; the seed varies inside a group")
+    mu_fraction: float = opt(0.95, "utility floor as a fraction of the target's model utility")
+
+    def __post_init__(self) -> None:
+        _need(bool(self.group_by), "study.group_by must name at least one config key, e.g. [forget_loss]")
+        _need(0 < self.mu_fraction <= 1, f"study.mu_fraction must be in (0, 1], got {self.mu_fraction}")
+
+
+@dataclass
+class Config:
+    """Everything a run needs. Names follow the seed scripts and the NPO / TOFU papers."""
+
+    # --- model ---
+    model_family: str = opt("tiny", "model family: hub id, chat and think tags (npo_lib.models.families)")
+    model_path: str | None = opt(None, "local folder overriding the family's hub id / the embedded target")
+    retain_model_path: str | None = opt(None, "retain model (fine-tuned without the forget set) for forget quality, privleak and the contrast scorer; None = the embedded one (tiny family)")
+    trust_remote_code: bool = opt(False, "passed to from_pretrained; off unless asked")
+    dtype: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    # --- data ---
+    data_path: str | None = opt(None, "folder or hub dataset id of TOFU / R-TOFU files; None = the embedded benchmark")
+    split: str = opt("forget10", "forget01 / forget05 / forget10")
+    task_id: int | None = opt(1, "R-TOFU task inside the split; None = every task of the split")
+    max_length: int = opt(512, "tokens per view (prompt + target); the target is cut on the right")
+    # --- objective ---
+    forget_loss: str = opt("NPO+GD", "forget term, then regularizers, joined by '+' (npo losses lists them)")
+    beta: float = opt(0.1, "NPO / TNPO / INFLUENCE temperature β")
+    simnpo_beta: float = opt(2.5, "SimNPO's β (its own default, reference-free, length-normalised)")
+    gamma: float = opt(0.0, "SimNPO reward margin γ")
+    w_selected: float = opt(1.0, "INFLUENCE: weight of tokens the influence selection picked")
+    w_other: float = opt(0.0, "INFLUENCE: weight of every other target token")
+    forget_coeff: float = opt(1.0, "weight of the forget term")
+    regularization_coeff: float = opt(1.0, "weight of each regularizer (GD, KL)")
+    # --- optimisation ---
+    lr: float = opt(1e-5, "peak learning rate (AdamW, linear decay)")
+    num_epochs: int = opt(5, "epochs over the forget set")
+    batch_size: int = opt(4, "forget examples per device and step")
+    gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer update")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    seed: int = opt(42, "data order, retain pairing and IDK draws")
+    warmup_epochs: float = opt(1.0, "linear warm-up length in epochs (the TOFU / NPO scripts use 1)")
+    gradient_checkpointing: bool | None = opt(None, "None = the family's default")
+    LoRA: LoRAConfig = group(LoRAConfig, "LoRA adapters instead of full fine-tuning")
+    save_merged: bool = opt(False, "with LoRA: also save the adapter merged into the base weights")
+    ds_config: str | None = opt(None, "DeepSpeed JSON config, e.g. params/ds/zero2.json")
+    report_to: str = opt("none", "HF Trainer loggers: none, tensorboard, wandb, ...")
+    logging_steps: int = opt(1, "optimizer steps between log lines")
+    save_steps: int = opt(0, "checkpoint every N optimizer steps; 0 = every epoch")
+    # --- token influence (INFLUENCE loss) ---
+    influence_dir: str | None = opt(None, "folder with scores.safetensors / tokens.jsonl / meta.json; None = runs/influence beside the run")
+    selection: SelectionConfig = group(SelectionConfig, "which tokens INFLUENCE unlearns")
+    influence: InfluenceConfig = group(InfluenceConfig, "how `npo influence` scores tokens")
+    # --- evaluation and comparison ---
+    eval: EvalConfig = group(EvalConfig, "how `npo eval` runs")
+    study: StudyConfig = group(StudyConfig, "how `npo study` compares methods")
+    # --- files ---
+    save_dir: str | None = opt(None, "run folder; None = runs/<derived name>")
+    resume: bool = opt(False, "continue an interrupted run from its last checkpoint")
+    overwrite: bool = opt(False, "allow replacing a finished run folder")
+    cache_dir: str = opt("~/.cache/tnpo", "embedded benchmark, tiny models, cached evaluations ($TNPO_CACHE wins)")
+    # --- embedded default ---
+    benchmark: BenchmarkConfig = group(BenchmarkConfig, "the embedded benchmark generator")
+    tiny: TinyModelConfig = group(TinyModelConfig, "the embedded models and their recipe")
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "num_epochs", "batch_size", "gradient_accumulation_steps", "max_length", "beta", "simnpo_beta", "logging_steps"):
+            _need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        _need(self.save_steps >= 0 and self.warmup_epochs >= 0, f"save_steps and warmup_epochs must be >= 0, got {self.save_steps}, {self.warmup_epochs}")
+        _need(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype '{self.dtype}' is unknown; valid: auto, float32, bfloat16, float16")
+        _need(self.ds_config is None or Path(self.ds_config).is_file(), f"ds_config file not found: {self.ds_config}")
+
+    @property
+    def cache_path(self) -> Path:
+        """``cache_dir`` with ``~`` and ``$TNPO_CACHE`` resolved (the variable wins when set)."""
+        return Path(os.environ.get("TNPO_CACHE") or self.cache_dir).expanduser()

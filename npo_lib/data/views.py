@@ -1,0 +1,195 @@
+"""The training views: a record becomes a (prompt, target) string pair, then token ids.
+
+| view | prompt | target | used by |
+|---|---|---|---|
+| full | U q A Ts | cot Te answer | GA1, NPO1, TNPO, INFLUENCE, FINETUNE |
+| answer | U q A Ts cot Te | answer | GA2, NPO2 |
+| cot | U q A Ts | cot | GA3, NPO3 |
+| idk1 / idk2 / idk3 | U q A Ts / U q A Ts cot Te / U q A Ts | r Te r / r / idk_cot Te r | IDK1-3 |
+| retain | U q' A Ts | cot' Te answer' | GD, KL |
+
+U / A: the family's user and assistant tags, Ts / Te its think tags (R-TOFU, Yoon et al. 2025);
+r an "I don't know" response. Labels are -100 (:data:`IGNORE_INDEX`) on the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from npo_lib.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from npo_lib.models.families import ChatTags
+
+IGNORE_INDEX = -100  # label of prompt and padding positions (HF cross-entropy convention)
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One row of the view table: parts after ``U q A`` in the prompt, and the target parts.
+
+    Parts: "Ts"/"Te" think tags, "cot" the record's trace, "answer", "r" the IDK response,
+    "idk_cot" the hedging trace. Families without think tags keep only the final part of the
+    target (answer or r); a target ending in "cot" has no such form.
+    """
+
+    prompt: tuple[str, ...]
+    target: tuple[str, ...]
+    used_by: str = ""
+
+
+VIEWS: dict[str, ViewSpec] = {
+    "full": ViewSpec(("Ts",), ("cot", "Te", "answer"), "GA1, NPO1, TNPO, INFLUENCE, FINETUNE"),
+    "answer": ViewSpec(("Ts", "cot", "Te"), ("answer",), "GA2, NPO2"),
+    "cot": ViewSpec(("Ts",), ("cot",), "GA3, NPO3"),
+    "idk1": ViewSpec(("Ts",), ("r", "Te", "r"), "IDK1"),
+    "idk2": ViewSpec(("Ts", "cot", "Te"), ("r",), "IDK2"),
+    "idk3": ViewSpec(("Ts",), ("idk_cot", "Te", "r"), "IDK3"),
+    "retain": ViewSpec(("Ts",), ("cot", "Te", "answer"), "GD, KL (on a retain record)"),
+}
+IDK_VIEWS = frozenset(name for name, spec in VIEWS.items() if "r" in spec.target)
+
+
+def get_view(view: str) -> ViewSpec:
+    try:
+        return VIEWS[view]
+    except KeyError:
+        raise DataError(f"view '{view}' is unknown; valid: {', '.join(VIEWS)}") from None
+
+
+def question_head(question: str) -> str:
+    q = " ".join(question.split())
+    return q[:60] + ("..." if len(q) > 60 else "")
+
+
+def view_text(
+    record: Mapping[str, Any],
+    view: str,
+    tags: ChatTags,
+    *,
+    idk: str | None = None,
+    idk_cot: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> tuple[str, str]:
+    """(prompt, target) strings of ``record`` under ``view`` (the table at the top of this module).
+
+    Think families: a record with an empty or missing ``cot`` gets an empty trace, so "full"
+    is prompt ``U q A Ts`` and target ``Te answer``; the "cot" view then fails (nothing to
+    learn). Other families: prompt ``U q A``, target the answer (or r for IDK views).
+    ``idk_cot`` defaults to the record's own ``idk_cot`` field.
+    """
+    spec = get_view(view)
+    q = record.get("question")
+    if not isinstance(q, str):
+        raise DataError(
+            f"view '{view}' needs a record with a question, got fields {', '.join(record)}"
+        )
+    if tags.use_tokenizer_template:
+        if tokenizer is None:
+            raise DataError("tags.use_tokenizer_template needs the tokenizer: pass tokenizer=...")
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        if not isinstance(head, str):
+            raise DataError(
+                f"apply_chat_template(tokenize=False) returned {type(head).__name__}, not str"
+            )
+        if tags.think_start:  # some templates (DeepSeek-R1's) already open the think block
+            head = head.removesuffix(tags.think_start)
+    else:
+        head = tags.user_start + q + tags.user_end + tags.assistant_start
+    idk_cot = idk_cot if idk_cot is not None else record.get("idk_cot")
+    parts = {
+        "Ts": tags.think_start or "",
+        "Te": tags.think_end or "",
+        "cot": record.get("cot") or "",
+        "answer": record.get("answer"),
+        "r": idk,
+        "idk_cot": idk_cot,
+    }
+    target_parts = spec.target
+    prompt_parts = spec.prompt
+    if not tags.thinks:
+        if target_parts[-1] not in ("answer", "r"):
+            raise DataError(
+                f"view '{view}' needs think tags; this family has none (answer-only targets)"
+            )
+        target_parts, prompt_parts = target_parts[-1:], ()
+    if "answer" in target_parts and not isinstance(parts["answer"], str):
+        raise DataError(f"view '{view}' needs an answer; question '{question_head(q)}' has none")
+    if "r" in target_parts and not idk:
+        raise DataError(f"view '{view}' needs an IDK response: pass idk=...")
+    if "idk_cot" in target_parts and not idk_cot:
+        raise DataError(
+            f"view '{view}' needs a hedging trace (idk_cot) for question '{question_head(q)}'"
+        )
+    if target_parts == ("cot",) and not parts["cot"]:
+        raise DataError(
+            f"view 'cot' needs a reasoning trace; question '{question_head(q)}' has none"
+        )
+    prompt = head + "".join(parts[p] for p in prompt_parts)
+    target = "".join(parts[p] for p in target_parts)
+    return prompt, target
+
+
+def encode_view(
+    record: Mapping[str, Any],
+    view: str,
+    tokenizer: PreTrainedTokenizerBase,
+    tags: ChatTags,
+    max_length: int,
+    *,
+    idk: str | None = None,
+    idk_cot: str | None = None,
+) -> dict[str, Any]:
+    """Token ids of one view: ``input_ids``, ``labels`` (-100 on the prompt), ``prompt_len``,
+    ``target_offsets`` (char span of each target token in the target string; EOS gets an empty
+    span at the end).
+
+    Prompt and target are tokenized separately, so each decodes back to its own string. The
+    prompt takes the tokenizer's special tokens (its BOS) unless it came from a chat template,
+    which already holds them; the target gets EOS appended (the model must learn to stop).
+    Over ``max_length`` the target is cut on the right; a prompt that fills it fails.
+    """
+    prompt, target = view_text(record, view, tags, idk=idk, idk_cot=idk_cot, tokenizer=tokenizer)
+    prompt_ids = tokenizer(prompt, add_special_tokens=not tags.use_tokenizer_template)["input_ids"]
+    if len(prompt_ids) >= max_length:
+        raise DataError(
+            f"prompt of question '{question_head(record['question'])}' has {len(prompt_ids)} tokens, "
+            f"max_length={max_length} leaves no room for the target: raise max_length"
+        )
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no eos_token_id: targets end with EOS")
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in enc["offset_mapping"]]
+    else:  # slow tokenizers give no offsets
+        enc = tokenizer(target, add_special_tokens=False)
+        offsets = []
+    target_ids = [*enc["input_ids"], tokenizer.eos_token_id]
+    if offsets:
+        offsets.append((len(target), len(target)))
+    keep = max_length - len(prompt_ids)
+    target_ids, offsets = target_ids[:keep], offsets[:keep]
+    return {
+        "input_ids": prompt_ids + target_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
+        "prompt_len": len(prompt_ids),
+        "target_offsets": offsets,
+    }
+
+
+def encode_records(
+    records: Sequence[Mapping[str, Any]],
+    view: str,
+    tokenizer: PreTrainedTokenizerBase,
+    tags: ChatTags,
+    max_length: int,
+    *,
+    idk: str | None = None,
+) -> list[dict[str, Any]]:
+    """Encoded ``view`` of every record: plain fine-tuning examples (pad with ViewCollator)."""
+    return [encode_view(r, view, tokenizer, tags, max_length, idk=idk) for r in records]

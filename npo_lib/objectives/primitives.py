@@ -1,0 +1,58 @@
+"""Token statistics every objective is made of, computed in at least float32.
+
+Labels follow the HF convention: ``labels[:, t]`` is the token at position t, -100
+(``IGNORE_INDEX``) on prompt and padding, and ``logits[:, t]`` predicts ``labels[:, t + 1]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from npo_lib.data.views import IGNORE_INDEX
+
+
+def upcast(x: Tensor) -> Tensor:
+    """At least float32: bf16 / fp16 become float32, float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def check_shape(name: str, x: Tensor, shape: tuple[int, ...]) -> None:
+    """A cached input must match exactly: broadcasting (B,) against (B, 1) would be silent."""
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {shape}")
+
+
+def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token log p(label) after the causal shift, and the target mask.
+
+    Equivalent to ``torch.gather(logits[:, :-1].log_softmax(-1), -1, labels[:, 1:, None])``
+    with masked positions set to 0, computed by ``cross_entropy`` in at least float32.
+    Returns ``(logp, mask)``, both ``(B, T-1)`` in the compute dtype.
+    """
+    B, T, V = logits.shape
+    check_shape("labels", labels, (B, T))
+    pred = upcast(logits[:, :-1])  # (B, T-1, V)
+    target = labels[:, 1:]  # (B, T-1)
+    nll = F.cross_entropy(
+        pred.reshape(-1, V), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B*(T-1),), 0 where ignored
+    mask = (target != IGNORE_INDEX).to(pred.dtype)  # (B, T-1)
+    return -nll.view(B, T - 1), mask
+
+
+def sequence_logprob(logits: Tensor, labels: Tensor) -> Tensor:
+    """Σ_t log p(y_t | x, y_<t) over each sequence's target tokens: ``(B,)``."""
+    logp, _ = token_logprobs(logits, labels)  # (B, T-1)
+    return logp.sum(-1)  # (B,)
+
+
+def ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean token NLL over every target token of the batch (HF: token sum / token count).
+
+    A batch without target tokens gives 0 (not NaN, as HF would).
+    """
+    logp, mask = token_logprobs(logits, labels)  # (B, T-1)
+    # CE = -Σ_it m_it log p(y_it) / Σ_it m_it
+    return -logp.sum() / mask.sum().clamp_min(1)

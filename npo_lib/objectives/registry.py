@@ -1,0 +1,227 @@
+"""The objective registry: named terms, the data view each reads, the inputs each needs, and the
+composition ``FORGET[+REG...]`` (``NPO+GD``, ``INFLUENCE+GD+KL``) the trainer sums.
+
+total = forget_coeff · forget_term + regularization_coeff · Σ regularizers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from npo_lib.data.views import VIEWS
+from npo_lib.errors import ConfigError
+from npo_lib.objectives.terms import (
+    finetune_loss,
+    ga_loss,
+    influence_loss,
+    kl_loss,
+    npo_loss,
+    simnpo_loss,
+    tnpo_loss,
+)
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Term:
+    """A named loss term: its function, the data view it reads and the extra inputs it needs.
+
+    ``hparams`` maps a keyword argument of ``fn`` to the :class:`LossHyper` field that fills it.
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    view: str  # data view the term reads: "full", "answer", "cot", "idk1", ..., "retain"
+    needs: tuple[str, ...] = ()  # "ref_seq_logp", "ref_token_logp", "token_weights", "ref_logits"
+    doc: str = ""  # one line, with the equation
+    hparams: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            valid = ", ".join(VIEWS)
+            raise ValueError(f"term {self.name}: view '{self.view}' is unknown; valid: {valid}")
+
+
+_BETA = {"beta": "beta"}
+_NPO_VIEWS = {"": "full", "1": "full", "2": "answer", "3": "cot"}  # a plain name (GA) is view 1
+
+FORGET_TERMS: dict[str, Term] = {
+    **{
+        f"GA{k}": Term(f"GA{k}", ga_loss, v, doc=f"-CE({v} view)")
+        for k, v in _NPO_VIEWS.items()
+    },
+    **{
+        f"NPO{k}": Term(
+            f"NPO{k}",
+            npo_loss,
+            v,
+            ("ref_seq_logp",),
+            f"-(2/β) mean_i log σ(-β Δ_i) on the {v} view, Δ_i = Σ_t log p_θ - log p_ref",
+            _BETA,
+        )
+        for k, v in _NPO_VIEWS.items()
+    },
+    "SimNPO": Term(
+        "SimNPO",
+        simnpo_loss,
+        "full",
+        doc="-(2/β) mean_i log σ(-(β/|y_i|) Σ_t log p_θ(y_it) - γ), β = simnpo_beta",
+        hparams={"beta": "simnpo_beta", "gamma": "gamma"},
+    ),
+    "TNPO": Term(
+        "TNPO",
+        tnpo_loss,
+        "full",
+        ("ref_token_logp",),
+        "-(2/β) mean_it log σ(-β δ_it), δ_it = log p_θ(y_it) - log p_ref(y_it)",
+        _BETA,
+    ),
+    "INFLUENCE": Term(
+        "INFLUENCE",
+        influence_loss,
+        "full",
+        ("ref_token_logp", "token_weights"),
+        "-(2/β) Σ_it w_it log σ(-β δ_it) / Σ_it w_it, w from token influence; Σw = 0 gives 0",
+        _BETA,
+    ),
+    **{
+        f"IDK{k}": Term(f"IDK{k}", finetune_loss, f"idk{k}", doc=f"CE(idk{k} view)")
+        for k in "123"
+    },
+    "FINETUNE": Term("FINETUNE", finetune_loss, "full", doc="CE(full view)"),
+}
+
+REGULARIZERS: dict[str, Term] = {
+    "GD": Term("GD", finetune_loss, "retain", doc="CE(retain view)"),
+    "KL": Term(
+        "KL",
+        kl_loss,
+        "retain",
+        ("ref_logits",),
+        "Σ_v p_ref (log p_ref - log p_θ), mean over retain target tokens",
+    ),
+}
+
+
+def _valid_names() -> str:
+    return (
+        f"valid forget terms: {', '.join(FORGET_TERMS)}; "
+        f"valid regularizers: {', '.join(REGULARIZERS)}"
+    )
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One forget term and the regularizers added to it (``FORGET[+REG...]``)."""
+
+    forget: Term
+    regularizers: tuple[Term, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "+".join(t.name for t in (self.forget, *self.regularizers))
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """Data views to batch: the forget view, then "retain" if a regularizer reads it."""
+        return tuple(dict.fromkeys(t.view for t in (self.forget, *self.regularizers)))
+
+    @property
+    def needs(self) -> set[str]:
+        """Extra inputs (cached reference values, token weights) some term needs."""
+        return {n for t in (self.forget, *self.regularizers) for n in t.needs}
+
+
+def parse_loss(name: str) -> LossSpec:
+    """``"NPO+GD"`` -> LossSpec(NPO, (GD,)); a forget term first, then distinct regularizers."""
+    first, *rest = [part.strip() for part in name.split("+")]
+    for part in (first, *rest):
+        if part not in FORGET_TERMS and part not in REGULARIZERS:
+            raise ConfigError(f"loss '{name}': unknown part '{part}'; {_valid_names()}")
+    form = "the form is FORGET[+REG...], e.g. NPO+GD"
+    if first not in FORGET_TERMS:
+        raise ConfigError(
+            f"loss '{name}': '{first}' is a regularizer, not a forget term; {form}; "
+            + _valid_names()
+        )
+    for part in rest:
+        if part in FORGET_TERMS:
+            raise ConfigError(
+                f"loss '{name}': forget term '{part}' after '+' (one forget term, first); {form}"
+            )
+    if len(set(rest)) != len(rest):
+        dup = next(p for p in rest if rest.count(p) > 1)
+        raise ConfigError(f"loss '{name}': regularizer '{dup}' appears twice")
+    return LossSpec(FORGET_TERMS[first], tuple(REGULARIZERS[p] for p in rest))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class LossHyper:
+    """Loss hyperparameters as plain floats, in the papers' symbols. No defaults of its own: the
+    values come from the config (:meth:`from_config`), where each default and its help live."""
+
+    beta: float  # NPO / TNPO / INFLUENCE temperature β
+    simnpo_beta: float  # SimNPO temperature β
+    gamma: float  # SimNPO reward margin γ
+    forget_coeff: float  # weight of the forget term
+    regularization_coeff: float  # weight of each regularizer
+
+    def __post_init__(self) -> None:
+        for key in ("beta", "simnpo_beta"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)}")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> LossHyper:
+        """Every field from the attribute of ``cfg`` (a Config) of the same name."""
+        return cls(**{f.name: float(getattr(cfg, f.name)) for f in dataclasses.fields(cls)})
+
+
+def term_value(
+    term: Term, logits: Tensor, labels: Tensor, hyper: LossHyper, **extras: Any
+) -> Tensor:
+    """Evaluate ``term`` with the extras it needs (others are ignored) and its hyperparameters."""
+    missing = [n for n in term.needs if extras.get(n) is None]
+    if missing:
+        raise ValueError(f"loss term {term.name} needs {', '.join(missing)}: pass it as a keyword")
+    kwargs = {n: extras[n] for n in term.needs}
+    kwargs.update({arg: getattr(hyper, key) for arg, key in term.hparams.items()})
+    return term.fn(logits, labels, **kwargs)
+
+
+def composed_loss(
+    spec: LossSpec,
+    forget_logits: Tensor,
+    forget_labels: Tensor,
+    hyper: LossHyper,
+    *,
+    retain_logits: Tensor | None = None,
+    retain_labels: Tensor | None = None,
+    **extras: Any,
+) -> tuple[Tensor, dict[str, float]]:
+    """total = forget_coeff · forget + regularization_coeff · Σ regularizers, plus logged values.
+
+    The forget term reads ``forget_*`` (its view's batch), regularizers read ``retain_*``;
+    ``extras`` go to whichever term needs them (``ref_logits`` is the retain batch's).
+    Log keys: ``forget/<name>``, ``reg/<name>``, ``loss``.
+    """
+    if spec.regularizers and (retain_logits is None or retain_labels is None):
+        raise ValueError(f"loss {spec.name} has regularizers: pass retain_logits and retain_labels")
+    forget = term_value(spec.forget, forget_logits, forget_labels, hyper, **extras)
+    total = hyper.forget_coeff * forget
+    logs = {f"forget/{spec.forget.name}": forget.item()}
+    for reg in spec.regularizers:
+        value = term_value(reg, retain_logits, retain_labels, hyper, **extras)
+        total = total + hyper.regularization_coeff * value
+        logs[f"reg/{reg.name}"] = value.item()
+    logs["loss"] = total.item()
+    return total, logs

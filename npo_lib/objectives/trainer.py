@@ -1,0 +1,205 @@
+"""The forgetting trainer: one HF ``Trainer`` subclass that wires data to registered loss terms.
+
+Everything a method is made of lives in :mod:`npo_lib.objectives.registry`; this class only
+
+1. runs the forward pass on the view each term reads (forget view, and ``retain`` for GD / KL),
+2. hands the terms their cached reference log-probs (computed once, before the first update,
+   from the model itself: no second model in memory for NPO / TNPO / INFLUENCE),
+3. gives KL a frozen reference distribution (the base model with the LoRA adapter disabled, or a
+   separate frozen copy), and
+4. logs every term, and stops on a non-finite loss naming the step and the term.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import Trainer, TrainerCallback
+
+from npo_lib.errors import UserError
+from npo_lib.objectives.reference import ReferenceLogprobs, compute_reference_logprobs
+from npo_lib.objectives.registry import LossHyper, LossSpec, composed_loss
+
+
+class NonFiniteLossError(UserError, RuntimeError):
+    """A loss term became NaN or infinite; training stops, earlier checkpoints stay."""
+
+
+class UnlearningTrainer(Trainer):
+    """HF ``Trainer`` whose loss is a :class:`~npo_lib.objectives.registry.LossSpec` over the batch's views.
+
+    Batches come from :class:`~npo_lib.data.dataset.UnlearningDataset` + :class:`ViewCollator`:
+    ``{"index", <forget view>, "retain"}``. ``token_weights`` (``(N, T_max)``, aligned with each
+    example's unshifted forget-view labels) feed INFLUENCE.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_spec: LossSpec,
+        hyper: LossHyper,
+        reference: ReferenceLogprobs | None = None,
+        reference_fingerprint: str = "",
+        reference_path: str | Path | None = None,
+        ref_model: torch.nn.Module | None = None,
+        token_weights: Tensor | None = None,
+        log_file: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_spec = loss_spec
+        self.hyper = hyper
+        self.reference = reference
+        self.reference_fingerprint = reference_fingerprint
+        self.reference_path = Path(reference_path) if reference_path else None
+        self.ref_model = ref_model
+        self.token_weights = token_weights
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_count = 0
+        if log_file is not None:
+            self.add_callback(JsonlLogCallback(log_file))
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(RetainPairingCallback(self.train_dataset))
+
+    # -- inputs the terms need ------------------------------------------------------------
+
+    def _needs_reference(self) -> bool:
+        return bool({"ref_seq_logp", "ref_token_logp"} & self.loss_spec.needs)
+
+    def ensure_reference(self, model: torch.nn.Module) -> None:
+        """Compute the cached reference log-probs with the not-yet-updated model, once.
+
+        Runs through ``model`` as the Trainer wraps it (DeepSpeed engine included), so under
+        ZeRO-3 every rank takes part in the same forwards; every rank computes the whole
+        (small) forget set, rank 0 writes the cache file the run folder keeps for resumes.
+        """
+        if self.reference is not None or not self._needs_reference():
+            return
+        if self.state.global_step > 0:
+            raise RuntimeError(
+                "reference log-probs are missing after training started (a resumed run needs the "
+                f"run folder's cache {self.reference_path}); start the run again with overwrite=true"
+            )
+        self.reference = compute_reference_logprobs(
+            model,
+            self.train_dataset,
+            self.loss_spec.forget.view,
+            pad_token_id=self.data_collator.pad_token_id,
+            batch_size=self.args.per_device_train_batch_size,
+            fingerprint=self.reference_fingerprint,
+            progress=self.is_world_process_zero(),
+        )
+        if self.reference_path is not None and self.is_world_process_zero():
+            self.reference.save(self.reference_path)
+
+    def _extras(self, inputs: dict[str, Any], forget: dict[str, Tensor]) -> dict[str, Tensor]:
+        idx = inputs["index"].cpu()
+        width = forget["labels"].shape[1] - 1  # shifted frame of this batch
+        device = forget["labels"].device
+        extras: dict[str, Tensor] = {}
+        needs = self.loss_spec.needs
+        if "ref_seq_logp" in needs:
+            extras["ref_seq_logp"] = self.reference.seq[idx].to(device)
+        if "ref_token_logp" in needs:
+            extras["ref_token_logp"] = self.reference.token[idx, :width].to(device)
+        if "token_weights" in needs:
+            if self.token_weights is None:
+                raise ValueError(f"loss {self.loss_spec.name} needs token weights (influence_dir)")
+            extras["token_weights"] = self.token_weights[idx, 1 : width + 1].to(device)
+        return extras
+
+    @torch.no_grad()
+    def reference_logits(self, model: torch.nn.Module, retain: dict[str, Tensor]) -> Tensor:
+        """p_ref on the retain batch for KL: frozen copy, or the base model under LoRA."""
+        kwargs = {"input_ids": retain["input_ids"], "attention_mask": retain["attention_mask"]}
+        if self.ref_model is not None:
+            return self.ref_model(**kwargs).logits
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not hasattr(unwrapped, "disable_adapter"):
+            raise ValueError("KL needs a reference model: pass ref_model or train with LoRA.r > 0")
+        with unwrapped.disable_adapter():
+            return model(**kwargs).logits
+
+    # -- the loss -------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Forward the views the loss reads and sum its registered terms."""
+        self.ensure_reference(model)
+        spec = self.loss_spec
+        forget = inputs[spec.forget.view]
+        forget_out = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"])
+        kwargs: dict[str, Any] = self._extras(inputs, forget)
+        if spec.regularizers:
+            retain = inputs["retain"]
+            kwargs["retain_logits"] = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
+            kwargs["retain_labels"] = retain["labels"]
+            if "ref_logits" in spec.needs:
+                kwargs["ref_logits"] = self.reference_logits(model, retain)
+        loss, logs = composed_loss(spec, forget_out.logits, forget["labels"], self.hyper, **kwargs)
+        bad = [k for k, v in logs.items() if not math.isfinite(v)]
+        if bad:
+            last = self._last_checkpoint()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.state.global_step + 1}: "
+                + ", ".join(f"{k}={logs[k]}" for k in bad)
+                + (f"; last good checkpoint: {last}" if last else "; no checkpoint was saved yet")
+            )
+        if model.training:
+            for k, v in logs.items():
+                self._term_sums[k] += v
+            self._term_count += 1
+        return (loss, forget_out) if return_outputs else loss
+
+    def _last_checkpoint(self) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        out = Path(self.args.output_dir)
+        return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Add the mean of every loss term since the last log to the Trainer's record."""
+        if self._term_count and "loss" in logs:
+            for k, v in self._term_sums.items():
+                if k != "loss":
+                    logs[k] = v / self._term_count
+            self._term_sums.clear()
+            self._term_count = 0
+        super().log(logs, *args, **kwargs)
+
+
+class RetainPairingCallback(TrainerCallback):
+    """Re-draw the forget -> retain pairing at the start of every epoch (seeded by the epoch)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Per-step log as JSON lines (rank 0); a resumed run drops lines past its checkpoint."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.is_file():
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= state.global_step
+            ]
+            self.path.write_text("".join(f"{line}\n" for line in keep))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+

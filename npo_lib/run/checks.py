@@ -1,0 +1,52 @@
+"""Every check a config can fail without loading a model: the names each registry owns.
+
+:func:`npo_lib.config.load_config` checks keys, types and ranges; this adds the names (model
+family, objective, influence scorer and preconditioner, selection method) and the limits of the
+embedded benchmark generator. Every command and run function calls :func:`check_config` first,
+so a bad value fails in one line before any model loads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from npo_lib.config import Config
+from npo_lib.embedded.benchmark import check_benchmark_config
+from npo_lib.errors import ConfigError
+from npo_lib.influence.modules import MODULE_SETS
+from npo_lib.influence.preconditioners import PRECONDITIONERS
+from npo_lib.influence.scorers import Scorer, get_scorer
+from npo_lib.influence.selection import get_selection
+from npo_lib.models.families import get_family
+from npo_lib.objectives.registry import LossSpec, parse_loss
+
+
+def check_config(cfg: Config) -> LossSpec:
+    """Fail (ConfigError, one line) on a name no registry knows; returns the parsed objective."""
+    get_family(cfg.model_family)
+    spec = parse_loss(cfg.forget_loss)
+    get_selection(cfg.selection.method)
+    check_benchmark_config(cfg.benchmark)
+    check_influence_settings(cfg)
+    return spec
+
+
+def check_influence_settings(cfg: Config) -> Scorer:
+    """The influence scorer exists, its optional package is installed, and it can track the
+    chosen modules; returns it. (Whether its retain model exists is the influence run's check.)"""
+    ic = cfg.influence
+    scorer = get_scorer(ic.scorer)
+    if ic.preconditioner not in PRECONDITIONERS:
+        raise ConfigError(f"influence.preconditioner '{ic.preconditioner}' is unknown; valid: {', '.join(PRECONDITIONERS)}")
+    if ic.modules not in MODULE_SETS:
+        raise ConfigError(f"influence.modules '{ic.modules}' is unknown; valid: {', '.join(MODULE_SETS)}")
+    if ic.modules == "lora" and cfg.LoRA.r <= 0:
+        raise ConfigError("influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 (or another influence.modules)")
+    if ic.modules == "lora" and not scorer.supports_lora:
+        raise ConfigError(f"influence.scorer={scorer.name} tracks the base model's Linear layers: use another influence.modules")
+    if scorer.requires and importlib.util.find_spec(scorer.requires) is None:
+        raise ConfigError(
+            f"influence.scorer={scorer.name} needs the optional package {scorer.requires}, which is not installed: "
+            "pip install -e '.[influence]' (see pyproject); the built-in scorers need nothing more"
+        )
+    return scorer

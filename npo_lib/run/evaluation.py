@@ -1,0 +1,256 @@
+"""``npo eval``: every metric of one model, written as ``<run>/eval/metrics.json``, reused when its
+inputs have not changed, forget quality and privleak against the retain model (evaluated once).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from npo_lib.config import Config, EvalConfig
+from npo_lib.embedded.paths import (
+    embedded_paths,
+    resolve_model_path,
+    resolve_retain_model_path,
+    uses_embedded,
+)
+from npo_lib.errors import EvalError
+from npo_lib.eval.compute import (
+    HEADLINE_METRICS,
+    EvalData,
+    compute_metrics,
+    eval_identity,
+    load_eval_data,
+)
+from npo_lib.models.families import get_family
+from npo_lib.models.loading import (
+    check_tokenizer,
+    default_device,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+)
+from npo_lib.run.checks import check_config
+from npo_lib.run.folders import saved_result
+from npo_lib.utils.hashing import fingerprint, model_fingerprint
+from npo_lib.utils.io import atomic_write_json
+from npo_lib.utils.machine import machine_info
+
+METRICS_FILE = Path("eval") / "metrics.json"  # relative to a run folder
+
+
+def _config_dict(cfg: Config) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def _resolved_dtype(cfg: Config) -> str:
+    return str(resolve_dtype(cfg, default_device())).removeprefix("torch.")
+
+
+def _identity(
+    cfg: Config,
+    model_path: str,
+    tokenizer_path: str,
+    data: EvalData,
+    options: EvalConfig,
+    retain: str | None,
+    role: str,
+) -> dict[str, Any]:
+    return {
+        "model_path": model_path,
+        "model_fingerprint": model_fingerprint(model_path),
+        "tokenizer_path": tokenizer_path,
+        "tokenizer_fingerprint": model_fingerprint(tokenizer_path)
+        if tokenizer_path != model_path
+        else None,
+        "data_path": data.data_path,
+        "data_fingerprint": data.fingerprint(),
+        "split": cfg.split,
+        "task_id": cfg.task_id,
+        "model_family": cfg.model_family,
+        "max_length": cfg.max_length,
+        "dtype": _resolved_dtype(cfg),  # "auto" differs by device: bf16 on GPU, fp32 on CPU
+        "options": eval_identity(options),
+        "role": role,
+        "retain_model_path": retain,
+        "retain_model_fingerprint": model_fingerprint(retain) if retain else None,
+        "config": _config_dict(cfg),
+    }
+
+
+# Fields whose equality means "same numbers": a finished evaluation matching them is reused.
+_REUSE_KEYS = (
+    "model_fingerprint",
+    "tokenizer_fingerprint",
+    "data_fingerprint",
+    "split",
+    "task_id",
+    "model_family",
+    "max_length",
+    "dtype",
+    "options",
+    "retain_model_fingerprint",
+)
+
+
+def _reusable(file: Path, identity: Mapping[str, Any], progress: bool = False) -> dict | None:
+    """The saved evaluation when its identity matches on :data:`_REUSE_KEYS`; else None (and, when
+    a saved one differs, a line saying what changed: it is computed again)."""
+    saved, differ = saved_result(file, identity, keys=_REUSE_KEYS, identity_key="identity")
+    if differ and progress:
+        print(f"{file}: inputs changed ({'; '.join(differ[:3])}), evaluating again", file=sys.stderr)
+    return saved
+
+
+def _role(cfg: Config, model_fp: str, retain_fp: str | None) -> str:
+    if retain_fp is not None and model_fp == retain_fp:
+        return "retain"
+    family = get_family(cfg.model_family)
+    if uses_embedded(cfg):
+        target = embedded_paths(cfg).target
+        if target.is_dir() and model_fingerprint(target) == model_fp:
+            return "target"
+    elif model_fp == model_fingerprint(family.hub_id or ""):
+        return "target"
+    return "run"
+
+
+def _run(
+    cfg: Config,
+    model_path: str,
+    tokenizer_path: str,
+    data: EvalData,
+    options: EvalConfig,
+    identity: dict[str, Any],
+    reference: Mapping[str, Any] | str | None,
+    *,
+    file: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """Load the model, compute, write ``file``."""
+    t0 = time.perf_counter()
+    tokenizer = load_tokenizer(cfg, tokenizer_path)
+    model = load_model(cfg, model_path)
+    check_tokenizer(model, tokenizer, model_name=model_path, tokenizer_name=tokenizer_path)
+    res = compute_metrics(
+        model,
+        tokenizer,
+        get_family(cfg.model_family).tags,
+        data,
+        options,
+        reference=reference,
+        max_length=cfg.max_length,
+        progress=progress,
+    )
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # before the next model of the session loads
+    out = {**res, "identity": identity, "machine": machine_info()}  # where the numbers came from
+    out["seconds"] = {**res["seconds"], "total": time.perf_counter() - t0}
+    atomic_write_json(file, out, indent=1)
+    return json.loads(json.dumps(out, default=str))  # the same (string-keyed) form as reloaded
+
+
+def evaluate(
+    cfg: Config,
+    model_path: str | None = None,
+    *,
+    out_dir: str | Path,
+    recompute: bool = False,
+    retain_reference: Mapping[str, Any] | str | None = "auto",
+    tokenizer_path: str | None = None,
+    options: EvalConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model_path`` (default: ``cfg.model_path`` or the embedded target) on the
+    evaluation sets of ``cfg`` and write ``<out_dir>/eval/metrics.json``; returns its content.
+
+    Forget quality and privleak compare with the retain model, evaluated once per (data, split,
+    task, retain model, options) and cached as ``cfg.cache_path/eval/<fingerprint>/metrics.json``
+    (``recompute`` does not redo it). ``retain_reference``: ``"auto"`` uses
+    ``cfg.retain_model_path``, else the embedded retain model for the embedded benchmark, else
+    none; a mapping is a retain model's metrics.json already loaded; None means no comparison
+    (forget quality and privleak null, the reason under ``notes``). A model whose weights are the
+    retain model's is its own reference (forget quality 1, privleak 0). An earlier result with
+    the same identity (model, tokenizer, data, split, task, options, retain model) is returned as
+    is unless ``recompute``. ``options`` default to ``cfg.eval``.
+    """
+    check_config(cfg)
+    options = options or cfg.eval
+    model_path = str(model_path or resolve_model_path(cfg))
+    tokenizer_path = str(tokenizer_path or model_path)
+    data = load_eval_data(cfg)
+    # 1. which retain model (if any) forget quality and privleak compare with
+    retain_path, why = None, "retain_reference=None: no comparison asked"
+    if retain_reference == "auto":
+        retain_path, why = resolve_retain_model_path(cfg)
+    elif isinstance(retain_reference, str):
+        raise EvalError(f"retain_reference must be 'auto', None or a metrics mapping, got {retain_reference!r}")
+    retain_fp = model_fingerprint(retain_path) if retain_path else None
+    role = _role(cfg, model_fingerprint(model_path), retain_fp)
+    identity = _identity(cfg, model_path, tokenizer_path, data, options, retain_path, role)
+    if isinstance(retain_reference, Mapping):  # a retain model's results, already computed
+        identity["retain_model_fingerprint"] = retain_reference.get("identity", {}).get("model_fingerprint", "given")
+    # 2. reuse a finished evaluation of the same identity
+    file = Path(out_dir) / METRICS_FILE
+    if not recompute and (old := _reusable(file, identity, progress)) is not None:
+        return old
+    # 3. compute (the retain model's own results are shared with every model's comparison)
+    run = functools.partial(_run, cfg, model_path, tokenizer_path, data, options, identity, file=file, progress=progress)
+    if isinstance(retain_reference, Mapping):
+        return run(retain_reference)
+    if role == "retain" and tokenizer_path == model_path:
+        res = {**retain_metrics(cfg, model_path, data, options, recompute=recompute, progress=progress), "identity": identity}
+        atomic_write_json(file, res, indent=1)
+        return res
+    if role == "retain":
+        return run("self")
+    if retain_path is not None:
+        return run(retain_metrics(cfg, retain_path, data, options, progress=progress))
+    return run(why)
+
+
+def retain_metrics(
+    cfg: Config,
+    retain_path: str,
+    data: EvalData | None = None,
+    options: EvalConfig | None = None,
+    *,
+    recompute: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The retain model's metrics (its own reference), cached under ``cache_path/eval``."""
+    options = options or cfg.eval
+    data = data or load_eval_data(cfg)
+    identity = _identity(cfg, retain_path, retain_path, data, options, retain_path, "retain")
+    file = cfg.cache_path / "eval" / fingerprint({k: identity[k] for k in _REUSE_KEYS}, length=12) / "metrics.json"
+    if not recompute and (old := _reusable(file, identity, progress)) is not None:
+        return old
+    return _run(cfg, retain_path, retain_path, data, options, identity, "self", file=file, progress=progress)
+
+
+def summary(result: Mapping[str, Any]) -> str:
+    """The headline numbers of a metrics.json, one per line, then its notes."""
+    agg = result["aggregates"]
+    lines = [f"  {m.key:<22} {m.format(agg.get(m.key))}" for m in HEADLINE_METRICS if m.key in agg]
+    lines += [f"  note: {k}: {v}" for k, v in result.get("notes", {}).items()]
+    return "\n".join(lines)
+
+
+def default_out_dir(cfg: Config, model_path: str | None = None) -> Path:
+    """Where ``npo eval`` writes: ``save_dir`` when set, else the model's own local folder."""
+    if cfg.save_dir:
+        return Path(cfg.save_dir)
+    path = Path(model_path or resolve_model_path(cfg)).expanduser()
+    if path.is_dir():
+        return path
+    raise EvalError(f"{path} is not a local folder: pass save_dir=... (or --out-dir) for the results")

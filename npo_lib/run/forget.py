@@ -1,0 +1,211 @@
+"""Unlearning runs: ``npo forget ...`` and the seed's ``python -m npo_lib.forget key=value ...``.
+
+A run folder holds the resolved ``config.yaml``, the cached reference log-probs
+(``ref_logprobs.safetensors``), ``checkpoints/``, the per-step ``log.jsonl``, the final model
+(``model/``, or ``adapter/`` and optionally ``model/`` merged under LoRA) and ``result.json``
+once finished. A finished folder is never overwritten without ``overwrite=true``;
+``resume=true`` continues an interrupted one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from npo_lib.config import Config, save_config
+from npo_lib.data.dataset import UnlearningDataset, ViewCollator
+from npo_lib.data.sources import load_eval_set, load_forget
+from npo_lib.embedded.paths import resolve_data_path, resolve_model_path
+from npo_lib.errors import ConfigError
+from npo_lib.eval.generation import greedy_fact_recall
+from npo_lib.models.families import get_family
+from npo_lib.models.loading import load_model, load_tokenizer
+from npo_lib.models.lora import apply_lora
+from npo_lib.objectives.registry import LossHyper, LossSpec
+from npo_lib.run.checks import check_config
+from npo_lib.run.folders import RESULT_FILE, check_run_folder, influence_files, run_dir
+from npo_lib.utils import dist
+from npo_lib.utils.hashing import fingerprint
+from npo_lib.utils.io import atomic_write_json
+
+REF_FILE = "ref_logprobs.safetensors"
+
+
+def check_forget_config(cfg: Config) -> tuple[Path, LossSpec]:
+    """Every check that needs no model: the config's names and values, INFLUENCE's inputs, the
+    run folder's state. Returns the run folder and the parsed objective."""
+    spec = check_config(cfg)
+    if "token_weights" in spec.needs:
+        scores = influence_files(cfg) / "scores.safetensors"
+        if not scores.is_file():
+            raise ConfigError(
+                f"forget_loss={cfg.forget_loss} needs token influence scores: expected {scores}. "
+                "Make them with `npo influence` (same model, data_path, split, task_id) "
+                "or point influence_dir=... at a folder holding scores.safetensors"
+            )
+    out = run_dir(cfg)
+    check_run_folder(out, cfg)
+    return out, spec
+
+
+def training_arguments(cfg: Config, out: Path, n_examples: int, family_gc: bool):
+    """HF ``TrainingArguments`` of a forget run (DeepSpeed's process group first under ZeRO-3)."""
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    if dist.world_size() > 1 and cfg.ds_config:
+        import deepspeed
+
+        # ZeRO-3 partitions weights inside from_pretrained: DeepSpeed's process group must exist
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * dist.world_size()
+    steps_per_epoch = max(1, math.ceil(n_examples / per_step))
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_epochs,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
+        lr_scheduler_type="linear",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "epoch",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=2,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=family_gc if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
+        deepspeed=cfg.ds_config,
+        ddp_backend="gloo" if not cuda and dist.world_size() > 1 else None,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not dist.is_rank0(),
+    )
+
+
+def reference_model(cfg: Config, path: str, trainer: Any):
+    """A frozen copy for KL; under ZeRO-3 wrapped in its own inference engine (sharded)."""
+    ref = load_model(cfg, path, device="cuda" if trainer.args.device.type == "cuda" else "cpu")
+    ref.eval().requires_grad_(False)
+    if trainer.is_deepspeed_enabled:
+        import deepspeed
+
+        ds = json.loads(json.dumps(trainer.accelerator.state.deepspeed_plugin.deepspeed_config))
+        if ds.get("zero_optimization", {}).get("stage") == 3:
+            ds.pop("optimizer", None)
+            ds.pop("scheduler", None)
+            ref, *_ = deepspeed.initialize(model=ref, config=ds)
+            ref.eval()
+    return ref
+
+
+def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_path: str, callbacks: Sequence[Any] = ()):
+    """(trainer, tokenizer, dataset) of a forget run: data, model (LoRA), cached reference,
+    INFLUENCE's token weights and, for KL without LoRA, a frozen reference model."""
+    from npo_lib.influence.files import load_token_weights
+    from npo_lib.objectives.reference import ReferenceLogprobs
+    from npo_lib.objectives.trainer import UnlearningTrainer
+
+    family = get_family(cfg.model_family)
+    tokenizer = load_tokenizer(cfg, model_path)
+    view = spec.forget.view
+    dataset = UnlearningDataset.from_files(
+        data_path, cfg.split, cfg.task_id, tokenizer, family.tags, views=(view,),
+        with_retain=bool(spec.regularizers), max_length=cfg.max_length, seed=cfg.seed,
+    )
+    args = training_arguments(cfg, out, len(dataset), family.gradient_checkpointing)  # before the model: ZeRO-3 init
+    model = load_model(cfg, model_path, device=args.device.type)
+    if cfg.LoRA.r > 0:
+        model = apply_lora(model, cfg.LoRA)
+    if args.gradient_checkpointing:
+        model.config.use_cache = False
+    ref_key = fingerprint(model_path, dataset.fingerprint(view), view, cfg.LoRA.r)
+    weights = load_token_weights(cfg, influence_files(cfg), dataset, view) if "token_weights" in spec.needs else None
+    trainer = UnlearningTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=ViewCollator(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        loss_spec=spec,
+        hyper=LossHyper.from_config(cfg),
+        reference=ReferenceLogprobs.load(out / REF_FILE, ref_key),
+        reference_fingerprint=ref_key,
+        reference_path=out / REF_FILE,
+        token_weights=weights,
+        log_file=out / "log.jsonl",
+    )
+    if "ref_logits" in spec.needs and cfg.LoRA.r == 0:
+        trainer.ref_model = reference_model(cfg, model_path, trainer)
+    return trainer, tokenizer, dataset
+
+
+def save_trained(cfg: Config, trainer: Any, tokenizer: Any, out: Path) -> None:
+    """``model/`` (full fine-tuning; ZeRO-3 shards gathered), or ``adapter/`` plus, with
+    ``save_merged``, the merged ``model/`` under LoRA."""
+    if cfg.LoRA.r == 0:
+        trainer.save_model(str(out / "model"))
+        return
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(out / "adapter"))
+        if cfg.save_merged:
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(str(out / "model"))
+            tokenizer.save_pretrained(str(out / "model"))
+
+
+def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = True) -> dict[str, Any]:
+    """Unlearn ``cfg.split`` / ``cfg.task_id`` from the model with ``cfg.forget_loss``."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out, spec = check_forget_config(cfg)
+    t0 = time.perf_counter()
+    model_path, data_path = resolve_model_path(cfg), resolve_data_path(cfg)
+    if cfg.overwrite and out.exists() and dist.is_rank0():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_rank0():
+        save_config(cfg, out / "config.yaml")
+    trainer, tokenizer, dataset = build_trainer(cfg, spec, out, model_path, data_path, callbacks)
+    ckpt_dir = Path(trainer.args.output_dir)
+    resume_from = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
+    train_out = trainer.train(resume_from_checkpoint=resume_from)
+    save_trained(cfg, trainer, tokenizer, out)
+    result: dict[str, Any] = {
+        "run_dir": str(out),
+        "model_path": model_path,
+        "data_path": data_path,
+        "forget_loss": spec.name,
+        "n_forget": len(dataset),
+        "steps": train_out.global_step,
+        "train_loss": float(train_out.training_loss),
+        "seconds": time.perf_counter() - t0,
+        "resumed_from": resume_from,
+        "world_size": dist.world_size(),
+        "rank": dist.rank(),
+    }
+    if trainer.is_world_process_zero():
+        if "fact" in dataset.forget[0] and not trainer.is_deepspeed_enabled:
+            result["fact_recall"] = quick_fact_recall(cfg, trainer.accelerator.unwrap_model(trainer.model), tokenizer, data_path)
+        atomic_write_json(out / RESULT_FILE, result)
+        if progress:
+            print(json.dumps(result, indent=2))
+    return result
+
+
+def quick_fact_recall(cfg: Config, model: Any, tokenizer: Any, data_path: str) -> dict[str, float]:
+    """Greedy-answer fact recall on the forget set and the retain-eval set (embedded data)."""
+    tags = get_family(cfg.model_family).tags
+    sets = {"forget": load_forget(data_path, cfg.split, cfg.task_id), "retain": load_eval_set(data_path, "retain_perturbed")}
+    return {name: greedy_fact_recall(model, tokenizer, records, tags) for name, records in sets.items()}

@@ -1,0 +1,74 @@
+"""What the parameterised notebooks share: their config from papermill's injected variables.
+
+papermill (``-f params.yaml`` / ``-p key value``) injects each parameter as a variable after the
+cell tagged ``parameters``. The notebooks declare only their own non-config parameters there
+(``config_files``, output folders, ...); every ``npo_lib.config.Config`` key keeps its single
+default in the schema. :func:`config_from_namespace` collects the injected config keys, merges
+them over the params files and fails, naming the variable, for one that is not a config key.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from npo_lib.config import Config, load_config
+from npo_lib.errors import ConfigError
+from npo_lib.run.checks import check_config
+
+# Names IPython itself puts into a kernel's namespace.
+_KERNEL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+
+
+def injected_parameters(ns: Mapping[str, Any], declared: Iterable[str] = ()) -> dict[str, Any]:
+    """Plain-data variables of a notebook namespace: papermill's injected parameters.
+
+    Skips private names, IPython's own, the notebook's ``declared`` parameters, and modules,
+    functions and classes (the notebook's imports).
+    """
+    skip = _KERNEL_NAMES | set(declared)
+    out = {}
+    for name, value in ns.items():
+        if name.startswith("_") or name in skip:
+            continue
+        if isinstance(value, types.ModuleType) or inspect.isroutine(value) or inspect.isclass(value):
+            continue
+        out[name] = value
+    return out
+
+
+def config_from_namespace(
+    ns: Mapping[str, Any], declared: Sequence[str] = (), config_files: Sequence[str] = ()
+) -> Config:
+    """The run's ``Config``: schema defaults < ``config_files`` < injected config keys.
+
+    A variable that is neither declared by the notebook nor a config key is a typo in the
+    params file or ``-p``: it fails with the closest valid keys, before any model loads.
+    """
+    values = injected_parameters(ns, declared)
+    try:
+        cfg = load_config(files=list(config_files), overrides=values)
+        check_config(cfg)
+        return cfg
+    except ConfigError as e:
+        raise ConfigError(f"notebook parameters: {e} (the notebook's own parameters: {', '.join(declared) or 'none'})") from e
+
+
+def show_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], floatfmt: str = ".4g") -> Any:
+    """A list of dicts (or one dict) as a markdown table, displayed inline in Jupyter."""
+    from IPython.display import Markdown
+
+    if isinstance(rows, Mapping):
+        rows = [{"key": k, "value": v} for k, v in rows.items()]
+    if not rows:
+        return Markdown("_(empty)_")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v: Any) -> str:
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return Markdown("\n".join(lines))

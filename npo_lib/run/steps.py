@@ -1,0 +1,209 @@
+"""Notebook steps: one parameterised notebook executed by papermill, its output notebook the record.
+
+A step's key hashes the notebook, its parameters and the keys of the steps it depends on; a step
+whose key matches its last successful execution is skipped, so re-running a pipeline or an
+interrupted sweep only does what changed or is missing. The notebooks ship inside the package.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.resources
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from npo_lib.config import Config, load_config, read_params_file
+from npo_lib.errors import ConfigError
+from npo_lib.run.checks import check_config
+from npo_lib.utils.hashing import fingerprint
+from npo_lib.utils.io import atomic_write_json
+
+NOTEBOOKS_DIR = Path(str(importlib.resources.files("npo_lib"))) / "notebooks"  # package data: found after `pip install .` too
+NOTEBOOKS = ("prepare", "influence", "forget", "evaluation", "token_visualization")
+DONE_SUFFIX, FAILED_SUFFIX, PARAMS_SUFFIX, LOG_SUFFIX = ".done.json", ".failed.json", ".params.yaml", ".log"
+
+
+def notebook_path(name: str | os.PathLike) -> Path:
+    """``"forget"`` -> ``notebooks/forget.ipynb``; an existing path is returned as is."""
+    p = Path(name)
+    if p.suffix == ".ipynb":
+        if not p.is_file():
+            raise ConfigError(f"notebook not found: {p}")
+        return p
+    if str(name) not in NOTEBOOKS:
+        raise ConfigError(f"unknown notebook '{name}'; valid: {', '.join(NOTEBOOKS)} or a path to an .ipynb")
+    return NOTEBOOKS_DIR / f"{name}.ipynb"
+
+
+def papermill_command(notebook: Path, output: Path | str, params_file: Path, *, progress_bar: bool = True) -> list[str]:
+    """The papermill command line of one execution: this interpreter, the python3 kernel, the
+    current folder as the notebook's working folder."""
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(output), "-f", str(params_file),
+           "--cwd", os.getcwd(), "--kernel", "python3"]
+    return cmd if progress_bar else [*cmd, "--no-progress-bar"]
+
+
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # "done", "skipped" (unchanged since its last success) or "failed"
+    seconds: float = 0.0
+    output: str = ""
+    error: str = ""  # the failing cell's exception and the tail of papermill's log
+
+
+@dataclass
+class Step:
+    """One notebook execution: ``notebook`` with ``params`` -> the executed ``output`` notebook."""
+
+    name: str
+    notebook: Path
+    params: dict[str, Any]
+    output: Path
+    deps: list[Step] = field(default_factory=list)
+    runtime: dict[str, Any] = field(default_factory=dict)  # passed to the notebook, not part of the key
+
+    @property
+    def key(self) -> str:
+        """Changes when the notebook, the parameters or any upstream step changes."""
+        return fingerprint(self.notebook.read_bytes(), self.params, [d.key for d in self.deps])
+
+    def side_file(self, suffix: str) -> Path:
+        return self.output.with_name(self.output.stem + suffix)
+
+    @property
+    def done_file(self) -> Path:
+        return self.side_file(DONE_SUFFIX)
+
+    def last_success(self) -> dict[str, Any] | None:
+        """The record of the last successful execution, if its output notebook is still there."""
+        if not (self.done_file.is_file() and self.output.is_file()):
+            return None
+        return json.loads(self.done_file.read_text())
+
+    def is_current(self) -> bool:
+        done = self.last_success()
+        return done is not None and done.get("key") == self.key
+
+    def command(self, params_file: Path) -> list[str]:
+        return papermill_command(self.notebook, self.output, params_file)
+
+
+def kernel_env() -> dict[str, str]:
+    """The kernel runs this interpreter: its bin folder first on PATH."""
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
+
+
+def error_summary(log_tail: str) -> str:
+    """The failing cell's exception line(s) from papermill's log, else its last lines."""
+    lines = [ln for ln in log_tail.splitlines() if ln.strip()]
+    for i in range(len(lines) - 1, -1, -1):
+        if "PapermillExecutionError" in lines[i]:
+            return "\n".join(lines[i:])[-2000:]
+    return "\n".join(lines[-15:])
+
+
+def execute(step: Step, *, stream: bool = True) -> StepResult:
+    """Run one step with papermill (a subprocess: its kernel, its memory) and record the result.
+
+    Output streams to stderr when ``stream`` (papermill's cell progress bar), and always to
+    ``<output>.log``. On failure papermill has already saved the executed notebook with the
+    failing cell marked; ``<output>.failed.json`` records the error.
+    """
+    step.output.parent.mkdir(parents=True, exist_ok=True)
+    params_file = step.side_file(PARAMS_SUFFIX)
+    params_file.write_text(yaml.safe_dump({**step.params, **step.runtime}, sort_keys=False))
+    for stale in (step.done_file, step.side_file(FAILED_SUFFIX)):
+        stale.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    tail: collections.deque[bytes] = collections.deque(maxlen=400)
+    with open(step.side_file(LOG_SUFFIX), "wb") as log:
+        proc = subprocess.Popen(step.command(params_file), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=kernel_env())
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+            log.write(chunk)
+            tail.append(chunk)
+            if stream:
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+        rc = proc.wait()
+    seconds = time.perf_counter() - t0
+    if rc == 0:
+        atomic_write_json(step.done_file, {"key": step.key, "seconds": seconds, "params": step.params})
+        return StepResult(step.name, "done", seconds, str(step.output))
+    error = error_summary(b"".join(tail).decode(errors="replace")) or f"papermill exited with {rc}"
+    atomic_write_json(step.side_file(FAILED_SUFFIX), {"key": step.key, "returncode": rc, "error": error})
+    return StepResult(step.name, "failed", seconds, str(step.output), error)
+
+
+def run_steps(steps: Sequence[Step], *, stream: bool = True, say: Any = print) -> list[StepResult]:
+    """Execute ``steps`` in order, skipping current ones; stops at the first failure."""
+    results = []
+    for i, step in enumerate(steps, 1):
+        head = f"[{i}/{len(steps)}] {step.name}"
+        if step.is_current():
+            say(f"{head}: unchanged, skipped ({step.output})")
+            results.append(StepResult(step.name, "skipped", 0.0, str(step.output)))
+            continue
+        why = "parameters or inputs changed" if step.last_success() else "new"
+        say(f"{head}: running {step.notebook.name} ({why}) -> {step.output}")
+        res = execute(step, stream=stream)
+        results.append(res)
+        say(f"{head}: {res.status} in {res.seconds:.1f} s")
+        if res.status == "failed":
+            say(f"{head} failed; executed notebook with the failing cell: {res.output}\n{res.error}")
+            break
+    return results
+
+
+def read_spec(path: str | os.PathLike, schema: type) -> Any:
+    """A spec file checked against its dataclass: unknown keys and bad params files named."""
+    values = read_params_file(path)
+    valid = {f for f in schema.__dataclass_fields__}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    spec = schema(**values)
+    for p in spec.params:
+        if not Path(p).is_file():
+            raise ConfigError(f"{path}: params file not found: {p}")
+    return spec
+
+
+class Spec(Protocol):
+    """What a pipeline or sweep file shares: params files and config keys for every step."""
+
+    params: list[str]
+    config: dict[str, Any]
+
+
+def spec_config(spec: Spec, extra: Mapping[str, Any] | None = None) -> Config:
+    """The merged, checked Config of a step (fails before any notebook starts)."""
+    cfg = load_config(files=spec.params, overrides={**spec.config, **(extra or {})})
+    check_config(cfg)
+    return cfg
+
+
+def step_params(spec: Spec, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A notebook's papermill parameters: params files (by path) plus config keys and its own."""
+    return {"config_files": [str(Path(p).resolve()) for p in spec.params], **spec.config, **extra}
+
+
+def forget_mode(step: Step) -> dict[str, bool]:
+    """``overwrite`` when the run folder holds a finished run of other inputs, else ``resume``."""
+    done = step.last_success()
+    return {"overwrite": True, "resume": False} if done is not None else {"overwrite": False, "resume": True}
+
+

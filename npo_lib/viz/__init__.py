@@ -1,0 +1,1 @@
+"""Visualisation: token tables, HTML heatmaps, the ipywidgets explorer, run figures."""

@@ -1,0 +1,141 @@
+"""Run figures as matplotlib ``Figure`` objects (no pyplot state): loss terms, forget quality vs
+model utility, score distributions on fact and other tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from npo_lib.utils.optional import require
+from npo_lib.viz.tables import TokenTable, score_label
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+
+def _figure(**kw: Any) -> Figure:
+    return require("matplotlib.figure").Figure(**kw)
+
+
+def _save(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The training-step rows of a run's ``log.jsonl`` (those with a ``loss``; not the summary)."""
+    file = Path(run_dir) / "log.jsonl"
+    if not file.is_file():
+        raise FileNotFoundError(f"no training log: {file} (written by `npo forget`)")
+    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "loss" in r and "train_runtime" not in r]
+
+
+def plot_loss_terms(run_dir: str | Path, path: str | Path | None = None) -> Figure:
+    """Total loss and every logged term (``forget/…``, ``reg/…``) against the step."""
+    rows = read_log(run_dir)
+    terms = ["loss", *sorted({k for r in rows for k in r if "/" in k})]
+    fig = _figure(figsize=(6.5, 3.8))
+    ax = fig.subplots()
+    for name in terms:
+        pts = [(r["step"], r[name]) for r in rows if isinstance(r.get(name), int | float)]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=name, lw=2 if name == "loss" else 1.2)
+    ax.set(xlabel="step", ylabel="loss term", title=f"loss terms: {Path(run_dir).name}")
+    ax.axhline(0, color="#999", lw=0.6)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+# Marker of each run role in the forget quality / model utility plane.
+ROLE_STYLE: dict[str, dict[str, Any]] = {
+    "target": {"marker": "*", "s": 220, "color": "black", "zorder": 5},
+    "retain": {"marker": "D", "s": 90, "color": "tab:green", "zorder": 5},
+}
+
+
+@dataclass(frozen=True)
+class FqMuPoint:
+    """One point of the forget quality / model utility plane: a run, or a setting's mean over
+    seeds (with its spreads). ``group`` colours points alike (a method); ``role`` marks the
+    target and the retain model."""
+
+    name: str
+    forget_quality: float | None
+    model_utility: float | None
+    role: str = "run"  # "target", "retain" or "run"
+    group: str | None = None
+    mu_err: float = 0.0
+    fq_err: float = 0.0
+
+
+def plot_fq_mu(
+    points: Sequence[FqMuPoint],
+    *,
+    floor: float | None = None,
+    floor_label: str = "utility floor",
+    annotate: bool = True,
+    title: str = "forget quality vs model utility",
+    path: str | Path | None = None,
+) -> Figure:
+    """Forget quality (log scale) against model utility, target and retain model marked.
+
+    Points of one ``group`` share a colour and a legend entry (error bars when they carry
+    spreads); ``floor`` draws the utility floor. Points without both numbers are listed under
+    the plot. The legend sits outside the axes, so it never hides a point.
+    """
+    fig = _figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
+    groups = list(dict.fromkeys(p.group or "runs" for p in points if p.role not in ROLE_STYLE))
+    colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    labelled, missing = set(), []
+    for p in points:
+        if p.forget_quality is None or p.model_utility is None:
+            missing.append(p.name)
+            continue
+        y = max(p.forget_quality, 1e-300)
+        if p.role in ROLE_STYLE:
+            ax.scatter([p.model_utility], [y], label=p.role if p.role not in labelled else None, **ROLE_STYLE[p.role])
+            labelled.add(p.role)
+        else:
+            g = p.group or "runs"
+            ax.errorbar([p.model_utility], [y], xerr=[p.mu_err] if p.mu_err else None, fmt="o", color=colours[g],
+                        label=g if g not in labelled else None, alpha=0.85, capsize=2)
+            labelled.add(g)
+        if annotate:
+            ax.annotate(p.name, (p.model_utility, y), textcoords="offset points", xytext=(5, 4), fontsize="x-small")
+    if floor is not None:
+        ax.axvline(floor, color="0.5", ls="--", lw=1, label=floor_label)
+    ax.set_yscale("log")
+    ax.set(xlabel="model utility", ylabel="forget quality (log)", title=title)
+    if labelled or floor is not None:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if missing:
+        fig.text(0.01, -0.02, "no forget quality / utility: " + ", ".join(missing), fontsize="small")
+    return _save(fig, path)
+
+
+def plot_score_distributions(
+    tables: Sequence[TokenTable], score: str = "influence", *, bins: int = 40, path: str | Path | None = None
+) -> Figure:
+    """Histograms (densities, shared bins) of ``score`` on fact tokens and on the other tokens."""
+    values = np.concatenate([t.scores[score] for t in tables]) if tables else np.zeros(0)
+    fact = np.concatenate([np.asarray(t.fact, dtype=bool) for t in tables]) if tables else np.zeros(0, bool)
+    edges = np.histogram_bin_edges(values, bins=bins) if values.size else bins
+    fig = _figure(figsize=(6, 3.8))
+    ax = fig.subplots()
+    for name, sel, col in (("fact tokens", fact, "tab:red"), ("other tokens", ~fact, "tab:blue")):
+        if sel.any():
+            v = values[sel]
+            ax.hist(v, bins=edges, density=True, alpha=0.55, color=col, label=f"{name} (n={v.size}, mean {v.mean():.3g})")
+    ax.set(xlabel=score_label(score), ylabel="density", title=f"{score_label(score)}: fact vs other tokens")
+    ax.legend(fontsize="small")
+    return _save(fig, path)

@@ -1,0 +1,45 @@
+"""import-linter contract types of this project (``lint-imports`` loads them from pyproject).
+
+``private_names``: no module imports a private name (``_x``, not a dunder) from another module of
+the package. A private helper is private to its module; what another module needs is public.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+
+from importlinter.application import output
+from importlinter.domain import fields
+from importlinter.domain.contract import Contract, ContractCheck
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+class PrivateNamesContract(Contract):
+    """Modules under ``packages`` import no private name from another module."""
+
+    type_name = "private_names"
+    packages = fields.ListField(subfield=fields.StringField())
+
+    def check(self, graph, verbose: bool) -> ContractCheck:
+        bad = []
+        for module in sorted(graph.modules):
+            if not any(module == p or module.startswith(p + ".") for p in self.packages):
+                continue
+            spec = importlib.util.find_spec(module)
+            if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+                continue
+            tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    if node.module != module and any(node.module == p or node.module.startswith(p + ".") for p in self.packages):
+                        bad += [(module, node.module, a.name, node.lineno) for a in node.names if _private(a.name)]
+        return ContractCheck(kept=not bad, metadata={"imports": bad})
+
+    def render_broken_contract(self, check: ContractCheck) -> None:
+        for importer, imported, name, line in check.metadata["imports"]:
+            output.print_error(f"{importer}:{line} imports the private name {name} from {imported}", bold=False)
+            output.new_line()
