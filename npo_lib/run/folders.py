@@ -14,6 +14,7 @@ from typing import Any
 
 from npo_lib.config import Config
 from npo_lib.errors import ConfigError
+from npo_lib.utils import dist
 from npo_lib.utils.io import read_json
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
@@ -37,10 +38,14 @@ def influence_files(cfg: Config) -> Path:
 
 
 def check_run_folder(out: Path, cfg: Config) -> None:
-    """A finished run needs ``overwrite``; an unfinished one ``resume`` or ``overwrite``."""
+    """A finished run needs ``overwrite``; an unfinished one ``resume`` or ``overwrite``.
+
+    Under a multi-rank launcher only rank 0 judges an unfinished folder: it writes the run's
+    first files, possibly before another rank gets here, and its error ends the whole job.
+    """
     if (out / RESULT_FILE).is_file() and not cfg.overwrite:
         raise ConfigError(f"run folder {out} holds a finished run: pass overwrite=true to replace it, or another save_dir")
-    if out.is_dir() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
+    if dist.is_rank0() and out.is_dir() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"run folder {out} holds an unfinished run: pass resume=true to continue it or overwrite=true to start again")
 
 
