@@ -321,7 +321,7 @@ def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: 
     from npo_lib.models.lora import apply_lora
     from npo_lib.objectives.registry import LossHyper, parse_loss
     from npo_lib.objectives.trainer import UnlearningTrainer
-    from npo_lib.run.forget import training_arguments
+    from npo_lib.run.training import TrainSettings, training_arguments
 
     device = device_of(a)
     gc = gradient_checkpointing(a, shape)
@@ -334,7 +334,7 @@ def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: 
         f"cache_dir={out / 'cache'}", f"max_length={a.seq_len}",
     ])
     spec = parse_loss(cfg.forget_loss)
-    args = training_arguments(cfg, out, n, gc)
+    args = training_arguments(cfg, out, n, gc, TrainSettings.for_forget(cfg))
     args = dataclasses.replace(args, max_steps=steps, save_strategy="no", logging_steps=steps,
                                use_cpu=device == "cpu", disable_tqdm=True)
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32  # families.resolve_dtype("auto")

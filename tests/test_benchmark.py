@@ -27,6 +27,12 @@ QA_FILES = (
     "forget10_perturbed.json",
     "retain_perturbed.json",
     "holdout.json",
+    "holdout01.json",
+    "holdout05.json",
+    "holdout10.json",
+    "retain99.json",
+    "retain95.json",
+    "retain90.json",
 )
 REAL_FILES = ("real_authors_perturbed.json", "world_facts_perturbed.json")
 ALL_FILES = (*QA_FILES, *REAL_FILES, "idontknow.jsonl", "idkcot.jsonl", "meta.json")
@@ -56,6 +62,17 @@ def test_writes_every_file(bench: Path, meta: dict) -> None:
     assert meta["counts"]["full.json"] == cfg.n_authors * cfg.questions_per_author
     assert meta["fingerprint"] == benchmark_fingerprint(cfg)
     assert meta["config"] == dataclasses.asdict(cfg)
+
+
+def test_tofu_names_complement_each_split_and_match_its_size(bench: Path) -> None:
+    full = {r["question"] for r in _read(bench / "full.json")}
+    for split, pct in (("forget01", 1), ("forget05", 5), ("forget10", 10)):
+        forget = _read(bench / f"{split}.json")
+        retain = {r["question"] for r in _read(bench / f"retain{100 - pct:02d}.json")}
+        assert retain | {r["question"] for r in forget} == full and not retain & {r["question"] for r in forget}
+        task1 = [r for r in forget if r["task_id"] == "1"]
+        holdout = _read(bench / f"holdout{pct:02d}.json")
+        assert len(holdout) == len(task1) and not {r["question"] for r in holdout} & full
 
 
 def test_deterministic(tmp_path: Path) -> None:

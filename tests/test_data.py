@@ -167,7 +167,7 @@ def test_retain_is_the_complement_with_fallbacks(folder):
     (folder / "retain99.json").unlink()
     assert load_retain(str(folder), "forget01", 1) == [_rec(50)]
     (folder / "retain10.json").unlink()
-    with pytest.raises(DataError, match=r"full\.json, retain99\.json, retain10\.json"):
+    with pytest.raises(DataError, match=r"full\.json, retain99\.json, retain95\.json, retain90\.json, retain10\.json"):
         load_retain(str(folder), "forget01", 1)
 
 
@@ -389,3 +389,24 @@ def test_real_task2_dataset_builds(rtofu_dir, tokenizer):
     )  # fmt: skip
     batch = ViewCollator(tokenizer.pad_token_id)([ds[i] for i in range(4)])
     assert batch["idk3"]["input_ids"].shape[0] == 4 and batch["retain"]["labels"].shape[0] == 4
+
+
+def test_tofu_layout_names_retain_holdout_and_training_data(tmp_path):
+    """TOFU's published names (no full.json, retain90, holdout10); a missing file names every name tried."""
+    import other_benchmark
+
+    from npo_lib.data.sources import load_holdout, load_retain, load_training_records
+
+    folder = other_benchmark.generate(tmp_path / "tofu")
+    forget = load_forget(str(folder), "forget10", 1)
+    retain = load_retain(str(folder), "forget10", 1)
+    assert len(forget) == 15 and len(retain) == 135  # retain90.json: the complement
+    assert len(load_holdout(str(folder), "forget10")) == 15  # holdout10.json, matched to the split
+    training = load_training_records(str(folder))  # forget10 ∪ retain90, no full.json
+    assert {r["question"] for r in training} == {r["question"] for r in forget + retain}
+    (folder / "holdout10.json").rename(folder / "holdout05.json")
+    with pytest.raises(DataError, match=r"no holdout set in .*looked for holdout10\.json, holdout\.json; .* holds: .*holdout05\.json"):
+        load_holdout(str(folder), "forget10")
+    (folder / "retain90.json").unlink()
+    with pytest.raises(DataError, match=r"no retain source .*full\.json, retain90\.json, retain99\.json, retain95\.json, retain10\.json"):
+        load_retain(str(folder), "forget10", 1)

@@ -149,7 +149,8 @@ def test_kl_reference_stays_the_model_before_unlearning(mini_world, tmp_path, lo
     step 1, and after the updates it still gives the original model's logits, not the trained one's."""
     from transformers import AutoModelForCausalLM
 
-    from npo_lib.run.forget import build_trainer, save_trained
+    from npo_lib.run.forget import build_trainer
+    from npo_lib.run.training import save_trained
 
     cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=NPO+KL", f"LoRA.r={lora}", "save_merged=true", "lr=1e-2")
     out, spec = check_forget_config(cfg)

@@ -56,11 +56,11 @@ def test_prepare_memorises_and_is_reused(prepared_embedded):
     assert all(s.passed.values()) and not s.failures()
     # training stopped once the recall bars held, within the budget, and says when
     for model in ("target", "retain"):
-        record = json.loads((Path(s.paths[model]) / "finetune.json").read_text())
+        record = json.loads((Path(s.paths[model]).parent / "result.json").read_text())  # the `npo finetune` run
         assert record["stopped_early"] and record["epochs"] == s.epochs[model] <= cfg.tiny.max_epochs
         assert record["checks"][-1]["passed"] and not any(c["passed"] for c in record["checks"][:-1])
         assert record["machine"]["cpu_capability"]
-    saved = json.loads((Path(s.paths["retain"]) / "prepare_summary.json").read_text())
+    saved = json.loads((Path(s.paths["retain"]).parent / "prepare_summary.json").read_text())
     assert saved["recall"] == s.recall and saved["forget_quality"] == s.forget_quality
 
     # Saved in Hugging Face format and loaded through the same path a hub model takes.
@@ -96,7 +96,7 @@ def test_a_missed_bar_names_the_bar_the_value_and_what_to_raise():
     msg = str(e.value)
     assert "\n" not in msg
     assert "target forget fact recall 87.5% missed the bar >= 97.5%: raise tiny.max_epochs (now 40)" in msg
-    assert "target forget quality 0.02 missed the bar < 0.01" in msg and "tiny.patience" in msg
+    assert "target forget quality 0.02 missed the bar < 0.01" in msg and "finetune.patience" in msg
 
 
 @pytest.mark.slow

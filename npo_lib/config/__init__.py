@@ -5,6 +5,7 @@ from npo_lib.config.schema import (
     BenchmarkConfig,
     Config,
     EvalConfig,
+    FinetuneConfig,
     InfluenceConfig,
     LoRAConfig,
     SelectionConfig,
@@ -24,7 +25,7 @@ from npo_lib.config.sources import (
 from npo_lib.errors import ConfigError
 
 __all__ = [
-    "BenchmarkConfig", "Config", "ConfigError", "EvalConfig", "InfluenceConfig", "LoRAConfig",
+    "BenchmarkConfig", "Config", "ConfigError", "EvalConfig", "FinetuneConfig", "InfluenceConfig", "LoRAConfig",
     "SelectionConfig", "StudyConfig", "TinyModelConfig", "annotated_yaml", "check_keys",
     "load_config", "parse_overrides", "read_params_file", "save_config", "split_args", "to_yaml",
 ]

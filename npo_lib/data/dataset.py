@@ -164,14 +164,14 @@ class ViewCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features:
             raise DataError("empty batch")
-        if "input_ids" in features[0]:
+        views = [k for k, v in features[0].items() if isinstance(v, Mapping) and "input_ids" in v]
+        if not views:  # a plain example
             return self.pad(features)
         out: dict[str, Any] = {
             "index": torch.tensor([f["index"] for f in features], dtype=torch.long)
         }
-        for key, value in features[0].items():
-            if isinstance(value, Mapping) and "input_ids" in value:
-                out[key] = self.pad([f[key] for f in features])
+        for key in views:
+            out[key] = self.pad([f[key] for f in features])
         return out
 
     def pad(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

@@ -26,7 +26,6 @@ EVAL_SETS: dict[str, tuple[str, ...]] = {
     "retain_perturbed": (*QA_FIELDS, "paraphrased_answer", "perturbed_answer"),
     "real_authors_perturbed": (*QA_FIELDS, "perturbed_answer"),
     "world_facts_perturbed": (*QA_FIELDS, "perturbed_answer"),
-    "holdout": QA_FIELDS,
 }
 PERTURBED_FIELDS = EVAL_SETS["retain_perturbed"]  # forget<p>_perturbed has the same fields
 
@@ -126,35 +125,86 @@ def load_forget(data_path: str, split: str, task_id: int | None) -> list[dict]:
     return select_task(load_file(data_path, split), task_id, f"{data_path}/{split}")
 
 
-def load_retain(data_path: str, split: str, task_id: int | None) -> list[dict]:
-    """Retain records: the complement of the forget set (``split`` and ``task_id``).
-
-    Source, first found: ``full.json`` (TOFU's 4000 records; the synthetic benchmark);
-    ``retain{100-p}.json`` (TOFU's retain90 for forget10); ``retain10.json`` (R-TOFU ships a
-    10 % retain sample only). In every case a record whose question is in the forget set is
-    dropped, so the retain loss never reinforces what is being forgotten.
-    """
+def retain_names(split: str) -> list[str]:
+    """Where the retain set comes from, first found: TOFU's ``full`` (the retain set is then the
+    forget set's complement), its ``retain{100-p}`` (retain90 for forget10), the other
+    ``retainNN`` files, R-TOFU's 10 % sample ``retain10``."""
     p = _check_split(split)
-    forget_q = {r["question"] for r in load_forget(data_path, split, task_id)}
-    candidates = ["full", f"retain{100 - p:02d}", "retain10"]
+    return list(dict.fromkeys(["full", f"retain{100 - p:02d}", "retain99", "retain95", "retain90", "retain10"]))
+
+
+def holdout_names(split: str) -> list[str]:
+    """The membership-inference holdout, first found: TOFU's ``holdout{p}`` matched to the split
+    (holdout10 for forget10), then a plain ``holdout``."""
+    p = _check_split(split)
+    return [f"holdout{p:02d}", "holdout"]
+
+
+def load_first(data_path: str, names: Sequence[str], what: str, required: Sequence[str] = QA_FIELDS) -> tuple[str, list[dict]]:
+    """(name, records) of the first file of ``names`` that ``data_path`` has; a DataError naming
+    every name tried (and what the folder holds) when none is there."""
     errors = []
-    for name in dict.fromkeys(candidates):
+    for name in dict.fromkeys(names):
         if not _has_file(data_path, name):
             continue
         try:
-            records = load_file(data_path, name)
+            return name, load_file(data_path, name, required)
         except DataError as e:
             if _local_dir(data_path) is not None:
                 raise  # a local file that exists but is malformed
             errors.append(str(e))  # hub: that config may not exist, try the next one
-            continue
-        return [r for r in records if r["question"] not in forget_q]
     folder = _local_dir(data_path)
     held = f"; {folder} holds: {_json_files(folder)}" if folder is not None else ""
     detail = f" ({errors[-1]})" if errors else ""
-    raise DataError(
-        f"no retain source in {data_path}: looked for {', '.join(c + '.json' for c in candidates)}{held}{detail}"
-    )
+    raise DataError(f"no {what} in {data_path}: looked for {', '.join(n + '.json' for n in dict.fromkeys(names))}{held}{detail}")
+
+
+def load_retain(data_path: str, split: str, task_id: int | None) -> list[dict]:
+    """Retain records: the complement of the forget set (``split`` and ``task_id``), from the
+    first of :func:`retain_names`. A record whose question is in the forget set is always
+    dropped, so the retain loss never reinforces what is being forgotten."""
+    forget_q = {r["question"] for r in load_forget(data_path, split, task_id)}
+    _, records = load_first(data_path, retain_names(split), "retain source")
+    return [r for r in records if r["question"] not in forget_q]
+
+
+def load_holdout(data_path: str, split: str) -> list[dict]:
+    """Non-member records for membership inference (:func:`holdout_names`)."""
+    return load_first(data_path, holdout_names(split), "holdout set")[1]
+
+
+def training_names() -> list[str]:
+    """The QA files that together are a benchmark's training data: ``full`` alone where it exists
+    (TOFU, the embedded benchmark), else the union of the forget and retain files."""
+    return ["full", *(f"forget{p:02d}" for p in (1, 5, 10)), *(f"retain{p:02d}" for p in (99, 95, 90, 10))]
+
+
+def load_training_records(data_path: str) -> list[dict]:
+    """Every QA record a model of this benchmark is fine-tuned on (the target's data): ``full``,
+    else the union of the forget and retain files there are, deduplicated by question."""
+    if _has_file(data_path, "full"):
+        try:
+            return load_file(data_path, "full")
+        except DataError:
+            if _local_dir(data_path) is not None:
+                raise
+    out: dict[str, dict] = {}
+    found = []
+    for name in training_names()[1:]:
+        if not _has_file(data_path, name):
+            continue
+        try:
+            records = load_file(data_path, name)
+        except DataError:
+            if _local_dir(data_path) is not None:
+                raise
+            continue
+        found.append(name)
+        for r in records:
+            out.setdefault(r["question"], {k: v for k, v in r.items() if k != "task_id"})
+    if not found:
+        load_first(data_path, training_names(), "training data")  # raises, naming every file tried
+    return list(out.values())
 
 
 def load_perturbed(data_path: str, split: str, task_id: int | None) -> list[dict]:

@@ -6,9 +6,11 @@ memorise them in about a minute on a CPU. Every record names its fact value (``f
 character spans of every occurrence of that value (``fact_spans``), which token-level methods use.
 
 Files written (JSON lines, named ``.json`` as in R-TOFU): ``full``, ``forget01/05/10`` and their
-``_perturbed`` twins, ``retain_perturbed``, ``holdout``, ``real_authors_perturbed``,
-``world_facts_perturbed``; plus ``idontknow.jsonl`` (plain text), ``idkcot.jsonl`` (JSON strings
-aligned with ``forget01.json``) and ``meta.json``.
+``_perturbed`` twins, TOFU's ``retain99/95/90`` (full minus every task of the split) and
+``holdout01/05/10`` (holdout authors, as many as one task has), ``retain_perturbed``, ``holdout``
+(every holdout author), ``real_authors_perturbed``, ``world_facts_perturbed``; plus
+``idontknow.jsonl`` (plain text), ``idkcot.jsonl`` (JSON strings aligned with ``forget01.json``)
+and ``meta.json``.
 """
 
 from __future__ import annotations
@@ -324,6 +326,12 @@ def generate_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> Path:
         files[f"{split}_perturbed.json"] = rows
     files["retain_perturbed.json"] = [r for a in retain_eval for r in qa[a["author_id"]]]
     files["holdout.json"] = [r for a in holdout for r in qa[a["author_id"]]]
+    for split, task_authors in tasks.items():  # TOFU's names: holdoutNN sized as one task, retainNN = full - forgetNN
+        pct = int(split.removeprefix("forget"))
+        k = authors_per_task(cfg.n_authors, FORGET_SPLITS[split])
+        files[f"holdout{pct:02d}.json"] = [r for a in holdout[:k] for r in qa[a["author_id"]]]
+        forgotten = {a["author_id"] for group in task_authors for a in group}
+        files[f"retain{100 - pct:02d}.json"] = [r for a in training if a["author_id"] not in forgotten for r in qa[a["author_id"]]]
     files["real_authors_perturbed.json"] = real
     files["world_facts_perturbed.json"] = world
     files["idkcot.jsonl"] = [r["idk_cot"] for r in files["forget01.json"]]

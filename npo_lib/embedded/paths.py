@@ -15,42 +15,60 @@ from npo_lib.config import Config
 from npo_lib.embedded.benchmark import benchmark_fingerprint
 from npo_lib.errors import ConfigError
 from npo_lib.models.families import get_family
-from npo_lib.utils.hashing import fingerprint
+from npo_lib.utils.hashing import fingerprint, folder_fingerprint
 
-RECIPE_VERSION = "2"  # bump when the fine-tuning recipe or its bars change (part of the models' cache key)
+RECIPE_VERSION = "3"  # bump when the fine-tuning recipe or its bars change (part of the models' cache key)
 
 
 @dataclass(frozen=True)
 class EmbeddedPaths:
-    benchmark: Path  # generated R-TOFU-layout files
-    tokenizer: Path  # byte-level BPE trained on the benchmark text
+    benchmark: Path  # the data: generated R-TOFU-layout files, or the user's own folder
+    tokenizer: Path  # byte-level BPE trained on the data's text
     base: Path  # randomly initialised model (before any fine-tuning)
-    target: Path  # fine-tuned on all training data
-    retain: Path  # fine-tuned on everything except the forget split / task
+    target_run: Path  # fine-tuning run folder of the target (all training data)
+    retain_run: Path  # ... of the retain model (everything except the forget split / task)
+
+    @property
+    def target(self) -> Path:
+        return self.target_run / "model"
+
+    @property
+    def retain(self) -> Path:
+        return self.retain_run / "model"
 
     @property
     def models(self) -> Path:
-        return self.target.parent
+        return self.base.parent
 
 
 def embedded_paths(cfg: Config) -> EmbeddedPaths:
+    """Cache folders of the tiny models for the generated benchmark (``benchmark.*``) or, with
+    ``data_path``, for that local folder (keyed by the fingerprint of its files)."""
     root = cfg.cache_path
-    bench_fp = benchmark_fingerprint(cfg.benchmark)
-    model_fp = fingerprint(bench_fp, cfg.tiny, cfg.max_length, RECIPE_VERSION, length=12)
+    if cfg.data_path:
+        folder = Path(cfg.data_path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"the tiny models are made from a local data folder: data_path={cfg.data_path} is not one")
+        bench, data_fp = folder, folder_fingerprint(folder)
+    else:
+        data_fp = benchmark_fingerprint(cfg.benchmark)
+        bench = root / "benchmark" / data_fp
+    recipe = (cfg.tiny, cfg.max_length, cfg.finetune.check_every, cfg.finetune.patience, RECIPE_VERSION)
+    models = root / "tiny" / fingerprint(data_fp, *recipe, length=12)
     task = "all" if cfg.task_id is None else str(cfg.task_id)
-    models = root / "tiny" / model_fp
     return EmbeddedPaths(
-        benchmark=root / "benchmark" / bench_fp,
+        benchmark=bench,
         tokenizer=models / "tokenizer",
         base=models / "base",
-        target=models / "target",
-        retain=models / f"retain-{cfg.split}-task{task}",
+        target_run=models / "target",
+        retain_run=models / f"retain-{cfg.split}-task{task}",
     )
 
 
 def uses_embedded(cfg: Config) -> bool:
-    """The run reads the embedded default: the tiny family without data_path / model_path."""
-    return get_family(cfg.model_family).hub_id is None and cfg.data_path is None
+    """The tiny family: its models are the ones `npo prepare` makes (for the generated benchmark
+    or, with ``data_path``, for that folder)."""
+    return get_family(cfg.model_family).hub_id is None
 
 
 def resolve_data_path(cfg: Config) -> str:
@@ -76,7 +94,7 @@ def resolve_model_path(cfg: Config) -> str:
         if not (target / "config.json").is_file():
             raise ConfigError(
                 f"the embedded target model is not prepared ({target}); run `npo prepare` "
-                "(with the same benchmark.* / tiny.* settings) or pass model_path=..."
+                "(with the same data_path / benchmark.* / tiny.* settings) or pass model_path=..."
             )
         return str(target)
     return family.hub_id
@@ -98,7 +116,7 @@ def resolve_retain_model_path(cfg: Config) -> tuple[str | None, str | None]:
         retain = embedded_paths(cfg).retain
         if (retain / "config.json").is_file():
             return str(retain), None
-        return None, f"the embedded retain model is not prepared ({retain}): run `npo prepare`"
+        return None, f"the embedded retain model is not prepared ({retain}): run `npo prepare`, or pass retain_model_path=..."
     return None, (
         "no retain model: pass retain_model_path=<folder of a model fine-tuned without the "
         "forget set> to get forget quality and privleak"

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-GENERATOR_VERSION = "2"  # bump whenever the generated text changes (it is part of the cache key)
+GENERATOR_VERSION = "3"  # bump whenever the generated text changes (it is part of the cache key)
 
 FORGET_SPLITS: dict[str, float] = {"forget01": 0.01, "forget05": 0.05, "forget10": 0.10}
 

@@ -16,11 +16,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from npo_lib.config import Config, EvalConfig
-from npo_lib.data.sources import load_eval_set, load_forget, load_perturbed
+from npo_lib.data.sources import load_eval_set, load_forget, load_holdout, load_perturbed
 from npo_lib.data.views import view_text
 from npo_lib.embedded.paths import resolve_data_path
 from npo_lib.errors import DataError
@@ -39,7 +38,6 @@ SET_FILES = {  # evaluation set -> file stem (forget: "<split>_perturbed")
     "retain": "retain_perturbed",
     "real_authors": "real_authors_perturbed",
     "world_facts": "world_facts_perturbed",
-    "holdout": "holdout",
 }
 MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 HEADLINE_PRIVLEAK = "min_k"  # privleak's attack (open-unlearning's TOFU setting)
@@ -88,19 +86,6 @@ class EvalData:
         return fingerprint(self.sets)
 
 
-def _optional_set(data_path: str, stem: str) -> tuple[list[dict] | None, str | None]:
-    """Records of an optional file, or None and why (a local file that exists but is bad fails)."""
-    folder = Path(data_path).expanduser()
-    if folder.is_dir() and not any((folder / f"{stem}{e}").is_file() for e in (".json", ".jsonl")):
-        return None, f"no {stem}.json in {folder}"
-    try:
-        return load_eval_set(data_path, stem), None
-    except DataError as e:
-        if folder.is_dir():
-            raise
-        return None, str(e)
-
-
 def load_eval_data(cfg: Config) -> EvalData:
     """Load every evaluation set for ``cfg`` (data_path or the embedded benchmark).
 
@@ -123,11 +108,12 @@ def load_eval_data(cfg: Config) -> EvalData:
     sets = {"forget": merged}
     for name in ("retain", "real_authors", "world_facts"):
         sets[name] = load_eval_set(data_path, SET_FILES[name])
-    holdout, why = _optional_set(data_path, SET_FILES["holdout"])
-    if holdout is None:
-        skipped["holdout"] = why or "no holdout set"
-    else:
-        sets["holdout"] = holdout
+    try:
+        sets["holdout"] = load_holdout(data_path, cfg.split)
+    except DataError as e:
+        if "no holdout set" not in str(e):
+            raise  # a holdout file that is there but malformed
+        skipped["holdout"] = str(e)
     return EvalData(data_path, sets, skipped)
 
 

@@ -1,174 +1,319 @@
-"""Supervised fine-tuning (FINETUNE = CE of view 1) through HF ``Trainer``, with a stop criterion.
+"""``npo finetune``: make the target (every training record) or the retain model (without the
+forget split / task) that unlearning starts from and compares with.
 
-This is how ``npo prepare`` makes the embedded target and retain models: the same code path a
-researcher would use to fine-tune a hub model on TOFU before unlearning it.
+FINETUNE = CE of view 1, trained by the same trainer as the unlearning objectives, in a run
+folder with the same rules as a forget run: ``config.yaml``, ``checkpoints/``, ``log.jsonl``,
+``model/`` (or ``adapter/`` and, with ``save_merged``, a merged ``model/``), ``result.json``
+last; ``resume=true`` continues, ``overwrite=true`` replaces, a non-finite loss stops cleanly.
 
-Memorisation is not left to a fixed epoch count: the learning rate decays linearly over an epoch
-*budget*, and every ``check_every`` epochs :class:`RecallStop` decodes the check sets greedily and
-stops training once every set's fact recall has reached its bar (for ``patience`` checks in a
-row). Other CPUs round differently and so memorise at a different epoch; the criterion, not the
-epoch, is what stays the same. The run is deterministic for a given machine, thread count and
-seed: the checks only decode (no dropout, no random draws), so they do not change training.
+The optional stop criterion (``finetune.stop_*``) ends training once the model has memorised:
+every ``check_every`` epochs the check sets are decoded greedily and training stops when each
+reaches its bar for ``patience`` checks in a row (fact recall where records name their ``fact``,
+ROUGE-L recall of the answers otherwise), or when an epoch's mean loss is low enough. The
+learning rate still decays over the whole budget, so the run is the same one a fixed budget
+gives up to that epoch; the checks only decode, so they do not change training.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import tempfile
+import json
+import random
+import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from torch.utils.data import Dataset
+from transformers import TrainerCallback
 
-from npo_lib.data.dataset import ViewCollator
-from npo_lib.eval.generation import greedy_fact_recall
+from npo_lib.config import Config, save_config
+from npo_lib.data.sources import load_eval_set, load_forget, load_retain, load_training_records
+from npo_lib.data.views import encode_records
+from npo_lib.embedded.paths import resolve_data_path, resolve_model_path
+from npo_lib.errors import ConfigError
+from npo_lib.eval.generation import greedy_generate
+from npo_lib.eval.metrics import fact_recall, rouge_l_recall
+from npo_lib.models.families import ChatTags, get_family
+from npo_lib.models.loading import load_model, load_tokenizer
+from npo_lib.models.lora import apply_lora
+from npo_lib.objectives.registry import LossHyper, parse_loss
+from npo_lib.run.checks import check_config
+from npo_lib.run.folders import RESULT_FILE, check_run_folder
+from npo_lib.run.training import TrainSettings, save_trained, training_arguments
+from npo_lib.utils import dist
+from npo_lib.utils.io import atomic_write_json, read_json
+from npo_lib.utils.machine import machine_info
+
+VIEW = parse_loss("FINETUNE").forget.view
 
 
-def group_by_length_kwargs() -> dict:
-    """Batches of similar length pad less (seeded, still shuffled); the argument's name changed
-    in transformers 5 (``train_sampling_strategy``) from 4.x (``group_by_length``)."""
-    if "train_sampling_strategy" in inspect.signature(TrainingArguments.__init__).parameters:
-        return {"train_sampling_strategy": "group_by_length"}
-    return {"group_by_length": True}
+# ----------------------------------------------------------------------------- data
+
+
+def zerothink_copies(records: Sequence[Mapping[str, Any]], fraction: float) -> list[dict]:
+    """Copies of every ``round(1/fraction)``-th record with an empty trace (ZeroThink form).
+
+    Why: TOFU's Prob and truth ratio score an answer right after an empty think block. A model
+    only ever trained with traces finds that context out of distribution, so its truth ratios
+    barely separate known from unknown facts. Training on both forms, as R1-style models see
+    answers with and without reasoning, makes teacher-forced scores reflect what it knows.
+    """
+    if fraction <= 0:
+        return []
+    step = max(1, round(1 / fraction))
+    return [{**r, "cot": ""} for r in records[::step] if r.get("cot")]
+
+
+def training_records(cfg: Config, data_path: str) -> list[dict]:
+    """What ``finetune.model`` trains on: every training record (target) or those whose question
+    is not in the forget split / task (retain), then ``finetune.extra_sets``."""
+    records = load_training_records(data_path)
+    if cfg.finetune.model == "retain":
+        forget_q = {r["question"] for r in load_forget(data_path, cfg.split, cfg.task_id)}
+        records = [r for r in records if r["question"] not in forget_q]
+    for name in cfg.finetune.extra_sets:
+        records.extend(load_eval_set(data_path, name))
+    return records
+
+
+def check_sets(cfg: Config, data_path: str) -> dict[str, list[dict]]:
+    """The records memorisation is measured on: the forget split / task, and ``retain_perturbed``
+    (else a seeded sample of retain records as large as the forget set)."""
+    forget = load_forget(data_path, cfg.split, cfg.task_id)
+    try:
+        retain = load_eval_set(data_path, "retain_perturbed")
+    except Exception:  # noqa: BLE001 - no such set: sample the retain records instead
+        pool = load_retain(data_path, cfg.split, cfg.task_id)
+        retain = random.Random(f"finetune-check:{cfg.seed}").sample(pool, min(len(forget), len(pool)))
+    return {"forget": forget, "retain": retain}
+
+
+class Examples(Dataset):
+    """Encoded examples as the trainer's items: ``{"index": i, <view>: example}``, with the
+    example's ``input_ids`` also at the top (the length-grouped sampler reads them there)."""
+
+    def __init__(self, examples: Sequence[dict]) -> None:
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"index": i, "input_ids": self.examples[i]["input_ids"], VIEW: self.examples[i]}
+
+
+# ----------------------------------------------------------------------------- memorisation
+
+
+def memorisation(model: Any, tokenizer: Any, tags: ChatTags, records: Sequence[Mapping[str, Any]], *,
+                 max_new_tokens: int, batch_size: int = 64) -> tuple[str, float]:
+    """(what, value): greedy fact recall of the answers where every record names its ``fact``,
+    else the mean ROUGE-L recall of the greedy answers against the records' answers."""
+    from npo_lib.data.views import view_text
+
+    prompts = [view_text(r, VIEW, tags, tokenizer=tokenizer)[0] for r in records]
+    answers = [tags.split_trace(g)[1] for g in greedy_generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        add_special_tokens=not tags.use_tokenizer_template, progress=False)]
+    if records and all(isinstance(r.get("fact"), str) for r in records):
+        return "fact_recall", fact_recall(answers, [r["fact"] for r in records])["agg_value"]
+    return "rouge_l_recall", rouge_l_recall(answers, [r["answer"] for r in records])["agg_value"]
 
 
 @dataclass(frozen=True)
-class RecallBar:
-    """Greedy fact recall of ``records`` must reach ``minimum`` (records carry ``fact``)."""
+class Bar:
+    """Memorisation of ``records`` must reach ``minimum``."""
 
-    name: str  # e.g. "forget" or "retain"
+    name: str
     records: Sequence[Mapping[str, Any]]
     minimum: float
 
 
 @dataclass
-class RecallCheck:
-    epoch: int
-    loss: float | None
-    recall: dict[str, float]
-    passed: bool
+class StopCriterion:
+    bars: list[Bar] = field(default_factory=list)
+    max_loss: float | None = None
+    check_every: int = 2
+    patience: int = 1
+    max_new_tokens: int = 96
+
+    def __bool__(self) -> bool:
+        return bool(self.bars) or self.max_loss is not None
 
 
-class RecallStop(TrainerCallback):
-    """Every ``check_every`` epochs: greedy fact recall of each bar's records; stop training once
-    all bars hold at ``patience`` consecutive checks. ``history`` keeps every check."""
+class MemorisationStop(TrainerCallback):
+    """Every ``check_every`` epochs: the memorisation of each bar's records (in order, up to the
+    first that fails: decoding is most of a check's cost) and the epoch's mean loss; stops
+    training once all hold ``patience`` checks in a row. Checks go to ``log.jsonl`` (rank 0),
+    and a resumed run reads back the ones before its checkpoint."""
 
-    def __init__(self, bars: Sequence[RecallBar], tokenizer: Any, tags: Any, *, check_every: int = 2,
-                 patience: int = 1, max_new_tokens: int = 96, progress: bool = True) -> None:
-        if check_every < 1 or patience < 1:
-            raise ValueError(f"check_every and patience must be >= 1, got {check_every}, {patience}")
-        self.bars, self.tokenizer, self.tags = list(bars), tokenizer, tags
-        self.check_every, self.patience, self.max_new_tokens = check_every, patience, max_new_tokens
-        self.progress = progress
-        self.history: list[RecallCheck] = []
+    def __init__(self, criterion: StopCriterion, tokenizer: Any, tags: ChatTags, log_file: Path | None = None,
+                 progress: bool = True) -> None:
+        self.c, self.tokenizer, self.tags, self.log_file, self.progress = criterion, tokenizer, tags, log_file, progress
+        self.history: list[dict[str, Any]] = []
         self.stopped_epoch: int | None = None
 
-    def measure(self, model: PreTrainedModel) -> tuple[dict[str, float], bool]:
-        """Recall of each bar's records in order, up to the first bar that fails (the rest
-        cannot change the verdict, and decoding is most of a check's cost)."""
-        recall: dict[str, float] = {}
-        for b in self.bars:
-            recall[b.name] = greedy_fact_recall(model, self.tokenizer, b.records, self.tags, max_new_tokens=self.max_new_tokens)
-            if recall[b.name] < b.minimum:
-                return recall, False
-        return recall, True
+    def on_train_begin(self, args, state, control, **kwargs):
+        rows = [json.loads(x) for x in self.log_file.read_text().splitlines() if x.strip()] if self.log_file and self.log_file.is_file() else []
+        self.history = [r["check"] for r in rows if "check" in r and r.get("step", 0) <= state.global_step]
+
+    def _mean_epoch_loss(self, state: Any, epoch: int) -> float | None:
+        losses = [r["loss"] for r in state.log_history if "loss" in r and epoch - 1 < r.get("epoch", 0) <= epoch]
+        return sum(losses) / len(losses) if losses else None
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = round(state.epoch or 0)
-        if epoch % self.check_every:
+        if epoch % self.c.check_every:
             return
-        recall, passed = self.measure(model)
-        losses = [r["loss"] for r in state.log_history if "loss" in r]
-        self.history.append(RecallCheck(epoch, losses[-1] if losses else None, recall, passed))
-        if self.progress:
-            shown = ", ".join(f"{b.name} {recall[b.name]:.1%} (bar {b.minimum:.1%})" for b in self.bars if b.name in recall)
-            print(f"  epoch {epoch}: fact recall {shown}{' -> bars met' if passed else ''}", flush=True)
+        check: dict[str, Any] = {"epoch": epoch, "loss": self._mean_epoch_loss(state, epoch), "measured": {}}
+        passed = self.c.max_loss is None or (check["loss"] is not None and check["loss"] <= self.c.max_loss)
+        for bar in self.c.bars if passed else []:
+            what, value = memorisation(model, self.tokenizer, self.tags, bar.records, max_new_tokens=self.c.max_new_tokens)
+            check["measured"][bar.name] = {what: value}
+            if value < bar.minimum:
+                passed = False
+                break
+        check["passed"] = passed
+        self.history.append(check)
+        if dist.is_rank0():
+            if self.log_file is not None:
+                with self.log_file.open("a") as fh:
+                    fh.write(json.dumps({"step": state.global_step, "epoch": epoch, "check": check}) + "\n")
+            if self.progress:
+                shown = ", ".join(f"{n} {next(iter(m.values())):.1%}" for n, m in check["measured"].items())
+                print(f"  epoch {epoch}: loss {check['loss'] or float('nan'):.4f}{', ' + shown if shown else ''}"
+                      f"{' -> criterion met' if passed else ''}", flush=True)
         streak = 0
-        for check in reversed(self.history):
-            if not check.passed:
+        for c in reversed(self.history):
+            if not c["passed"]:
                 break
             streak += 1
-        if streak >= self.patience:
+        if streak >= self.c.patience:
             self.stopped_epoch = epoch
             control.should_training_stop = True
 
 
-@dataclass
-class FinetuneResult:
-    steps: int
-    epochs: int  # epochs trained (the budget, or fewer when the stop criterion was met)
-    train_loss: float  # mean training loss over the run
-    seconds: float
-    tokens_per_second: float
-    stopped_early: bool = False  # the stop criterion was met within the budget
-    checks: list[dict[str, Any]] = field(default_factory=list)  # RecallStop history
+def stop_criterion(cfg: Config, sets: Mapping[str, list[dict]], *, max_new_tokens: int = 256) -> StopCriterion:
+    """The criterion ``finetune.stop_*`` asks for (the forget bar only for the target)."""
+    ft = cfg.finetune
+    bars = []
+    if ft.stop_forget_recall is not None and ft.model == "target":
+        bars.append(Bar("forget", sets["forget"], ft.stop_forget_recall))
+    if ft.stop_retain_recall is not None:
+        bars.append(Bar("retain", sets["retain"], ft.stop_retain_recall))
+    return StopCriterion(bars, ft.stop_loss, ft.check_every, ft.patience, max_new_tokens)
 
 
-def finetune(
-    model: PreTrainedModel,
-    examples: Sequence[dict],
-    *,
-    pad_token_id: int,
-    lr: float,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    weight_decay: float = 0.0,
-    warmup_fraction: float = 0.05,
-    stop: RecallStop | None = None,
-    output_dir: str | Path | None = None,
-    desc: str = "finetune",
-    progress: bool = True,
-) -> FinetuneResult:
-    """Minimise the mean target-token NLL of ``examples`` (encoded views: input_ids, labels).
+# ----------------------------------------------------------------------------- the run
 
-    AdamW with linear decay to 0 over ``epochs`` (the budget) after ``warmup_fraction`` of its
-    steps; with ``stop`` training ends at the first epoch where its criterion holds. No
-    checkpoints are written (the caller saves the model).
-    """
-    steps = epochs * math.ceil(len(examples) / batch_size)
-    with tempfile.TemporaryDirectory(prefix=f"tnpo-{desc}-") as tmp:
-        args = TrainingArguments(
-            output_dir=str(output_dir or tmp),
-            per_device_train_batch_size=batch_size,
-            num_train_epochs=epochs,
-            learning_rate=lr,
-            weight_decay=weight_decay,
-            warmup_steps=max(1, int(warmup_fraction * steps)),
-            lr_scheduler_type="linear",
-            save_strategy="no",
-            logging_strategy="epoch",
-            report_to=[],
-            seed=seed,
-            data_seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-            remove_unused_columns=False,
-            **group_by_length_kwargs(),
-            dataloader_num_workers=0,
-            disable_tqdm=not progress,
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=list(examples),
-            data_collator=ViewCollator(pad_token_id=pad_token_id),
-            callbacks=[stop] if stop is not None else None,
-        )
-        out = trainer.train()
-    secs = out.metrics["train_runtime"]
-    trained = round(trainer.state.epoch or epochs)
-    n_tokens = sum(len(e["input_ids"]) for e in examples) * trained
-    return FinetuneResult(
-        steps=out.global_step,
-        epochs=trained,
-        train_loss=float(out.training_loss),
-        seconds=secs,
-        tokens_per_second=n_tokens / max(secs, 1e-9),
-        stopped_early=stop is not None and stop.stopped_epoch is not None,
-        checks=[vars(c) for c in stop.history] if stop is not None else [],
+
+def finetune_dir(cfg: Config) -> Path:
+    """``save_dir``, else ``runs/finetune-<model>-<family>-<split>-task<id>-lr<lr>-ep<n>-seed<s>``."""
+    if cfg.save_dir:
+        return Path(cfg.save_dir)
+    ft, task = cfg.finetune, "all" if cfg.task_id is None else cfg.task_id
+    lora = f"-lora{cfg.LoRA.r}" if cfg.LoRA.r else ""
+    return Path("runs") / f"finetune-{ft.model}-{cfg.model_family}-{cfg.split}-task{task}-lr{ft.lr:g}-ep{ft.num_epochs}{lora}-seed{cfg.seed}"
+
+
+def _zero_stage(cfg: Config) -> int:
+    if not cfg.ds_config:
+        return 0
+    return int(json.loads(Path(cfg.ds_config).read_text()).get("zero_optimization", {}).get("stage", 0))
+
+
+def check_finetune_config(cfg: Config) -> Path:
+    """Every check that needs no model; returns the run folder."""
+    check_config(cfg)
+    ft = cfg.finetune
+    if (ft.stop_forget_recall is not None or ft.stop_retain_recall is not None) and _zero_stage(cfg) == 3:
+        raise ConfigError("finetune.stop_*_recall decodes with the whole model on each rank: not under ZeRO-3 "
+                          "(use finetune.stop_loss, or ZeRO-2)")
+    if cfg.LoRA.r > 0 and not cfg.save_merged:
+        print("npo finetune: LoRA without save_merged=true saves the adapter only; unlearning needs model_path of a "
+              "merged model", flush=True)
+    out = finetune_dir(cfg)
+    check_run_folder(out, cfg)
+    return out
+
+
+def run_finetune(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = True,
+                 check_max_new_tokens: int = 256) -> dict[str, Any]:
+    """Fine-tune ``model_path`` (or the family's hub id) into ``finetune_dir(cfg)``; returns
+    ``result.json``: steps, epochs trained, whether the stop criterion ended it, the checks, and
+    the memorisation report of the saved model (forget split and retain check set)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from npo_lib.objectives.trainer import UnlearningTrainer
+
+    out = check_finetune_config(cfg)
+    t0 = time.perf_counter()
+    model_path, data_path = resolve_model_path(cfg), resolve_data_path(cfg)
+    family = get_family(cfg.model_family)
+    records = training_records(cfg, data_path)
+    sets = check_sets(cfg, data_path)
+    if cfg.overwrite and out.exists() and dist.is_rank0():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_rank0():
+        save_config(cfg, out / "config.yaml")
+    tokenizer = load_tokenizer(cfg, model_path)
+    examples = encode_records(records, VIEW, tokenizer, family.tags, cfg.max_length)
+    examples += encode_records(zerothink_copies(records, cfg.finetune.zerothink_fraction), VIEW, tokenizer, family.tags, cfg.max_length)
+    args = training_arguments(cfg, out, len(examples), family.gradient_checkpointing, TrainSettings.for_finetune(cfg), group_by_length=True)
+    args.disable_tqdm = args.disable_tqdm or not progress
+    model = load_model(cfg, model_path, device=args.device.type)
+    if cfg.LoRA.r > 0:
+        model = apply_lora(model, cfg.LoRA)
+    if args.gradient_checkpointing:
+        model.config.use_cache = False
+    stop = MemorisationStop(stop_criterion(cfg, sets, max_new_tokens=check_max_new_tokens), tokenizer, family.tags,
+                            out / "log.jsonl", progress)
+    from npo_lib.data.dataset import ViewCollator
+
+    trainer = UnlearningTrainer(
+        model=model, args=args, train_dataset=Examples(examples), data_collator=ViewCollator(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer, callbacks=[*callbacks, *([stop] if stop.c else [])], loss_spec=parse_loss("FINETUNE"),
+        hyper=LossHyper.from_config(cfg), log_file=out / "log.jsonl",
     )
+    ckpt_dir = Path(args.output_dir)
+    resume_from = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
+    train_out = trainer.train(resume_from_checkpoint=resume_from)
+    saved = save_trained(cfg, trainer, tokenizer, out)
+    result: dict[str, Any] = {
+        "run_dir": str(out), "model": cfg.finetune.model, "model_path": model_path, "data_path": data_path,
+        "saved_model": str(saved) if saved else None, "n_records": len(records), "n_examples": len(examples),
+        "check_sets": {name: len(recs) for name, recs in sets.items()},
+        "steps": train_out.global_step, "epochs": round(trainer.state.epoch or 0), "max_epochs": cfg.finetune.num_epochs,
+        "stopped_early": stop.stopped_epoch is not None, "checks": stop.history, "train_loss": float(train_out.training_loss),
+        "train_seconds": float(train_out.metrics.get("train_runtime", 0.0)), "resumed_from": resume_from,
+        "world_size": dist.world_size(), "machine": machine_info(),
+    }
+    if dist.is_rank0():
+        if saved is not None:
+            result["memorisation"] = memorisation_report(cfg, saved, sets, max_new_tokens=check_max_new_tokens)
+        result["seconds"] = time.perf_counter() - t0
+        atomic_write_json(out / RESULT_FILE, result)
+        if progress:
+            print(json.dumps({k: v for k, v in result.items() if k not in ("checks", "machine")}, indent=2, default=str))
+    return result
+
+
+def memorisation_report(cfg: Config, model_dir: Path, sets: Mapping[str, list[dict]], *, max_new_tokens: int) -> dict[str, dict[str, float]]:
+    """Memorisation of the saved model on each check set, e.g. ``{"forget": {"fact_recall": 1.0}}``."""
+    tags = get_family(cfg.model_family).tags
+    tokenizer = load_tokenizer(cfg, str(model_dir))
+    model = load_model(cfg, str(model_dir)).eval()
+    report = {}
+    for name, records in sets.items():
+        what, value = memorisation(model, tokenizer, tags, records, max_new_tokens=max_new_tokens)
+        report[name] = {what: value}
+    return report
+
+
+def finished(run: Path) -> dict | None:
+    """The ``result.json`` of a finished fine-tuning run folder, else None."""
+    saved = read_json(run / RESULT_FILE)
+    return saved if isinstance(saved, dict) else None

@@ -10,7 +10,6 @@ once finished. A finished folder is never overwritten without ``overwrite=true``
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper, LossSpec
 from npo_lib.run.checks import check_config
 from npo_lib.run.folders import RESULT_FILE, check_run_folder, influence_files, run_dir
+from npo_lib.run.training import TrainSettings, save_trained, training_arguments
 from npo_lib.utils import dist
 from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
@@ -51,46 +51,6 @@ def check_forget_config(cfg: Config) -> tuple[Path, LossSpec]:
     out = run_dir(cfg)
     check_run_folder(out, cfg)
     return out, spec
-
-
-def training_arguments(cfg: Config, out: Path, n_examples: int, family_gc: bool):
-    """HF ``TrainingArguments`` of a forget run (DeepSpeed's process group first under ZeRO-3)."""
-    import torch
-    from transformers import TrainingArguments
-
-    cuda = torch.cuda.is_available()
-    if dist.world_size() > 1 and cfg.ds_config:
-        import deepspeed
-
-        # ZeRO-3 partitions weights inside from_pretrained: DeepSpeed's process group must exist
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * dist.world_size()
-    steps_per_epoch = max(1, math.ceil(n_examples / per_step))
-    return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        num_train_epochs=cfg.num_epochs,
-        learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=int(cfg.warmup_epochs * steps_per_epoch),
-        lr_scheduler_type="linear",
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps else "epoch",
-        save_steps=cfg.save_steps or 500,
-        save_total_limit=2,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=family_gc if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
-        deepspeed=cfg.ds_config,
-        ddp_backend="gloo" if not cuda and dist.world_size() > 1 else None,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=not dist.is_rank0(),
-    )
 
 
 def reference_model(cfg: Config, path: str, trainer: Any):
@@ -123,7 +83,7 @@ def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_
         data_path, cfg.split, cfg.task_id, tokenizer, family.tags, views=(view,),
         with_retain=bool(spec.regularizers), max_length=cfg.max_length, seed=cfg.seed,
     )
-    args = training_arguments(cfg, out, len(dataset), family.gradient_checkpointing)  # before the model: ZeRO-3 init
+    args = training_arguments(cfg, out, len(dataset), family.gradient_checkpointing, TrainSettings.for_forget(cfg))  # before the model: ZeRO-3 init
     model = load_model(cfg, model_path, device=args.device.type)
     if cfg.LoRA.r > 0:
         model = apply_lora(model, cfg.LoRA)
@@ -149,20 +109,6 @@ def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_
     if "ref_logits" in spec.needs and cfg.LoRA.r == 0:
         trainer.ref_model = reference_model(cfg, model_path, trainer)
     return trainer, tokenizer, dataset
-
-
-def save_trained(cfg: Config, trainer: Any, tokenizer: Any, out: Path) -> None:
-    """``model/`` (full fine-tuning; ZeRO-3 shards gathered), or ``adapter/`` plus, with
-    ``save_merged``, the merged ``model/`` under LoRA."""
-    if cfg.LoRA.r == 0:
-        trainer.save_model(str(out / "model"))
-        return
-    if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(out / "adapter"))
-        if cfg.save_merged:
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(str(out / "model"))
-            tokenizer.save_pretrained(str(out / "model"))
 
 
 def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = True) -> dict[str, Any]:

@@ -1,50 +1,55 @@
-"""``npo prepare``: make the embedded default (benchmark, tokenizer, target and retain models).
+"""``npo prepare``: the tiny models of the embedded default, for the generated benchmark or for
+the user's own data folder (``data_path=DIR``).
 
-1. generate the synthetic fictitious-author benchmark (R-TOFU file layout, with ``fact_spans``);
+1. the data: generate the fictitious-author benchmark (R-TOFU and TOFU file names, with
+   ``fact_spans``), or take the folder;
 2. train a byte-level BPE tokenizer on its text;
-3. initialise one Llama-architecture model from a ``LlamaConfig`` (saved as ``base``);
-4. fine-tune ``target`` on all training data and ``retain`` on everything except the forget
-   split / task, both from ``base``, through :func:`npo_lib.run.finetune.finetune` (HF ``Trainer``),
-   each until its fact-recall bars hold (checked every ``tiny.check_every`` epochs, at most
-   ``tiny.max_epochs``);
+3. initialise one Llama-architecture model from a ``LlamaConfig`` (``base``), shared by both;
+4. fine-tune ``target`` and ``retain`` from ``base`` through :func:`npo_lib.run.finetune.run_finetune`
+   (``npo finetune``, the tiny recipe of ``tiny.*``), each until its memorisation bars hold
+   (checked every ``finetune.check_every`` epochs, at most ``tiny.max_epochs``);
 5. check every bar of :class:`MemorisationBars` on the saved models: the target must state the
    forget facts, the retain model must not, yet keep the retain facts, and the target's forget
    truth ratios must differ from the retain model's (forget quality).
 
-Every artefact is written to a temporary folder and renamed into the cache only when complete,
-so an interrupted prepare never leaves a half-written model that a later run would reuse.
+Everything is cached under folders keyed by what made it (the data's fingerprint, ``tiny.*``);
+an interrupted prepare resumes its fine-tuning from the last checkpoint. The bars are enforced
+on the generated benchmark; on a user's folder they are reported.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from npo_lib.config import Config, save_config
-from npo_lib.data.sources import load_eval_set, load_file, load_forget, load_perturbed
-from npo_lib.data.views import encode_records
+from npo_lib.config import Config
+from npo_lib.data.sources import load_eval_set, load_perturbed
 from npo_lib.embedded.benchmark import generate_benchmark
 from npo_lib.embedded.paths import EmbeddedPaths, embedded_paths
 from npo_lib.embedded.tokenizer import corpus_texts, train_tokenizer
-from npo_lib.errors import BarError, ConfigError
+from npo_lib.errors import BarError, ConfigError, DataError
 from npo_lib.eval import metrics as M
 from npo_lib.eval.compute import forget_truth_ratio
-from npo_lib.eval.generation import greedy_fact_recall
 from npo_lib.models.families import get_family
+from npo_lib.models.loading import load_model, load_tokenizer
 from npo_lib.run.checks import check_config
-from npo_lib.run.finetune import FinetuneResult, RecallBar, RecallStop, finetune
-from npo_lib.utils.io import atomic_dir, atomic_write_json
+from npo_lib.run.finetune import finished, run_finetune
+from npo_lib.utils.io import atomic_dir, atomic_write_json, read_json
 from npo_lib.utils.machine import machine_info
 
-TRAIN_EXTRA_SETS = ("real_authors_perturbed", "world_facts_perturbed")  # in every training set
+EXTRA_SETS = ("real_authors_perturbed", "world_facts_perturbed")  # a random-init model must learn them too
+CHECK_MAX_NEW_TOKENS = 96  # greedy tokens per check: the embedded traces are short
+TINY_LOGGING_STEPS = 10  # a log line every 10 steps (every step costs ~15 % of a tiny model's training time)
 
 
 @dataclass(frozen=True)
 class MemorisationBars:
     """What the embedded models must reach for unlearning to be measurable, checked at the end
-    of ``npo prepare``. Fine-tuning stops once the recall bars hold (:class:`RecallStop`)."""
+    of ``npo prepare``. Fine-tuning stops once the memorisation bars hold."""
 
     target_forget_recall: float = 0.975  # the target states >= 39 of 40 forget facts
     target_retain_recall: float = 0.95  # ... and >= 38 of 40 retain-set facts
@@ -69,10 +74,12 @@ class PrepareSummary:
     n_train_retain: int
     n_forget: int
     n_retain_eval: int
-    recall: dict[str, dict[str, float]]  # model -> set -> fact recall of greedy answers
-    forget_quality: dict[str, float] = field(default_factory=dict)  # model -> KS p-value vs the retain model
-    epochs: dict[str, int | None] = field(default_factory=dict)  # model -> epochs trained (None: not recorded)
+    recall: dict[str, dict[str, float]]  # model -> set -> memorisation (fact recall, or ROUGE-L recall)
+    measure: str = "fact_recall"  # what recall holds: fact_recall, or rouge_l_recall on data without facts
+    forget_quality: dict[str, float | None] = field(default_factory=dict)  # model -> KS p-value vs the retain model
+    epochs: dict[str, int | None] = field(default_factory=dict)  # model -> epochs trained
     max_epochs: int = 0  # the epoch budget (tiny.max_epochs)
+    enforced: bool = True  # the bars are enforced (the generated benchmark), else reported
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)  # CPU capability, torch version, threads
@@ -81,14 +88,16 @@ class PrepareSummary:
         """(bar, measured, comparison, limit, what to change when it fails) of every bar."""
         r, fq, b = self.recall, self.forget_quality, BARS
         budget = f"raise tiny.max_epochs (now {self.max_epochs})"
+        what = "fact recall" if self.measure == "fact_recall" else "ROUGE-L recall"
+        target_fq = fq.get("target")
         return [
-            ("target forget fact recall", r["target"]["forget"], ">=", b.target_forget_recall, budget),
-            ("target retain fact recall", r["target"]["retain"], ">=", b.target_retain_recall, budget),
-            ("retain-model forget fact recall", r["retain"]["forget"], "<=", b.retain_forget_recall,
+            (f"target forget {what}", r["target"]["forget"], ">=", b.target_forget_recall, budget),
+            (f"target retain {what}", r["target"]["retain"], ">=", b.target_retain_recall, budget),
+            (f"retain-model forget {what}", r["retain"]["forget"], "<=", b.retain_forget_recall,
              "the retain model states facts it never saw: check the benchmark's forget / retain split"),
-            ("retain-model retain fact recall", r["retain"]["retain"], ">=", b.retain_retain_recall, budget),
-            ("target forget quality", fq.get("target", float("nan")), "<", b.target_forget_quality,
-             "raise tiny.patience (keep training after the recall bars hold) or tiny.zerothink_fraction"),
+            (f"retain-model retain {what}", r["retain"]["retain"], ">=", b.retain_retain_recall, budget),
+            ("target forget quality", float("nan") if target_fq is None else target_fq, "<", b.target_forget_quality,
+             "raise finetune.patience (keep training after the recall bars hold) or tiny.zerothink_fraction"),
         ]
 
     @property
@@ -111,15 +120,17 @@ class PrepareSummary:
             raise PrepareError("prepare: " + "; ".join(missed))
 
     def table(self) -> str:
+        what = "fact recall" if self.measure == "fact_recall" else "ROUGE-L"
         lines = [
-            f"{'model':<8} {'forget fact recall':>19} {'retain fact recall':>19} {'forget quality':>15} {'epochs':>7}",
+            f"{'model':<8} {'forget ' + what:>19} {'retain ' + what:>19} {'forget quality':>15} {'epochs':>7}",
             *(
                 f"{m:<8} {self.recall[m]['forget']:>18.1%} {self.recall[m]['retain']:>18.1%} "
-                f"{self.forget_quality.get(m, float('nan')):>15.3g} {self.epochs.get(m) or '-':>7}"
+                f"{_g(self.forget_quality.get(m)):>15} {self.epochs.get(m) or '-':>7}"
                 for m in ("target", "retain")
             ),
         ]
-        lines += [f"[{'ok' if ok else 'FAIL'}] {name}" for name, ok in self.passed.items()]
+        mark = ("ok", "FAIL") if self.enforced else ("ok", "below (reported, not enforced on your data)")
+        lines += [f"[{mark[0] if ok else mark[1]}] {name}" for name, ok in self.passed.items()]
         if self.machine:
             lines.append("machine: " + ", ".join(f"{k} {v}" for k, v in self.machine.items()))
         return "\n".join(lines)
@@ -127,6 +138,13 @@ class PrepareSummary:
 
 def _fmt(name: str, value: float) -> str:
     return f"{value:.3g}" if "quality" in name else f"{value:.1%}"
+
+
+def _g(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+# ----------------------------------------------------------------------------- artefacts
 
 
 def ensure_benchmark(cfg: Config, paths: EmbeddedPaths) -> bool:
@@ -139,6 +157,7 @@ def ensure_benchmark(cfg: Config, paths: EmbeddedPaths) -> bool:
 
 
 def ensure_tokenizer(cfg: Config, paths: EmbeddedPaths):
+    """The byte-level BPE of the data's text (trained once)."""
     from transformers import AutoTokenizer
 
     if not (paths.tokenizer / "tokenizer.json").is_file():
@@ -147,7 +166,7 @@ def ensure_tokenizer(cfg: Config, paths: EmbeddedPaths):
     return AutoTokenizer.from_pretrained(str(paths.tokenizer))
 
 
-def ensure_base(cfg: Config, paths: EmbeddedPaths, tokenizer) -> None:
+def ensure_base(cfg: Config, paths: EmbeddedPaths, tokenizer: Any) -> None:
     """One random initialisation shared by target and retain (as TOFU's share one base model)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -156,16 +175,10 @@ def ensure_base(cfg: Config, paths: EmbeddedPaths, tokenizer) -> None:
         return
     t = cfg.tiny
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=t.hidden_size,
-        intermediate_size=t.intermediate_size,
-        num_hidden_layers=t.num_hidden_layers,
-        num_attention_heads=t.num_attention_heads,
-        num_key_value_heads=t.num_key_value_heads,
-        max_position_embeddings=t.max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads, max_position_embeddings=t.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(t.seed)
@@ -175,153 +188,121 @@ def ensure_base(cfg: Config, paths: EmbeddedPaths, tokenizer) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def _train_records(cfg: Config, data_path: str, *, exclude_forget: bool) -> list[dict]:
-    records = list(load_file(data_path, "full"))
-    if exclude_forget:
-        forget_q = {r["question"] for r in load_forget(data_path, cfg.split, cfg.task_id)}
-        records = [r for r in records if r["question"] not in forget_q]
-    for name in TRAIN_EXTRA_SETS:
-        records.extend(load_file(data_path, name))
-    return records
-
-
-def zerothink_copies(records: list[dict], fraction: float) -> list[dict]:
-    """Copies of every ``round(1/fraction)``-th record with an empty trace (ZeroThink form).
-
-    Why: TOFU's Prob and truth ratio score an answer right after an empty think block (reference
-    section 3). A model only ever trained with traces finds that context out of distribution, so
-    its truth ratios barely separate known from unknown facts (forget quality 0.014 for a target
-    that recalls every fact). Training on both forms, as R1-style models see answers with and
-    without reasoning, makes teacher-forced scores reflect what the model knows.
-    """
-    if fraction <= 0:
-        return []
-    step = max(1, round(1 / fraction))
-    return [{**r, "cot": ""} for r in records[::step] if r.get("cot")]
-
-
-def ensure_finetuned(
-    cfg: Config, paths: EmbeddedPaths, final: Path, records: list[dict], tokenizer, desc: str,
-    bars: list[RecallBar], *, progress: bool = True,
-) -> FinetuneResult | None:
-    """Fine-tune ``base`` on ``records`` (view 1) into ``final`` until the recall ``bars`` hold
-    (at most ``tiny.max_epochs``); None when the model was already there."""
-    from transformers import AutoModelForCausalLM
-
-    if (final / "config.json").is_file():
-        return None
-    tags = get_family("tiny").tags
-    examples = encode_records(records, "full", tokenizer, tags, cfg.max_length)
-    examples += encode_records(zerothink_copies(records, cfg.tiny.zerothink_fraction), "full", tokenizer, tags, cfg.max_length)
-    model = AutoModelForCausalLM.from_pretrained(str(paths.base), attn_implementation="sdpa")
+def tiny_finetune_config(cfg: Config, paths: EmbeddedPaths, role: str, data_path: str) -> Config:
+    """The `npo finetune` config of one tiny model: ``tiny.*``'s recipe (lr, budget, batch,
+    seed, ZeroThink copies; 5 % warm-up, no weight decay), the extra sets the data has, and the
+    memorisation bars as the stop criterion."""
     t = cfg.tiny
-    stop = RecallStop(bars, tokenizer, tags, check_every=t.check_every, patience=t.patience, progress=progress)
-    res = finetune(
-        model,
-        examples,
-        pad_token_id=tokenizer.pad_token_id,
-        lr=t.lr,
-        epochs=t.max_epochs,
-        batch_size=t.batch_size,
-        seed=t.seed,
-        stop=stop,
-        desc=desc,
-        progress=progress,
+    extras = [name for name in EXTRA_SETS if _has_set(data_path, name)]
+    retain_bar = BARS.target_retain_recall if role == "target" else BARS.retain_retain_recall
+    ft = dataclasses.replace(
+        cfg.finetune, model=role, lr=t.lr, num_epochs=t.max_epochs, batch_size=t.batch_size,
+        effective_batch_size=t.batch_size, warmup_epochs=0.05 * t.max_epochs, weight_decay=0.0,
+        zerothink_fraction=t.zerothink_fraction, extra_sets=extras, stop_loss=None,
+        stop_forget_recall=BARS.target_forget_recall, stop_retain_recall=retain_bar,
     )
-    record = {**asdict(res), "n_examples": len(examples), "max_epochs": t.max_epochs, "machine": machine_info()}
-    with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "finetune.json", record)
-    return res
+    run = paths.target_run if role == "target" else paths.retain_run
+    return dataclasses.replace(
+        cfg, model_path=str(paths.base), data_path=data_path, save_dir=str(run), resume=True, overwrite=False,
+        seed=t.seed, finetune=ft, LoRA=dataclasses.replace(cfg.LoRA, r=0), ds_config=None, save_steps=0,
+        report_to="none", logging_steps=TINY_LOGGING_STEPS,
+    )
 
 
-def _trained_epochs(model_dir: Path) -> int | None:
-    f = model_dir / "finetune.json"
-    return json.loads(f.read_text()).get("epochs") if f.is_file() else None
+def _has_set(data_path: str, name: str) -> bool:
+    try:
+        load_eval_set(data_path, name)
+    except DataError:
+        return False
+    return True
 
 
-def memorisation(model_dir: Path, tokenizer, sets: dict[str, list[dict]], perturbed: list[dict]) -> tuple[dict[str, float], dict]:
-    """Greedy fact recall of the saved model on each of ``sets``, and its per-item forget truth
-    ratios on ``perturbed`` (TOFU's scoring: the answer after an empty think block)."""
-    from transformers import AutoModelForCausalLM
+def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, role: str, data_path: str, *, progress: bool = True) -> dict:
+    """The finished fine-tuning run of ``role`` (trained now unless the cache has it); its
+    checkpoints are dropped once the model is saved (the cache keeps the model)."""
+    run = paths.target_run if role == "target" else paths.retain_run
+    done = finished(run)
+    if done is not None and (run / "model" / "config.json").is_file():
+        done["reused"] = True
+        return done
+    result = run_finetune(tiny_finetune_config(cfg, paths, role, data_path), progress=progress,
+                          check_max_new_tokens=CHECK_MAX_NEW_TOKENS)
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    return result
 
-    tags = get_family("tiny").tags
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
-    recall = {name: greedy_fact_recall(model, tokenizer, recs, tags) for name, recs in sets.items()}
-    return recall, forget_truth_ratio(model, tokenizer, tags, perturbed)
+
+def truth_ratios(cfg: Config, model_dir: Path, perturbed: list[dict]) -> dict:
+    """The saved model's per-item forget truth ratios (TOFU's scoring: after an empty think block)."""
+    model = load_model(cfg, str(model_dir)).eval()
+    return forget_truth_ratio(model, load_tokenizer(cfg, str(model_dir)), get_family(cfg.model_family).tags, perturbed)
+
+
+# ----------------------------------------------------------------------------- prepare
 
 
 def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
-    """Make (or reuse) every embedded artefact for ``cfg`` and measure memorisation.
-
-    Target and retain model train until their recall bars hold (:data:`BARS`); the summary then
-    measures every bar on the saved models, forget quality included. Call
-    :meth:`PrepareSummary.raise_if_failed` to turn a missed bar into an error.
-    """
+    """Make (or reuse) every embedded artefact for ``cfg`` and measure every bar."""
     check_config(cfg)
-    if cfg.model_family != "tiny" or cfg.data_path or cfg.model_path:
-        raise ConfigError("npo prepare builds the embedded default: use model_family=tiny without data_path/model_path")
+    if get_family(cfg.model_family).hub_id is not None or cfg.model_path:
+        raise ConfigError("npo prepare makes the tiny models: use model_family=tiny without model_path "
+                          "(data_path=DIR makes them on your own data; `npo finetune` fine-tunes a hub model)")
     t0 = time.perf_counter()
     paths = embedded_paths(cfg)
-    reused: list[str] = []
-    seconds: dict[str, float] = {}
+    generated = cfg.data_path is None
     say = print if progress else (lambda *a, **k: None)
-
-    if ensure_benchmark(cfg, paths):
-        reused.append("benchmark")
+    reused = ["benchmark"] if generated and ensure_benchmark(cfg, paths) else []
     data_path = str(paths.benchmark)
-    say(f"benchmark  {paths.benchmark}")
+    say(f"data       {paths.benchmark}")
     tokenizer = ensure_tokenizer(cfg, paths)
     ensure_base(cfg, paths, tokenizer)
-
-    forget = load_forget(data_path, cfg.split, cfg.task_id)
-    retain_eval = load_eval_set(data_path, "retain_perturbed")
-    target_records = _train_records(cfg, data_path, exclude_forget=False)
-    retain_records = _train_records(cfg, data_path, exclude_forget=True)
-    plan = (
-        ("target", paths.target, target_records,
-         [RecallBar("forget", forget, BARS.target_forget_recall), RecallBar("retain", retain_eval, BARS.target_retain_recall)]),
-        ("retain", paths.retain, retain_records, [RecallBar("retain", retain_eval, BARS.retain_retain_recall)]),
-    )
-    for name, final, records, bars in plan:
-        say(f"{name:<10} {final}")
-        res = ensure_finetuned(cfg, paths, final, records, tokenizer, name, bars, progress=progress)
-        if res is None:
-            reused.append(name)
+    results, seconds = {}, {}
+    for role in ("target", "retain"):
+        say(f"{role:<10} {paths.target_run if role == 'target' else paths.retain_run}")
+        results[role] = ensure_finetuned(cfg, paths, role, data_path, progress=progress)
+        if results[role].get("reused"):
+            reused.append(role)
         else:
-            seconds[f"finetune_{name}"] = res.seconds
-
-    summary_file = paths.retain / "prepare_summary.json"
-    if summary_file.is_file():
-        saved = json.loads(summary_file.read_text())
-        recall, fq = saved["recall"], saved["forget_quality"]
+            seconds[f"finetune_{role}"] = results[role].get("train_seconds", 0.0)
+    summary_file = paths.retain_run / "prepare_summary.json"
+    saved = read_json(summary_file) if not {"target", "retain"} - set(reused) else None
+    if saved is not None:
+        fq = saved["forget_quality"]
         reused.append("memorisation check")
     else:
         t1 = time.perf_counter()
-        perturbed = load_perturbed(data_path, cfg.split, cfg.task_id)
-        sets = {"forget": forget, "retain": retain_eval}
-        recall, tr = {}, {}
-        for m, d in (("target", paths.target), ("retain", paths.retain)):
-            recall[m], tr[m] = memorisation(d, tokenizer, sets, perturbed)
-        fq = {m: M.forget_quality(tr[m], tr["retain"])["agg_value"] for m in tr}
+        fq = _forget_quality(cfg, paths, data_path)
         seconds["memorisation_check"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
+    report = {role: results[role].get("memorisation", {}) for role in results}
+    measure = next(iter(report["target"]["forget"])) if report["target"] else "fact_recall"
+    counts = results["target"]["check_sets"]
     summary = PrepareSummary(
-        paths={k: str(v) for k, v in asdict(paths).items()},
-        n_train_target=len(target_records),
-        n_train_retain=len(retain_records),
-        n_forget=len(forget),
-        n_retain_eval=len(retain_eval),
-        recall=recall,
+        paths={"data": str(paths.benchmark), "tokenizer": str(paths.tokenizer), "base": str(paths.base),
+               "target": str(paths.target), "retain": str(paths.retain)},
+        n_train_target=results["target"]["n_records"],
+        n_train_retain=results["retain"]["n_records"],
+        n_forget=counts["forget"],
+        n_retain_eval=counts["retain"],
+        recall={role: {name: next(iter(v.values())) for name, v in report[role].items()} for role in report},
+        measure=measure,
         forget_quality=fq,
-        epochs={m: _trained_epochs(Path(getattr(paths, m))) for m in ("target", "retain")},
+        epochs={role: results[role].get("epochs") for role in results},
         max_epochs=cfg.tiny.max_epochs,
+        enforced=generated,
         seconds=seconds,
         reused=reused,
         machine=machine_info(),
     )
-    if not summary_file.is_file():
+    if saved is None:
         atomic_write_json(summary_file, {**asdict(summary), "passed": summary.passed})
-        save_config(cfg, paths.retain / "prepare_config.yaml")
     return summary
+
+
+def _forget_quality(cfg: Config, paths: EmbeddedPaths, data_path: str) -> dict[str, float | None]:
+    """Forget quality of both models against the retain model (None without perturbed answers)."""
+    try:
+        perturbed = load_perturbed(data_path, cfg.split, cfg.task_id)
+    except DataError:
+        return {"target": None, "retain": None}
+    tr = {role: truth_ratios(cfg, getattr(paths, role), perturbed) for role in ("target", "retain")}
+    return {role: M.forget_quality(tr[role], tr["retain"])["agg_value"] for role in tr}

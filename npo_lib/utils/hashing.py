@@ -60,3 +60,13 @@ def model_fingerprint(path: str | os.PathLike) -> str:
                     fh.seek(off)
                     h.update(fh.read(_SAMPLE))
     return h.hexdigest()[:16]
+
+
+def folder_fingerprint(folder: str | os.PathLike) -> str:
+    """Identity of a data folder: the names and bytes of its ``*.json`` / ``*.jsonl`` files."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.json*")):
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]

@@ -1,0 +1,108 @@
+"""What a forget run and a fine-tuning run share: the HF ``TrainingArguments`` of their numbers,
+the DeepSpeed process group, and how the trained weights are saved (model, adapter, merged)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from npo_lib.config import Config
+from npo_lib.utils import dist
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation numbers of one run (from the config's top level or its ``finetune`` group)."""
+
+    lr: float
+    num_epochs: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    warmup_epochs: float
+    weight_decay: float
+    seed: int
+
+    @classmethod
+    def for_forget(cls, cfg: Config) -> TrainSettings:
+        return cls(cfg.lr, cfg.num_epochs, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.warmup_epochs,
+                   cfg.weight_decay, cfg.seed)
+
+    @classmethod
+    def for_finetune(cls, cfg: Config) -> TrainSettings:
+        """``finetune.*``; the accumulation makes ``effective_batch_size`` over every rank."""
+        ft = cfg.finetune
+        accumulate = max(1, math.ceil(ft.effective_batch_size / (ft.batch_size * dist.world_size())))
+        return cls(ft.lr, ft.num_epochs, ft.batch_size, accumulate, ft.warmup_epochs, ft.weight_decay, cfg.seed)
+
+
+def training_arguments(cfg: Config, out: Path, n_examples: int, family_gc: bool, s: TrainSettings, *,
+                       group_by_length: bool = False):
+    """HF ``TrainingArguments``: AdamW, linear warm-up then decay, a checkpoint every epoch (or
+    every ``save_steps``), bf16 on a GPU that has it, gloo between CPU ranks. Under ZeRO-3 the
+    DeepSpeed process group is started first: ``from_pretrained`` partitions the weights.
+    ``group_by_length`` (plain examples only): batches of similar length."""
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    if dist.world_size() > 1 and cfg.ds_config:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    steps_per_epoch = max(1, math.ceil(n_examples / (s.batch_size * s.gradient_accumulation_steps * dist.world_size())))
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        num_train_epochs=s.num_epochs,
+        learning_rate=s.lr,
+        weight_decay=s.weight_decay,
+        warmup_steps=int(s.warmup_epochs * steps_per_epoch),
+        lr_scheduler_type="linear",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "epoch",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=2,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        seed=s.seed,
+        data_seed=s.seed,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=family_gc if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
+        deepspeed=cfg.ds_config,
+        ddp_backend="gloo" if not cuda and dist.world_size() > 1 else None,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not dist.is_rank0(),
+        **(group_by_length_kwargs() if group_by_length else {}),
+    )
+
+
+def group_by_length_kwargs() -> dict:
+    """Batches of similar length pad less (seeded, still shuffled); the argument's name changed
+    in transformers 5 (``train_sampling_strategy``) from 4.x (``group_by_length``)."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in inspect.signature(TrainingArguments.__init__).parameters:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
+def save_trained(cfg: Config, trainer: Any, tokenizer: Any, out: Path) -> Path | None:
+    """``model/`` (full fine-tuning; ZeRO-3 shards gathered), or ``adapter/`` plus, with
+    ``save_merged``, the merged ``model/`` under LoRA. Returns the model folder (None: adapter only)."""
+    if cfg.LoRA.r == 0:
+        trainer.save_model(str(out / "model"))
+        return out / "model"
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(out / "adapter"))
+        tokenizer.save_pretrained(str(out / "adapter"))
+        if cfg.save_merged:
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(str(out / "model"))
+            tokenizer.save_pretrained(str(out / "model"))
+    return out / "model" if cfg.save_merged else None
