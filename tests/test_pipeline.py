@@ -217,3 +217,36 @@ def test_npo_run_pipeline_end_to_end_and_skips_unchanged_steps(prepared_embedded
     third = run_pipeline(spec, stream=False)
     ran = [s["name"] for s in third["steps"] if s["status"] == "done"]
     assert ran == ["forget npo_gd", "evaluate npo_gd", "token visualisation"], ran
+
+
+def test_finetune_notebook_runs_headless_and_records_the_memorisation_report(mini_world, tmp_path):
+    run = tmp_path / "ft"
+    params = {"config_files": [], "model_path": mini_world["model_path"], "data_path": mini_world["data_path"],
+              "save_dir": str(run), "finetune": {"model": "retain", "lr": 1e-3, "num_epochs": 1, "batch_size": 4,
+                                                 "effective_batch_size": 8, "warmup_epochs": 0}}
+    step = Step("finetune", notebook_path("finetune"), params, tmp_path / "nb" / "finetune.ipynb")
+    res = run_steps([step], stream=False)
+    assert res[0].status == "done", res[0].error
+    result = json.loads((run / "result.json").read_text())
+    assert result["model"] == "retain" and set(result["memorisation"]) == {"forget", "retain"}
+    executed = nbformat.read(step.output, as_version=4)
+    shown = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") in ("display_data", "execute_result")]
+    assert any("fact_recall" in str(o.get("data", {})) for o in shown)
+
+
+def test_a_pipeline_with_a_finetune_block_unlearns_the_models_it_fine_tunes(mini_world, tmp_path):
+    from npo_lib.run.pipeline import PipelineSpec, pipeline_steps
+
+    spec = PipelineSpec(name="hub", runs_dir=str(tmp_path), config={"model_family": "llama3.2-1b", "data_path": mini_world["data_path"]},
+                        methods={"npo_gd": {"forget_loss": "NPO+GD"}}, finetune={"LoRA": {"r": 8}, "save_merged": True})
+    steps, folders = pipeline_steps(spec)
+    names = [s.name for s in steps]
+    assert names[:2] == ["finetune target", "finetune retain"] and "prepare" not in names
+    target, retain = tmp_path / "hub" / "finetune-target" / "model", tmp_path / "hub" / "finetune-retain" / "model"
+    assert [s.params["finetune"]["model"] for s in steps[:2]] == ["target", "retain"]
+    forget = next(s for s in steps if s.name == "forget npo_gd")
+    assert forget.params["model_path"] == str(target) and forget.params["retain_model_path"] == str(retain)
+    assert {d.name for d in forget.deps} == {"finetune target", "finetune retain"}
+    assert set(folders) == {"target", "retain", "npo_gd"}
+    with pytest.raises(ConfigError, match="save_merged"):
+        pipeline_steps(PipelineSpec(**{**spec.__dict__, "finetune": {"LoRA": {"r": 8}}}))

@@ -32,7 +32,7 @@ from npo_lib.config import Config, save_config
 from npo_lib.data.sources import load_eval_set, load_forget, load_retain, load_training_records
 from npo_lib.data.views import encode_records
 from npo_lib.embedded.paths import resolve_data_path, resolve_model_path
-from npo_lib.errors import ConfigError
+from npo_lib.errors import ConfigError, DataError
 from npo_lib.eval.generation import greedy_generate
 from npo_lib.eval.metrics import fact_recall, rouge_l_recall
 from npo_lib.models.families import ChatTags, get_family
@@ -41,7 +41,12 @@ from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper, parse_loss
 from npo_lib.run.checks import check_config
 from npo_lib.run.folders import RESULT_FILE, check_run_folder
-from npo_lib.run.training import TrainSettings, save_trained, training_arguments
+from npo_lib.run.training import (
+    TrainSettings,
+    end_partitioned_loading,
+    save_trained,
+    training_arguments,
+)
 from npo_lib.utils import dist
 from npo_lib.utils.io import atomic_write_json, read_json
 from npo_lib.utils.machine import machine_info
@@ -84,7 +89,7 @@ def check_sets(cfg: Config, data_path: str) -> dict[str, list[dict]]:
     forget = load_forget(data_path, cfg.split, cfg.task_id)
     try:
         retain = load_eval_set(data_path, "retain_perturbed")
-    except Exception:  # noqa: BLE001 - no such set: sample the retain records instead
+    except DataError:  # no such set: sample the retain records instead
         pool = load_retain(data_path, cfg.split, cfg.task_id)
         retain = random.Random(f"finetune-check:{cfg.seed}").sample(pool, min(len(forget), len(pool)))
     return {"forget": forget, "retain": retain}
@@ -291,6 +296,7 @@ def run_finetune(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool =
         "train_seconds": float(train_out.metrics.get("train_runtime", 0.0)), "resumed_from": resume_from,
         "world_size": dist.world_size(), "machine": machine_info(),
     }
+    end_partitioned_loading()
     if dist.is_rank0():
         if saved is not None:
             result["memorisation"] = memorisation_report(cfg, saved, sets, max_new_tokens=check_max_new_tokens)
@@ -317,3 +323,20 @@ def finished(run: Path) -> dict | None:
     """The ``result.json`` of a finished fine-tuning run folder, else None."""
     saved = read_json(run / RESULT_FILE)
     return saved if isinstance(saved, dict) else None
+
+
+def check_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per memorisation check of a fine-tuning result (epoch, loss, each set, met)."""
+    rows = []
+    for c in result.get("checks", []):
+        row: dict[str, Any] = {"epoch": c["epoch"], "loss": c["loss"]}
+        row.update({name: next(iter(m.values())) for name, m in c["measured"].items()})
+        rows.append({**row, "criterion met": c["passed"]})
+    return rows
+
+
+def memorisation_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The saved model's memorisation report as rows (set, measure, value, records)."""
+    counts = result.get("check_sets", {})
+    return [{"set": name, "measure": what, "value": value, "records": counts.get(name)}
+            for name, m in result.get("memorisation", {}).items() for what, value in m.items()]

@@ -3,6 +3,7 @@ retain, each method) -> token visualisation, every step an executed notebook, th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,9 +36,30 @@ class PipelineSpec:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> config keys of its forget run
     visualize: str | None = None  # method whose unlearned model the heatmaps compare; default: first INFLUENCE one
     runs_dir: str = "runs"
+    # config keys of the two fine-tuning runs (`npo finetune`, e.g. {finetune: {lr: 1e-5}}); set, the
+    # pipeline first fine-tunes target and retain from model_path (a hub base) and unlearns those
+    finetune: dict[str, Any] | None = None
 
 
 
+
+
+def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str, Path]]:
+    """Fine-tuning of target and retain (``finetune.ipynb``) and the model folders they save
+    (``model/``; under LoRA the merged model, which needs ``save_merged=true``)."""
+    over = dict(spec.finetune or {})
+    cfg = spec_config(spec, over)
+    if cfg.LoRA.r > 0 and not cfg.save_merged:
+        raise ConfigError(f"pipeline '{spec.name}': finetune with LoRA needs save_merged: true (unlearning reads a merged model)")
+    steps, models = [], {}
+    for role in ("target", "retain"):
+        run = root / f"finetune-{role}"
+        params = {**over, "finetune": {**dict(spec.config.get("finetune") or {}), **dict(over.get("finetune") or {}), "model": role}, "save_dir": str(run)}
+        step = Step(f"finetune {role}", notebook_path("finetune"), step_params(spec, params), root / "notebooks" / f"00-finetune-{role}.ipynb")
+        step.runtime.update(forget_mode(step))
+        steps.append(step)
+        models[role] = run / "model"
+    return steps, models
 
 
 def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
@@ -56,11 +78,19 @@ def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
         raise ConfigError(f"pipeline '{spec.name}': visualize={vis} is not one of the methods ({', '.join(spec.methods)})")
 
     steps: list[Step] = []
-    prep = None
+    up: list[Step] = []
+    models: dict[str, Path] = {}  # role -> model folder the evaluations of target and retain read
     if embedded:
         prep = Step("prepare", notebook_path("prepare"), step_params(spec, {}), nbdir / "01-prepare.ipynb")
         steps.append(prep)
-    up = [prep] if prep else []
+        up = [prep]
+        paths = embedded_paths(base)
+        models = {"target": paths.target, "retain": paths.retain}
+    elif spec.finetune is not None:
+        up, models = finetune_steps(spec, root)
+        steps += up
+        spec = dataclasses.replace(spec, config={**spec.config, "model_path": str(models["target"]),
+                                                  "retain_model_path": str(models["retain"])})
     influence = None
     if needs_influence:
         influence = Step("influence", notebook_path("influence"), step_params(spec, {"influence_dir": str(infl)}),
@@ -68,13 +98,11 @@ def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
         steps.append(influence)
     folders: dict[str, Path] = {}
     evals: list[Step] = []
-    if embedded:
-        paths = embedded_paths(base)
-        for role, model_dir in (("target", paths.target), ("retain", paths.retain)):
-            folders[role] = root / role
-            evals.append(Step(f"evaluate {role}", notebook_path("evaluation"),
-                              step_params(spec, {"eval_model_path": str(model_dir), "eval_out_dir": str(root / role)}),
-                              nbdir / f"04-evaluation-{role}.ipynb", deps=list(up)))
+    for role, model_dir in models.items():
+        folders[role] = root / role
+        evals.append(Step(f"evaluate {role}", notebook_path("evaluation"),
+                          step_params(spec, {"eval_model_path": str(model_dir), "eval_out_dir": str(root / role)}),
+                          nbdir / f"04-evaluation-{role}.ipynb", deps=list(up)))
     forgets: dict[str, Step] = {}
     for m, over in spec.methods.items():
         run = root / m

@@ -28,7 +28,7 @@ from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
 
 NOTEBOOKS_DIR = Path(str(importlib.resources.files("npo_lib"))) / "notebooks"  # package data: found after `pip install .` too
-NOTEBOOKS = ("prepare", "influence", "forget", "evaluation", "token_visualization")
+NOTEBOOKS = ("prepare", "finetune", "influence", "forget", "evaluation", "token_visualization")
 DONE_SUFFIX, FAILED_SUFFIX, PARAMS_SUFFIX, LOG_SUFFIX = ".done.json", ".failed.json", ".params.yaml", ".log"
 
 

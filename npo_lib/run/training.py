@@ -106,3 +106,16 @@ def save_trained(cfg: Config, trainer: Any, tokenizer: Any, out: Path) -> Path |
             merged.save_pretrained(str(out / "model"))
             tokenizer.save_pretrained(str(out / "model"))
     return out / "model" if cfg.save_merged else None
+
+
+def end_partitioned_loading() -> None:
+    """After training: later ``from_pretrained`` calls on this rank load a whole model.
+
+    Under ZeRO-3, ``TrainingArguments`` registers its DeepSpeed config with transformers, and
+    every later ``from_pretrained`` partitions the weights across ranks (``zero.Init``); a
+    model that only rank 0 then runs (the memorisation report) would wait for the other ranks
+    forever. Unregistering it makes the saved model load whole.
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
