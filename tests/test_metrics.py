@@ -92,7 +92,8 @@ def test_mia_statistics_by_hand():
     lp = [-0.1, -2.0, -0.5, -3.0, -1.0]
     assert M.mia_loss(lp) == pytest.approx(1.32)
     assert M.mia_min_k(lp) == pytest.approx(2.5)  # lowest int(5 * 0.4) = 2: -3, -2
-    assert M.mia_zlib(lp, "some text") == pytest.approx(6.6 / len(zlib.compress(b"some text")))
+    # Carlini et al.: the mean NLL (1.32, the log-perplexity), not the sum 6.6, over the zlib length
+    assert M.mia_zlib(lp, "some text") == pytest.approx(1.32 / len(zlib.compress(b"some text")))
     mu, sigma = [-1.0] * 5, [2.0] * 5  # z = (lp + 1) / 2; lowest two: -1, -0.5
     assert M.mia_min_k_plus_plus(lp, mu, sigma) == pytest.approx(0.75)
 
@@ -113,3 +114,23 @@ def test_privleak():
     assert M.privleak(0.25, 0.5)["agg_value"] == pytest.approx(50.0)  # over-unlearned
     big = M.privleak(0.9, 1.0)["agg_value"]  # retain AUC 1: eps keeps it finite
     assert math.isfinite(big) and big == pytest.approx(0.1 / M.PRIVLEAK_EPS * 100)
+
+
+def test_min_k_and_extraction_metrics_leave_the_appended_eos_out():
+    """open-unlearning drops EOS from Min-K% / Min-K%++ / ES / EM; Prob, TR, LOSS, zlib keep it."""
+    import numpy as np
+
+    from npo_lib.eval.scoring import TargetScores
+
+    lp = np.array([-0.1, -2.0, -0.5, -3.0, -0.01])  # the last token is EOS
+    ok = np.array([True, False, True, True, False])
+    s = TargetScores(lp, ok, np.full(5, -1.0), np.full(5, 2.0), eos=True)
+    bare = s.without_eos()
+    assert bare.logprobs.tolist() == [-0.1, -2.0, -0.5, -3.0] and bare.argmax_ok.tolist() == [True, False, True, True]
+    assert M.mia_min_k(bare.logprobs) == pytest.approx(3.0)  # lowest int(4 * 0.4) = 1 token: -3
+    assert M.mia_min_k(s.logprobs) == pytest.approx(2.5)  # with EOS: int(5 * 0.4) = 2 tokens
+    assert M.extraction_strength_one(bare.argmax_ok) == pytest.approx(0.5)  # with EOS: 0.0
+    assert M.extraction_strength_one(s.argmax_ok) == 0.0
+    assert M.exact_memorisation([bare.argmax_ok])["agg_value"] == pytest.approx(0.75)
+    assert s.nll == pytest.approx(5.61 / 5)  # Prob keeps EOS
+    assert TargetScores(lp, ok, lp, lp, eos=False).without_eos().logprobs.size == 5  # cut by max_length: nothing to drop

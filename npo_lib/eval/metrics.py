@@ -248,13 +248,14 @@ def mia_loss(logprobs: Sequence[float]) -> float:
 
 
 def mia_zlib(logprobs: Sequence[float], text: str) -> float:
-    """zlib attack statistic: NLL sum / zlib-compressed byte length of ``text`` (the target).
+    """zlib attack statistic (Carlini et al. 2021, arXiv:2012.07805): log-perplexity over zlib entropy.
 
-    open-unlearning divides the *mean* NLL by the compressed length of the decoded full input
-    (prompt + answer); here the sum over the target is divided by the target's own compressed length.
+    zlib = mean_t(−log p(y_t)) / |zlib(text)|, the *mean* token NLL of the target divided by the
+    compressed byte length of ``text``, the target's text (open-unlearning compresses the
+    decoded target the same way).
     """
     lp = np.asarray(logprobs, dtype=np.float64)
-    return float(-lp.sum()) / len(zlib.compress(text.encode("utf-8")))
+    return (float(-lp.mean()) if lp.size else 0.0) / len(zlib.compress(text.encode("utf-8")))
 
 
 def _lowest_k_mean(x: np.ndarray, k: float) -> float:

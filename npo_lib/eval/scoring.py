@@ -31,6 +31,13 @@ class TargetScores:
     argmax_ok: np.ndarray  # (n,) bool: argmax of the next-token distribution == y_t
     mu: np.ndarray  # (n,) E_v[log p_v] under the next-token distribution (Min-K%++)
     sigma: np.ndarray  # (n,) std_v[log p_v]
+    eos: bool = False  # the last token is the appended EOS
+
+    def without_eos(self) -> TargetScores:
+        """The statistics of the target's own tokens (the appended EOS left out)."""
+        if not self.eos or len(self.logprobs) < 2:
+            return self
+        return TargetScores(self.logprobs[:-1], self.argmax_ok[:-1], self.mu[:-1], self.sigma[:-1])
 
     @property
     def nll(self) -> float:
@@ -184,6 +191,7 @@ def score_targets(
                 continue
             scores = _forward_rows(model, [encoded[i][j] for i, j in group], pad_id)
             for (i, j), sc in zip(group, scores, strict=True):
+                sc.eos = append_eos and encoded[i][j][0][-1] == tokenizer.eos_token_id  # not cut by max_length
                 out[i][j] = sc
     finally:
         model.train(was_training)
