@@ -69,7 +69,7 @@ def generate(out: str | Path, *, n_companies: int = 30, n_holdout: int = 3, seed
                 "question": q.format(c=comp["name"]), "answer": a.format(c=comp["name"], v=comp[attr]),
                 "paraphrased_question": pq.format(c=comp["name"]),
                 "paraphrased_answer": pa.format(c=comp["name"], v=comp[attr]),
-                "perturbed_answer": [a.format(c=comp["name"], v=w) for w in wrong],
+                "perturbed_answer": [pa.format(c=comp["name"], v=w) for w in wrong],  # TOFU: wrong values in the paraphrase
             })
         records.append(rows)
     train, holdout = records[:n_companies], records[n_companies:]

@@ -286,3 +286,15 @@ def test_influence_weights_follow_the_selection(mini_world, tmp_path):
         p = ds[i]["full"]["prompt_len"]
         assert w[i, :p].sum() == 0  # prompt positions carry no weight
         assert w[i, p : p + len(s)].tolist() == [1.0 if x else 0.25 for x in s]
+
+
+@pytest.mark.parametrize("loss,lora", [("WGA+GD", 0), ("SatImp+KL", 4), ("UNDIAL+GD", 0), ("UNDIAL+GD", 4)])
+def test_token_weighted_baselines_train_full_and_under_lora(mini_world, tmp_path, loss, lora):
+    """UNDIAL's teacher: a frozen copy (full) or the base with the adapter off (LoRA): step 1 of
+    UNDIAL is then the distillation towards the unchanged model's adjusted logits."""
+    run = tmp_path / "run"
+    res = run_forget(_cfg(mini_world, run, f"forget_loss={loss}", f"LoRA.r={lora}", "save_merged=true"), progress=False)
+    rows = _log(run)
+    name = loss.split("+")[0]
+    assert res["steps"] > 0 and all(math.isfinite(r[f"forget/{name}"]) for r in rows)
+    assert (run / "model" / "config.json").is_file()

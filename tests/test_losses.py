@@ -20,7 +20,16 @@ from npo_lib.objectives.registry import (
     parse_loss,
     term_value,
 )
-from npo_lib.objectives.terms import influence_loss, kl_loss, npo_loss, simnpo_loss, tnpo_loss
+from npo_lib.objectives.terms import (
+    influence_loss,
+    kl_loss,
+    npo_loss,
+    satimp_loss,
+    simnpo_loss,
+    tnpo_loss,
+    undial_loss,
+    wga_loss,
+)
 
 B, T, V = 3, 7, 11
 M = IGNORE_INDEX
@@ -341,12 +350,14 @@ def test_term_value_names_missing_extra():
 
 
 def test_loss_hyper_comes_from_the_config_and_checks_its_values():
-    assert LossHyper.from_config(Config()) == LossHyper(beta=0.1, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0, regularization_coeff=1.0)
+    extra = {"wga_beta": 1.0, "satimp_beta1": 5.0, "satimp_beta2": 1.0, "undial_beta": 10.0}
+    assert LossHyper.from_config(Config()) == LossHyper(beta=0.1, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0,
+                                                        regularization_coeff=1.0, **extra)
     assert hyper(beta=0.2, forget_coeff=2).forget_coeff == 2.0
     with pytest.raises(TypeError):  # no defaults of its own: every value comes from the config
         LossHyper(beta=0.2)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="beta must be > 0"):
-        LossHyper(beta=0.0, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0, regularization_coeff=1.0)
+        LossHyper(beta=0.0, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0, regularization_coeff=1.0, **extra)
 
 
 def test_composed_loss_npo_gd():
@@ -401,6 +412,7 @@ def test_bf16_logits_give_finite_float32():
         "ref_token_logp": ref_tokens().float(),
         "token_weights": torch.rand(B, T - 1),
         "ref_logits": torch.randn(B, T, V, dtype=torch.bfloat16),
+        "ref_forget_logits": torch.randn(B, T, V, dtype=torch.bfloat16),
     }
     hp = hyper()
     for term in (*FORGET_TERMS.values(), *REGULARIZERS.values()):
@@ -411,3 +423,95 @@ def test_bf16_logits_give_finite_float32():
         assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all(), term.name
     logp, mask = token_logprobs(logits, labels)
     assert logp.dtype == mask.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- token-reweighted baselines
+
+
+def _hand_reweighted(logits, labels, weight) -> float:
+    """−Σ w(p)·CE / (number of target tokens), with explicit loops."""
+    total, n = 0.0, 0
+    for row in hand_token_logps(logits, labels):
+        for lp in row:
+            if lp is not None:
+                total += weight(math.exp(lp)) * lp  # −w·CE = w·log p
+                n += 1
+    return total / n
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_wga_by_hand(beta):
+    logits, labels = make_batch()
+    hand = _hand_reweighted(logits, labels, lambda p: p**beta)
+    assert wga_loss(logits, labels, beta).item() == pytest.approx(hand, abs=1e-12)
+    assert term_value(FORGET_TERMS["WGA"], logits, labels, hyper(wga_beta=beta)).item() == pytest.approx(hand, abs=1e-12)
+
+
+def test_satimp_by_hand_with_open_unlearning_defaults():
+    logits, labels = make_batch(1)
+    hand = _hand_reweighted(logits, labels, lambda p: p**5 * (1 - p) ** 1)
+    assert satimp_loss(logits, labels, 5.0, 1.0).item() == pytest.approx(hand, abs=1e-12)
+    assert term_value(FORGET_TERMS["SatImp"], logits, labels, hyper()).item() == pytest.approx(hand, abs=1e-12)
+
+
+REWEIGHTED = {
+    "WGA": (lambda lg, lb: wga_loss(lg, lb, 1.0), lambda p: p),
+    "SatImp": (lambda lg, lb: satimp_loss(lg, lb, 5.0, 1.0), lambda p: p**5 * (1 - p)),
+}
+
+
+@pytest.mark.parametrize("name", list(REWEIGHTED))
+def test_reweighted_ga_gradients_treat_the_weights_as_constants(name):
+    """The gradient is that of −mean w·CE with w = w(p) frozen: the weights are not differentiated."""
+    loss_fn, weight = REWEIGHTED[name]
+    logits, labels = make_batch(3)
+
+    def grad(build) -> torch.Tensor:
+        z = logits.clone().requires_grad_(True)
+        build(z).backward()
+        return z.grad
+
+    def frozen(z, detach: bool):
+        lp, m = token_logprobs(z, labels)
+        w = weight(lp.detach().exp() if detach else lp.exp())
+        return (w * m * lp).sum() / m.sum()
+
+    g = grad(lambda z: loss_fn(z, labels))
+    assert torch.allclose(g, grad(lambda z: frozen(z, True)), atol=1e-12)
+    assert not torch.allclose(g, grad(lambda z: frozen(z, False)), atol=1e-6)  # what detaching changes
+
+
+def test_undial_by_hand():
+    logits, labels = make_batch(4)
+    ref, _ = make_batch(5)
+    beta = 3.0
+    total, n = 0.0, 0
+    for b in range(B):
+        for t in range(T - 1):
+            y = int(labels[b, t + 1])
+            if y == M:
+                continue
+            z = [float(ref[b, t, v]) - (beta if v == y else 0.0) for v in range(V)]
+            teacher = [math.exp(x) for x in hand_log_softmax(z)]
+            logq = hand_log_softmax([float(x) for x in logits[b, t]])
+            total += -sum(p * q for p, q in zip(teacher, logq))
+            n += 1
+    assert undial_loss(logits, labels, ref, beta).item() == pytest.approx(total / n, abs=1e-12)
+    value = term_value(FORGET_TERMS["UNDIAL"], logits, labels, hyper(undial_beta=beta), ref_forget_logits=ref)
+    assert value.item() == pytest.approx(total / n, abs=1e-12)
+    # β = 0 and the model equal to its reference: the loss is the reference's entropy, its gradient 0
+    same = ref.clone().requires_grad_(True)
+    undial_loss(same, labels, ref, 0.0).backward()
+    assert same.grad.abs().max() < 1e-12
+
+
+def test_simnpo_takes_the_papers_gamma_or_the_codes_delta():
+    """γ = β·δ: δ = 1 at β = 3.5 (a published config) is γ = 3.5; setting both is refused."""
+    from npo_lib.errors import ConfigError
+
+    logits, labels = make_batch()
+    by_delta = term_value(FORGET_TERMS["SimNPO"], logits, labels, hyper(simnpo_beta=3.5, delta=1.0))
+    assert by_delta.item() == pytest.approx(simnpo_loss(logits, labels, 3.5, 3.5).item(), abs=1e-12)
+    assert hyper(simnpo_beta=3.5, gamma=0.5).gamma == 0.5 and hyper().gamma == 0.0
+    with pytest.raises(ConfigError, match="gamma or delta"):
+        Config(gamma=0.5, delta=1.0)

@@ -180,17 +180,29 @@ class InfluenceConfig:
 
 @dataclass
 class EvalConfig:
-    """How `npo eval` runs. Only max_new_tokens and reasoning change the numbers (and the reuse key)."""
+    """How `npo eval` runs. max_new_tokens, reasoning and the attacks' settings change the numbers
+    (and the reuse key); batch sizes and flattening only the speed."""
 
     batch_size: int = opt(8, "items per teacher-forced forward (all their candidate answers together)")
     gen_batch_size: int = opt(32, "prompts per greedy-generation batch")
     max_new_tokens: int = opt(200, "greedy generation budget (TOFU / open-unlearning: 200)")
     flatten: bool = opt(True, "one forward per batch of items with all their candidates; False: one forward per row")
     reasoning: bool = opt(True, "also ZeroThink / LessThink answers on the forget set (think families)")
+    robustness: list[str] = opt([], "attacks to run on a copy of the model: relearn, quant8, quant4, leak_at_k (npo_lib.eval.robustness)")
+    relearn_steps: int = opt(20, "relearning attack: optimizer steps on the held forget questions")
+    relearn_fraction: float = opt(0.2, "relearning attack: share of forget questions relearned on (the rest are measured)")
+    relearn_lr: float = opt(1e-5, "relearning attack: AdamW learning rate (hub models; the tiny models need ~1e-3)")
+    relearn_batch_size: int = opt(4, "relearning attack: examples per step")
+    quant_group_size: int = opt(64, "quantization attacks: input columns per scale (round-to-nearest, symmetric)")
+    leak_k: int = opt(8, "leak@k: samples per forget question")
+    leak_temperature: float = opt(1.0, "leak@k: sampling temperature")
+    attack_seed: int = opt(0, "seed of the relearning split and steps and of the samples")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "gen_batch_size", "max_new_tokens"):
+        for name in ("batch_size", "gen_batch_size", "max_new_tokens", "relearn_steps", "relearn_batch_size", "quant_group_size", "leak_k"):
             _need(getattr(self, name) >= 1, f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        _need(0 < self.relearn_fraction < 1, f"eval.relearn_fraction must be in (0, 1), got {self.relearn_fraction}")
+        _need(self.relearn_lr > 0 and self.leak_temperature > 0, "eval.relearn_lr and eval.leak_temperature must be > 0")
 
 
 @dataclass
@@ -224,7 +236,12 @@ class Config:
     forget_loss: str = opt("NPO+GD", "forget term, then regularizers, joined by '+' (npo losses lists them)")
     beta: float = opt(0.1, "NPO / TNPO / INFLUENCE temperature β")
     simnpo_beta: float = opt(2.5, "SimNPO's β (its own default, reference-free, length-normalised)")
-    gamma: float = opt(0.0, "SimNPO reward margin γ")
+    gamma: float | None = opt(None, "SimNPO reward margin γ of the paper's equation (None: simnpo_beta·delta, or 0)")
+    delta: float | None = opt(None, "SimNPO margin δ as its authors' code and open-unlearning write it (γ = simnpo_beta·δ); set gamma or delta")
+    wga_beta: float = opt(1.0, "WGA weight exponent β (Wang et al. 2025: 1)")
+    satimp_beta1: float = opt(5.0, "SatImp saturation exponent β1 (open-unlearning: 5)")
+    satimp_beta2: float = opt(1.0, "SatImp importance exponent β2 (open-unlearning: 1)")
+    undial_beta: float = opt(10.0, "UNDIAL logit reduction β (Dong et al. 2024 search 3, 10, 30)")
     w_selected: float = opt(1.0, "INFLUENCE: weight of tokens the influence selection picked")
     w_other: float = opt(0.0, "INFLUENCE: weight of every other target token")
     forget_coeff: float = opt(1.0, "weight of the forget term")
@@ -267,6 +284,9 @@ class Config:
         _need(self.save_steps >= 0 and self.warmup_epochs >= 0, f"save_steps and warmup_epochs must be >= 0, got {self.save_steps}, {self.warmup_epochs}")
         _need(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype '{self.dtype}' is unknown; valid: auto, float32, bfloat16, float16")
         _need(self.ds_config is None or Path(self.ds_config).is_file(), f"ds_config file not found: {self.ds_config}")
+        _need(self.gamma is None or self.delta is None, f"set SimNPO's gamma or delta (γ = simnpo_beta·δ), not both: gamma={self.gamma}, delta={self.delta}")
+        for name in ("wga_beta", "satimp_beta1", "satimp_beta2", "undial_beta"):
+            _need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def cache_path(self) -> Path:

@@ -7,7 +7,9 @@ with a retain model's results.
 Scoring convention: the answer is scored after an empty think block (prompt ``U q A Ts Te``;
 ``U q A`` without think tags), prompt and target tokenized separately as in training, and the
 target ends with EOS, as TOFU's code and open-unlearning's chat templates score it; it enters
-every candidate (correct, paraphrased, perturbed) alike.
+every candidate (correct, paraphrased, perturbed) alike. Prob, truth ratio, LOSS and zlib keep
+the EOS token; Min-K%, Min-K%++, extraction strength and exact memorisation drop it, as
+open-unlearning does (their papers are silent on it).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from npo_lib.utils.hashing import fingerprint
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-METRICS_VERSION = "1"  # bump when a metric's definition changes (part of the reuse identity)
+METRICS_VERSION = "2"  # bump when a metric's definition changes (part of the reuse identity)
 QA_SETS = ("forget", "retain", "real_authors", "world_facts")
 SET_FILES = {  # evaluation set -> file stem (forget: "<split>_perturbed")
     "retain": "retain_perturbed",
@@ -69,7 +71,12 @@ HEADLINE_METRICS: tuple[Headline, ...] = (
 def eval_identity(options: EvalConfig) -> dict[str, Any]:
     """The evaluation settings that change the numbers (a finished evaluation is reused only
     when they match); batch sizes and flattening change only the speed."""
-    return {"max_new_tokens": options.max_new_tokens, "reasoning": options.reasoning, "metrics_version": METRICS_VERSION}
+    out = {"max_new_tokens": options.max_new_tokens, "reasoning": options.reasoning, "metrics_version": METRICS_VERSION}
+    if options.robustness:  # an evaluation without attacks keeps its identity
+        keys = ("robustness", "relearn_steps", "relearn_fraction", "relearn_lr", "relearn_batch_size", "quant_group_size",
+                "leak_k", "leak_temperature", "attack_seed")
+        out["attacks"] = {k: getattr(options, k) for k in keys}
+    return out
 
 
 @dataclass
@@ -233,7 +240,7 @@ def _probability_metrics(res: _Results, scores: Mapping[str, list[list[TargetSco
             res.put(f"{name}_prob", M.normalised_prob([n[0] for n in nll], [n[1:] for n in nll]))
             tr = M.truth_ratio([n[0] for n in nll], [n[1:] for n in nll])
         res.put(f"{name}_truth_ratio", tr)
-    flags = [row[0].argmax_ok for row in scores["forget"]]
+    flags = [row[0].without_eos().argmax_ok for row in scores["forget"]]  # open-unlearning drops EOS here
     res.put("forget_extraction_strength", M.extraction_strength(flags))
     res.put("forget_exact_memorisation", M.exact_memorisation(flags))
 
@@ -251,11 +258,12 @@ def _mia_metrics(
         return
     for name in ("forget", "holdout"):
         rows, recs = [row[0] for row in scores[name]], data.sets[name]
+        bare = [s.without_eos() for s in rows]  # Min-K% / Min-K%++ without EOS, as open-unlearning
         stats = {
             "loss": [M.mia_loss(s.logprobs) for s in rows],
             "zlib": [M.mia_zlib(s.logprobs, r["answer"]) for s, r in zip(rows, recs)],
-            "min_k": [M.mia_min_k(s.logprobs) for s in rows],
-            "min_k_plus_plus": [M.mia_min_k_plus_plus(s.logprobs, s.mu, s.sigma) for s in rows],
+            "min_k": [M.mia_min_k(s.logprobs) for s in bare],
+            "min_k_plus_plus": [M.mia_min_k_plus_plus(s.logprobs, s.mu, s.sigma) for s in bare],
         }
         for a in MIA_ATTACKS:
             res.per_item[f"{name}_mia_{a}"] = M.by_index(stats[a])
@@ -316,7 +324,9 @@ def _generation_metrics(
             res.put(f"{name}_cot_stepwise", _subset(M.stepwise_cot_score, with_cot, traces, cots))
         for mode in ("zerothink", "lessthink"):
             if f"{name}_{mode}" in gens:
-                ans = [tags.split_trace(gens[f"{name}_{mode}"][i], closed=True)[1] for i in range(len(recs))]
+                # R-TOFU scores the whole continuation: a think-end tag the model writes itself
+                # after the closed trace is part of its answer, not a cut
+                ans = [gens[f"{name}_{mode}"][i].strip() for i in range(len(recs))]
                 res.put(f"{name}_{mode}_rouge", M.rouge_l_recall(ans, answers_ref))
 
 

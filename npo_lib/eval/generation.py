@@ -60,6 +60,47 @@ def greedy_generate(
     return [o or "" for o in out]
 
 
+def sample_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    k: int,
+    temperature: float,
+    seed: int,
+    max_new_tokens: int = 200,
+    batch_size: int = 32,
+    add_special_tokens: bool = True,
+    progress: bool = True,
+) -> list[list[str]]:
+    """``k`` continuations per prompt sampled at ``temperature`` from the full distribution (no
+    top-k / top-p), seeded: the same seed gives the same samples on the same machine."""
+    import torch
+
+    out: list[list[str]] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    gen_device = model.device
+    try:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        for s in tqdm(range(0, len(prompts), batch_size), desc="sample", disable=not progress, leave=False):
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # one seed per batch
+            enc = tokenizer(list(prompts[s : s + batch_size]), return_tensors="pt", padding=True,
+                            add_special_tokens=add_special_tokens).to(gen_device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                 top_k=0, top_p=1.0, num_return_sequences=k,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new = gen[:, enc["input_ids"].shape[1] :]  # (B·k, T_new), k rows per prompt in order
+            texts = [tokenizer.decode(row, skip_special_tokens=True) for row in new]
+            out += [texts[i * k : (i + 1) * k] for i in range(len(texts) // k)]
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
 def greedy_fact_recall(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -21,8 +21,11 @@ from npo_lib.objectives.terms import (
     influence_loss,
     kl_loss,
     npo_loss,
+    satimp_loss,
     simnpo_loss,
     tnpo_loss,
+    undial_loss,
+    wga_loss,
 )
 
 # ----------------------------------------------------------------------------- registry
@@ -38,7 +41,7 @@ class Term:
     name: str
     fn: Callable[..., Tensor]
     view: str  # data view the term reads: "full", "answer", "cot", "idk1", ..., "retain"
-    needs: tuple[str, ...] = ()  # "ref_seq_logp", "ref_token_logp", "token_weights", "ref_logits"
+    needs: tuple[str, ...] = ()  # "ref_seq_logp", "ref_token_logp", "token_weights", "ref_logits", "ref_forget_logits"
     doc: str = ""  # one line, with the equation
     hparams: Mapping[str, str] = field(default_factory=dict, hash=False)
 
@@ -94,6 +97,14 @@ FORGET_TERMS: dict[str, Term] = {
         f"IDK{k}": Term(f"IDK{k}", finetune_loss, f"idk{k}", doc=f"CE(idk{k} view)")
         for k in "123"
     },
+    "WGA": Term("WGA", wga_loss, "full", doc="-mean_it(p_it^β · CE_it), p = exp(-CE) detached, β = wga_beta",
+                hparams={"beta": "wga_beta"}),
+    "SatImp": Term("SatImp", satimp_loss, "full",
+                   doc="-mean_it(p_it^β1 (1 - p_it)^β2 · CE_it), p detached, β1, β2 = satimp_beta1, satimp_beta2",
+                   hparams={"beta1": "satimp_beta1", "beta2": "satimp_beta2"}),
+    "UNDIAL": Term("UNDIAL", undial_loss, "full", ("ref_forget_logits",),
+                   "mean_it CE(softmax(z_ref - β e_y), p_θ), the frozen model's logits, β = undial_beta",
+                   {"beta": "undial_beta"}),
     "FINETUNE": Term("FINETUNE", finetune_loss, "full", doc="CE(full view)"),
 }
 
@@ -171,7 +182,11 @@ class LossHyper:
 
     beta: float  # NPO / TNPO / INFLUENCE temperature β
     simnpo_beta: float  # SimNPO temperature β
-    gamma: float  # SimNPO reward margin γ
+    gamma: float  # SimNPO reward margin γ (the config's delta δ enters as γ = β·δ)
+    wga_beta: float  # WGA weight exponent β
+    satimp_beta1: float  # SatImp saturation exponent β1
+    satimp_beta2: float  # SatImp importance exponent β2
+    undial_beta: float  # UNDIAL logit reduction β
     forget_coeff: float  # weight of the forget term
     regularization_coeff: float  # weight of each regularizer
 
@@ -182,8 +197,13 @@ class LossHyper:
 
     @classmethod
     def from_config(cls, cfg: Any) -> LossHyper:
-        """Every field from the attribute of ``cfg`` (a Config) of the same name."""
-        return cls(**{f.name: float(getattr(cfg, f.name)) for f in dataclasses.fields(cls)})
+        """Every field from the attribute of ``cfg`` (a Config) of the same name; SimNPO's γ
+        from ``gamma``, else β·``delta`` (the authors' parametrisation), else 0."""
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+        if values["gamma"] is None:
+            delta = getattr(cfg, "delta", None)
+            values["gamma"] = 0.0 if delta is None else float(cfg.simnpo_beta) * float(delta)
+        return cls(**{k: float(v) for k, v in values.items()})
 
 
 def term_value(

@@ -3,7 +3,11 @@ equation in one comment. They return a 0-dim tensor; no model is called here.
 
 Papers: GA (Jang et al. 2023, arXiv:2210.01504), NPO (Zhang et al. 2024, arXiv:2404.05868),
 SimNPO (Fan et al. 2024, arXiv:2410.07163), IDK (Maini et al. 2024, TOFU, arXiv:2401.06121;
-R-TOFU's reasoned refusal views), GD / KL regularizers (TOFU).
+R-TOFU's reasoned refusal views), GD / KL regularizers (TOFU), WGA (Wang et al. 2025,
+"Rethinking LLM unlearning objectives", arXiv:2502.19301), SatImp (Yang et al. 2025, "Exploring
+criteria of loss reweighting to enhance LLM unlearning", arXiv:2505.11953), UNDIAL (Dong et al.
+2024, arXiv:2402.10052). Token reweightings follow open-unlearning's ``compute_wga_loss`` /
+``compute_satimp_loss`` / ``compute_undial_loss``: a mean over every target token of the batch.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ def npo_loss(logits: Tensor, labels: Tensor, ref_seq_logp: Tensor, beta: float) 
 
 
 def simnpo_loss(logits: Tensor, labels: Tensor, beta: float, gamma: float) -> Tensor:
-    """SimNPO: NPO without a reference, on length-normalised sequence log-probs."""
+    """SimNPO: NPO without a reference, on length-normalised sequence log-probs.
+
+    γ is the paper's margin (its eq. 6). The authors' code and open-unlearning write the margin
+    as δ with γ = β·δ: the config takes either (``gamma`` or ``delta``), so that published
+    configs such as δ = 1, β = 3.5 reproduce as written.
+    """
     logp, mask = token_logprobs(logits, labels)  # (B, T-1)
     avg = logp.sum(-1) / mask.sum(-1).clamp_min(1)  # (B,)  (1/|y_i|) Σ_t log p_θ(y_it)
     # SimNPO = -(2/β) · mean_i log σ(-(β/|y_i|) Σ_t log p_θ(y_it) - γ)
@@ -71,6 +80,44 @@ def influence_loss(
     return _weighted_token_npo(logits, labels, ref_token_logp, token_weights, beta)
 
 
+def _token_reweighted_ga(logits: Tensor, labels: Tensor, weight_fn) -> Tensor:
+    """−mean_it w_it · CE_it over the target tokens, the weights detached (not differentiated)."""
+    logp, mask = token_logprobs(logits, labels)  # (B, T-1), log p_t (0 where masked)
+    p = logp.detach().exp()  # (B, T-1)  p_t = exp(−CE_t), a constant of the gradient
+    w = weight_fn(p) * mask  # (B, T-1)
+    return (w * logp).sum() / mask.sum().clamp_min(1)  # = −Σ w·CE / Σ m
+
+
+def wga_loss(logits: Tensor, labels: Tensor, beta: float) -> Tensor:
+    """Weighted gradient ascent: GA whose tokens count by how likely the model still finds them."""
+    # WGA = −mean_it(p_itᵝ · CE_it), p_it = exp(−CE_it) detached
+    return _token_reweighted_ga(logits, labels, lambda p: p.pow(beta))
+
+
+def satimp_loss(logits: Tensor, labels: Tensor, beta1: float, beta2: float) -> Tensor:
+    """SatImp: GA weighted towards tokens that are likely (saturation) yet not certain (importance)."""
+    # SatImp = −mean_it(p_itᵝ¹ (1 − p_it)ᵝ² · CE_it), p_it = exp(−CE_it) detached
+    return _token_reweighted_ga(logits, labels, lambda p: p.pow(beta1) * (1 - p).pow(beta2))
+
+
+def undial_loss(logits: Tensor, labels: Tensor, ref_forget_logits: Tensor, beta: float) -> Tensor:
+    """UNDIAL: self-distillation towards the frozen model with the target token's logit lowered by β.
+
+    The teacher is the reference distribution with the label's logit reduced by β, so the
+    student keeps everything the reference knows except the confidence in the forget token.
+    """
+    check_shape("ref_forget_logits", ref_forget_logits, tuple(logits.shape))
+    B, T, V = logits.shape
+    target = labels[:, 1:]  # (B, T-1)
+    mask = (target != IGNORE_INDEX).to(torch.promote_types(logits.dtype, torch.float32))  # (B, T-1)
+    one_hot = F.one_hot(target.clamp_min(0), V).to(mask)  # (B, T-1, V), rows of masked positions ignored below
+    teacher = (upcast(ref_forget_logits[:, :-1].detach()).to(mask) - beta * one_hot).softmax(-1)  # (B, T-1, V)
+    logq = upcast(logits[:, :-1]).log_softmax(-1)  # (B, T-1, V)
+    ce_t = -(teacher * logq).sum(-1)  # (B, T-1)
+    # UNDIAL = mean_it CE(softmax(z_ref,it − β·e_{y_it}), p_θ,it) over the target tokens
+    return (ce_t * mask).sum() / mask.sum().clamp_min(1)
+
+
 def finetune_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Plain fine-tuning NLL (FINETUNE, IDKk, and GD on the retain view)."""
     # FINETUNE = IDKk = GD = CE
@@ -84,7 +131,8 @@ def kl_loss(logits: Tensor, labels: Tensor, ref_logits: Tensor) -> Tensor:
     """KL(p_ref ‖ p_θ) per position, averaged over the target tokens of the shifted labels.
 
     open-unlearning and R-TOFU average over every position (prompt and padding included,
-    ``kl_div(..., reduction="batchmean")`` on flattened tokens), so their values are smaller.
+    ``kl_div(..., reduction="batchmean")`` on flattened tokens), so their values differ: on a
+    padded batch of the embedded benchmark theirs were 5x larger (padding positions enter).
     """
     check_shape("ref_logits", ref_logits, tuple(logits.shape))
     logq = upcast(logits[:, :-1]).log_softmax(-1)  # (B, T-1, V)  log p_θ

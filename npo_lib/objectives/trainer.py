@@ -115,14 +115,15 @@ class UnlearningTrainer(Trainer):
         return extras
 
     @torch.no_grad()
-    def reference_logits(self, model: torch.nn.Module, retain: dict[str, Tensor]) -> Tensor:
-        """p_ref on the retain batch for KL: frozen copy, or the base model under LoRA."""
-        kwargs = {"input_ids": retain["input_ids"], "attention_mask": retain["attention_mask"]}
+    def reference_logits(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """The frozen model's logits on ``batch`` (KL's retain batch, UNDIAL's forget batch): a
+        frozen copy, or the base model with the LoRA adapter off (no second model in memory)."""
+        kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self.ref_model is not None:
             return self.ref_model(**kwargs).logits
         unwrapped = self.accelerator.unwrap_model(model)
         if not hasattr(unwrapped, "disable_adapter"):
-            raise ValueError("KL needs a reference model: pass ref_model or train with LoRA.r > 0")
+            raise ValueError("KL / UNDIAL need a reference model: pass ref_model or train with LoRA.r > 0")
         with unwrapped.disable_adapter():
             return model(**kwargs).logits
 
@@ -135,6 +136,8 @@ class UnlearningTrainer(Trainer):
         forget = inputs[spec.forget.view]
         forget_out = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"])
         kwargs: dict[str, Any] = self._extras(inputs, forget)
+        if "ref_forget_logits" in spec.needs:
+            kwargs["ref_forget_logits"] = self.reference_logits(model, forget)
         if spec.regularizers:
             retain = inputs["retain"]
             kwargs["retain_logits"] = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits

@@ -1,7 +1,7 @@
 """Every check a config can fail without loading a model: the names each registry owns.
 
 :func:`npo_lib.config.load_config` checks keys, types and ranges; this adds the names (model
-family, objective, influence scorer and preconditioner, selection method) and the limits of the
+family, objective, influence scorer and preconditioner, selection method, attacks) and the limits of the
 embedded benchmark generator. Every command and run function calls :func:`check_config` first,
 so a bad value fails in one line before any model loads.
 """
@@ -13,6 +13,7 @@ import importlib.util
 from npo_lib.config import Config
 from npo_lib.embedded.benchmark import check_benchmark_config
 from npo_lib.errors import ConfigError
+from npo_lib.eval.robustness import ATTACKS
 from npo_lib.influence.modules import MODULE_SETS
 from npo_lib.influence.preconditioners import PRECONDITIONERS
 from npo_lib.influence.scorers import Scorer, get_scorer
@@ -28,6 +29,9 @@ def check_config(cfg: Config) -> LossSpec:
     get_selection(cfg.selection.method)
     check_benchmark_config(cfg.benchmark)
     check_influence_settings(cfg)
+    unknown = [a for a in cfg.eval.robustness if a not in ATTACKS]
+    if unknown:
+        raise ConfigError(f"eval.robustness: unknown attack '{unknown[0]}'; valid: {', '.join(ATTACKS)}")
     return spec
 
 

@@ -29,6 +29,7 @@ from npo_lib.eval.compute import (
     eval_identity,
     load_eval_data,
 )
+from npo_lib.eval.robustness import AttackContext, run_attacks
 from npo_lib.models.families import get_family
 from npo_lib.models.loading import (
     check_tokenizer,
@@ -151,6 +152,11 @@ def _run(
         max_length=cfg.max_length,
         progress=progress,
     )
+    if options.robustness:
+        t1 = time.perf_counter()
+        ctx = AttackContext(model, tokenizer, get_family(cfg.model_family).tags, data, options, cfg.max_length, progress)
+        res["robustness"] = run_attacks(ctx, options.robustness)
+        res["seconds"]["robustness"] = time.perf_counter() - t1
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # before the next model of the session loads

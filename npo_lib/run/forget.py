@@ -106,7 +106,7 @@ def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_
         token_weights=weights,
         log_file=out / "log.jsonl",
     )
-    if "ref_logits" in spec.needs and cfg.LoRA.r == 0:
+    if {"ref_logits", "ref_forget_logits"} & spec.needs and cfg.LoRA.r == 0:
         trainer.ref_model = reference_model(cfg, model_path, trainer)
     return trainer, tokenizer, dataset
 

@@ -42,7 +42,7 @@ from npo_lib.utils.io import atomic_dir, atomic_write_json, read_json
 from npo_lib.utils.machine import machine_info
 
 EXTRA_SETS = ("real_authors_perturbed", "world_facts_perturbed")  # a random-init model must learn them too
-CHECK_MAX_NEW_TOKENS = 96  # greedy tokens per check: the embedded traces are short
+CHECK_MAX_NEW_TOKENS = 96  # greedy tokens per check: the generated traces are short (others: max_length)
 TINY_LOGGING_STEPS = 10  # a log line every 10 steps (every step costs ~15 % of a tiny model's training time)
 
 
@@ -226,8 +226,10 @@ def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, role: str, data_path: st
     if done is not None and (run / "model" / "config.json").is_file():
         done["reused"] = True
         return done
+    # a user's traces may be long (R-TOFU's run to hundreds of tokens): decode up to max_length
+    new_tokens = CHECK_MAX_NEW_TOKENS if cfg.data_path is None else min(cfg.max_length, cfg.tiny.max_position_embeddings)
     result = run_finetune(tiny_finetune_config(cfg, paths, role, data_path), progress=progress,
-                          check_max_new_tokens=CHECK_MAX_NEW_TOKENS)
+                          check_max_new_tokens=new_tokens)
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     return result
 

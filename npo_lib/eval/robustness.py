@@ -1,0 +1,206 @@
+"""Attacks a forgetting claim must survive (``eval.robustness=[...]``, ``robustness`` in metrics.json).
+
+Unlearning is known to be shallow: knowledge a method hid can come back after a few relearning
+steps (Lynch et al. 2024, arXiv:2402.16835; Hu et al. 2024, arXiv:2406.13356), after weight
+quantization (Zhang et al. 2024, "Catastrophic failure of LLM unlearning via quantization",
+arXiv:2410.16454), or under sampled rather than greedy decoding. Each attack runs on a copy of the
+evaluated model (the model and its folder stay as they are; the copy is discarded) and reports
+what the forget set's probe gives before and after.
+
+The probe of a set: memorisation of greedy answers (fact recall where records name their
+``fact``, else ROUGE-L recall), ROUGE-L recall, Prob (exp −L̄ of the answer after an empty think
+block) and the truth ratio (closer_to_1 aggregate, the forget set's).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from npo_lib.config import EvalConfig
+from npo_lib.data.dataset import ViewCollator
+from npo_lib.data.views import encode_records
+from npo_lib.eval import metrics as M
+from npo_lib.eval.compute import EvalData, answer_prompt, generation_prompts
+from npo_lib.eval.generation import greedy_generate, sample_generate
+from npo_lib.eval.scoring import score_targets
+from npo_lib.models.families import ChatTags
+from npo_lib.objectives.terms import finetune_loss
+
+LEAK_ROUGE_THRESHOLD = 0.5  # without fact fields: a sample "states" the answer at ROUGE-L recall >= 0.5
+
+
+@dataclass
+class AttackContext:
+    """What every attack reads: the model under test, its tokenizer and tags, the data, options."""
+
+    model: Any
+    tokenizer: Any
+    tags: ChatTags
+    data: EvalData
+    options: EvalConfig
+    max_length: int | None
+    progress: bool = True
+
+
+def _has_facts(records: Sequence[Mapping[str, Any]]) -> bool:
+    return bool(records) and all(isinstance(r.get("fact"), str) for r in records)
+
+
+def probe(ctx: AttackContext, model: Any, records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Memorisation, ROUGE-L, Prob and truth ratio of ``model`` on ``records``."""
+    tags, tok, opt = ctx.tags, ctx.tokenizer, ctx.options
+    prompts = [generation_prompts(r, tags, tok)["default"] for r in records]
+    gens = greedy_generate(model, tok, prompts, max_new_tokens=opt.max_new_tokens, batch_size=opt.gen_batch_size,
+                           add_special_tokens=not tags.use_tokenizer_template, progress=False)
+    answers = [tags.split_trace(g)[1] for g in gens]
+    refs = [r["answer"] for r in records]
+    out: dict[str, float | None] = {"rouge": M.rouge_l_recall(answers, refs)["agg_value"]}
+    out["fact_recall"] = M.fact_recall(answers, [r["fact"] for r in records])["agg_value"] if _has_facts(records) else None
+    cands = [[r["answer"], r.get("paraphrased_answer") or r["answer"], *(r.get("perturbed_answer") or [])] for r in records]
+    scores = score_targets(model, tok, [answer_prompt(r, tags, tok) for r in records], cands, batch_size=opt.batch_size,
+                           add_special_tokens=not tags.use_tokenizer_template, max_length=ctx.max_length, progress=False)
+    nll = [[s.nll for s in row] for row in scores]
+    out["prob"] = M.answer_prob([n[0] for n in nll])["agg_value"]
+    with_wrong = [n for n in nll if len(n) > 2]
+    out["truth_ratio"] = (M.truth_ratio([n[1] for n in with_wrong], [n[2:] for n in with_wrong], aggregate="closer_to_1")["agg_value"]
+                          if with_wrong else None)
+    return out
+
+
+# ----------------------------------------------------------------------------- relearning
+
+
+def relearn_split(records: Sequence[Mapping[str, Any]], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(held, rest) indices of the forget set: a seeded ``fraction`` of its questions to relearn
+    on, the rest to measure on (the same split for every model of a data set)."""
+    order = list(range(len(records)))
+    random.Random(f"relearn:{seed}").shuffle(order)
+    n = min(len(order) - 1, max(1, round(fraction * len(order))))
+    return sorted(order[:n]), sorted(order[n:])
+
+
+def relearn_attack(ctx: AttackContext) -> dict[str, Any]:
+    """Fine-tune a copy for ``relearn_steps`` steps on the held part of the forget set (the full
+    view, plain NLL, AdamW at ``relearn_lr``), then probe the other part before and after."""
+    opt, forget = ctx.options, ctx.data.sets["forget"]
+    held, rest = relearn_split(forget, opt.relearn_fraction, opt.attack_seed)
+    measured = [forget[i] for i in rest]
+    before = probe(ctx, ctx.model, measured)
+    torch.manual_seed(opt.attack_seed)
+    attacked = copy.deepcopy(ctx.model).train()
+    examples = encode_records([forget[i] for i in held], "full", ctx.tokenizer, ctx.tags, ctx.max_length)
+    collate = ViewCollator(pad_token_id=ctx.tokenizer.pad_token_id)
+    optim = torch.optim.AdamW([p for p in attacked.parameters() if p.requires_grad], lr=opt.relearn_lr, weight_decay=0.0)
+    bs = min(opt.relearn_batch_size, len(examples))
+    losses = []
+    for step in tqdm(range(opt.relearn_steps), desc="relearn attack", disable=not ctx.progress, leave=False):
+        rows = [examples[(step * bs + j) % len(examples)] for j in range(bs)]
+        batch = {k: v.to(attacked.device) for k, v in collate(rows).items()}
+        loss = finetune_loss(attacked(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    attacked.eval()
+    after = probe(ctx, attacked, measured)
+    del attacked, optim
+    return {"held": len(held), "measured": len(rest), "steps": opt.relearn_steps, "lr": opt.relearn_lr,
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "before": before, "after": after}
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+@torch.no_grad()
+def rtn_quantize_(model: torch.nn.Module, bits: int, group_size: int) -> int:
+    """Round-to-nearest, symmetric, group-wise weight quantization of every ``nn.Linear`` but the
+    output head, in place (fake quantization: the weights keep their dtype, on the int grid
+    q·s with s = max|w| / (2^(b−1) − 1) per group of ``group_size`` input columns). Returns the
+    number of layers quantized."""
+    qmax = 2 ** (bits - 1) - 1
+    n = 0
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or module is out_emb:
+            continue
+        w = module.weight
+        rows, cols = w.shape
+        g = group_size if cols % group_size == 0 else cols  # a width the groups do not divide: per row
+        x = w.float().reshape(rows, cols // g, g)
+        scale = (x.abs().amax(-1, keepdim=True) / qmax).clamp_min(1e-12)
+        w.copy_(((x / scale).round().clamp(-qmax - 1, qmax) * scale).reshape(rows, cols).to(w.dtype))
+        n += 1
+    return n
+
+
+def _quant_attack(bits: int) -> Callable[[AttackContext], dict[str, Any]]:
+    def attack(ctx: AttackContext) -> dict[str, Any]:
+        forget = ctx.data.sets["forget"]
+        attacked = copy.deepcopy(ctx.model)
+        layers = rtn_quantize_(attacked, bits, ctx.options.quant_group_size)
+        after = probe(ctx, attacked, forget)
+        del attacked
+        return {"bits": bits, "group_size": ctx.options.quant_group_size, "layers": layers,
+                "before": probe(ctx, ctx.model, forget), "after": after}
+
+    attack.__doc__ = f"{bits}-bit round-to-nearest weight quantization of the linear layers, then the forget probe."
+    return attack
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def leak_at_k(ctx: AttackContext) -> dict[str, Any]:
+    """Share of forget questions where any of k samples at temperature T states the answer
+    (its fact; ROUGE-L recall >= 0.5 without facts), next to the greedy share."""
+    opt, tags, forget = ctx.options, ctx.tags, ctx.data.sets["forget"]
+    prompts = [generation_prompts(r, tags, ctx.tokenizer)["default"] for r in forget]
+    samples = sample_generate(ctx.model, ctx.tokenizer, prompts, k=opt.leak_k, temperature=opt.leak_temperature,
+                              seed=opt.attack_seed, max_new_tokens=opt.max_new_tokens, batch_size=opt.gen_batch_size,
+                              add_special_tokens=not tags.use_tokenizer_template, progress=ctx.progress)
+    facts = _has_facts(forget)
+
+    def states(text: str, r: Mapping[str, Any]) -> bool:
+        answer = tags.split_trace(text)[1]
+        if facts:
+            return M.fact_recall([answer], [r["fact"]])["agg_value"] > 0
+        return M.rouge_l_recall_one(answer, r["answer"]) >= LEAK_ROUGE_THRESHOLD
+
+    hits = [any(states(s, r) for s in ss) for ss, r in zip(samples, forget, strict=True)]
+    per_sample = [sum(states(s, r) for s in ss) / len(ss) for ss, r in zip(samples, forget, strict=True)]
+    return {"k": opt.leak_k, "temperature": opt.leak_temperature, "criterion": "fact" if facts else f"rouge>={LEAK_ROUGE_THRESHOLD}",
+            "leak_at_k": sum(hits) / max(len(hits), 1), "mean_sample_rate": sum(per_sample) / max(len(per_sample), 1)}
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    fn: Callable[[AttackContext], dict[str, Any]]
+    doc: str
+
+
+ATTACKS: dict[str, Attack] = {
+    "relearn": Attack("relearn", relearn_attack, "relearn on a held 20 % of the forget questions, probe the other 80 %"),
+    "quant8": Attack("quant8", _quant_attack(8), "8-bit round-to-nearest weights (linear layers), forget probe"),
+    "quant4": Attack("quant4", _quant_attack(4), "4-bit round-to-nearest weights (linear layers), forget probe"),
+    "leak_at_k": Attack("leak_at_k", leak_at_k, "k samples at temperature T per forget question: any states the fact"),
+}
+
+
+def run_attacks(ctx: AttackContext, names: Sequence[str]) -> dict[str, Any]:
+    """Each named attack's result (``eval.robustness``), with its seconds."""
+    import time
+
+    out: dict[str, Any] = {}
+    for name in tqdm(list(names), desc="robustness", disable=not ctx.progress, leave=False):
+        t0 = time.perf_counter()
+        out[name] = {**ATTACKS[name].fn(ctx), "seconds": time.perf_counter() - t0}
+    return out
