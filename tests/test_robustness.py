@@ -67,8 +67,42 @@ def test_every_attack_runs_on_a_copy_and_is_cached(mini_world, tmp_path):
     assert r["before"] != r["after"]  # three steps at lr 1e-2 move a random model
     assert rb["quant8"]["layers"] > 0 and set(rb["quant4"]["after"]) == {"rouge", "fact_recall", "prob", "truth_ratio"}
     assert 0 <= rb["leak_at_k"]["leak_at_k"] <= 1 and rb["leak_at_k"]["k"] == 2
+    fs = rb["format_shift"]
+    assert fs["fill_in_blank"]["items"] == res["counts"]["forget"] and 0 <= fs["multiple_choice"]["accuracy"] <= 1
 
     again = evaluate(cfg, out_dir=tmp_path / "a", retain_reference=None, progress=False)
     assert again["robustness"] == rb  # reused, not recomputed
     b = evaluate(cfg, out_dir=tmp_path / "b", retain_reference=None, progress=False)
     assert b["robustness"]["leak_at_k"] == {**rb["leak_at_k"], "seconds": b["robustness"]["leak_at_k"]["seconds"]}  # seeded
+
+
+def test_format_shift_questions():
+    from npo_lib.eval.robustness import blank_question, choice_question
+
+    r = {"question": "Where was Ana born?", "answer": "Ana was born in Kuwait City.", "fact": "kuwait city"}
+    assert blank_question(r) == "Fill in the blank: Ana was born in ____."
+    assert blank_question({**r, "fact": "Baku"}) is None and blank_question({"answer": "x"}) is None
+    assert choice_question(r, ["A.", "B."]) == "Where was Ana born? Choose one of: A. | B."
+
+
+def test_npo_report_adds_a_table_of_the_attacks(tmp_path):
+    import json
+
+    from npo_lib.run.report import report
+
+    def write(name: str, role: str, robustness: dict | None) -> str:
+        folder = tmp_path / name / "eval"
+        folder.mkdir(parents=True)
+        m = {"aggregates": {"forget_quality": 0.5}, "identity": {"role": role}, **({"robustness": robustness} if robustness else {})}
+        (folder / "metrics.json").write_text(json.dumps(m))
+        return str(tmp_path / name)
+
+    plain = write("plain", "run", None)
+    text, _ = report([plain])
+    assert "attacks" not in text
+    attacked = write("npo", "run", {"relearn": {"before": {"fact_recall": 0.5, "rouge": 0.9}, "after": {"fact_recall": 0.75, "rouge": 0.95}},
+                                    "leak_at_k": {"leak_at_k": 0.25}})
+    text, _ = report([plain, attacked])
+    head, row = [line for line in text.splitlines() if line.startswith("| run") or line.startswith("| npo")][-2:]
+    assert head == "| run | relearn: held-out recall before | after relearning | leak@k |"
+    assert row == "| npo | 50.0% | 75.0% | 25.0% |"

@@ -188,7 +188,7 @@ class EvalConfig:
     max_new_tokens: int = opt(200, "greedy generation budget (TOFU / open-unlearning: 200)")
     flatten: bool = opt(True, "one forward per batch of items with all their candidates; False: one forward per row")
     reasoning: bool = opt(True, "also ZeroThink / LessThink answers on the forget set (think families)")
-    robustness: list[str] = opt([], "attacks to run on a copy of the model: relearn, quant8, quant4, leak_at_k (npo_lib.eval.robustness)")
+    robustness: list[str] = opt([], "attacks to run on a copy of the model: relearn, quant8, quant4, leak_at_k, format_shift (npo_lib.eval.robustness)")
     relearn_steps: int = opt(20, "relearning attack: optimizer steps on the held forget questions")
     relearn_fraction: float = opt(0.2, "relearning attack: share of forget questions relearned on (the rest are measured)")
     relearn_lr: float = opt(1e-5, "relearning attack: AdamW learning rate (hub models; the tiny models need ~1e-3)")

@@ -9,7 +9,8 @@ what the forget set's probe gives before and after.
 
 The probe of a set: memorisation of greedy answers (fact recall where records name their
 ``fact``, else ROUGE-L recall), ROUGE-L recall, Prob (exp −L̄ of the answer after an empty think
-block) and the truth ratio (closer_to_1 aggregate, the forget set's).
+block) and the truth ratio (closer_to_1 aggregate, the forget set's). ``format_shift`` asks the
+forget questions in other formats instead (fill-in-the-blank, multiple choice).
 """
 
 from __future__ import annotations
@@ -180,6 +181,63 @@ def leak_at_k(ctx: AttackContext) -> dict[str, Any]:
             "leak_at_k": sum(hits) / max(len(hits), 1), "mean_sample_rate": sum(per_sample) / max(len(per_sample), 1)}
 
 
+# ----------------------------------------------------------------------------- format shift
+
+
+def blank_question(record: Mapping[str, Any]) -> str | None:
+    """The answer as a fill-in-the-blank question (its fact replaced by ____), None without a
+    fact the answer states."""
+    fact, answer = record.get("fact"), record["answer"]
+    if not isinstance(fact, str) or fact.lower() not in answer.lower():
+        return None
+    at = answer.lower().index(fact.lower())
+    return f"Fill in the blank: {answer[:at]}____{answer[at + len(fact):]}"
+
+
+def choice_question(record: Mapping[str, Any], options: Sequence[str]) -> str:
+    """The question followed by its options, one of which is the answer."""
+    return f"{record['question']} Choose one of: " + " | ".join(options)
+
+
+def _option_accuracy(ctx: AttackContext, records: Sequence[Mapping[str, Any]], options: Sequence[Sequence[str]]) -> float:
+    """Share of records whose answer (option 0 before shuffling) has the lowest mean NLL."""
+    tok, tags = ctx.tokenizer, ctx.tags
+    scores = score_targets(ctx.model, tok, [answer_prompt(r, tags, tok) for r in records], [list(o) for o in options],
+                           batch_size=ctx.options.batch_size, add_special_tokens=not tags.use_tokenizer_template,
+                           max_length=ctx.max_length, progress=False)
+    right = [min(range(len(row)), key=lambda j: row[j].nll) == 0 for row in scores]
+    return sum(right) / max(len(right), 1)
+
+
+def format_shift(ctx: AttackContext) -> dict[str, Any]:
+    """The forget questions in other formats: fill-in-the-blank (greedy fact recall of the
+    answers) and multiple choice (the answer among up to 3 perturbed ones, listed in the
+    question in a seeded order; accuracy of the most likely option, next to the same choice
+    asked plainly)."""
+    forget, tags = ctx.data.sets["forget"], ctx.tags
+    out: dict[str, Any] = {}
+    blanks = [(r, q) for r in forget if (q := blank_question(r)) is not None]
+    if blanks:
+        prompts = [generation_prompts({**r, "question": q}, tags, ctx.tokenizer)["default"] for r, q in blanks]
+        gens = greedy_generate(ctx.model, ctx.tokenizer, prompts, max_new_tokens=ctx.options.max_new_tokens,
+                               batch_size=ctx.options.gen_batch_size, add_special_tokens=not tags.use_tokenizer_template,
+                               progress=False)
+        answers = [tags.split_trace(g)[1] for g in gens]
+        out["fill_in_blank"] = {"items": len(blanks), "fact_recall": M.fact_recall(answers, [r["fact"] for r, _ in blanks])["agg_value"]}
+    else:
+        out["fill_in_blank"] = {"items": 0, "note": "no record names a fact its answer states"}
+    mc = [r for r in forget if r.get("perturbed_answer")]
+    if mc:
+        rng = random.Random(f"format-shift:{ctx.options.attack_seed}")
+        options = [[r["answer"], *r["perturbed_answer"][:3]] for r in mc]
+        shown = [rng.sample(o, len(o)) for o in options]
+        shifted = [{**r, "question": choice_question(r, s)} for r, s in zip(mc, shown, strict=True)]
+        out["multiple_choice"] = {"items": len(mc), "options": max(len(o) for o in options),
+                                  "accuracy": _option_accuracy(ctx, shifted, options),
+                                  "plain_accuracy": _option_accuracy(ctx, mc, options)}
+    return out
+
+
 @dataclass(frozen=True)
 class Attack:
     name: str
@@ -192,6 +250,7 @@ ATTACKS: dict[str, Attack] = {
     "quant8": Attack("quant8", _quant_attack(8), "8-bit round-to-nearest weights (linear layers), forget probe"),
     "quant4": Attack("quant4", _quant_attack(4), "4-bit round-to-nearest weights (linear layers), forget probe"),
     "leak_at_k": Attack("leak_at_k", leak_at_k, "k samples at temperature T per forget question: any states the fact"),
+    "format_shift": Attack("format_shift", format_shift, "forget questions as fill-in-the-blank and multiple choice"),
 }
 
 

@@ -105,6 +105,44 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     return p
 
 
+# robustness column -> (attack, path inside its result, format); memorisation is fact recall, else ROUGE
+ROBUSTNESS_COLUMNS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "relearn: held-out recall before": ("relearn", ("before", "recall"), "{:.1%}"),
+    "after relearning": ("relearn", ("after", "recall"), "{:.1%}"),
+    "quant8 recall": ("quant8", ("after", "recall"), "{:.1%}"),
+    "quant4 recall": ("quant4", ("after", "recall"), "{:.1%}"),
+    "leak@k": ("leak_at_k", ("leak_at_k",), "{:.1%}"),
+    "fill-in-blank recall": ("format_shift", ("fill_in_blank", "fact_recall"), "{:.1%}"),
+    "multiple choice": ("format_shift", ("multiple_choice", "accuracy"), "{:.1%}"),
+}
+
+
+def _attack_value(result: Mapping[str, Any] | None, path: tuple[str, ...]) -> float | None:
+    v: Any = result
+    for key in path:
+        if not isinstance(v, Mapping):
+            return None
+        v = (v.get("fact_recall") if v.get("fact_recall") is not None else v.get("rouge")) if key == "recall" else v.get(key)
+    return v if isinstance(v, (int, float)) else None
+
+
+def robustness_table(runs: Sequence[Run]) -> str | None:
+    """A markdown table of the attacks the runs' evaluations hold (None when none has any)."""
+    runs = [r for r in ordered(runs) if r.metrics.get("robustness")]
+    if not runs:
+        return None
+    cols = [c for c, (a, _, _) in ROBUSTNESS_COLUMNS.items() if any(a in r.metrics["robustness"] for r in runs)]
+    lines = ["| run | " + " | ".join(cols) + " |", "|" + "|".join(["---", *["---:"] * len(cols)]) + "|"]
+    for r in runs:
+        cells = []
+        for c in cols:
+            attack, path, fmt = ROBUSTNESS_COLUMNS[c]
+            v = _attack_value(r.metrics["robustness"].get(attack), path)
+            cells.append("–" if v is None else fmt.format(v))
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machines(runs: Sequence[Run]) -> str:
     """Where the numbers came from: the distinct kernel paths / torch versions of the runs'
     evaluations (other CPUs round differently, so a figure names its machine)."""
@@ -120,4 +158,6 @@ def report(run_dirs: Sequence[str | Path], csv_path: str | Path | None = None) -
     runs = [load_run(d) for d in run_dirs]
     table = rows(runs)
     out = write_csv(table, csv_path or runs[0].path.parent / "report.csv")
-    return f"{markdown_table(table)}\n\n{machines(runs)}", out
+    attacks = robustness_table(runs)
+    text = markdown_table(table) + (f"\n\nattacks (eval.robustness):\n\n{attacks}" if attacks else "")
+    return f"{text}\n\n{machines(runs)}", out
