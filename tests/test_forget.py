@@ -298,3 +298,74 @@ def test_token_weighted_baselines_train_full_and_under_lora(mini_world, tmp_path
     name = loss.split("+")[0]
     assert res["steps"] > 0 and all(math.isfinite(r[f"forget/{name}"]) for r in rows)
     assert (run / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("loss,lora,gc", [("RMU+GD", 0, True), ("RMU+ACT", 0, False), ("RMU+GD+ACT", 4, False)])
+def test_rmu_trains_only_the_chosen_blocks_full_and_under_lora(mini_world, tmp_path, loss, lora, gc):
+    """RMU reads block ℓ = 0's output and trains only its mlp.down_proj (ℓ−2..ℓ clipped at 0):
+    every other weight of the saved model is the original's (with gradient checkpointing too,
+    where the frozen embeddings give the checkpointed blocks inputs without gradient). ACT's
+    reference (the frozen copy, or the base with the adapter off) is the model itself at step 1,
+    so ACT starts at 0."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    res = run_forget(_cfg(mini_world, run, f"forget_loss={loss}", f"LoRA.r={lora}", "save_merged=true", "lr=1e-2",
+                          "num_epochs=4", "rmu_layer=0", "rmu_steering_coeff=5", f"gradient_checkpointing={gc}"),
+                     progress=False)
+    rows = _log(run)
+    assert res["steps"] > 1 and all(math.isfinite(r["forget/RMU"]) for r in rows)
+    assert rows[-1]["forget/RMU"] < rows[0]["forget/RMU"]  # the activations move towards c·u
+    if "ACT" in loss:
+        assert rows[0]["reg/ACT"] == pytest.approx(0.0, abs=1e-10) and rows[-1]["reg/ACT"] > 0
+    before = load_file(str(Path(mini_world["model_path"]) / "model.safetensors"))
+    after = load_file(str(run / "model" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model.layers.0.mlp.down_proj.weight"}
+
+
+def test_rmu_layer_is_checked_before_any_model_loads(mini_world, tmp_path):
+    """The mini model has 2 blocks: ℓ = 1 is the last (HF returns it normed), ℓ = 0 is valid."""
+    from npo_lib.run.forget import build_trainer
+
+    for over, match in ((("rmu_layer=1",), r"rmu_layer=1: .* 2 decoder blocks"),
+                        (("rmu_layer=0", "rmu_trainable_layers=[0,5]"), "block 5 does not exist"),
+                        (("rmu_layer=0", "rmu_trainable_modules=[mlp.nothing]"), "leave no parameter to train")):
+        cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=RMU+GD", *over)
+        out, spec = check_forget_config(cfg)
+        with pytest.raises(ConfigError, match=match):
+            build_trainer(cfg, spec, out, mini_world["model_path"], mini_world["data_path"])
+    with pytest.raises(ConfigError, match="rmu_trainable_layers: block -1"):
+        check_forget_config(_cfg(mini_world, tmp_path / "run", "forget_loss=RMU+GD", "rmu_trainable_layers=[-1]"))
+
+
+ZERO_CASES = [("WGA+GD", "zero2"), ("UNDIAL+GD", "zero2"), ("RMU+GD", "zero2"), ("RMU+ACT", "zero3")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss,stage", ZERO_CASES)
+def test_baselines_under_zero_match_single_process(mini_world, tmp_path, loss, stage):
+    """2 CPU ranks x 2 examples under ZeRO-2 (RMU+ACT: ZeRO-3, its frozen copy a sharded engine of
+    its own) against 1 process x 2 examples x 2 accumulated micro-batches: the same 4 examples
+    in the same 2 halves, so the step-1 loss (the mean of the halves' losses; WGA, GD and UNDIAL
+    are token means, which 1 x 4 would weigh differently) and the step-2 loss after one update agree."""
+    pytest.importorskip("deepspeed")
+    over = [f"forget_loss={loss}", "num_epochs=2", "rmu_layer=0", "rmu_steering_coeff=5"]
+    single = tmp_path / "single"
+    run_forget(_cfg(mini_world, single, *over, "gradient_accumulation_steps=2"), progress=False)
+    multi = tmp_path / "multi"
+    args = [f"model_path={mini_world['model_path']}", f"data_path={mini_world['data_path']}", f"save_dir={multi}",
+            "split=forget10", "task_id=1", "batch_size=2", "lr=1e-3", "warmup_epochs=0", *over,
+            f"ds_config={ROOT / f'params/ds/{stage}.json'}"]
+    bindir = Path(sys.executable).parent
+    port = str(29536 + ZERO_CASES.index((loss, stage)))
+    cmd = [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", port, "--module", "npo_lib.forget", *args]
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads((multi / "result.json").read_text())["world_size"] == 2
+    one, two = _log(single), _log(multi)
+    assert len(one) == len(two) == 2
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
+    assert two[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-3)
+    shutil.rmtree(multi)

@@ -10,7 +10,7 @@ import torch
 
 from npo_lib.config import Config
 from npo_lib.data.views import IGNORE_INDEX
-from npo_lib.objectives.primitives import ce, sequence_logprob, token_logprobs
+from npo_lib.objectives.primitives import ce, random_unit_vector, sequence_logprob, token_logprobs
 from npo_lib.objectives.registry import (
     FORGET_TERMS,
     REGULARIZERS,
@@ -21,9 +21,11 @@ from npo_lib.objectives.registry import (
     term_value,
 )
 from npo_lib.objectives.terms import (
+    act_loss,
     influence_loss,
     kl_loss,
     npo_loss,
+    rmu_loss,
     satimp_loss,
     simnpo_loss,
     tnpo_loss,
@@ -32,6 +34,7 @@ from npo_lib.objectives.terms import (
 )
 
 B, T, V = 3, 7, 11
+D = 5  # hidden size of the activations RMU / ACT read
 M = IGNORE_INDEX
 
 
@@ -350,7 +353,8 @@ def test_term_value_names_missing_extra():
 
 
 def test_loss_hyper_comes_from_the_config_and_checks_its_values():
-    extra = {"wga_beta": 1.0, "satimp_beta1": 5.0, "satimp_beta2": 1.0, "undial_beta": 10.0}
+    extra = {"wga_beta": 1.0, "satimp_beta1": 5.0, "satimp_beta2": 1.0, "undial_beta": 10.0,
+             "rmu_steering_coeff": 20.0, "rmu_alpha": 1.0}
     assert LossHyper.from_config(Config()) == LossHyper(beta=0.1, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0,
                                                         regularization_coeff=1.0, **extra)
     assert hyper(beta=0.2, forget_coeff=2).forget_coeff == 2.0
@@ -413,13 +417,17 @@ def test_bf16_logits_give_finite_float32():
         "token_weights": torch.rand(B, T - 1),
         "ref_logits": torch.randn(B, T, V, dtype=torch.bfloat16),
         "ref_forget_logits": torch.randn(B, T, V, dtype=torch.bfloat16),
+        "control_vec": random_unit_vector(D, 0),
+        "ref_hidden": torch.randn(B, T, D, dtype=torch.bfloat16),
     }
+    hidden = torch.randn(B, T, D, dtype=torch.bfloat16, requires_grad=True)
     hp = hyper()
     for term in (*FORGET_TERMS.values(), *REGULARIZERS.values()):
-        value = term_value(term, logits, labels, hp, **extras)
+        value = term_value(term, logits, labels, hp, hidden=hidden, **extras)
         assert value.dtype == torch.float32, term.name
         assert value.dim() == 0 and torch.isfinite(value), term.name
-        (grad,) = torch.autograd.grad(value, logits)
+        x = hidden if term.reads == "hidden" else logits
+        (grad,) = torch.autograd.grad(value, x)
         assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all(), term.name
     logp, mask = token_logprobs(logits, labels)
     assert logp.dtype == mask.dtype == torch.float32
@@ -515,3 +523,118 @@ def test_simnpo_takes_the_papers_gamma_or_the_codes_delta():
     assert hyper(simnpo_beta=3.5, gamma=0.5).gamma == 0.5 and hyper().gamma == 0.0
     with pytest.raises(ConfigError, match="gamma or delta"):
         Config(gamma=0.5, delta=1.0)
+
+
+# ----------------------------------------------------------------------------- RMU and its retain term
+
+
+def _hand_activation_mse(hidden: torch.Tensor, target, labels: torch.Tensor) -> float:
+    """mean_i (1/|T_i|) Σ_{t: label != -100} (1/d) Σ_k (h_itk − target_itk)², explicit loops;
+    ``target(b, t, k)`` gives the target value."""
+    per_example = []
+    for b in range(hidden.shape[0]):
+        total, n = 0.0, 0
+        for t in range(hidden.shape[1]):
+            if int(labels[b, t]) == M:
+                continue
+            d = hidden.shape[2]
+            total += sum((float(hidden[b, t, k]) - target(b, t, k)) ** 2 for k in range(d)) / d
+            n += 1
+        per_example.append(total / max(n, 1))
+    return sum(per_example) / len(per_example)
+
+
+def test_rmu_by_hand():
+    """Unshifted target positions (the activation at each target token), mean per example, then
+    over examples; the pad positions of example 1 and the prompts do not enter."""
+    _, labels = make_batch()
+    torch.manual_seed(7)
+    hidden = torch.randn(B, T, D, dtype=torch.float64)
+    u = random_unit_vector(D, 3).double()
+    c = 6.5
+    hand = _hand_activation_mse(hidden, lambda b, t, k: c * float(u[k]), labels)
+    assert rmu_loss(hidden, labels, u, c).item() == pytest.approx(hand, abs=1e-12)
+    value = term_value(FORGET_TERMS["RMU"], None, labels, hyper(rmu_steering_coeff=c), hidden=hidden, control_vec=u)
+    assert value.item() == pytest.approx(hand, abs=1e-12)
+    # a change at a prompt or padding position changes nothing; at a target position it does
+    moved = hidden.clone()
+    moved[1, 0] += 10.0  # prompt of example 1
+    moved[1, 6] += 10.0  # padding of example 1
+    assert rmu_loss(moved, labels, u, c).item() == pytest.approx(hand, abs=1e-12)
+    moved[1, 3] += 1.0  # its first target token
+    assert rmu_loss(moved, labels, u, c).item() != pytest.approx(hand, abs=1e-6)
+    # an example without target tokens contributes 0 to the mean over examples (not NaN)
+    empty = labels.clone()
+    empty[2] = M
+    hand_empty = _hand_activation_mse(hidden, lambda b, t, k: c * float(u[k]), empty)
+    assert rmu_loss(hidden, empty, u, c).item() == pytest.approx(hand_empty, abs=1e-12)
+    e2 = _hand_activation_mse(hidden[2:], lambda b, t, k: c * float(u[k]), labels[2:])  # example 2 alone
+    assert hand_empty == pytest.approx(hand - e2 / 3, abs=1e-12)  # still divided by the 3 examples
+
+
+def test_random_unit_vector_is_seeded_unit_and_positive():
+    u = random_unit_vector(64, 0)
+    assert u.shape == (64,) and u.dtype == torch.float32
+    assert u.norm().item() == pytest.approx(1.0, abs=1e-6) and (u >= 0).all()  # torch.rand: [0, 1)ᵈ
+    assert torch.equal(u, random_unit_vector(64, 0)) and not torch.equal(u, random_unit_vector(64, 1))
+
+
+def test_act_by_hand_and_zero_at_the_reference():
+    _, labels = make_batch(1)
+    torch.manual_seed(8)
+    hidden = torch.randn(B, T, D, dtype=torch.float64)
+    ref = torch.randn(B, T, D, dtype=torch.float64)
+    alpha = 3.0
+    hand = alpha * _hand_activation_mse(hidden, lambda b, t, k: float(ref[b, t, k]), labels)
+    assert act_loss(hidden, labels, ref, alpha).item() == pytest.approx(hand, abs=1e-12)
+    value = term_value(REGULARIZERS["ACT"], None, labels, hyper(rmu_alpha=alpha), hidden=hidden, ref_hidden=ref)
+    assert value.item() == pytest.approx(hand, abs=1e-12)
+    same = ref.clone().requires_grad_(True)
+    act_loss(same, labels, ref, alpha).backward()
+    assert act_loss(ref, labels, ref, alpha).item() == 0.0 and same.grad.abs().max() == 0
+
+
+def test_rmu_and_act_gradients_by_hand_and_targets_detached():
+    """∂RMU/∂h_itk = 2 (h_itk − c u_k) / (d · |T_i| · B) on target positions, 0 elsewhere; the
+    control vector and the reference activations receive no gradient (they are constants)."""
+    _, labels = make_batch(2)
+    torch.manual_seed(9)
+    h = torch.randn(B, T, D, dtype=torch.float64, requires_grad=True)
+    u = random_unit_vector(D, 1).double().requires_grad_(True)
+    ref = torch.randn(B, T, D, dtype=torch.float64, requires_grad=True)
+    c, alpha = 4.0, 2.0
+    (rmu_loss(h, labels, u, c) + act_loss(h, labels, ref, alpha)).backward()
+    assert u.grad is None and ref.grad is None
+    mask = labels != M
+    n = mask.sum(-1)
+    grad = h.grad
+    h, u, ref = h.detach(), u.detach(), ref.detach()
+    for b in range(B):
+        for t in range(T):
+            for k in range(D):
+                expect = 0.0
+                if mask[b, t]:
+                    scale = 2.0 / (D * int(n[b]) * B)
+                    expect = scale * (float(h[b, t, k]) - c * float(u[k])) + alpha * scale * (float(h[b, t, k]) - float(ref[b, t, k]))
+                assert grad[b, t, k].item() == pytest.approx(expect, abs=1e-12)
+
+
+def test_rmu_compositions():
+    """RMU+GD (open-unlearning's RMU: NLL on retain) and the paper's RMU+ACT: the total is the
+    weighted sum, each term reading its own input (activations or logits)."""
+    logits, labels = make_batch()
+    retain_logits, retain_labels = make_batch(5)
+    torch.manual_seed(10)
+    fh, rh, ref = (torch.randn(B, T, D, dtype=torch.float64) for _ in range(3))
+    u = random_unit_vector(D, 0).double()
+    hp = hyper(rmu_steering_coeff=5.0, rmu_alpha=7.0, forget_coeff=0.5, regularization_coeff=2.0)
+    spec = parse_loss("RMU+GD+ACT")
+    assert spec.reads_hidden and spec.needs == {"control_vec", "ref_hidden"} and spec.views == ("full", "retain")
+    assert not parse_loss("NPO+GD").reads_hidden and parse_loss("GA+ACT").reads_hidden
+    total, logs = composed_loss(spec, logits, labels, hp, retain_logits=retain_logits, retain_labels=retain_labels,
+                                forget_hidden=fh, retain_hidden=rh, control_vec=u, ref_hidden=ref)
+    rmu, gd, act = rmu_loss(fh, labels, u, 5.0), ce(retain_logits, retain_labels), act_loss(rh, retain_labels, ref, 7.0)
+    assert total.item() == pytest.approx(0.5 * rmu.item() + 2.0 * (gd.item() + act.item()), abs=1e-12)
+    assert set(logs) == {"forget/RMU", "reg/GD", "reg/ACT", "loss"}
+    with pytest.raises(ValueError, match="RMU reads hidden"):
+        term_value(FORGET_TERMS["RMU"], logits, labels, hp, control_vec=u)

@@ -134,3 +134,36 @@ def test_min_k_and_extraction_metrics_leave_the_appended_eos_out():
     assert M.exact_memorisation([bare.argmax_ok])["agg_value"] == pytest.approx(0.75)
     assert s.nll == pytest.approx(5.61 / 5)  # Prob keeps EOS
     assert TargetScores(lp, ok, lp, lp, eos=False).without_eos().logprobs.size == 5  # cut by max_length: nothing to drop
+
+
+def test_eos_convention_is_an_option_pinned_both_ways():
+    """Min-K%, Min-K%++, ES and EM by hand on one target whose last token is the appended EOS:
+    the default leaves EOS out (open-unlearning), ``eval.mia_keep_eos`` keeps it."""
+    import numpy as np
+
+    from npo_lib.config import load_config
+    from npo_lib.eval.compute import eval_identity
+    from npo_lib.eval.scoring import TargetScores
+
+    lp = np.array([-0.1, -2.0, -0.5, -3.0, -0.01])  # log p(y_t); the last token is EOS
+    ok = np.array([True, False, True, True, False])  # argmax == label
+    mu = np.array([-1.0, -1.5, -0.2, -2.0, -0.5])  # E_v log p_v
+    sigma = np.array([1.0, 0.5, 2.0, 2.0, 0.5])
+    # z = (lp − μ)/σ = [0.9, −1.0, −0.15, −0.5, 0.98]
+    s = TargetScores(lp, ok, mu, sigma, eos=True)
+    expected = {
+        # keep_eos: (Min-K%, Min-K%++, ES, EM); k = 0.4 of 4 tokens -> 1, of 5 -> 2
+        False: (3.0, 1.0, 1 - 2 / 4, 3 / 4),  # lowest lp −3; lowest z −1; last wrong token at 2 of 4
+        True: ((3.0 + 2.0) / 2, (1.0 + 0.5) / 2, 1 - 5 / 5, 3 / 5),  # EOS is wrong: ES 0
+    }
+    for keep, (min_k, min_kpp, es, em) in expected.items():
+        t = M.token_stats_for(s, keep)
+        assert M.mia_min_k(t.logprobs) == pytest.approx(min_k, abs=1e-12)
+        assert M.mia_min_k_plus_plus(t.logprobs, t.mu, t.sigma) == pytest.approx(min_kpp, abs=1e-12)
+        assert M.extraction_strength([t.argmax_ok])["agg_value"] == pytest.approx(es, abs=1e-12)
+        assert M.exact_memorisation([t.argmax_ok])["agg_value"] == pytest.approx(em, abs=1e-12)
+    assert M.token_stats_for(s).logprobs.size == 4  # the default: open-unlearning's
+    default, kept = load_config([]).eval, load_config(["eval.mia_keep_eos=true"]).eval
+    assert not default.mia_keep_eos and kept.mia_keep_eos
+    # the option changes the numbers, so it enters the reuse identity; the default keeps the old one
+    assert "mia_keep_eos" not in eval_identity(default) and eval_identity(kept)["mia_keep_eos"] is True

@@ -197,6 +197,8 @@ class EvalConfig:
     leak_k: int = opt(8, "leak@k: samples per forget question")
     leak_temperature: float = opt(1.0, "leak@k: sampling temperature")
     attack_seed: int = opt(0, "seed of the relearning split and steps and of the samples")
+    generator: str = opt("hf", "greedy / sampled generation engine: hf (transformers generate) or vllm (GPU, extra vllm; LLM.generate)")
+    mia_keep_eos: bool = opt(False, "Min-K%, Min-K%++, extraction strength and exact memorisation also score the appended EOS token; False = open-unlearning's convention (the papers are silent)")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "gen_batch_size", "max_new_tokens", "relearn_steps", "relearn_batch_size", "quant_group_size", "leak_k"):
@@ -242,6 +244,11 @@ class Config:
     satimp_beta1: float = opt(5.0, "SatImp saturation exponent β1 (open-unlearning: 5)")
     satimp_beta2: float = opt(1.0, "SatImp importance exponent β2 (open-unlearning: 1)")
     undial_beta: float = opt(10.0, "UNDIAL logit reduction β (Dong et al. 2024 search 3, 10, 30)")
+    rmu_layer: int = opt(7, "RMU / ACT: decoder block ℓ (0-based, below the last) whose output activations they read (WMDP, open-unlearning: 7)")
+    rmu_steering_coeff: float = opt(20.0, "RMU steering coefficient c: forget activations are pushed towards c·u, u a fixed seeded random unit vector (open-unlearning: 20; WMDP: 6.5 for Zephyr-7B)")
+    rmu_alpha: float = opt(1.0, "ACT weight α: α·(1/d)‖h_ℓ − h_ℓ^ref‖² on retain targets (WMDP: 1200 for Zephyr-7B)")
+    rmu_trainable_layers: list[int] = opt([], "with RMU / ACT, only these decoder blocks train; [] = ℓ−2..ℓ (WMDP, open-unlearning)")
+    rmu_trainable_modules: list[str] = opt(["mlp.down_proj"], "with RMU / ACT, only parameters under these submodules of the trainable blocks train ([] = the whole blocks; WMDP, open-unlearning: mlp.down_proj)")
     w_selected: float = opt(1.0, "INFLUENCE: weight of tokens the influence selection picked")
     w_other: float = opt(0.0, "INFLUENCE: weight of every other target token")
     forget_coeff: float = opt(1.0, "weight of the forget term")
@@ -285,7 +292,7 @@ class Config:
         _need(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"dtype '{self.dtype}' is unknown; valid: auto, float32, bfloat16, float16")
         _need(self.ds_config is None or Path(self.ds_config).is_file(), f"ds_config file not found: {self.ds_config}")
         _need(self.gamma is None or self.delta is None, f"set SimNPO's gamma or delta (γ = simnpo_beta·δ), not both: gamma={self.gamma}, delta={self.delta}")
-        for name in ("wga_beta", "satimp_beta1", "satimp_beta2", "undial_beta"):
+        for name in ("wga_beta", "satimp_beta1", "satimp_beta2", "undial_beta", "rmu_steering_coeff", "rmu_alpha", "rmu_layer"):
             _need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property

@@ -9,7 +9,7 @@ Scoring convention: the answer is scored after an empty think block (prompt ``U 
 target ends with EOS, as TOFU's code and open-unlearning's chat templates score it; it enters
 every candidate (correct, paraphrased, perturbed) alike. Prob, truth ratio, LOSS and zlib keep
 the EOS token; Min-K%, Min-K%++, extraction strength and exact memorisation drop it, as
-open-unlearning does (their papers are silent on it).
+open-unlearning does (their papers are silent on it); ``eval.mia_keep_eos`` keeps it there too.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def eval_identity(options: EvalConfig) -> dict[str, Any]:
     """The evaluation settings that change the numbers (a finished evaluation is reused only
     when they match); batch sizes and flattening change only the speed."""
     out = {"max_new_tokens": options.max_new_tokens, "reasoning": options.reasoning, "metrics_version": METRICS_VERSION}
+    if options.generator != "hf":  # another engine's kernels may break greedy ties differently
+        out["generator"] = options.generator
+    if options.mia_keep_eos:  # the default convention keeps the identity of earlier evaluations
+        out["mia_keep_eos"] = True
     if options.robustness:  # an evaluation without attacks keeps its identity
         keys = ("robustness", "relearn_steps", "relearn_fraction", "relearn_lr", "relearn_batch_size", "quant_group_size",
                 "leak_k", "leak_temperature", "attack_seed")
@@ -228,7 +232,7 @@ def _score_all(
     }
 
 
-def _probability_metrics(res: _Results, scores: Mapping[str, list[list[TargetScores]]]) -> None:
+def _probability_metrics(res: _Results, scores: Mapping[str, list[list[TargetScores]]], keep_eos: bool = False) -> None:
     """Prob / normalised prob, truth ratio, extraction strength and exact memorisation."""
     for name in QA_SETS:
         nll = [[s.nll for s in row] for row in scores[name]]
@@ -240,13 +244,13 @@ def _probability_metrics(res: _Results, scores: Mapping[str, list[list[TargetSco
             res.put(f"{name}_prob", M.normalised_prob([n[0] for n in nll], [n[1:] for n in nll]))
             tr = M.truth_ratio([n[0] for n in nll], [n[1:] for n in nll])
         res.put(f"{name}_truth_ratio", tr)
-    flags = [row[0].without_eos().argmax_ok for row in scores["forget"]]  # open-unlearning drops EOS here
+    flags = [M.token_stats_for(row[0], keep_eos).argmax_ok for row in scores["forget"]]  # EOS out unless eval.mia_keep_eos
     res.put("forget_extraction_strength", M.extraction_strength(flags))
     res.put("forget_exact_memorisation", M.exact_memorisation(flags))
 
 
 def _mia_metrics(
-    res: _Results, data: EvalData, scores: Mapping[str, list[list[TargetScores]]], progress: bool
+    res: _Results, data: EvalData, scores: Mapping[str, list[list[TargetScores]]], progress: bool, keep_eos: bool = False
 ) -> None:
     """Per-item attack statistics of forget (members) and holdout (non-members), and AUCs."""
     if "holdout" not in data.sets:
@@ -258,7 +262,7 @@ def _mia_metrics(
         return
     for name in ("forget", "holdout"):
         rows, recs = [row[0] for row in scores[name]], data.sets[name]
-        bare = [s.without_eos() for s in rows]  # Min-K% / Min-K%++ without EOS, as open-unlearning
+        bare = [M.token_stats_for(s, keep_eos) for s in rows]  # Min-K% / Min-K%++: EOS out unless eval.mia_keep_eos
         stats = {
             "loss": [M.mia_loss(s.logprobs) for s in rows],
             "zlib": [M.mia_zlib(s.logprobs, r["answer"]) for s, r in zip(rows, recs)],
@@ -355,8 +359,8 @@ def compute_metrics(
     t0 = time.perf_counter()
     scores = _score_all(model, tokenizer, tags, data, opt, max_length, progress)
     seconds["scoring"] = time.perf_counter() - t0
-    _probability_metrics(res, scores)
-    _mia_metrics(res, data, scores, progress)
+    _probability_metrics(res, scores, opt.mia_keep_eos)
+    _mia_metrics(res, data, scores, progress, opt.mia_keep_eos)
     # 2. greedy generations -> ROUGE, fact recall, reasoning metrics
     t0 = time.perf_counter()
     gens = _generate_all(model, tokenizer, tags, data, opt, progress)

@@ -211,6 +211,19 @@ def stepwise_cot_score(generated: Sequence[str], references: Sequence[str]) -> d
 # ----------------------------------------------------------------------------- memorisation
 
 
+def token_stats_for(scores: Any, keep_eos: bool = False) -> Any:
+    """The token statistics Min-K%, Min-K%++, extraction strength and exact memorisation read.
+
+    Min-K% (Shi et al. 2024, arXiv:2310.16789), Min-K%++ (Zhang et al. 2024, arXiv:2404.02936)
+    and ES / EM as open-unlearning defines them score a text's own tokens; the papers say
+    nothing about an appended EOS. open-unlearning, whose numbers researchers
+    compare against, leaves it out, and so does the default here. ``keep_eos`` (the option
+    ``eval.mia_keep_eos``) keeps it, the convention of this project's earlier results.
+    ``scores`` is a :class:`~npo_lib.eval.scoring.TargetScores` (anything with ``without_eos``).
+    """
+    return scores if keep_eos else scores.without_eos()
+
+
 def extraction_strength_one(argmax_ok: Sequence[bool]) -> float:
     """1 − k/|y|, k the shortest teacher-forced prefix after which every argmax is right.
 

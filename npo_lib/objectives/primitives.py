@@ -56,3 +56,32 @@ def ce(logits: Tensor, labels: Tensor) -> Tensor:
     logp, mask = token_logprobs(logits, labels)  # (B, T-1)
     # CE = -Σ_it m_it log p(y_it) / Σ_it m_it
     return -logp.sum() / mask.sum().clamp_min(1)
+
+
+def masked_activation_mse(hidden: Tensor, target: Tensor, labels: Tensor) -> Tensor:
+    """Per-element squared distance of activations to ``target``, averaged over the hidden size,
+    over each example's target positions, then over the examples (open-unlearning's
+    ``compute_activation_loss``, the mean squared error WMDP's RMU uses).
+
+    ``hidden`` and ``target`` are ``(B, T, d)`` (``target`` may broadcast, e.g. ``(d,)``); the
+    positions are those of the target tokens (``labels[:, t] != -100``, unshifted: the activation
+    at a target token's own position). An example without target tokens contributes 0
+    (open-unlearning divides by its zero token count: NaN).
+    """
+    B, T, d = hidden.shape
+    check_shape("labels", labels, (B, T))
+    h = upcast(hidden)
+    sq = (h - target.detach().to(h)).pow(2).mean(-1)  # (B, T)  (1/d) ‖h_it − target_it‖²
+    mask = (labels != IGNORE_INDEX).to(h.dtype)  # (B, T)
+    per_example = (sq * mask).sum(-1) / mask.sum(-1).clamp_min(1)  # (B,)
+    # MSE = mean_i (1/|T_i|) Σ_{t∈T_i} (1/d) ‖h_it − target_it‖²
+    return per_example.mean()
+
+
+def random_unit_vector(dim: int, seed: int) -> Tensor:
+    """RMU's fixed direction u: ``torch.rand`` (uniform on [0, 1)ᵈ, as WMDP and open-unlearning
+    draw it) scaled to unit norm, from its own seeded generator so every rank and every resumed
+    run draws the same u (open-unlearning draws it from the global RNG at the first step)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(dim, generator=g, dtype=torch.float64)  # (d,)
+    return (u / u.norm()).float()

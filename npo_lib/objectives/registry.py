@@ -1,5 +1,5 @@
 """The objective registry: named terms, the data view each reads, the inputs each needs, and the
-composition ``FORGET[+REG...]`` (``NPO+GD``, ``INFLUENCE+GD+KL``) the trainer sums.
+composition ``FORGET[+REG...]`` (``NPO+GD``, ``INFLUENCE+GD+KL``, ``RMU+ACT``) the trainer sums.
 
 total = forget_coeff · forget_term + regularization_coeff · Σ regularizers.
 """
@@ -16,11 +16,13 @@ from torch import Tensor
 from npo_lib.data.views import VIEWS
 from npo_lib.errors import ConfigError
 from npo_lib.objectives.terms import (
+    act_loss,
     finetune_loss,
     ga_loss,
     influence_loss,
     kl_loss,
     npo_loss,
+    rmu_loss,
     satimp_loss,
     simnpo_loss,
     tnpo_loss,
@@ -36,19 +38,26 @@ class Term:
     """A named loss term: its function, the data view it reads and the extra inputs it needs.
 
     ``hparams`` maps a keyword argument of ``fn`` to the :class:`LossHyper` field that fills it.
+    ``reads`` is what ``fn`` takes first: the view's ``logits`` ``(B, T, V)``, or its ``hidden``
+    activations ``(B, T, d)`` after the configured decoder block (RMU, ACT); the trainer asks the
+    model for hidden states only when a term reads them.
     """
 
     name: str
     fn: Callable[..., Tensor]
     view: str  # data view the term reads: "full", "answer", "cot", "idk1", ..., "retain"
-    needs: tuple[str, ...] = ()  # "ref_seq_logp", "ref_token_logp", "token_weights", "ref_logits", "ref_forget_logits"
+    needs: tuple[str, ...] = ()  # "ref_seq_logp", "ref_token_logp", "token_weights", "ref_logits",
+    # "ref_forget_logits", "control_vec", "ref_hidden"
     doc: str = ""  # one line, with the equation
     hparams: Mapping[str, str] = field(default_factory=dict, hash=False)
+    reads: str = "logits"  # "logits" or "hidden"
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
             valid = ", ".join(VIEWS)
             raise ValueError(f"term {self.name}: view '{self.view}' is unknown; valid: {valid}")
+        if self.reads not in ("logits", "hidden"):
+            raise ValueError(f"term {self.name}: reads '{self.reads}' is unknown; valid: logits, hidden")
 
 
 _BETA = {"beta": "beta"}
@@ -105,6 +114,16 @@ FORGET_TERMS: dict[str, Term] = {
     "UNDIAL": Term("UNDIAL", undial_loss, "full", ("ref_forget_logits",),
                    "mean_it CE(softmax(z_ref - β e_y), p_θ), the frozen model's logits, β = undial_beta",
                    {"beta": "undial_beta"}),
+    # RMU (Li et al. 2024, WMDP). Differs from open-unlearning's RMU trainer in two places: its
+    # retain term is a separate regularizer (ACT), so RMU+GD (open-unlearning's default, NLL on
+    # retain) and the paper's RMU+ACT are both spelled out; and u comes from its own seeded
+    # generator rather than the global RNG, so every rank and a resumed run use the same u.
+    # open-unlearning's α is GradDiff's retain coefficient, whichever retain loss it weighs; here
+    # α (rmu_alpha) belongs to ACT, so RMU+GD+ACT weighs GD and ACT apart (regularization_coeff
+    # still multiplies every regularizer: RMU+ACT with it at 1 is the paper's RMU + α·ACT).
+    "RMU": Term("RMU", rmu_loss, "full", ("control_vec",),
+                "mean_i (1/|T_i|) Σ_t (1/d) ‖h_ℓ,it − c·u‖², h_ℓ after block rmu_layer, c = rmu_steering_coeff",
+                {"steering_coeff": "rmu_steering_coeff"}, reads="hidden"),
     "FINETUNE": Term("FINETUNE", finetune_loss, "full", doc="CE(full view)"),
 }
 
@@ -116,6 +135,15 @@ REGULARIZERS: dict[str, Term] = {
         "retain",
         ("ref_logits",),
         "Σ_v p_ref (log p_ref - log p_θ), mean over retain target tokens",
+    ),
+    "ACT": Term(
+        "ACT",
+        act_loss,
+        "retain",
+        ("ref_hidden",),
+        "α mean_i (1/|T_i|) Σ_t (1/d) ‖h_ℓ,it − h^ref_ℓ,it‖² (RMU's retain term), α = rmu_alpha",
+        {"alpha": "rmu_alpha"},
+        reads="hidden",
     ),
 }
 
@@ -147,6 +175,11 @@ class LossSpec:
     def needs(self) -> set[str]:
         """Extra inputs (cached reference values, token weights) some term needs."""
         return {n for t in (self.forget, *self.regularizers) for n in t.needs}
+
+    @property
+    def reads_hidden(self) -> bool:
+        """Some term reads activations: the model returns its hidden states, RMU's layers train."""
+        return any(t.reads == "hidden" for t in (self.forget, *self.regularizers))
 
 
 def parse_loss(name: str) -> LossSpec:
@@ -187,6 +220,8 @@ class LossHyper:
     satimp_beta1: float  # SatImp saturation exponent β1
     satimp_beta2: float  # SatImp importance exponent β2
     undial_beta: float  # UNDIAL logit reduction β
+    rmu_steering_coeff: float  # RMU steering coefficient c
+    rmu_alpha: float  # weight α of RMU's retain-activation term ACT
     forget_coeff: float  # weight of the forget term
     regularization_coeff: float  # weight of each regularizer
 
@@ -207,15 +242,25 @@ class LossHyper:
 
 
 def term_value(
-    term: Term, logits: Tensor, labels: Tensor, hyper: LossHyper, **extras: Any
+    term: Term,
+    logits: Tensor | None,
+    labels: Tensor,
+    hyper: LossHyper,
+    *,
+    hidden: Tensor | None = None,
+    **extras: Any,
 ) -> Tensor:
-    """Evaluate ``term`` with the extras it needs (others are ignored) and its hyperparameters."""
+    """Evaluate ``term`` on its view's ``logits`` (or ``hidden`` activations, for a term that
+    reads them) with the extras it needs (others are ignored) and its hyperparameters."""
     missing = [n for n in term.needs if extras.get(n) is None]
     if missing:
         raise ValueError(f"loss term {term.name} needs {', '.join(missing)}: pass it as a keyword")
+    first = hidden if term.reads == "hidden" else logits
+    if first is None:
+        raise ValueError(f"loss term {term.name} reads {term.reads}: pass them")
     kwargs = {n: extras[n] for n in term.needs}
     kwargs.update({arg: getattr(hyper, key) for arg, key in term.hparams.items()})
-    return term.fn(logits, labels, **kwargs)
+    return term.fn(first, labels, **kwargs)
 
 
 def composed_loss(
@@ -226,21 +271,24 @@ def composed_loss(
     *,
     retain_logits: Tensor | None = None,
     retain_labels: Tensor | None = None,
+    forget_hidden: Tensor | None = None,
+    retain_hidden: Tensor | None = None,
     **extras: Any,
 ) -> tuple[Tensor, dict[str, float]]:
     """total = forget_coeff · forget + regularization_coeff · Σ regularizers, plus logged values.
 
     The forget term reads ``forget_*`` (its view's batch), regularizers read ``retain_*``;
-    ``extras`` go to whichever term needs them (``ref_logits`` is the retain batch's).
+    ``*_hidden`` are the activations RMU / ACT read; ``extras`` go to whichever term needs them
+    (``ref_logits`` and ``ref_hidden`` are the retain batch's).
     Log keys: ``forget/<name>``, ``reg/<name>``, ``loss``.
     """
-    if spec.regularizers and (retain_logits is None or retain_labels is None):
+    if spec.regularizers and retain_labels is None:
         raise ValueError(f"loss {spec.name} has regularizers: pass retain_logits and retain_labels")
-    forget = term_value(spec.forget, forget_logits, forget_labels, hyper, **extras)
+    forget = term_value(spec.forget, forget_logits, forget_labels, hyper, hidden=forget_hidden, **extras)
     total = hyper.forget_coeff * forget
     logs = {f"forget/{spec.forget.name}": forget.item()}
     for reg in spec.regularizers:
-        value = term_value(reg, retain_logits, retain_labels, hyper, **extras)
+        value = term_value(reg, retain_logits, retain_labels, hyper, hidden=retain_hidden, **extras)
         total = total + hyper.regularization_coeff * value
         logs[f"reg/{reg.name}"] = value.item()
     logs["loss"] = total.item()

@@ -6,8 +6,10 @@ SimNPO (Fan et al. 2024, arXiv:2410.07163), IDK (Maini et al. 2024, TOFU, arXiv:
 R-TOFU's reasoned refusal views), GD / KL regularizers (TOFU), WGA (Wang et al. 2025,
 "Rethinking LLM unlearning objectives", arXiv:2502.19301), SatImp (Yang et al. 2025, "Exploring
 criteria of loss reweighting to enhance LLM unlearning", arXiv:2505.11953), UNDIAL (Dong et al.
-2024, arXiv:2402.10052). Token reweightings follow open-unlearning's ``compute_wga_loss`` /
-``compute_satimp_loss`` / ``compute_undial_loss``: a mean over every target token of the batch.
+2024, arXiv:2402.10052), RMU (Li et al. 2024, WMDP, arXiv:2403.03218). Token reweightings follow
+open-unlearning's ``compute_wga_loss`` / ``compute_satimp_loss`` / ``compute_undial_loss``: a mean
+over every target token of the batch. RMU and its retain term ACT read activations (the residual
+stream after one decoder block) instead of logits.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from npo_lib.data.views import IGNORE_INDEX
-from npo_lib.objectives.primitives import ce, check_shape, sequence_logprob, token_logprobs, upcast
+from npo_lib.objectives.primitives import (
+    ce,
+    check_shape,
+    masked_activation_mse,
+    sequence_logprob,
+    token_logprobs,
+    upcast,
+)
 
 
 def ga_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -118,6 +127,19 @@ def undial_loss(logits: Tensor, labels: Tensor, ref_forget_logits: Tensor, beta:
     return (ce_t * mask).sum() / mask.sum().clamp_min(1)
 
 
+def rmu_loss(hidden: Tensor, labels: Tensor, control_vec: Tensor, steering_coeff: float) -> Tensor:
+    """RMU's forget term: push the layer-ℓ activations of the forget targets towards c·u.
+
+    ``hidden`` is ``(B, T, d)``, the residual stream after decoder block ℓ; ``control_vec`` the
+    fixed unit vector u ``(d,)``; c = ``steering_coeff``. Positions: each example's target tokens
+    (open-unlearning); WMDP's own code averages over every position of plain-text documents,
+    which for question-answer data would also scramble the prompt's activations.
+    """
+    check_shape("control_vec", control_vec, (hidden.shape[-1],))
+    # RMU = mean_i (1/|T_i|) Σ_{t∈T_i} (1/d) ‖h_ℓ,it − c·u‖²
+    return masked_activation_mse(hidden, steering_coeff * control_vec, labels)
+
+
 def finetune_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Plain fine-tuning NLL (FINETUNE, IDKk, and GD on the retain view)."""
     # FINETUNE = IDKk = GD = CE
@@ -125,6 +147,17 @@ def finetune_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- regularizers
+
+
+def act_loss(hidden: Tensor, labels: Tensor, ref_hidden: Tensor, alpha: float) -> Tensor:
+    """ACT, RMU's retain term: keep the layer-ℓ activations of retain targets at the frozen model's.
+
+    ``hidden`` and ``ref_hidden`` are ``(B, T, d)`` on the retain batch; α weighs it against
+    RMU's forget term as in the paper (open-unlearning's ``retain_loss_type: EMBED_DIFF``).
+    """
+    check_shape("ref_hidden", ref_hidden, tuple(hidden.shape))
+    # ACT = α · mean_i (1/|T_i|) Σ_{t∈T_i} (1/d) ‖h_ℓ,it − h^ref_ℓ,it‖²
+    return alpha * masked_activation_mse(hidden, ref_hidden, labels)
 
 
 def kl_loss(logits: Tensor, labels: Tensor, ref_logits: Tensor) -> Tensor:

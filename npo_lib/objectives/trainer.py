@@ -5,9 +5,11 @@ Everything a method is made of lives in :mod:`npo_lib.objectives.registry`; this
 1. runs the forward pass on the view each term reads (forget view, and ``retain`` for GD / KL),
 2. hands the terms their cached reference log-probs (computed once, before the first update,
    from the model itself: no second model in memory for NPO / TNPO / INFLUENCE),
-3. gives KL a frozen reference distribution (the base model with the LoRA adapter disabled, or a
-   separate frozen copy), and
-4. logs every term, and stops on a non-finite loss naming the step and the term.
+3. gives KL / UNDIAL a frozen reference distribution and ACT frozen reference activations (the
+   base model with the LoRA adapter disabled, or a separate frozen copy),
+4. asks the model for its hidden states only when a term reads activations (RMU, ACT), and hands
+   RMU its fixed seeded direction u, and
+5. logs every term, and stops on a non-finite loss naming the step and the term.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor
 from transformers import Trainer, TrainerCallback
 
 from npo_lib.errors import UserError
+from npo_lib.objectives.primitives import random_unit_vector
 from npo_lib.objectives.reference import ReferenceLogprobs, compute_reference_logprobs
 from npo_lib.objectives.registry import LossHyper, LossSpec, composed_loss
 
@@ -36,7 +39,8 @@ class UnlearningTrainer(Trainer):
 
     Batches come from :class:`~npo_lib.data.dataset.UnlearningDataset` + :class:`ViewCollator`:
     ``{"index", <forget view>, "retain"}``. ``token_weights`` (``(N, T_max)``, aligned with each
-    example's unshifted forget-view labels) feed INFLUENCE.
+    example's unshifted forget-view labels) feed INFLUENCE. ``hidden_layer`` is the decoder block
+    ℓ (0-based) whose output RMU / ACT read; ``control_seed`` seeds RMU's direction u.
     """
 
     def __init__(
@@ -50,6 +54,8 @@ class UnlearningTrainer(Trainer):
         ref_model: torch.nn.Module | None = None,
         token_weights: Tensor | None = None,
         log_file: str | Path | None = None,
+        hidden_layer: int | None = None,
+        control_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -60,6 +66,9 @@ class UnlearningTrainer(Trainer):
         self.reference_path = Path(reference_path) if reference_path else None
         self.ref_model = ref_model
         self.token_weights = token_weights
+        self.hidden_layer = hidden_layer
+        self.control_seed = control_seed
+        self.control_vec: Tensor | None = None
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_count = 0
         if log_file is not None:
@@ -115,35 +124,71 @@ class UnlearningTrainer(Trainer):
         return extras
 
     @torch.no_grad()
-    def reference_logits(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """The frozen model's logits on ``batch`` (KL's retain batch, UNDIAL's forget batch): a
-        frozen copy, or the base model with the LoRA adapter off (no second model in memory)."""
+    def reference_outputs(self, model: torch.nn.Module, batch: dict[str, Tensor], hidden: bool = False) -> Any:
+        """The frozen model's outputs on ``batch`` (KL's and ACT's retain batch, UNDIAL's forget
+        batch), with hidden states if ``hidden``: a frozen copy, or the base model with the LoRA
+        adapter off (no second model in memory)."""
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if hidden:
+            kwargs["output_hidden_states"] = True
         if self.ref_model is not None:
-            return self.ref_model(**kwargs).logits
+            return self.ref_model(**kwargs)
         unwrapped = self.accelerator.unwrap_model(model)
         if not hasattr(unwrapped, "disable_adapter"):
-            raise ValueError("KL / UNDIAL need a reference model: pass ref_model or train with LoRA.r > 0")
+            raise ValueError("KL / UNDIAL / ACT need a reference model: pass ref_model or train with LoRA.r > 0")
         with unwrapped.disable_adapter():
-            return model(**kwargs).logits
+            return model(**kwargs)
+
+    def reference_logits(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """The frozen model's logits on ``batch`` (see :meth:`reference_outputs`)."""
+        return self.reference_outputs(model, batch).logits
+
+    def layer_activations(self, outputs: Any) -> Tensor:
+        """The residual stream after decoder block ℓ: HF's ``hidden_states[ℓ + 1]`` (entry 0 is
+        the embeddings; the checks keep ℓ below the last block, whose entry HF returns normed)."""
+        if self.hidden_layer is None:
+            raise ValueError(f"loss {self.loss_spec.name} reads activations: pass hidden_layer")
+        return outputs.hidden_states[self.hidden_layer + 1]
+
+    def control_vector(self, dim: int, device: torch.device) -> Tensor:
+        """RMU's fixed direction u ``(dim,)``, drawn once from ``control_seed``."""
+        if self.control_vec is None or self.control_vec.shape[0] != dim:
+            self.control_vec = random_unit_vector(dim, self.control_seed)
+        return self.control_vec.to(device)
 
     # -- the loss -------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Forward the views the loss reads and sum its registered terms."""
         self.ensure_reference(model)
-        spec = self.loss_spec
+        spec, needs = self.loss_spec, self.loss_spec.needs
         forget = inputs[spec.forget.view]
-        forget_out = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"])
+        forget_hidden = spec.forget.reads == "hidden"
+        forget_out = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"],
+                           **({"output_hidden_states": True} if forget_hidden else {}))
         kwargs: dict[str, Any] = self._extras(inputs, forget)
-        if "ref_forget_logits" in spec.needs:
+        if forget_hidden:
+            kwargs["forget_hidden"] = self.layer_activations(forget_out)
+        if "control_vec" in needs:
+            h = kwargs["forget_hidden"]
+            kwargs["control_vec"] = self.control_vector(h.shape[-1], h.device)
+        if "ref_forget_logits" in needs:
             kwargs["ref_forget_logits"] = self.reference_logits(model, forget)
         if spec.regularizers:
             retain = inputs["retain"]
-            kwargs["retain_logits"] = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
+            retain_hidden = any(t.reads == "hidden" for t in spec.regularizers)
+            retain_out = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"],
+                               **({"output_hidden_states": True} if retain_hidden else {}))
+            kwargs["retain_logits"] = retain_out.logits
             kwargs["retain_labels"] = retain["labels"]
-            if "ref_logits" in spec.needs:
-                kwargs["ref_logits"] = self.reference_logits(model, retain)
+            if retain_hidden:
+                kwargs["retain_hidden"] = self.layer_activations(retain_out)
+            if {"ref_logits", "ref_hidden"} & needs:
+                ref = self.reference_outputs(model, retain, hidden="ref_hidden" in needs)
+                if "ref_logits" in needs:
+                    kwargs["ref_logits"] = ref.logits
+                if "ref_hidden" in needs:
+                    kwargs["ref_hidden"] = self.layer_activations(ref)
         loss, logs = composed_loss(spec, forget_out.logits, forget["labels"], self.hyper, **kwargs)
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         if bad:

@@ -9,6 +9,8 @@ so a bad value fails in one line before any model loads.
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 from npo_lib.config import Config
 from npo_lib.embedded.benchmark import check_benchmark_config
@@ -20,6 +22,7 @@ from npo_lib.influence.scorers import Scorer, get_scorer
 from npo_lib.influence.selection import get_selection
 from npo_lib.models.families import get_family
 from npo_lib.objectives.registry import LossSpec, parse_loss
+from npo_lib.run.training import rmu_trainable_blocks
 
 
 def check_config(cfg: Config) -> LossSpec:
@@ -29,6 +32,9 @@ def check_config(cfg: Config) -> LossSpec:
     get_selection(cfg.selection.method)
     check_benchmark_config(cfg.benchmark)
     check_influence_settings(cfg)
+    negative = [i for i in cfg.rmu_trainable_layers if i < 0]
+    if negative:
+        raise ConfigError(f"rmu_trainable_layers: block {negative[0]} is negative; blocks count from 0")
     unknown = [a for a in cfg.eval.robustness if a not in ATTACKS]
     if unknown:
         raise ConfigError(f"eval.robustness: unknown attack '{unknown[0]}'; valid: {', '.join(ATTACKS)}")
@@ -54,3 +60,26 @@ def check_influence_settings(cfg: Config) -> Scorer:
             "pip install -e '.[influence]' (see pyproject); the built-in scorers need nothing more"
         )
     return scorer
+
+
+def check_activation_layers(cfg: Config, spec: LossSpec, model_path: str) -> None:
+    """RMU / ACT: the block ℓ they read and the blocks that train exist in the model at
+    ``model_path`` (its ``config.json``, read without loading the model; a hub id is checked
+    when it loads). ℓ stays below the last block: HF returns that block's output after the
+    final norm, not the residual stream."""
+    if not spec.reads_hidden:
+        return
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return
+    n = json.loads(config.read_text()).get("num_hidden_layers")
+    if not isinstance(n, int):
+        return
+    if cfg.rmu_layer > n - 2:
+        raise ConfigError(
+            f"rmu_layer={cfg.rmu_layer}: the model at {model_path} has {n} decoder blocks; RMU / ACT read "
+            f"the output of a block below the last (0..{n - 2})"
+        )
+    missing = [i for i in rmu_trainable_blocks(cfg) if i >= n]
+    if missing:
+        raise ConfigError(f"rmu_trainable_layers: block {missing[0]} does not exist in the model at {model_path} ({n} blocks)")

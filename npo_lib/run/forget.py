@@ -26,9 +26,15 @@ from npo_lib.models.families import get_family
 from npo_lib.models.loading import load_model, load_tokenizer
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper, LossSpec
-from npo_lib.run.checks import check_config
+from npo_lib.run.checks import check_activation_layers, check_config
 from npo_lib.run.folders import RESULT_FILE, check_run_folder, influence_files, run_dir
-from npo_lib.run.training import TrainSettings, save_trained, training_arguments
+from npo_lib.run.training import (
+    TrainSettings,
+    rmu_trainable_blocks,
+    save_trained,
+    train_only_blocks,
+    training_arguments,
+)
 from npo_lib.utils import dist
 from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
@@ -54,7 +60,7 @@ def check_forget_config(cfg: Config) -> tuple[Path, LossSpec]:
 
 
 def reference_model(cfg: Config, path: str, trainer: Any):
-    """A frozen copy for KL; under ZeRO-3 wrapped in its own inference engine (sharded)."""
+    """A frozen copy for KL, UNDIAL and ACT; under ZeRO-3 wrapped in its own inference engine (sharded)."""
     ref = load_model(cfg, path, device="cuda" if trainer.args.device.type == "cuda" else "cpu")
     ref.eval().requires_grad_(False)
     if trainer.is_deepspeed_enabled:
@@ -71,11 +77,13 @@ def reference_model(cfg: Config, path: str, trainer: Any):
 
 def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_path: str, callbacks: Sequence[Any] = ()):
     """(trainer, tokenizer, dataset) of a forget run: data, model (LoRA), cached reference,
-    INFLUENCE's token weights and, for KL without LoRA, a frozen reference model."""
+    INFLUENCE's token weights, for KL / UNDIAL / ACT without LoRA a frozen reference model and,
+    for RMU / ACT, only the chosen blocks trainable."""
     from npo_lib.influence.files import load_token_weights
     from npo_lib.objectives.reference import ReferenceLogprobs
     from npo_lib.objectives.trainer import UnlearningTrainer
 
+    check_activation_layers(cfg, spec, model_path)
     family = get_family(cfg.model_family)
     tokenizer = load_tokenizer(cfg, model_path)
     view = spec.forget.view
@@ -87,6 +95,8 @@ def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_
     model = load_model(cfg, model_path, device=args.device.type)
     if cfg.LoRA.r > 0:
         model = apply_lora(model, cfg.LoRA)
+    if spec.reads_hidden:  # RMU: only some blocks train (GD / KL then train the same ones)
+        train_only_blocks(model, rmu_trainable_blocks(cfg), cfg.rmu_trainable_modules)
     if args.gradient_checkpointing:
         model.config.use_cache = False
     ref_key = fingerprint(model_path, dataset.fingerprint(view), view, cfg.LoRA.r)
@@ -105,8 +115,10 @@ def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_
         reference_path=out / REF_FILE,
         token_weights=weights,
         log_file=out / "log.jsonl",
+        hidden_layer=cfg.rmu_layer if spec.reads_hidden else None,
+        control_seed=cfg.seed,
     )
-    if {"ref_logits", "ref_forget_logits"} & spec.needs and cfg.LoRA.r == 0:
+    if {"ref_logits", "ref_forget_logits", "ref_hidden"} & spec.needs and cfg.LoRA.r == 0:
         trainer.ref_model = reference_model(cfg, model_path, trainer)
     return trainer, tokenizer, dataset
 

@@ -4,11 +4,14 @@ the DeepSpeed process group, and how the trained weights are saved (model, adapt
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from npo_lib.config import Config
+from npo_lib.errors import ConfigError
 from npo_lib.utils import dist
 
 
@@ -78,6 +81,43 @@ def training_arguments(cfg: Config, out: Path, n_examples: int, family_gc: bool,
         disable_tqdm=not dist.is_rank0(),
         **(group_by_length_kwargs() if group_by_length else {}),
     )
+
+
+def rmu_trainable_blocks(cfg: Config) -> list[int]:
+    """The decoder blocks RMU trains: ``rmu_trainable_layers``, else ℓ−2..ℓ (WMDP's layer_ids
+    5, 6, 7 for layer_id 7; open-unlearning's default the same)."""
+    if cfg.rmu_trainable_layers:
+        return sorted(set(cfg.rmu_trainable_layers))
+    return list(range(max(0, cfg.rmu_layer - 2), cfg.rmu_layer + 1))
+
+
+_BLOCK_PARAM = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")  # "...layers.<i>.<path inside the block>"
+
+
+def train_only_blocks(model: Any, blocks: Sequence[int], modules: Sequence[str]) -> list[str]:
+    """Freeze every parameter outside decoder ``blocks`` and, when ``modules`` is not empty,
+    outside those submodules of them (``mlp.down_proj``); returns the names that still train.
+
+    Names are matched as ``...layers.<i>.<module>...``, so the HF decoder stack is found under
+    peft too (LoRA's ``lora_A`` / ``lora_B`` of the chosen modules keep training, the base
+    weights stay frozen). WMDP trains only ``mlp.down_proj`` of blocks ℓ−2..ℓ (its ``param_ids``
+    6); open-unlearning matches the same parameters by regular expression.
+    """
+    kept: list[str] = []
+    for name, p in model.named_parameters():
+        m = _BLOCK_PARAM.search(name)
+        inside = m is not None and int(m.group(1)) in blocks and (
+            not modules or any(m.group(2) == mod or m.group(2).startswith(mod + ".") for mod in modules)
+        )
+        if not inside:
+            p.requires_grad_(False)
+        elif p.requires_grad:
+            kept.append(name)
+    if not kept:
+        raise ConfigError(
+            f"rmu_trainable_layers={list(blocks)} / rmu_trainable_modules={list(modules)} leave no parameter to train"
+        )
+    return kept
 
 
 def group_by_length_kwargs() -> dict:
