@@ -89,5 +89,8 @@ if [ "$gpu" = 0 ] || ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_
     *) echo "== no usable GPU: CPU smoke mode (--device cpu --shape tiny)"; args=(--device cpu --shape tiny ${args[@]+"${args[@]}"}) ;;
   esac
 fi
+echo "== vLLM generation (eval.generator=vllm): its test; skipped with the reason where vLLM or a GPU is missing"
+"$py" -m pytest -q -p no:cacheprovider -rs tests/test_evaluate.py -k vllm_generation_keeps \
+  || echo "!! the vLLM generation test failed or pytest is missing (see above)"
 echo "== $py bench/gpu_check.py ${args[*]-}"
 exec "$py" bench/gpu_check.py ${args[@]+"${args[@]}"}

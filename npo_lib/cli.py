@@ -8,7 +8,7 @@
     npo losses                                (the objective registry, each term's equation)
     npo report    RUN_DIR ... [--csv PATH]
     npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
-    npo sweep     SWEEP.yaml [--parallel N]   (a grid of runs through the notebooks)
+    npo sweep     SWEEP.yaml [--parallel N] [--executor thread|local|slurm]
     npo launch    --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
     npo study     SWEEP_DIR [--out docs] [key=value ...]
 
@@ -73,11 +73,14 @@ def cmd_eval(cfg: Config, opts: argparse.Namespace) -> int:
     import dataclasses
 
     from npo_lib.run.evaluation import METRICS_FILE, default_out_dir, evaluate, summary
+    from npo_lib.utils.dist import is_rank0
 
     if opts.retain_model_path:
         cfg = dataclasses.replace(cfg, retain_model_path=opts.retain_model_path)
     out_dir = Path(opts.out_dir or default_out_dir(cfg))
     result = evaluate(cfg, out_dir=out_dir, recompute=opts.recompute)
+    if not is_rank0():  # under torchrun / deepspeed every rank evaluates; rank 0 reports
+        return 0
     print(f"{result['identity']['model_path']} ({result['identity']['role']})")
     print(summary(result))
     print(f"wrote {out_dir / METRICS_FILE} in {result['seconds'].get('total', 0.0):.1f} s")
@@ -158,11 +161,11 @@ def cmd_run(opts: argparse.Namespace) -> int:
 def cmd_sweep(opts: argparse.Namespace) -> int:
     from npo_lib.run.sweep import run_sweep
 
-    res = run_sweep(opts.spec, parallel=opts.parallel)
+    res = run_sweep(opts.spec, parallel=opts.parallel, executor=opts.executor)
     if res.get("report"):
         print("\n" + res["report"])
-    n_failed = sum(r["status"] == "failed" for r in res["status"].values())
-    print(f"sweep {res['name']}: {len(res['status']) - n_failed} ok, {n_failed} failed in {res['seconds']:.1f} s")
+    n_failed = sum(r["status"] not in ("done", "skipped") for r in res["status"].values())  # failed or interrupted
+    print(f"sweep {res['name']}: {len(res['status']) - n_failed} ok, {n_failed} failed or interrupted in {res['seconds']:.1f} s")
     return 0 if res["ok"] else 1
 
 
@@ -208,6 +211,8 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
     sw = sub.add_parser("sweep", help="a grid of runs through the notebooks; resumable")
     sw.add_argument("spec", metavar="SWEEP.yaml", help="e.g. params/sweep.yaml")
     sw.add_argument("--parallel", type=int, help="grid points at a time (default: the file's)")
+    sw.add_argument("--executor", choices=["thread", "local", "slurm"],
+                    help="where points run: threads here, submitit processes here (own GPUs each), a SLURM job array (default: the file's executor.kind)")
     la = sub.add_parser("launch", help="a notebook on N ranks (DeepSpeed launcher, torchrun fallback)")
     la.add_argument("notebook", metavar="NOTEBOOK", help="notebooks/forget.ipynb or a name (forget, evaluation, ...)")
     la.add_argument("--nproc", type=int, required=True, help="ranks")

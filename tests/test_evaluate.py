@@ -139,6 +139,17 @@ def test_batched_greedy_generation_equals_one_at_a_time(world, model_tok):
     assert any(batched)
 
 
+def test_generation_of_several_lists_in_one_pass_equals_one_call_per_list(world, model_tok):
+    from npo_lib.eval.generation import greedy_generate_many
+
+    model, tok = model_tok
+    data = load_eval_data(_cfg(world))
+    lists = [[answer_prompt(r, TAGS) for r in data.sets[name][:5]] for name in ("forget", "real_authors", "holdout")]
+    many = greedy_generate_many(model, tok, lists, max_new_tokens=8, batch_size=2, progress=False)
+    assert many == [greedy_generate(model, tok, ps, max_new_tokens=8, batch_size=2, progress=False) for ps in lists]
+    assert [len(m) for m in many] == [len(ps) for ps in lists] and all(len(ps) >= 2 for ps in lists)
+
+
 def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, capsys):
     cfg = _cfg(world, retain_model_path=world["retain"])
     res = evaluate(cfg, out_dir=tmp_path / "run", options=FAST, progress=False)
@@ -274,6 +285,58 @@ def test_npo_eval_writes_next_to_save_dir_and_names_a_bad_folder(world, tmp_path
     assert len(err) == 1 and "retain_model_path folder not found" in err[0]
     assert npo([*args, "eval.max_new_token=3"]) == 2
     assert "unknown key 'eval.max_new_token'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- vLLM (optional)
+
+
+def test_vllm_generator_without_vllm_or_gpu_says_why_and_decodes_with_transformers(world, model_tok, capsys):
+    from npo_lib.eval.compute import EvalData, compute_metrics
+    from npo_lib.eval.generation import vllm_unavailable
+
+    why = vllm_unavailable()
+    if why is None:
+        pytest.skip("vLLM and a GPU are here: test_vllm_generation_keeps_the_outputs_contract covers it")
+    model, tok = model_tok
+    data = load_eval_data(_cfg(world))
+    small = EvalData(data.data_path, {k: v[:3] for k, v in data.sets.items()})
+    hf = compute_metrics(model, tok, TAGS, small, FAST, progress=False)
+    vl = compute_metrics(model, tok, TAGS, small, EvalConfig(max_new_tokens=6, generator="vllm"), progress=False)
+    assert vl["notes"]["generator"] == f"eval.generator=vllm skipped: {why}; generations by transformers"
+    assert why in capsys.readouterr().err
+    assert vl["generations"] == hf["generations"] and "generator" not in hf["notes"]
+    with pytest.raises(Exception, match="eval.generator must be hf or vllm"):
+        EvalConfig(generator="tgi")
+
+
+def test_vllm_generation_keeps_the_outputs_contract(tmp_path, tokenizer):
+    """Runs only where vLLM and a CUDA GPU are (bench/gpu_check.sh runs it)."""
+    from npo_lib.eval.generation import VllmGenerator, greedy_generate, vllm_unavailable
+
+    why = vllm_unavailable()
+    if why is not None:
+        pytest.skip(f"eval.generator=vllm: {why}")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)  # head_dim 64: a shape vLLM's attention kernels take
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.5, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    prompts = ["Question: who wrote it?\nAnswer:", "The author was born in", "Name the book:"]
+    engine = VllmGenerator(str(tmp_path / "m"), tokenizer, dtype="float32")
+    greedy = engine.greedy(prompts, max_new_tokens=8)
+    assert len(greedy) == 3 and all(isinstance(g, str) for g in greedy)
+    assert engine.greedy(prompts, max_new_tokens=8) == greedy  # greedy is deterministic
+    hf_model = LlamaForCausalLM.from_pretrained(tmp_path / "m").cuda()
+    hf = greedy_generate(hf_model, tokenizer, prompts, max_new_tokens=8, progress=False)
+    same_start = sum(a[:3] == b[:3] for a, b in zip(greedy, hf))
+    assert same_start >= 2, (greedy, hf)  # other kernels may break a near-tie, not most prompts
+    samples = engine.sample(prompts, k=3, temperature=1.0, seed=0, max_new_tokens=8)
+    assert [len(s) for s in samples] == [3, 3, 3]
+    assert engine.sample(prompts, k=3, temperature=1.0, seed=0, max_new_tokens=8) == samples  # seeded
 
 
 # ----------------------------------------------------------------------------- slow

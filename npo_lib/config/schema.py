@@ -205,6 +205,7 @@ class EvalConfig:
             _need(getattr(self, name) >= 1, f"eval.{name} must be >= 1, got {getattr(self, name)}")
         _need(0 < self.relearn_fraction < 1, f"eval.relearn_fraction must be in (0, 1), got {self.relearn_fraction}")
         _need(self.relearn_lr > 0 and self.leak_temperature > 0, "eval.relearn_lr and eval.leak_temperature must be > 0")
+        _need(self.generator in ("hf", "vllm"), f"eval.generator must be hf or vllm, got {self.generator!r}")
 
 
 @dataclass
@@ -217,6 +218,37 @@ class StudyConfig:
     def __post_init__(self) -> None:
         _need(bool(self.group_by), "study.group_by must name at least one config key, e.g. [forget_loss]")
         _need(0 < self.mu_fraction <= 1, f"study.mu_fraction must be in (0, 1], got {self.mu_fraction}")
+
+
+SWEEP_EXECUTORS = ("thread", "local", "slurm")
+
+
+@dataclass
+class SweepExecutorConfig:
+    """Where `npo sweep` runs its grid points (the sweep file's ``executor:`` block): threads of
+    this process, submitit jobs on this machine (one process per point, its own GPUs), or a
+    SLURM job array through submitit (one array task per point)."""
+
+    kind: str = opt("thread", "thread (today's pool), local (submitit processes) or slurm (submitit job array); --executor overrides")
+    gpus_per_run: int = opt(1, "GPUs each point gets (CUDA_VISIBLE_DEVICES locally, --gpus-per-node on SLURM); 0 = none")
+    partition: str | None = opt(None, "SLURM partition (sbatch --partition); None = the cluster's default")
+    account: str | None = opt(None, "SLURM account (sbatch --account)")
+    qos: str | None = opt(None, "SLURM quality of service (sbatch --qos)")
+    cpus_per_run: int = opt(8, "CPU cores per point (sbatch --cpus-per-task)")
+    mem_gb: int = opt(64, "memory per point in GB (sbatch --mem)")
+    timeout_min: int = opt(24 * 60, "wall-clock limit per point in minutes (sbatch --time); a timed-out point is requeued")
+    array_parallelism: int = opt(8, "points of the job array running at once (sbatch --array=...%N)")
+    max_requeues: int = opt(3, "times a pre-empted or timed-out point is requeued before it counts as failed")
+    setup: list[str] = opt([], "shell lines run in the sbatch script before the job (module load ..., source .venv/bin/activate)")
+    extra_sbatch: dict[str, Any] = field(default_factory=dict, metadata={"help": "further sbatch flags, e.g. {constraint: a100, exclusive: true}"})
+    folder: str | None = opt(None, "where submitit keeps job pickles and logs; None = <sweep>/jobs")
+
+    def __post_init__(self) -> None:
+        _need(self.kind in SWEEP_EXECUTORS, f"executor.kind must be one of {', '.join(SWEEP_EXECUTORS)}, got {self.kind!r}")
+        _need(self.gpus_per_run >= 0, f"executor.gpus_per_run must be >= 0, got {self.gpus_per_run}")
+        for name in ("cpus_per_run", "mem_gb", "timeout_min", "array_parallelism"):
+            _need(getattr(self, name) >= 1, f"executor.{name} must be >= 1, got {getattr(self, name)}")
+        _need(self.max_requeues >= 0, f"executor.max_requeues must be >= 0, got {self.max_requeues}")
 
 
 @dataclass

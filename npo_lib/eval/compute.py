@@ -26,7 +26,7 @@ from npo_lib.data.views import view_text
 from npo_lib.embedded.paths import resolve_data_path
 from npo_lib.errors import DataError
 from npo_lib.eval import metrics as M
-from npo_lib.eval.generation import greedy_generate
+from npo_lib.eval.generation import VllmGenerator, greedy_generate_many, vllm_unavailable
 from npo_lib.eval.scoring import TargetScores, score_targets
 from npo_lib.models.families import ChatTags
 from npo_lib.utils.hashing import fingerprint
@@ -283,26 +283,35 @@ def _generate_all(
     data: EvalData,
     opt: EvalConfig,
     progress: bool,
+    notes: dict[str, str],
 ) -> dict[str, dict[int, str]]:
-    """Greedy generations keyed ``<set>_<decoding>``, one batched call per (set, decoding):
+    """Greedy generations keyed ``<set>_<decoding>``, batched within each (set, decoding):
     output lengths cluster by group (ZeroThink answers are short, traces long), so a batch
-    rarely waits on a much longer neighbour."""
-    gens: dict[str, dict[int, str]] = {}
+    rarely waits on a much longer neighbour; the batches of all groups go in one pass, which
+    ranks share. ``eval.generator=vllm`` decodes through vLLM where
+    it and a GPU are there; elsewhere it says why on stderr and in ``notes`` and uses transformers."""
+    engine = None
+    if opt.generator == "vllm":
+        why = vllm_unavailable()
+        if why is None:
+            engine = VllmGenerator(model.name_or_path, tokenizer)
+        else:
+            notes["generator"] = f"eval.generator=vllm skipped: {why}; generations by transformers"
+            print(notes["generator"], file=sys.stderr)
+    lists: dict[str, list[str]] = {}  # <set>_<decoding> -> prompts
     for name in QA_SETS:
         prompts = [generation_prompts(r, tags, tokenizer) for r in data.sets[name]]
         reasoning = name == "forget" and opt.reasoning and tags.thinks
         for mode in ["default"] + (["zerothink", "lessthink"] if reasoning else []):
-            texts = greedy_generate(
-                model,
-                tokenizer,
-                [p[mode] for p in prompts],
-                max_new_tokens=opt.max_new_tokens,
-                batch_size=opt.gen_batch_size,
-                add_special_tokens=not tags.use_tokenizer_template,
-                progress=progress,
-            )
-            gens[f"{name}_{mode}"] = dict(enumerate(texts))
-    return gens
+            lists[f"{name}_{mode}"] = [p[mode] for p in prompts]
+    if engine is None:  # one pass over the batches of every list: ranks share them all
+        texts = greedy_generate_many(model, tokenizer, list(lists.values()), max_new_tokens=opt.max_new_tokens,
+                                     batch_size=opt.gen_batch_size, add_special_tokens=not tags.use_tokenizer_template,
+                                     progress=progress)
+    else:
+        texts = [engine.greedy(ps, max_new_tokens=opt.max_new_tokens, add_special_tokens=not tags.use_tokenizer_template)
+                 for ps in lists.values()]
+    return {key: dict(enumerate(t)) for key, t in zip(lists, texts, strict=True)}
 
 
 def _generation_metrics(
@@ -363,7 +372,7 @@ def compute_metrics(
     _mia_metrics(res, data, scores, progress, opt.mia_keep_eos)
     # 2. greedy generations -> ROUGE, fact recall, reasoning metrics
     t0 = time.perf_counter()
-    gens = _generate_all(model, tokenizer, tags, data, opt, progress)
+    gens = _generate_all(model, tokenizer, tags, data, opt, progress, res.notes)
     seconds["generation"] = time.perf_counter() - t0
     _generation_metrics(res, data, gens, tags)
     # 3. model utility, then forget quality and privleak against the retain model

@@ -1,8 +1,10 @@
 """Teacher-forced token statistics of (prompt, target) pairs, batched.
 
-Every candidate answer of a batch's items goes into one forward (the unbatched reference path is
+Every candidate answer of a batch's items goes into one forward, each item's prompt computed
+once and shared by its candidates through the KV cache (the unbatched reference path is
 ``batch_size=1, flatten=False``). Prompt and target are tokenized separately, as in training,
-and the target ends with EOS unless told otherwise.
+and the target ends with EOS unless told otherwise. Under ``dist.sharded()`` the ranks share the
+batches.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from npo_lib.errors import EvalError
+from npo_lib.utils.dist import map_shards
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -58,8 +61,11 @@ def _tokenize_rows(
     if append_eos and tokenizer.eos_token_id is None:
         raise EvalError("the tokenizer has no eos_token_id: pass append_eos=False")
     out = []
-    for prompt, cands in zip(prompts, targets, strict=True):
-        p_ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    # one batched call per kind of text: the same ids as one call per text, much less overhead
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"] if prompts else []
+    flat = [t for cands in targets for t in cands]
+    target_ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+    for prompt, p_ids, cands in zip(prompts, prompt_ids, targets, strict=True):
         keep = None if max_length is None else max_length - len(p_ids)
         if keep is not None and keep <= 0:
             raise EvalError(
@@ -67,8 +73,8 @@ def _tokenize_rows(
                 f"the answer: raise max_length (prompt: {prompt[:80]!r})"
             )
         rows = []
-        for t in cands:
-            t_ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        for _ in cands:
+            t_ids = next(target_ids)
             t_ids = (t_ids + [tokenizer.eos_token_id] if append_eos else t_ids)[:keep]
             if not t_ids:
                 raise EvalError(f"an empty target after prompt {prompt[:80]!r}: nothing to score")
@@ -85,6 +91,12 @@ def _vocab_chunk_rows(vocab: int) -> int:
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
     """HF causal LMs (transformers >= 4.50) can skip the lm_head on leading positions."""
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    """The forward keyword of a filled KV cache: ``cache`` in newer transformers, else
+    ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -115,6 +127,12 @@ def _forward_rows(
     ri, pi = torch.as_tensor(row_idx, device=dev), torch.as_tensor(pos_idx, device=dev)
     labels = input_ids.to(dev)[ri, pi + 1]  # (N,)
     sel = logits[ri, pi - offset]  # (N, V), every target position of the batch
+    return _split_rows(_token_stats(sel, labels), counts)
+
+
+def _token_stats(sel: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """(N, 4) float64: log p of the label, argmax == label, mean and std of log p over the
+    vocabulary, for each of the N next-token logit rows ``sel`` (N, V)."""
     parts: list[torch.Tensor] = []
     step = _vocab_chunk_rows(sel.shape[-1])
     for s in range(0, sel.shape[0], step):
@@ -125,13 +143,85 @@ def _forward_rows(
         tok = lp.gather(-1, labels[s : s + step, None]).squeeze(-1)  # (n,)
         ok = (lp.argmax(-1) == labels[s : s + step]).float()
         parts.append(torch.stack([tok, ok, mu, var.sqrt()], dim=-1))  # (n, 4)
-    stats = torch.cat(parts).double().cpu().numpy()  # (N, 4)
+    return torch.cat(parts).double().cpu().numpy()  # (N, 4)
+
+
+def _split_rows(stats: np.ndarray, counts: Sequence[int]) -> list[TargetScores]:
     out, start = [], 0
     for n in counts:
         s = stats[start : start + n]
         out.append(TargetScores(s[:, 0].copy(), s[:, 1] > 0.5, s[:, 2].copy(), s[:, 3].copy()))
         start += n
     return out
+
+
+@torch.no_grad()
+def _forward_shared_prefix(
+    model: PreTrainedModel, items: Sequence[tuple[list[int], list[list[int]]]], pad_id: int
+) -> list[list[TargetScores]]:
+    """Statistics of every candidate target of every (prompt, candidates) item, the prompt run
+    once per item: a left-padded prefix forward fills the KV cache, which is repeated for each
+    candidate row, then one right-padded forward over the targets (their last token is only
+    predicted, never fed). Same numbers as :func:`_forward_rows` up to float rounding, with the
+    prompt's layers computed once instead of once per candidate."""
+    dev = model.device
+    B, P = len(items), max(len(p) for p, _ in items)
+    pre_ids = torch.full((B, P), pad_id, dtype=torch.long)  # (B, P), left-padded
+    pre_mask = torch.zeros((B, P), dtype=torch.long)
+    for b, (p, _) in enumerate(items):
+        pre_ids[b, P - len(p) :] = torch.as_tensor(p)
+        pre_mask[b, P - len(p) :] = 1
+    pre_pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)  # positions as the unpadded prompt has them
+    kw: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    pre = model(input_ids=pre_ids.to(dev), attention_mask=pre_mask.to(dev), position_ids=pre_pos.to(dev),
+                use_cache=True, **kw)
+    rows = [(b, t) for b, (_, cands) in enumerate(items) for t in cands]
+    item_of_row = torch.as_tensor([b for b, _ in rows], device=dev)  # (R,)
+    labels_first = torch.as_tensor([t[0] for _, t in rows], device=dev)
+    first = _token_stats(pre.logits[:, -1][item_of_row], labels_first)  # (R, 4): each target's first token
+    L = max(len(t) for _, t in rows) - 1
+    rest = np.zeros((0, 4))
+    row_idx: list[int] = []
+    if L > 0:
+        cache = pre["cache"] if "cache" in pre else pre.past_key_values  # renamed in transformers 5.x
+        cache.reorder_cache(item_of_row)  # (B, ...) -> (R, ...): each candidate row gets its prompt
+        ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (R, L): targets but the last token
+        mask = torch.zeros((len(rows), L), dtype=torch.long)
+        pos_idx: list[int] = []
+        for r, (_, t) in enumerate(rows):
+            n = len(t) - 1
+            ids[r, :n] = torch.as_tensor(t[:-1])
+            mask[r, :n] = 1
+            row_idx += [r] * n
+            pos_idx += range(n)
+        plen = torch.as_tensor([len(items[b][0]) for b, _ in rows])
+        pos = plen[:, None] + torch.arange(L)[None]  # (R, L)
+        logits = model(input_ids=ids.to(dev), attention_mask=torch.cat([pre_mask[item_of_row.cpu()], mask], 1).to(dev),
+                       position_ids=pos.to(dev), use_cache=True, **{_cache_kwarg(model): cache}).logits  # (R, L, V)
+        ri, pi = torch.as_tensor(row_idx, device=dev), torch.as_tensor(pos_idx, device=dev)
+        labels = torch.as_tensor([tok for _, t in rows for tok in t[1:]], device=dev)
+        rest = _token_stats(logits[ri, pi], labels)
+    out: list[list[TargetScores]] = [[] for _ in items]
+    start = 0
+    for r, (b, t) in enumerate(rows):
+        n = len(t) - 1
+        stats = np.concatenate([first[r : r + 1], rest[start : start + n]])
+        start += n
+        out[b].append(_split_rows(stats, [n + 1])[0])
+    return out
+
+
+def _forward_items(
+    model: PreTrainedModel, encoded: Sequence[list[tuple[list[int], int]]], group: Sequence[tuple[int, int]], pad_id: int
+) -> list[TargetScores]:
+    """:func:`_forward_shared_prefix` over the items of ``group`` (every candidate of each), in
+    the group's (item, candidate) order; :func:`_forward_rows` when each item has one candidate."""
+    item_ids = list(dict.fromkeys(i for i, _ in group))
+    if len(item_ids) == len(group):  # one candidate per item: nothing to share, one forward
+        return _forward_rows(model, [encoded[i][j] for i, j in group], pad_id)
+    items = [(encoded[i][0][0][: encoded[i][0][1]], [ids[p:] for ids, p in encoded[i]]) for i in item_ids]
+    per_item = dict(zip(item_ids, _forward_shared_prefix(model, items, pad_id), strict=True))
+    return [per_item[i][j] for i, j in group]
 
 
 @torch.no_grad()
@@ -143,6 +233,7 @@ def score_targets(
     *,
     batch_size: int = 8,
     flatten: bool = True,
+    share_prefix: bool = True,
     append_eos: bool = True,
     add_special_tokens: bool = True,
     max_length: int | None = None,
@@ -155,6 +246,8 @@ def score_targets(
     ``flatten=True``: items sorted by length, ``batch_size`` items per forward with all their
     candidates as rows (item x candidate flattened). ``flatten=False``: ``batch_size`` rows per
     forward in input order; ``batch_size=1, flatten=False`` is the one-example-at-a-time path.
+    ``share_prefix`` (with ``flatten``): each item's prompt is run once and its KV cache serves
+    all of its candidates (:func:`_forward_shared_prefix`); False: each row carries its prompt.
     Rows are right-padded with the pad id (attention mask 0); the model runs in eval mode under
     ``torch.no_grad`` in the dtype and attention it was loaded with.
     """
@@ -182,17 +275,22 @@ def score_targets(
         ]
     else:
         groups = [keys[s : s + batch_size] for s in range(0, len(keys), batch_size)]
+    groups = [g for g in groups if g]
     out: list[list[TargetScores | None]] = [[None] * len(rows) for rows in encoded]
     was_training = model.training
     model.eval()
-    try:
-        for group in tqdm(groups, desc=desc, disable=not progress, leave=False):
-            if not group:
-                continue
-            scores = _forward_rows(model, [encoded[i][j] for i, j in group], pad_id)
-            for (i, j), sc in zip(group, scores, strict=True):
-                sc.eos = append_eos and encoded[i][j][0][-1] == tokenizer.eos_token_id  # not cut by max_length
-                out[i][j] = sc
+    try:  # under dist.sharded() each rank forwards its share of the batches, then all are gathered
+        shared = flatten and share_prefix
+        per_group = map_shards(
+            groups,
+            lambda group: _forward_items(model, encoded, group, pad_id) if shared
+            else _forward_rows(model, [encoded[i][j] for i, j in group], pad_id),
+            progress=lambda idx: tqdm(idx, desc=desc, disable=not progress, leave=False),
+        )
     finally:
         model.train(was_training)
+    for group, scores in zip(groups, per_group, strict=True):
+        for (i, j), sc in zip(group, scores, strict=True):
+            sc.eos = append_eos and encoded[i][j][0][-1] == tokenizer.eos_token_id  # not cut by max_length
+            out[i][j] = sc
     return out  # type: ignore[return-value]

@@ -40,11 +40,18 @@ from npo_lib.models.loading import (
 )
 from npo_lib.run.checks import check_config
 from npo_lib.run.folders import saved_result
+from npo_lib.utils import dist
 from npo_lib.utils.hashing import fingerprint, model_fingerprint
 from npo_lib.utils.io import atomic_write_json
 from npo_lib.utils.machine import machine_info
 
 METRICS_FILE = Path("eval") / "metrics.json"  # relative to a run folder
+
+# Attacks that are one training run rather than per-item work: under several ranks, rank 0 runs
+# the whole attack (training and probes) and sends its result to the others. Sharding the
+# relearning steps would change the optimisation itself (another effective batch), and
+# training a copy on every rank would only repeat the same work.
+RANK0_ATTACKS = frozenset({"relearn"})
 
 
 def _config_dict(cfg: Config) -> dict[str, Any]:
@@ -137,32 +144,47 @@ def _run(
     file: Path,
     progress: bool,
 ) -> dict[str, Any]:
-    """Load the model, compute, write ``file``."""
+    """Load the model, compute, write ``file``.
+
+    Under torchrun / DeepSpeed's launcher / ``npo launch`` (WORLD_SIZE > 1) every rank loads the
+    model (on its own GPU), scores and decodes its share of the batches of every set, and gets
+    all of them back (:func:`npo_lib.utils.dist.map_shards`); each rank computes the same
+    metrics and rank 0 alone writes ``file``. The robustness attacks are sharded the same way
+    (their probes and samples), except the ones in :data:`RANK0_ATTACKS`.
+    """
     t0 = time.perf_counter()
+    ranks = dist.world_size() if dist.ensure_process_group() else 1  # before the model picks its GPU
     tokenizer = load_tokenizer(cfg, tokenizer_path)
     model = load_model(cfg, model_path)
     check_tokenizer(model, tokenizer, model_name=model_path, tokenizer_name=tokenizer_path)
-    res = compute_metrics(
-        model,
-        tokenizer,
-        get_family(cfg.model_family).tags,
-        data,
-        options,
-        reference=reference,
-        max_length=cfg.max_length,
-        progress=progress,
-    )
-    if options.robustness:
-        t1 = time.perf_counter()
-        ctx = AttackContext(model, tokenizer, get_family(cfg.model_family).tags, data, options, cfg.max_length, progress)
-        res["robustness"] = run_attacks(ctx, options.robustness)
-        res["seconds"]["robustness"] = time.perf_counter() - t1
+    with dist.sharded():
+        res = compute_metrics(
+            model,
+            tokenizer,
+            get_family(cfg.model_family).tags,
+            data,
+            options,
+            reference=reference,
+            max_length=cfg.max_length,
+            progress=progress and dist.is_rank0(),
+        )
+        if options.robustness:
+            t1 = time.perf_counter()
+            ctx = AttackContext(model, tokenizer, get_family(cfg.model_family).tags, data, options, cfg.max_length,
+                                progress and dist.is_rank0())
+            res["robustness"] = {}
+            for name in options.robustness:
+                attack = functools.partial(run_attacks, ctx, [name])
+                res["robustness"].update(dist.on_rank0(attack) if name in RANK0_ATTACKS else attack())
+            res["seconds"]["robustness"] = time.perf_counter() - t1
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # before the next model of the session loads
-    out = {**res, "identity": identity, "machine": machine_info()}  # where the numbers came from
+    out = {**res, "identity": identity, "machine": machine_info(), "ranks": ranks}  # where the numbers came from
     out["seconds"] = {**res["seconds"], "total": time.perf_counter() - t0}
-    atomic_write_json(file, out, indent=1)
+    if dist.is_rank0():
+        atomic_write_json(file, out, indent=1)
+    dist.barrier()  # the file is there for every rank once this returns
     return json.loads(json.dumps(out, default=str))  # the same (string-keyed) form as reloaded
 
 
@@ -216,7 +238,9 @@ def evaluate(
         return run(retain_reference)
     if role == "retain" and tokenizer_path == model_path:
         res = {**retain_metrics(cfg, model_path, data, options, recompute=recompute, progress=progress), "identity": identity}
-        atomic_write_json(file, res, indent=1)
+        if dist.is_rank0():
+            atomic_write_json(file, res, indent=1)
+        dist.barrier()
         return res
     if role == "retain":
         return run("self")

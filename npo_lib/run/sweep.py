@@ -3,18 +3,31 @@ the same notebooks; failures are recorded while the sweep goes on, and a re-run 
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
+import queue
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from npo_lib.config import check_keys
+from npo_lib.config.schema import SweepExecutorConfig
 from npo_lib.errors import ConfigError
+from npo_lib.run.executors import (
+    PointJob,
+    active_jobs,
+    job_outcome,
+    job_record,
+    local_device_slots,
+    make_executor,
+    point_record,
+)
 from npo_lib.run.report import report
 from npo_lib.run.steps import (
     Step,
@@ -40,9 +53,15 @@ class SweepSpec:
     notebooks: list[str] = field(default_factory=lambda: ["forget", "evaluation"])  # per grid point
     parallel: int = 1  # grid points executed at a time
     runs_dir: str = "runs"
+    executor: SweepExecutorConfig = field(default_factory=SweepExecutorConfig)  # where points run
 
-
-
+    def __post_init__(self) -> None:
+        if isinstance(self.executor, Mapping):  # the file's executor: block
+            valid = {f.name for f in fields(SweepExecutorConfig)}
+            unknown = sorted(set(self.executor) - valid)
+            if unknown:
+                raise ConfigError(f"sweep {self.name}: unknown executor key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+            self.executor = SweepExecutorConfig(**self.executor)
 
 
 def _slug(value: Any) -> str:
@@ -93,12 +112,92 @@ def sweep_steps(spec: SweepSpec) -> tuple[list[Step], dict[str, list[Step]], Pat
     return setup, runs, root
 
 
-def run_sweep(spec_file: str | os.PathLike, *, parallel: int | None = None, stream: bool = True) -> dict[str, Any]:
+_NOT_RUN = {"seconds": 0.0, "error": "", "failed_step": "", "notebook": ""}
+Say = Callable[[str, dict[str, Any]], None]  # (point name, its status entry): record it
+
+
+def _run_threads(runs: Mapping[str, list[Step]], order: Sequence[str], n: int, stream: bool, done: Say) -> None:
+    """Today's pool: ``n`` points at a time as threads of this process."""
+
+    def one(name: str) -> tuple[str, dict[str, Any]]:
+        say = lambda s: print(f"[{name}] {s}", flush=True)  # noqa: E731
+        return name, point_record(run_steps(runs[name], stream=stream and n == 1, say=say))
+
+    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+        for name, rec in pool.map(one, order):
+            done(name, rec)
+
+
+def _run_local(runs: Mapping[str, list[Step]], order: Sequence[str], slots: list[list[str] | None],
+               executor: Any, started: Say, done: Say) -> None:
+    """One submitit process per point, ``len(slots)`` at a time, each with its own device set
+    (a thread per slot submits and waits; submitit runs, pickles and logs the jobs)."""
+    free: queue.Queue[list[str] | None] = queue.Queue()
+    for s in slots:
+        free.put(s)
+    lock = threading.Lock()  # submitit executors are not thread-safe
+
+    def one(name: str) -> tuple[str, dict[str, Any]]:
+        devices = free.get()
+        try:
+            with lock:
+                job = executor.submit(PointJob(name, runs[name], devices))
+            info = {**job_record(job), "devices": devices}
+            started(name, {"status": "running", **_NOT_RUN, **info})
+            return name, {**job_outcome(job), **info}
+        finally:
+            free.put(devices)
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        for name, rec in pool.map(one, order):
+            done(name, rec)
+
+
+def _run_slurm(runs: Mapping[str, list[Step]], order: Sequence[str], executor: Any, status: Mapping[str, Any],
+               started: Say, done: Say) -> None:
+    """One SLURM job array, a task per point (``array_parallelism`` at a time); waits for it.
+    Points whose job from an earlier run is still queued or running are waited on, not resubmitted."""
+    import submitit
+
+    jobs = active_jobs(dict(status), order, Path(executor.folder))
+    fresh = [name for name in order if name not in jobs]
+    if fresh:
+        with executor.batch():
+            pending = [executor.submit(PointJob(name, runs[name])) for name in fresh]
+        jobs.update(zip(fresh, pending, strict=True))  # the batch fills its jobs on exit
+    for name in fresh:
+        started(name, {"status": "submitted", **_NOT_RUN, **job_record(jobs[name])})
+    names = {job.job_id: name for name, job in jobs.items()}
+    for job in submitit.helpers.as_completed(list(jobs.values()), poll_frequency=30):
+        done(names[job.job_id], {**job_outcome(job), **job_record(job)})
+
+
+def _run_setup(setup: list[Step], executor: Any, devices: list[str] | None, stream: bool, started: Say) -> dict[str, Any]:
+    """The setup notebooks here (thread executor, or nothing left to do), else as one job."""
+    if executor is None or all(s.is_current() for s in setup):
+        return point_record(run_steps(setup, stream=stream))
+    job = executor.submit(PointJob("setup", setup, devices))
+    started("_setup", {"status": "running", **_NOT_RUN, **job_record(job)})
+    return {**job_outcome(job), **job_record(job)}
+
+
+def run_sweep(
+    spec_file: str | os.PathLike,
+    *,
+    parallel: int | None = None,
+    executor: str | None = None,
+    stream: bool = True,
+) -> dict[str, Any]:
     """``npo sweep``: setup once, then every grid point (``parallel`` at a time).
 
-    ``<sweep>/status.json`` records each run (done, failed with its error, skipped); a re-run
-    skips finished runs and repeats failed or interrupted ones; the sweep ends with the report
-    table of every finished run.
+    ``executor`` (default: the file's ``executor.kind``): ``thread`` runs points as threads of
+    this process; ``local`` as submitit processes, each pinned to its own GPUs
+    (``executor.gpus_per_run``; chosen by itself when ``thread`` would run several points on a
+    machine with GPUs); ``slurm`` as one SLURM job array through submitit (the setup notebooks
+    first, as a job of their own). ``<sweep>/status.json`` records each run (done, failed with
+    its error, skipped, interrupted; job id and log files under submitit); a re-run skips
+    finished runs and repeats failed or interrupted ones; the sweep ends with the report table of
+    every finished run.
     """
     t0 = time.perf_counter()
     spec = read_spec(spec_file, SweepSpec)
@@ -106,35 +205,55 @@ def run_sweep(spec_file: str | os.PathLike, *, parallel: int | None = None, stre
     root.mkdir(parents=True, exist_ok=True)
     status_file = root / "status.json"
     status: dict[str, Any] = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    setup_res = run_steps(setup, stream=stream)
-    if any(r.status == "failed" for r in setup_res):
-        status["_setup"] = {"status": "failed", "error": setup_res[-1].error}
-        atomic_write_json(status_file, status)
-        return {"name": spec.name, "ok": False, "status": status, "seconds": time.perf_counter() - t0}
+    lock = threading.Lock()
     n = parallel or spec.parallel
-    order = list(runs)
+    kind = executor or spec.executor.kind
+    if kind not in ("thread", "local", "slurm"):
+        raise ConfigError(f"sweep executor must be thread, local or slurm, got {kind!r}")
+    slots = local_device_slots(n, spec.executor.gpus_per_run) if kind != "slurm" else []
+    if kind == "thread" and len(slots) > 1 and slots[0] is not None:
+        if importlib.util.find_spec("submitit") is None:
+            print(f"sweep {spec.name}: {len(slots)} threads share the GPUs; pip install -e '.[cluster]' gives each run its own", flush=True)
+        else:
+            print(f"sweep {spec.name}: {len(slots)} runs at a time on GPUs: each a local job pinned to its own ({slots[0]!r}, ...)", flush=True)
+            kind = "local"
+    sub = make_executor(spec.executor, kind, Path(spec.executor.folder or root / "jobs"), spec.name) if kind != "thread" else None
 
-    def one(name: str) -> tuple[str, dict[str, Any]]:
-        steps = runs[name]
-        res = run_steps(steps, stream=stream and n == 1, say=lambda s: print(f"[{name}] {s}", flush=True))
-        failed = [r for r in res if r.status == "failed"]
-        state = "failed" if failed else ("skipped" if all(r.status == "skipped" for r in res) else "done")
-        return name, {
-            "status": state,
-            "seconds": sum(r.seconds for r in res),
-            "error": failed[0].error if failed else "",
-            "failed_step": failed[0].name if failed else "",
-            "notebook": failed[0].output if failed else "",
-        }
-
-    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
-        for i, (name, rec) in enumerate(pool.map(one, order), 1):
+    def record(name: str, rec: dict[str, Any]) -> None:
+        with lock:
             status[name] = rec
             atomic_write_json(status_file, status)
-            print(f"sweep {spec.name}: {i}/{len(order)} {name}: {rec['status']}"
-                  + (f" ({rec['failed_step']}: {rec['error'].splitlines()[-1] if rec['error'] else ''})" if rec["status"] == "failed" else ""), flush=True)
-    finished = [root / name for name in order if status[name]["status"] != "failed" and (root / name / "eval" / "metrics.json").is_file()]
-    out: dict[str, Any] = {"name": spec.name, "status": {k: status[k] for k in order}, "ok": all(status[k]["status"] != "failed" for k in order)}
+
+    # 1. setup notebooks, once (a job of their own under submitit)
+    setup_rec = _run_setup(setup, sub, slots[0] if slots else None, stream, record)
+    if setup_rec["status"] in ("failed", "interrupted"):
+        record("_setup", setup_rec)
+        return {"name": spec.name, "ok": False, "status": status, "executor": kind, "seconds": time.perf_counter() - t0}
+    status.pop("_setup", None)
+    # 2. the grid points: finished ones are skipped without a job
+    order = list(runs)
+    pending = [name for name in order if not all(s.is_current() for s in runs[name])]
+    for name in order:
+        if name not in pending:
+            record(name, {"status": "skipped", **_NOT_RUN})
+    finished_count = iter(range(len(order) - len(pending) + 1, len(order) + 1))
+
+    def done(name: str, rec: dict[str, Any]) -> None:
+        record(name, rec)
+        why = ""
+        if rec["status"] in ("failed", "interrupted"):
+            why = f" ({rec['failed_step']}: {rec['error'].splitlines()[-1] if rec['error'] else ''})"
+        print(f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{why}", flush=True)
+
+    if kind == "thread":
+        _run_threads(runs, pending, n, stream, done)
+    elif kind == "local":
+        _run_local(runs, pending, slots, sub, record, done)
+    else:
+        _run_slurm(runs, pending, sub, status, record, done)
+    finished = [root / name for name in order if status[name]["status"] in ("done", "skipped") and (root / name / "eval" / "metrics.json").is_file()]
+    out: dict[str, Any] = {"name": spec.name, "status": {k: status[k] for k in order}, "executor": kind,
+                           "ok": all(status[k]["status"] in ("done", "skipped") for k in order)}
     if finished:
         table, csv_path = report(finished, root / "report.csv")
         atomic_write_text(root / "report.md", table + "\n")
