@@ -10,7 +10,7 @@
     npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
     npo sweep     SWEEP.yaml [--parallel N] [--executor thread|local|slurm]
     npo launch    --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
-    npo study     SWEEP_DIR [--out docs] [key=value ...]
+    npo study     SWEEP_DIR [--sweep DIR] [--out docs] [key=value ...] | --plan PLAN.yaml | --extend SWEEP.yaml
 
 Params files and ``key=value`` overrides merge over the schema defaults (:mod:`npo_lib.config`);
 ``--print-config`` shows every key with its help. An error a user can cause (a bad key, value,
@@ -185,9 +185,27 @@ def cmd_launch(opts: argparse.Namespace) -> int:
 
 def cmd_study(opts: argparse.Namespace) -> int:
     from npo_lib.run.study import write_study
+    from npo_lib.run.study_plan import extend_sweep, plan_study
 
-    cfg = load_config(opts.args)
-    res = write_study(opts.sweep_dir, opts.out, cfg.study)
+    args = list(opts.args)
+    if opts.sweep_dir is not None and ("=" in opts.sweep_dir or opts.sweep_dir.endswith((".yaml", ".yml"))):
+        args.insert(0, opts.sweep_dir)  # a setting, not a folder: the folder is optional with --plan / --extend
+        opts.sweep_dir = None
+    cfg = load_config(args)
+    if opts.plan:
+        files = plan_study(opts.plan, opts.out if opts.out != "docs" else None)
+        print("\n".join(f"npo sweep {f} --parallel 2" for f in files))
+        return 0
+    if opts.extend:
+        res = extend_sweep(opts.extend, None if opts.out == "docs" else opts.out, cfg.study)
+        for p in res["proposals"]:
+            print(f"{p['method']}: {p['reason']} -> {p['file']} ({len(p['runs'])} runs)")
+        print("\n".join(f"npo sweep {f}" for f in res["files"]) if res["files"]
+              else f"no new points: every method's frontier around the floor ({res['floor']:.3f}) is complete or at its limits")
+        return 0
+    if opts.sweep_dir is None:
+        raise UserError("give SWEEP_DIR (or --plan PLAN.yaml / --extend SWEEP.yaml)")
+    res = write_study([opts.sweep_dir, *opts.sweep], opts.out, cfg.study)
     print(res["markdown"])
     print(f"\nwrote {res['md']}, {res['csv']}, {res['plot']}")
     return 0
@@ -220,10 +238,14 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
     la.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="one parameter (YAML value)")
     la.add_argument("-o", "--output", help="rank 0's executed notebook (default runs/<run>/notebooks/NOTEBOOK)")
     la.add_argument("--master-port", type=int, default=29560)
-    st = sub.add_parser("study", help="method comparison of a finished sweep: mean ± std table and FQ-MU plot")
-    st.add_argument("sweep_dir", metavar="SWEEP_DIR", help="e.g. runs/study")
+    st = sub.add_parser("study", help="method comparison of finished sweeps: frontiers at matched utility, selection controls, attacks")
+    st.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="e.g. runs/study_fair-default")
     st.add_argument("args", nargs="*", metavar="PARAMS.yaml|key=value", help="study.* settings, e.g. study.mu_fraction=0.9")
-    st.add_argument("--out", default="docs", help="folder for study.md, study.csv, study_fq_mu.png (default docs)")
+    st.add_argument("--sweep", action="append", default=[], metavar="SWEEP_DIR", help="another sweep folder, e.g. the second benchmark's (repeatable)")
+    st.add_argument("--out", default="docs", help="folder for study.md, study.csv, study_frontier.png, study_selection.png (default docs); "
+                    "with --plan / --extend: where the sweep files go")
+    st.add_argument("--extend", metavar="SWEEP.yaml", help="write the adaptive search's next sweep files for this sweep's finished runs")
+    st.add_argument("--plan", metavar="PLAN.yaml", help="write the starting sweep files of a study plan, e.g. params/study_fair.yaml")
     rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")
     rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")

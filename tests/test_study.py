@@ -1,7 +1,9 @@
-"""The method-comparison table: grouping seeds, the utility floor, the claim check."""
+"""The method study: the first grid's table (seeds, floor, claim) and the fair study (frontier
+readings, outputs, old sweeps, the adaptive search's sweep files, the study plan, the notebook)."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -37,3 +39,181 @@ def test_settings_average_seeds_and_the_claim_respects_the_utility_floor(tmp_pat
     assert "not testable" in claim_text(best_per_method(settings, mu_floor=0.99))
     text = markdown(settings, ("forget_loss", "lr", "num_epochs"), {"target": {"model_utility": 0.85, "forget_quality": 1e-5}}, 0.95)
     assert "| target |" in text and "0.03 ± 0.014" in text and "Claim" in text
+
+
+# ----------------------------------------------------------------------------- the fair study
+
+REFS = {"target": {"model_utility": 0.80, "forget_quality": 1e-4, "retain_fact_recall": 0.90, "forget_fact_recall": 0.95},
+        "retain": {"model_utility": 0.82, "forget_quality": 1.0, "retain_fact_recall": 0.95, "forget_fact_recall": 0.05}}
+
+
+def _fair_run(root, loss, lr, seed, fq, mu, selection=None, relearn_after=0.5):
+    cfg = {"forget_loss": loss, "lr": lr, "num_epochs": 5, "seed": seed, "forget_coeff": 1.0}
+    if selection:
+        cfg["selection"] = selection
+    name = "_".join(f"{k}-{v}" for k, v in [("loss", loss), *(selection or {}).items(), ("lr", lr), ("seed", seed)])
+    d = root / name
+    (d / "eval").mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    agg = {"forget_quality": fq, "model_utility": mu, "forget_fact_recall": 1.0 - mu, "retain_fact_recall": mu + 0.1,
+           "privleak": -5.0}
+    rob = {"relearn": {"before": {"fact_recall": 0.1}, "after": {"fact_recall": relearn_after}},
+           "quant4": {"before": {"fact_recall": 0.1}, "after": {"fact_recall": 0.2}}}
+    (d / "eval" / "metrics.json").write_text(json.dumps({"aggregates": agg, "robustness": rob}))
+    return d
+
+
+def _fair_sweep(root):
+    """Two points per seed around MU 0.76 = 0.95 x 0.80: NPO+GD reads 10^-2.5, INFLUENCE+GD 0.1
+    (geometric means over seeds: each seed's FQ is scaled by 10^(0.01 (seed - 1)))."""
+    for s in range(3):
+        j = 10 ** (0.01 * (s - 1))
+        _fair_run(root, "NPO+GD", 1e-4, s, 1e-3 * j, 0.80)
+        _fair_run(root, "NPO+GD", 2e-4, s, 1e-2 * j, 0.72, relearn_after=0.8)
+        _fair_run(root, "INFLUENCE+GD", 1e-4, s, 1e-2 * j, 0.80)
+        _fair_run(root, "INFLUENCE+GD", 2e-4, s, 1.0 * j, 0.72, relearn_after=0.3)
+        _fair_run(root, "INFLUENCE+GD", 1e-4, s, 1e-3 * j, 0.80, selection={"method": "random"})
+        _fair_run(root, "INFLUENCE+GD", 2e-4, s, 1e-2 * j, 0.72, selection={"method": "random"})
+
+
+def test_fair_study_reads_frontiers_and_writes_every_output(tmp_path):
+    from npo_lib.config import StudyConfig
+    from npo_lib.run.study import write_study
+
+    _fair_sweep(tmp_path / "sweep")
+    for s in range(3):  # p = 100 % and TNPO: the same loss, so the same runs
+        for loss, sel in (("TNPO+GD", None), ("INFLUENCE+GD", {"p": 100.0})):
+            _fair_run(tmp_path / "sweep", loss, 1e-4, s, 1e-3 * 10 ** (0.01 * (s - 1)), 0.80, selection=sel)
+            _fair_run(tmp_path / "sweep", loss, 2e-4, s, 1e-2 * 10 ** (0.01 * (s - 1)), 0.72, selection=sel)
+    (tmp_path / "sweep" / "status.json").write_text(json.dumps(
+        {"_setup": {"status": "done"}, "a": {"status": "done", "seconds": 50.0}, "b": {"status": "done", "seconds": 70.0},
+         "c": {"status": "failed", "seconds": 5.0}}))
+    res = write_study(tmp_path / "sweep", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS)
+    assert "2 runs, 60 s per run" in res["markdown"]
+    (b,) = res["studies"]
+    infl, npo, rnd = b.row("INFLUENCE+GD"), b.row("NPO+GD"), b.row("INFLUENCE+GD random")
+    assert infl.readings[("fq_mu", 0.95)].mean == pytest.approx(0.1)
+    assert npo.readings[("fq_mu", 0.95)].mean == pytest.approx(10**-2.5)
+    assert rnd is not None and infl.setting == (("lr", 1e-4), ("num_epochs", 5), ("forget_coeff", 1.0))
+    assert infl.robust["relearn"][1].mean == pytest.approx(0.5)  # at the matched setting (lr 1e-4)
+    text = (tmp_path / "out" / "study.md").read_text()
+    assert "## embedded (n_authors 40, seed 0)" in text and "### Selection controls of INFLUENCE+GD" in text
+    assert "higher than NPO+GD, TNPO+GD with non-overlapping 95 % intervals" in text
+    assert "WGA+GD (not run)" in text and "vs random" in text
+    assert ("forgetting comes back (recall +0.1 or more) for INFLUENCE+GD, INFLUENCE+GD random, INFLUENCE+GD p=100, "
+            "NPO+GD, TNPO+GD") in text  # 0.1 -> 0.5
+    assert "Check: at p = 100 % INFLUENCE+GD reads 0.0032 [0.0031, 0.0032], TNPO+GD 0.0032 [0.0031, 0.0032]" in text
+    rows = list(csv.DictReader((tmp_path / "out" / "study.csv").open()))
+    fq = {r["method"]: float(r["mean"]) for r in rows if r["quantity"] == "forget_quality" and r["at"].startswith("model_utility >= 0.95")}
+    assert fq["INFLUENCE+GD"] == pytest.approx(0.1) and fq["INFLUENCE+GD random"] == pytest.approx(10**-2.5)
+    for png in ("study_frontier.png", "study_selection.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 10_000
+    with pytest.raises(ValueError, match="exists"):
+        write_study(tmp_path / "sweep", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS, overwrite=False)
+
+
+def test_old_sweeps_without_attacks_or_selection_still_report(tmp_path):
+    from npo_lib.config import StudyConfig
+    from npo_lib.run.study import write_study
+
+    for s in range(2):
+        _run(tmp_path / "old", f"a{s}", "NPO+GD", 1e-4, s, 0.02, 0.80)
+        _run(tmp_path / "old", f"b{s}", "NPO+GD", 3e-4, s, 0.50, 0.70)
+    res = write_study(tmp_path / "old", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS)
+    assert "| NPO+GD |" in res["markdown"] and "No verdict: the sweep has no INFLUENCE+GD runs." in res["markdown"]
+    assert "selection" not in res  # no selection variants: no controls figure
+    res = write_study(tmp_path / "old", tmp_path / "out2", StudyConfig(), references=lambda runs, root: {})
+    assert "No verdict" in res["markdown"]
+
+
+def _sweep_run(root, point, mu, fq=0.01):
+    from npo_lib.run.sweep import point_name
+
+    d = root / point_name(point)
+    (d / "eval").mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"forget_coeff": 1.0, "num_epochs": 5, **point}))
+    agg = {"forget_quality": fq, "model_utility": mu, "forget_fact_recall": 0.2, "retain_fact_recall": 0.9}
+    (d / "eval" / "metrics.json").write_text(json.dumps({"aggregates": agg}))
+
+
+def test_extend_writes_the_next_points_as_sweep_files_that_reuse_run_folders(tmp_path):
+    from npo_lib.config import StudyConfig
+    from npo_lib.run.study_plan import extend_sweep
+    from npo_lib.run.sweep import SweepSpec, grid_points, point_name, read_spec
+
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "s", "runs_dir": str(tmp_path / "runs"), "setup": [], "grid": {
+        "forget_loss": ["NPO+GD"], "lr": [1e-4, 2e-4], "num_epochs": [5], "seed": [0]}}))
+    root = tmp_path / "runs" / "s"
+    _sweep_run(root, {"forget_loss": "NPO+GD", "lr": 1e-4, "num_epochs": 5, "seed": 0}, 0.80)
+    _sweep_run(root, {"forget_loss": "NPO+GD", "lr": 2e-4, "num_epochs": 5, "seed": 0}, 0.78)
+    _sweep_run(root, {"forget_loss": "GA+GD", "lr": 2e-4, "num_epochs": 5, "seed": 0}, 0.50)  # not this sweep's
+    _sweep_run(root, {"forget_loss": "NPO+GD", "lr": 8e-4, "num_epochs": 5, "seed": 0, "selection.method": "random"}, 0.5)  # nor this
+    study = StudyConfig(seeds=[0, 1, 2])
+    res = extend_sweep(spec_file, tmp_path / "next", study, references=lambda runs, root: REFS)
+    assert res["floor"] == pytest.approx(0.76)
+    got = {tuple(p["setting"].items()): p["seeds"] for p in res["proposals"]}
+    assert got == {  # floor not crossed: scout from the strongest setting (lr 2e-4) along each axis
+        (("lr", 4e-4), ("num_epochs", 5), ("forget_coeff", 1.0)): [0],
+        (("lr", 2e-4), ("num_epochs", 10), ("forget_coeff", 1.0)): [0],
+        (("lr", 2e-4), ("num_epochs", 5), ("forget_coeff", 2.0)): [0],
+    }
+    assert [p.name for p in sorted((tmp_path / "next").iterdir())] == ["s-next-01.yaml", "s-next-02.yaml", "s-next-03.yaml"]
+    spec = read_spec(tmp_path / "next" / "s-next-03.yaml", SweepSpec)
+    assert spec.name == "s" and spec.grid == {"forget_loss": ["NPO+GD"], "lr": [2e-4], "num_epochs": [5], "seed": [0], "forget_coeff": [2.0]}
+    # round two: lr 4e-4 crosses the floor; the settings around it get every seed in folders
+    # named as the grid's own points, the wide gap is split (geometric mean of the lrs)
+    _sweep_run(root, {"forget_loss": "NPO+GD", "lr": 4e-4, "num_epochs": 5, "seed": 0}, 0.70)
+    res = extend_sweep(spec_file, tmp_path / "next", study, references=lambda runs, root: REFS)
+    runs = {r for p in res["proposals"] for r in p["runs"]}
+    base = read_spec(spec_file, SweepSpec)
+    assert {point_name({**pt, "seed": 1}) for pt in grid_points(base.grid) if pt["lr"] == 2e-4} <= runs
+    assert "forget_loss-NPO+GD_lr-0.000282843_num_epochs-5_seed-0" in runs
+    assert res["files"][0].endswith("s-next-04.yaml")  # numbering continues, nothing overwritten
+
+
+def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_path):
+    from npo_lib.run.study_plan import StudyPlan, plan_study, plan_sweeps
+    from npo_lib.run.sweep import SweepSpec, grid_points, read_spec
+
+    plan = read_spec("params/study_fair.yaml", StudyPlan)
+    files = plan_study("params/study_fair.yaml", tmp_path)  # checks every point's config
+    sweeps = plan_sweeps(plan)
+    assert len(files) == len(sweeps) == 2 * 5 + 4  # two benchmarks x 5 blocks, the other scorers on the default one
+    contrast = sweeps["study_fair-default-scorer_contrast"]
+    assert contrast["name"] == "study_fair-default-scorer_contrast" and contrast["config"]["influence"] == {"scorer": "contrast"}
+    assert sweeps["study_fair-b60-influence_controls"]["name"] == "study_fair-b60"  # shares the benchmark's folder
+    methods, points = set(), 0
+    for f in files:
+        spec = read_spec(f, SweepSpec)
+        for pt in grid_points(spec.grid):
+            points += 1
+            methods.add((pt["forget_loss"], pt.get("selection.method"), pt.get("selection.p")))
+    assert {m[0] for m in methods} >= {"NPO+GD", "SimNPO+GD", "TNPO+GD", "GA+GD", "IDK3+GD", "WGA+GD", "SatImp+GD",
+                                      "UNDIAL+GD", "INFLUENCE+GD"}
+    assert {m[1] for m in methods} >= {"random", "oracle", "inverse", "top_k"}
+    assert {m[2] for m in methods} >= {5, 20, 50, 100}
+    b60 = plan_sweeps(plan)["study_fair-b60-baselines"]["config"]
+    assert b60["benchmark"] == {"n_authors": 60, "seed": 1} and b60["eval"]["robustness"] == ["relearn", "quant4"]
+    with pytest.raises(ValueError, match="exists"):
+        plan_study("params/study_fair.yaml", tmp_path)
+
+
+@pytest.mark.slow
+def test_study_notebook_renders_a_finished_sweep(tmp_path):
+    """The notebook, headless under papermill, renders study.md and both figures."""
+    import nbformat
+
+    from npo_lib.run.steps import NOTEBOOKS_DIR, Step, run_steps
+
+    _fair_sweep(tmp_path / "sweep")
+    (tmp_path / "refs.json").write_text(json.dumps(REFS))
+    step = Step("study", NOTEBOOKS_DIR / "study.ipynb",
+                {"config_files": [], "sweep_dirs": [str(tmp_path / "sweep")], "study_out": str(tmp_path / "out"),
+                 "references_json": str(tmp_path / "refs.json")}, tmp_path / "nb" / "study.ipynb")
+    (res,) = run_steps([step], stream=False)
+    assert res.status == "done", res.error
+    assert (tmp_path / "out" / "study_selection.png").is_file() and "Verdict" in (tmp_path / "out" / "study.md").read_text()
+    executed = nbformat.read(step.output, as_version=4)
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in executed.cells if c.cell_type == "code" for o in c.outputs)

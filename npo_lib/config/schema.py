@@ -132,7 +132,9 @@ class BenchmarkConfig:
 class SelectionConfig:
     """Which target tokens INFLUENCE unlearns, from their influence scores."""
 
-    method: str = opt("top_p", "top_k (per example), top_p (global % of tokens), threshold, zscore")
+    method: str = opt("top_p", "top_k (per example), top_p (global % of tokens), threshold, zscore; controls: random, oracle (fact_spans), inverse (lowest scores)")
+    budget: str = opt("top_p", "random / oracle / inverse: select as many tokens as top_p (global p %) or top_k (k per example) would")
+    seed: int | None = opt(None, "random / oracle: seed of the random draw; None = the run's seed")
     k: int = opt(5, "top_k: tokens per example")
     p: float = opt(10.0, "top_p: percent of all target tokens of the split, highest scores first")
     threshold: float = opt(0.0, "threshold: select tokens scoring above it")
@@ -214,10 +216,28 @@ class StudyConfig:
 
     group_by: list[str] = opt(["forget_loss", "lr", "num_epochs"], "config keys of a setting; the seed varies inside a group")
     mu_fraction: float = opt(0.95, "utility floor as a fraction of the target's model utility")
+    strict_fraction: float = opt(0.98, "the second, stricter utility level, as a fraction of the target's")
+    method_keys: list[str] = opt(
+        ["forget_loss", "selection.method", "selection.budget", "selection.p", "selection.k", "selection.seed",
+         "influence.scorer", "influence.preconditioner"],
+        "config keys that name a method (selection.* / influence.* only for objectives reading token weights; keys at their default are left out)")
+    strength_keys: list[str] = opt(["lr", "num_epochs", "forget_coeff"], "config keys a method's frontier is swept over (its strength)")
+    benchmark_keys: list[str] = opt(["benchmark.n_authors", "benchmark.seed"], "config keys that tell benchmarks apart")
+    claim: str = opt("INFLUENCE+GD", "the method the verdict is about")
+    rivals: list[str] = opt(["NPO+GD", "TNPO+GD", "WGA+GD", "SatImp+GD"], "the methods it must beat at matched utility")
+    attacks: list[str] = opt(["relearn", "quant4"], "robustness columns: forget fact recall after these attacks (eval.robustness) at the matched setting")
+    seeds: list[int] = opt([0, 1, 2], "--extend: every seed for points near the floor (the first seed alone scouts)")
+    near: float = opt(0.01, "--extend: points within this model utility of the floor get every seed")
+    limits: list[float] = opt([3.2e-3, 40, 8.0], "--extend: largest value of each strength key, in strength_keys' order")
+    factor: float = opt(2.0, "--extend: each step multiplies a strength key by this")
 
     def __post_init__(self) -> None:
         _need(bool(self.group_by), "study.group_by must name at least one config key, e.g. [forget_loss]")
         _need(0 < self.mu_fraction <= 1, f"study.mu_fraction must be in (0, 1], got {self.mu_fraction}")
+        _need(0 < self.strict_fraction <= 1, f"study.strict_fraction must be in (0, 1], got {self.strict_fraction}")
+        _need(len(self.limits) == len(self.strength_keys), f"study.limits needs one value per strength key ({', '.join(self.strength_keys)})")
+        _need(bool(self.seeds) and self.near >= 0 and self.factor > 1,
+              f"study: need seeds, near >= 0, factor > 1; got seeds={self.seeds}, near={self.near}, factor={self.factor}")
 
 
 SWEEP_EXECUTORS = ("thread", "local", "slurm")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from torch import Tensor
 from npo_lib.config import Config
 from npo_lib.data.views import IGNORE_INDEX, view_text
 from npo_lib.errors import ConfigError
-from npo_lib.influence.selection import token_weights, word_ids
+from npo_lib.influence.ground_truth import fact_token_matrix
+from npo_lib.influence.selection import needs_facts, token_weights, word_ids
+from npo_lib.models.families import get_family
 from npo_lib.utils.io import atomic_file, atomic_write_json, write_jsonl
 
 SCORES_FILE, TOKENS_FILE, META_FILE = "scores.safetensors", "tokens.jsonl", "meta.json"
@@ -84,7 +87,9 @@ def read_influence_files(folder: str | Path) -> tuple[Tensor, Tensor, list[dict]
 def load_token_weights(cfg: Config, folder: str | Path, dataset: Any, view: str) -> Tensor:
     """INFLUENCE weights ``(N, T_max)`` aligned with each example's unshifted ``view`` labels.
 
-    Selection follows ``cfg.selection``; weights are ``cfg.w_selected`` / ``cfg.w_other``.
+    Selection follows ``cfg.selection`` (a control without ``selection.seed`` draws with the
+    run's ``seed``; ``oracle`` reads the records' ``fact_spans``); weights are ``cfg.w_selected`` /
+    ``cfg.w_other``.
     """
     scores, lengths, tokens, _ = read_influence_files(folder)
     n = len(dataset)
@@ -102,7 +107,12 @@ def load_token_weights(cfg: Config, folder: str | Path, dataset: Any, view: str)
                 "max_length? Run `npo influence` again with the same settings"
             )
     words = [word_ids(t["offsets"], t["target"]) for t in tokens]
-    _, weights = token_weights(scores, lengths, cfg.selection, w_selected=cfg.w_selected, w_other=cfg.w_other, words=words)
+    selection = cfg.selection if cfg.selection.seed is not None else replace(cfg.selection, seed=cfg.seed)
+    facts = None
+    if needs_facts(selection):
+        tags = get_family(cfg.model_family).tags
+        facts = fact_token_matrix([dataset.forget[i] for i in range(n)], [t["offsets"] for t in tokens], view, tags, scores.shape[1])
+    _, weights = token_weights(scores, lengths, selection, w_selected=cfg.w_selected, w_other=cfg.w_other, words=words, facts=facts)
     t_max = max(len(dataset[i][view]["input_ids"]) for i in range(n))
     out = torch.zeros(n, t_max)  # (N, T_max), unshifted label frame
     for i in range(n):

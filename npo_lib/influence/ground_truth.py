@@ -13,11 +13,11 @@ import torch
 from torch import Tensor
 
 from npo_lib.data.views import get_view
+from npo_lib.errors import ConfigError
 from npo_lib.utils.stats import auc
 
 if TYPE_CHECKING:
     from npo_lib.models.families import ChatTags
-
 
 
 def fact_char_spans(record: Mapping[str, Any], view: str, tags: ChatTags) -> list[tuple[int, int]]:
@@ -44,6 +44,27 @@ def fact_token_mask(record: Mapping[str, Any], offsets: Sequence[Sequence[int]],
     """Per target token (its character ``offsets`` in the target): does it overlap the fact?"""
     spans = fact_char_spans(record, view, tags)
     return [any(a < e and s < b for s, e in spans) for a, b in offsets]
+
+
+def fact_token_matrix(
+    records: Sequence[Mapping[str, Any]], offsets: Sequence[Sequence[Sequence[int]]], view: str, tags: ChatTags, width: int
+) -> Tensor:
+    """(N, width) bool: :func:`fact_token_mask` of every record, padded with False.
+
+    The ``oracle`` selection reads it; records without ``fact_spans`` (no public benchmark has
+    them) fail in one line instead of selecting nothing.
+    """
+    missing = [i for i, r in enumerate(records) if not r.get("fact_spans")]
+    if missing:
+        raise ConfigError(
+            f"selection.method=oracle needs fact_spans, which forget record {missing[0]} lacks "
+            "(only the embedded benchmark marks its fact tokens)"
+        )
+    out = torch.zeros(len(records), width, dtype=torch.bool)
+    for i, (rec, offs) in enumerate(zip(records, offsets, strict=True)):
+        row = fact_token_mask(rec, offs, view, tags)[:width]
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.bool)
+    return out
 
 
 def auroc(scores: Sequence[float] | Tensor, labels: Sequence[bool] | Tensor) -> float:

@@ -19,7 +19,7 @@ from npo_lib.eval.robustness import ATTACKS
 from npo_lib.influence.modules import MODULE_SETS
 from npo_lib.influence.preconditioners import PRECONDITIONERS
 from npo_lib.influence.scorers import Scorer, get_scorer
-from npo_lib.influence.selection import get_selection
+from npo_lib.influence.selection import check_selection
 from npo_lib.models.families import get_family
 from npo_lib.objectives.registry import LossSpec, parse_loss
 from npo_lib.run.training import rmu_trainable_blocks
@@ -29,7 +29,7 @@ def check_config(cfg: Config) -> LossSpec:
     """Fail (ConfigError, one line) on a name no registry knows; returns the parsed objective."""
     get_family(cfg.model_family)
     spec = parse_loss(cfg.forget_loss)
-    get_selection(cfg.selection.method)
+    check_selection(cfg.selection)
     check_benchmark_config(cfg.benchmark)
     check_influence_settings(cfg)
     negative = [i for i in cfg.rmu_trainable_layers if i < 0]
