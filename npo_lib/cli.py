@@ -6,7 +6,7 @@
     npo eval      [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute] [--retain-model-path DIR]
     npo influence [params.yaml ...] [key=value ...] [--auroc-table]
     npo losses                                (the objective registry, each term's equation)
-    npo report    RUN_DIR ... [--csv PATH]
+    npo report    RUN_DIR ... [--csv PATH] [--html FILE]
     npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
     npo sweep     SWEEP.yaml [--parallel N] [--executor thread|local|slurm]
     npo launch    --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
@@ -140,6 +140,10 @@ def cmd_report(opts: argparse.Namespace) -> int:
     table, out = report(opts.run_dirs, opts.csv)
     print(table)
     print(f"\nCSV: {out}")
+    if opts.html:
+        from npo_lib.run.dashboard import write_dashboard_html
+
+        print(f"HTML: {write_dashboard_html(opts.run_dirs, opts.html).resolve()}")
     return 0
 
 
@@ -152,6 +156,8 @@ def cmd_run(opts: argparse.Namespace) -> int:
         print("\n" + res["report"])
     if res.get("heatmaps"):
         print(f"\nheatmaps: {res['heatmaps']}")
+    if res.get("dashboard"):
+        print(f"dashboard: {res['dashboard']}")
     for s in (s for s in res["steps"] if s["status"] == "failed"):
         print(f"\nstep '{s['name']}' failed; executed notebook: {s['output']}\n{s['error']}", file=sys.stderr)
     print(f"pipeline {res['name']}: {'ok' if res['ok'] else 'FAILED'} in {res['seconds']:.1f} s")
@@ -207,7 +213,7 @@ def cmd_study(opts: argparse.Namespace) -> int:
         raise UserError("give SWEEP_DIR (or --plan PLAN.yaml / --extend SWEEP.yaml)")
     res = write_study([opts.sweep_dir, *opts.sweep], opts.out, cfg.study)
     print(res["markdown"])
-    print(f"\nwrote {res['md']}, {res['csv']}, {res['plot']}")
+    print(f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies'))}")
     return 0
 
 
@@ -249,6 +255,7 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")
     rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")
+    rep.add_argument("--html", metavar="FILE", help="also the run dashboard as one static HTML file (table, FQ-MU plot, loss curves, heatmaps)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -110,7 +110,7 @@ def test_forget_and_evaluation_notebooks_run_headless_and_skip_when_unchanged(mi
     assert metrics["identity"]["model_path"] == str(run / "model")
     executed = nbformat.read(ev.output, as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
-    assert any(o.get("output_type") == "display_data" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert any(o.get("output_type") in ("display_data", "execute_result") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     # unchanged inputs: both skipped; a changed parameter re-runs the step and its dependants
     assert [r.status for r in run_steps([forget, ev], stream=False)] == ["skipped", "skipped"]
     ev.params["eval_recompute"] = True

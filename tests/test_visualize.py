@@ -170,7 +170,7 @@ def test_explorer_builds_the_widgets_and_follows_them():
     ex = explorer.TokenExplorer([a, b], threshold=0.1)
     assert isinstance(ex.widget, W.VBox)
     kinds = [type(c) for c in ex.widget.children]
-    assert kinds == [W.Dropdown, W.ToggleButtons, W.FloatSlider, W.HTML]
+    assert kinds == [W.Dropdown, W.ToggleButtons, W.ToggleButtons, W.FloatSlider, W.Checkbox, W.HTML]
     assert ex.example.options == (("#7: Who won <it>?", 0), ("#8: Second question", 1))
     assert ex.score.options == (("influence score", "influence"), ("selection weight", "weight"))
     assert ex.threshold.max == 2.0 and ex.threshold.value == 0.1
@@ -181,8 +181,76 @@ def test_explorer_builds_the_widgets_and_follows_them():
     ex.score.value = "weight"
     assert ex.threshold.max == 1.0 and "selection weight" in ex.html.value
     ex.threshold.value = 0.6
-    assert 'style="background' not in ex.html.value.split('class="tnpo-example"')[1]  # 0.5 < 0.6
+    assert 'style="--bg' not in ex.html.value.split('class="tnpo-example"')[1]  # 0.5 < 0.6
+    ex.threshold.value = 0.0
+    assert "trained on 8 of 8 tokens" in ex.html.value  # the selection row counts the tokens trained on
+    # the scale toggle: the rank view colours the example's top token at the colormap's end
+    ex.score.value, ex.scale.value = "influence", "rank"
+    assert "tnpo-scale-rank" in ex.html.value and f"--bg-rank:{render.palette()[-1]}" in ex.html.value
+    ex.compact.value = True  # every example, one line each
+    assert ex.html.value.count('class="tnpo-example"') == 2 and "tnpo-compact" in ex.html.value
     assert "application/vnd.jupyter.widget-view+json" in ex._repr_mimebundle_()
+
+
+def _heavy_tailed_tables(n: int = 40, seed: int = 0) -> list[T.TokenTable]:
+    """Examples whose scores span a decade of scale (Student-t tails), and a few ±7e5 outlier
+    tokens (special tokens in the demo's influence scores) in three of them."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        m = int(rng.integers(12, 40))
+        target = " ".join(f"w{j}" for j in range(m))
+        offsets = [(3 * j, 3 * j + 2) if j < 10 else (30 + 4 * (j - 10), 33 + 4 * (j - 10)) for j in range(m)]
+        toks = [target[s:e] for s, e in offsets]
+        values = rng.standard_t(3, size=m) * 10 ** rng.uniform(2, 3)
+        if i in (3, 17, 29):
+            values[-1] = 7.17e5 * (-1) ** i
+        out.append(T.TokenTable(i, f"q{i}", target, toks, offsets, [False] * m, {"influence": values}))
+    return out
+
+
+def _whiteness(hexcol: str) -> float:
+    """How far a colour is from white: the largest channel distance (0 = white, 1 = black/pure)."""
+    return float(1.0 - min(matplotlib.colors.to_rgb(hexcol)))
+
+
+def test_default_scale_clips_outliers_so_every_examples_top_token_shows():
+    tables = _heavy_tailed_tables()
+    c = render.score_range(tables, "influence")
+    assert c < 1e4 < render.score_range(tables, "influence", percentile=100)  # the outliers no longer set it
+    for scale in render.SCALES:  # every scale: the top |score| token of every example is coloured
+        for t in tables:
+            x = render.positions(t, "influence", scale, c)
+            top = int(np.argmax(np.abs(t.scores["influence"])))
+            assert _whiteness(render.position_colour(x[top])) > 0.15, (scale, t.index)
+    # a linear map at the max |value| would leave most examples' top tokens white
+    pale = [t for t in tables if _whiteness(render.colour(np.abs(t.scores["influence"]).max(), 7.17e5)) < 0.1]
+    assert len(pale) > 30
+    # rank view: sign(s) · rank(|s|) / n; per-example view: the example's own percentile
+    t = T.TokenTable(0, "q", "a b c d", ["a", "b", "c", "d"], [(0, 1), (2, 3), (4, 5), (6, 7)], [False] * 4,
+                     {"influence": [0.0, -3.0, 1.0, 2.0]})
+    np.testing.assert_allclose(render.positions(t, "influence", "rank", 1.0), [0.0, -1.0, 1 / 3, 2 / 3])
+    np.testing.assert_allclose(render.positions(t, "influence", "example", 1e9, 100.0, 1.0), [0.0, -1.0, 1 / 3, 2 / 3])
+    # x = sign(s) · min(|s| / c, 1)^γ: γ = 0.5 lifts a tenth of c to 0.32, keeps 0 at 0 and clips
+    np.testing.assert_allclose(render.positions(t, "influence", "clip", 2.0), [0.0, -1.0, 0.5 ** 0.5, 1.0])
+    with pytest.raises(KeyError, match="valid: clip, example, rank"):
+        render.positions(t, "influence", "log", 1.0)
+
+
+def test_page_toggles_scales_and_compact_mode_and_shows_the_trained_tokens(tmp_path):
+    t = _table()
+    t.add("weight", [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.25, 0.0])
+    page = render.write_heatmap_page([t], tmp_path / "p.html", ["influence", "weight"]).read_text()
+    for s in render.SCALES:
+        assert f'id="tnpo-scale-{s}"' in page and f"#tnpo-scale-{s}:checked ~ .tnpo-main .tnpo-tok" in page
+    assert 'id="tnpo-compact"' in page and "#tnpo-compact:checked ~ .tnpo-main .tnpo-row.tnpo-first" in page
+    assert "<script" not in page  # CSS-only toggles
+    weight_row = page.split('data-score="weight"')[1]
+    assert "trained on 3 of 8 tokens" in weight_row
+    spans = re.findall(r'data-value="([^"]*)" title="[^"]*"( style="[^"]*")?', weight_row)
+    assert [float(v) for v, style in spans if style] == [1.0, 1.0, 0.25]  # exactly the tokens trained on
+    assert f"--bg-clip:{render.palette()[-1]}" in weight_row  # weight 1 = the colormap's end, under any scale
+    assert f"--bg-rank:{render.palette()[-1]}" in weight_row
 
 
 def test_figures_from_logs_metrics_and_tables(tmp_path):
@@ -238,7 +306,7 @@ def test_static_page_renders_in_headless_chromium(world, influence_dir, tmp_path
     url = page.resolve().as_uri()
     # 1. the DOM Chromium builds holds one coloured span per token over the threshold
     dom = _headless(binary, url, "--dump-dom", profile=tmp_path / "profile-dom").stdout
-    coloured = re.findall(r'<span class="tnpo-tok[^"]*" data-value="[^"]*" title="[^"]*" style="background-color:#[0-9a-f]{6}', dom)
+    coloured = re.findall(r'<span class="tnpo-tok[^"]*" data-value="[^"]*" title="[^"]*" style="--bg-clip:#[0-9a-f]{6}', dom)
     expected = sum(int(np.sum(np.abs(t.scores["influence"]) >= 0.05)) for t in tables)
     assert len(coloured) == expected > 0
     assert dom.count('class="tnpo-tok tnpo-fact"') == sum(sum(t.fact) for t in tables) > 0
@@ -249,9 +317,136 @@ def test_static_page_renders_in_headless_chromium(world, influence_dir, tmp_path
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "heatmaps.png")
     shutil.copy(page, ARTIFACTS / "heatmaps.html")
+    import matplotlib.image
+
     rgb = matplotlib.image.imread(shot)[..., :3]
-    red_hex, blue_hex = render.colour(1.0, 1.0), render.colour(-0.6, 1.0)
+    red_hex, blue_hex = render.position_colour(1.0), render.position_colour(-(0.6 ** render.DEFAULT_GAMMA))  # c = 1
     for hexcol in (red_hex, blue_hex):
         want = np.array(matplotlib.colors.to_rgb(hexcol))
         close = np.abs(rgb - want).max(-1) < 0.04
         assert close.sum() > 200, f"few pixels of {hexcol} in the screenshot ({close.sum()})"
+
+
+# ----------------------------------------------------------------------------- dashboard, progress, errors
+
+
+def _fake_runs(root: Path) -> Path:
+    """A pipeline-like runs folder: target and retain evaluations, two evaluated forget runs (one
+    with a training log), and a folder that is not a run."""
+    def metrics(name: str, role: str, fq: float | None, mu: float) -> Path:
+        d = root / name / "eval"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"aggregates": {"forget_quality": fq, "model_utility": mu, "forget_fact_recall": mu / 2},
+                                                    "identity": {"role": role}}))
+        return d.parent
+
+    metrics("target", "target", 1e-4, 0.8)
+    metrics("retain", "retain", 1.0, 0.7)
+    npo = metrics("npo_gd", "run", 2e-4, 0.75)
+    metrics("influence_gd", "run", None, 0.78)
+    (npo / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "forget/NPO": 2.0 / s}) + "\n" for s in (1, 2, 3)))
+    (root / "notebooks").mkdir()
+    return root
+
+
+def test_dashboard_html_sorts_picks_runs_and_embeds_figures(tmp_path):
+    from npo_lib.errors import ReportError
+    from npo_lib.run import dashboard as D
+
+    root = _fake_runs(tmp_path / "runs" / "demo")
+    views = D.run_views(root)
+    assert [v.name for v in views][:2] == ["target", "retain"] and len(views) == 4
+    by_mu = D.sort_views(views, "model_utility", descending=True)
+    assert [v.row["model_utility"] for v in by_mu] == [0.8, 0.78, 0.75, 0.7]
+    assert D.sort_views(views, "forget_quality")[-1].name == "influence_gd"  # no value: last
+    page = D.write_dashboard_html(root, tmp_path / "dash.html").read_text()
+    assert page.count("<tr data-run=") == 4 and page.count("<section data-run=") == 4
+    assert page.count("data:image/png;base64,") == 2  # the FQ-MU scatter and npo_gd's loss terms
+    assert '<option value="npo_gd" selected>' in page  # the run with a training log is shown first
+    assert "no influence files" in page and "<script>" in page
+    with pytest.raises(ReportError, match="no evaluated runs in"):
+        D.find_runs(root / "notebooks")
+    # npo report --html writes the same file
+    from npo_lib.cli import main
+
+    assert main(["report", *(str(root / n) for n in ("target", "npo_gd")), "--csv", str(tmp_path / "r.csv"),
+                 "--html", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").read_text().count("<tr data-run=") == 2
+
+
+def test_dashboard_widgets_follow_the_sort_and_the_run(tmp_path, world, influence_dir):
+    import ipywidgets as W
+
+    from npo_lib.config import load_config, save_config
+    from npo_lib.run.dashboard import RunDashboard
+
+    root = _fake_runs(tmp_path / "runs")
+    tok, _, _ = world
+    cfg = load_config(overrides={"model_path": tok.name_or_path, "data_path": str(Path(tok.name_or_path).parent / "data"),
+                                 "influence_dir": str(influence_dir), "forget_loss": "INFLUENCE+GD"})
+    save_config(cfg, root / "influence_gd" / "config.yaml")
+    dash = RunDashboard(root)
+    assert dash.run.value == "npo_gd" and dash.loss.value[:4] == b"\x89PNG" and dash.scatter.value[:4] == b"\x89PNG"
+    assert "no influence files" in dash.tokens.children[0].value
+    dash.sort_by.value, dash.descending.value = "model_utility", True
+    assert dash.table.value.index(">target<") < dash.table.value.index("influence_gd") < dash.table.value.index("npo_gd")
+    dash.run.value = "influence_gd"  # its token explorer, from its config's influence files
+    assert dash.loss.layout.display == "none" and "no training log" in dash.loss_note.value
+    assert isinstance(dash.tokens.children[1], W.VBox) and "tnpo-tok" in dash.explorer.html.value
+
+
+def test_line_progress_prints_a_few_whole_lines(capsys):
+    import time as _time
+
+    from npo_lib.utils import progress as P
+
+    bar = P.LineProgress(total=400, desc="influence", delay=0, mininterval=0)
+    for _ in range(400):
+        bar.update(1)
+    bar.close()
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    lines = out.splitlines()
+    assert 4 <= len(lines) <= 6 and lines[0].startswith("influence:") and "400/400" in lines[-1]
+    for _ in P.LineProgress(range(50), desc="quick"):  # under `delay` seconds: nothing at all
+        pass
+    assert capsys.readouterr().out == ""
+    t0 = _time.perf_counter()
+    assert P.use_progress("lines") == "lines"
+    try:
+        from npo_lib.objectives import reference
+
+        assert reference.tqdm is P.LineProgress  # the library's already imported bars follow
+        import tqdm.auto
+
+        assert tqdm.auto.tqdm is P.LineProgress
+    finally:
+        P.use_progress("bar")
+    assert tqdm.auto.tqdm is not P.LineProgress and _time.perf_counter() - t0 < 30
+    with pytest.raises(ValueError, match="valid: auto, bar, lines, off"):
+        P.progress_mode("fancy")
+
+
+def test_a_user_error_in_a_kernel_is_one_line_a_bug_keeps_its_traceback():
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from npo_lib.run.notebook import brief_user_errors
+
+    shell = InteractiveShell.instance()
+    try:
+        assert brief_user_errors()
+        with capture_output() as cap:
+            res = shell.run_cell("from npo_lib.run.notebook import config_from_namespace\n"
+                                 "config_from_namespace({'lr': -1.0, 'num_epoch': 2})")
+        assert res.error_in_exec is not None and type(res.error_in_exec).__name__ == "ConfigError"
+        shown = [re.sub(r"\x1b\[[0-9;]*m", "", ln) for ln in cap.stdout.splitlines() if ln.strip()]
+        assert len(shown) <= 2 and any(ln.startswith("ConfigError: notebook parameters:") and "num_epoch" in ln for ln in shown), shown
+        assert not any("Traceback" in ln or "site-packages" in ln or "npo_lib/" in ln for ln in shown), shown
+        with capture_output() as cap:
+            shell.run_cell("def f():\n    return 1 / 0\nf()")
+        bug = re.sub(r"\x1b\[[0-9;]*m", "", cap.stdout)
+        assert "ZeroDivisionError" in bug and "return 1 / 0" in bug  # a bug shows where it happened
+    finally:
+        shell.set_custom_exc((), None)
+        InteractiveShell.clear_instance()

@@ -240,6 +240,21 @@ class StudyConfig:
               f"study: need seeds, near >= 0, factor > 1; got seeds={self.seeds}, near={self.near}, factor={self.factor}")
 
 
+@dataclass
+class VizConfig:
+    """How the token heatmaps colour scores (the static page, the explorer, the dashboard)."""
+
+    clip_percentile: float = opt(99.0, "colour range c: this percentile of the non-zero |score| over all examples; beyond ±c saturates (raw value on hover)")
+    gamma: float = opt(0.5, "colour position sign(s)·min(|s|/c, 1)^gamma: below 1 lifts small scores off white (0 stays white)")
+    scale: str = opt("clip", "first shown scale: clip (shared c), example (c per example), rank (signed rank inside the example)")
+    compact: bool = opt(False, "the explorer starts in the one-line-per-example mode")
+
+    def __post_init__(self) -> None:
+        _need(0 < self.clip_percentile <= 100, f"viz.clip_percentile must be in (0, 100], got {self.clip_percentile}")
+        _need(0 < self.gamma <= 1, f"viz.gamma must be in (0, 1], got {self.gamma}")
+        _need(self.scale in ("clip", "example", "rank"), f"viz.scale must be clip, example or rank, got {self.scale!r}")
+
+
 SWEEP_EXECUTORS = ("thread", "local", "slurm")
 
 
@@ -327,6 +342,7 @@ class Config:
     # --- evaluation and comparison ---
     eval: EvalConfig = group(EvalConfig, "how `npo eval` runs")
     study: StudyConfig = group(StudyConfig, "how `npo study` compares methods")
+    viz: VizConfig = group(VizConfig, "how the token heatmaps colour scores")
     finetune: FinetuneConfig = group(FinetuneConfig, "how `npo finetune` makes a target or retain model")
     # --- files ---
     save_dir: str | None = opt(None, "run folder; None = runs/<derived name>")

@@ -10,13 +10,15 @@ them over the params files and fails, naming the variable, for one that is not a
 from __future__ import annotations
 
 import inspect
+import os
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from npo_lib.config import Config, load_config
-from npo_lib.errors import ConfigError
+from npo_lib.errors import ConfigError, UserError
 from npo_lib.run.checks import check_config
+from npo_lib.utils.progress import use_progress
 
 # Names IPython itself puts into a kernel's namespace.
 _KERNEL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
@@ -46,7 +48,13 @@ def config_from_namespace(
 
     A variable that is neither declared by the notebook nor a config key is a typo in the
     params file or ``-p``: it fails with the closest valid keys, before any model loads.
+
+    In a kernel it also sets up the notebook: user errors show as one line
+    (:func:`brief_user_errors`) and progress as a widget bar, or as plain lines under papermill
+    (:func:`npo_lib.utils.progress.use_progress`).
     """
+    brief_user_errors()
+    use_progress("auto")
     values = injected_parameters(ns, declared)
     try:
         cfg = load_config(files=list(config_files), overrides=values)
@@ -54,6 +62,48 @@ def config_from_namespace(
         return cfg
     except ConfigError as e:
         raise ConfigError(f"notebook parameters: {e} (the notebook's own parameters: {', '.join(declared) or 'none'})") from e
+
+
+def _one_line(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> list[str]:
+    shell.showtraceback((etype, value, tb), exception_only=True)  # "ConfigError: <message>"
+    return []
+
+
+def brief_user_errors() -> bool:
+    """In an IPython kernel, show a :class:`~npo_lib.errors.UserError` (a bad key, file or value)
+    as its one-line message instead of a traceback through the library; ``%tb`` still shows the
+    whole traceback. Bugs (any other exception) keep theirs. Returns whether a kernel was found.
+
+    Papermill reads the same error (name and message) and stops at that cell, as before.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    shell.set_custom_exc((UserError,), _one_line)
+    return True
+
+
+def trust_notebook(path: str | os.PathLike) -> bool:
+    """Sign an executed notebook in this user's Jupyter trust database (``jupyter trust``).
+
+    JupyterLab draws a saved widget view (the explorer, the dashboard) only in a trusted notebook;
+    untrusted, it shows the widget's text repr. The notebooks ``npo`` executes are its own output,
+    so it trusts them. Returns False where the database cannot be written (the notebook is
+    unchanged either way).
+    """
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    try:
+        NotebookNotary().sign(nbformat.read(path, as_version=4))
+    except (OSError, ValueError) as e:
+        print(f"could not trust {path}: {e}")
+        return False
+    return True
 
 
 def show_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], floatfmt: str = ".4g") -> Any:

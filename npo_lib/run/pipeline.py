@@ -1,5 +1,6 @@
 """``npo run PIPELINE.yaml``: prepare -> influence -> forget (each method) -> evaluation (target,
-retain, each method) -> token visualisation, every step an executed notebook, then the report."""
+retain, each method) -> token visualisation, every step an executed notebook, then the report and
+the static run dashboard (``dashboard.html``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from npo_lib.embedded.paths import embedded_paths
 from npo_lib.errors import ConfigError
 from npo_lib.objectives.registry import parse_loss
+from npo_lib.run.dashboard import write_dashboard_html
 from npo_lib.run.report import report
 from npo_lib.run.steps import (
     Step,
@@ -142,6 +144,8 @@ def run_pipeline(spec_file: str | os.PathLike, *, stream: bool = True) -> dict[s
         heatmaps = root / "heatmaps.html"
         if heatmaps.is_file():
             summary["heatmaps"] = str(heatmaps.resolve())
+        dashboard = write_dashboard_html([folders[k] for k in folders], root / "dashboard.html", title=f"{spec.name}: run dashboard")
+        summary["dashboard"] = str(dashboard.resolve())  # the report, FQ-MU plot, loss curves, heatmaps; one file
     summary["seconds"] = time.perf_counter() - t0
     atomic_write_json(root / "pipeline.json", summary)
     return summary

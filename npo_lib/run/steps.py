@@ -24,11 +24,12 @@ import yaml
 from npo_lib.config import Config, load_config, read_params_file
 from npo_lib.errors import ConfigError
 from npo_lib.run.checks import check_config
+from npo_lib.run.notebook import trust_notebook
 from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
 
 NOTEBOOKS_DIR = Path(str(importlib.resources.files("npo_lib"))) / "notebooks"  # package data: found after `pip install .` too
-NOTEBOOKS = ("prepare", "finetune", "influence", "forget", "evaluation", "token_visualization")
+NOTEBOOKS = ("prepare", "finetune", "influence", "forget", "evaluation", "token_visualization", "dashboard")
 DONE_SUFFIX, FAILED_SUFFIX, PARAMS_SUFFIX, LOG_SUFFIX = ".done.json", ".failed.json", ".params.yaml", ".log"
 
 
@@ -141,6 +142,7 @@ def execute(step: Step, *, stream: bool = True) -> StepResult:
         rc = proc.wait()
     seconds = time.perf_counter() - t0
     if rc == 0:
+        trust_notebook(step.output)  # JupyterLab then draws its saved widgets without a kernel
         atomic_write_json(step.done_file, {"key": step.key, "seconds": seconds, "params": step.params})
         return StepResult(step.name, "done", seconds, str(step.output))
     error = error_summary(b"".join(tail).decode(errors="replace")) or f"papermill exited with {rc}"

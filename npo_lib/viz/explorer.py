@@ -1,4 +1,5 @@
-"""The ipywidgets token explorer: pick an example, a score and a threshold; the heatmap follows."""
+"""The ipywidgets token explorer: pick an example, a score, a colour scale and a threshold; the
+heatmap follows."""
 
 from __future__ import annotations
 
@@ -6,27 +7,51 @@ from collections.abc import Sequence
 from typing import Any
 
 from npo_lib.utils.optional import require
-from npo_lib.viz.render import CSS, legend_html, render_example, score_range
+from npo_lib.viz.render import (
+    CSS,
+    DEFAULT_GAMMA,
+    DEFAULT_PERCENTILE,
+    SCALES,
+    check_scale,
+    compact_css,
+    legend_html,
+    render_example,
+    shared_range,
+)
 from npo_lib.viz.tables import TokenTable, score_label
 
 
 class TokenExplorer:
-    """ipywidgets explorer: pick an example, a score and a threshold; the heatmap follows.
+    """ipywidgets explorer of token tables.
 
-    ``widget`` is a VBox of ``example`` (Dropdown), ``score`` (ToggleButtons), ``threshold``
-    (FloatSlider, 0 to the score's range) and ``html`` (HTML: legend and heatmap).
+    ``widget`` is a VBox of ``example`` (Dropdown), ``score`` (ToggleButtons), ``scale``
+    (ToggleButtons: clipped at a percentile of |s| / per example / rank, :data:`render.SCALES`),
+    ``threshold`` (FloatSlider on the raw |value|, 0 to the score's clip c), ``compact`` (Checkbox:
+    every example on one line) and ``html`` (HTML: legend and heatmap).
     """
 
-    def __init__(self, tables: Sequence[TokenTable], scores: Sequence[str] | None = None, threshold: float = 0.0) -> None:
+    def __init__(
+        self,
+        tables: Sequence[TokenTable],
+        scores: Sequence[str] | None = None,
+        threshold: float = 0.0,
+        *,
+        scale: str = "clip",
+        percentile: float = DEFAULT_PERCENTILE,
+        gamma: float = DEFAULT_GAMMA,
+        compact: bool = False,
+    ) -> None:
         widgets = require("ipywidgets")
         if not tables:
             raise ValueError("no token tables to explore")
+        check_scale(scale)
         self.tables = list(tables)
+        self.percentile, self.gamma = percentile, gamma
         common = [s for s in self.tables[0].scores if all(s in t.scores for t in self.tables)]
         self.score_names = list(scores) if scores is not None else common
         if not self.score_names:
             raise ValueError("the tables share no score row: add one (tables_from_influence, add_score)")
-        self.vmax = {s: score_range(self.tables, s) for s in self.score_names}
+        self.vmax = {s: shared_range(self.tables, s, percentile) for s in self.score_names}
         first = self.vmax[self.score_names[0]]
         self.example = widgets.Dropdown(
             options=[(f"#{t.index}: {t.question[:70]}", i) for i, t in enumerate(self.tables)], value=0,
@@ -35,14 +60,19 @@ class TokenExplorer:
         self.score = widgets.ToggleButtons(
             options=[(score_label(s), s) for s in self.score_names], value=self.score_names[0], description="score"
         )
+        self.scale = widgets.ToggleButtons(
+            options=[(v.label, k) for k, v in SCALES.items()], value=scale, description="scale",
+            tooltips=[v.help for v in SCALES.values()],
+        )
         self.threshold = widgets.FloatSlider(
             value=min(threshold, first), min=0.0, max=first, step=first / 100, description="|value| ≥",
             readout_format=".3g", continuous_update=False,
         )
+        self.compact = widgets.Checkbox(value=compact, description="compact: one line per example", indent=False)
         self.html = widgets.HTML()
-        self.widget = widgets.VBox([self.example, self.score, self.threshold, self.html])
+        self.widget = widgets.VBox([self.example, self.score, self.scale, self.threshold, self.compact, self.html])
         self.score.observe(self._on_score, names="value")
-        for w in (self.example, self.threshold):
+        for w in (self.example, self.threshold, self.scale, self.compact):
             w.observe(lambda _change: self.render(), names="value")
         self.render()
 
@@ -54,9 +84,17 @@ class TokenExplorer:
 
     def render(self) -> str:
         """Redraw the HTML for the current choice; returns it."""
-        name, table = self.score.value, self.tables[self.example.value]
-        body = render_example(table, name, threshold=self.threshold.value, vmax=self.vmax[name])
-        self.html.value = f"<style>{CSS}</style>{legend_html(name, self.vmax[name])}{body}"
+        name, scale = self.score.value, self.scale.value
+        kw = {"threshold": self.threshold.value, "vmax": self.vmax[name], "scales": (scale,), "percentile": self.percentile,
+              "gamma": self.gamma}
+        if self.compact.value:
+            body = "".join(render_example(t, name, **kw) for t in self.tables)
+        else:
+            body = render_example(self.tables[self.example.value], name, **kw)
+        legend = legend_html(name, self.vmax[name], scale=scale, percentile=self.percentile)
+        mode = f"tnpo-scale-{scale}" + (" tnpo-compact" if self.compact.value else "")
+        style = f"<style>{CSS}\n{compact_css('.tnpo-compact')}</style>"
+        self.html.value = f'{style}<div class="tnpo-view {mode}">{legend}{body}</div>'
         return self.html.value
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:

@@ -30,18 +30,24 @@ class ScoreSpec:
 
     label: str
     help: str
+    selection: bool = False  # token weights of a loss (drawn as w / max w), not a signed score
 
 
 # Score rows the builders of this module make; other names work too (labelled by their name).
 SCORES: dict[str, ScoreSpec] = {
     "influence": ScoreSpec("influence score", "the scorer's per-token influence (influence folder)"),
-    "weight": ScoreSpec("selection weight", "the INFLUENCE loss's token weight after selection"),
+    "weight": ScoreSpec("selection weight", "the INFLUENCE loss's token weight after selection", selection=True),
     "delta_logp": ScoreSpec("Δ log p (unlearned − target)", "change of the token's log-prob"),
 }
 
 
 def score_label(name: str) -> str:
     return SCORES[name].label if name in SCORES else name
+
+
+def is_selection(name: str) -> bool:
+    """Whether the row ``name`` holds a loss's token weights (the tokens actually trained on)."""
+    return name in SCORES and SCORES[name].selection
 
 
 
