@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 
 
 
-def _figure(**kw: Any) -> Figure:
+def new_figure(**kw: Any) -> Figure:
+    """A matplotlib Figure not attached to pyplot (no global state, safe in threads and kernels)."""
     return require("matplotlib.figure").Figure(**kw)
 
 
-def _save(fig: Figure, path: str | Path | None) -> Figure:
+def save_figure(fig: Figure, path: str | Path | None) -> Figure:
+    """Write ``fig`` to ``path`` (PNG at 120 dpi, parent folders made) when a path is given."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -43,7 +45,7 @@ def plot_loss_terms(run_dir: str | Path, path: str | Path | None = None) -> Figu
     """Total loss and every logged term (``forget/…``, ``reg/…``) against the step."""
     rows = read_log(run_dir)
     terms = ["loss", *sorted({k for r in rows for k in r if "/" in k})]
-    fig = _figure(figsize=(6.5, 3.8))
+    fig = new_figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
     for name in terms:
         pts = [(r["step"], r[name]) for r in rows if isinstance(r.get(name), int | float)]
@@ -52,7 +54,7 @@ def plot_loss_terms(run_dir: str | Path, path: str | Path | None = None) -> Figu
     ax.set(xlabel="step", ylabel="loss term", title=f"loss terms: {Path(run_dir).name}")
     ax.axhline(0, color="#999", lw=0.6)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # Marker of each run role in the forget quality / model utility plane.
@@ -92,7 +94,7 @@ def plot_fq_mu(
     spreads); ``floor`` draws the utility floor. Points without both numbers are listed under
     the plot. The legend sits outside the axes, so it never hides a point.
     """
-    fig = _figure(figsize=(7.5, 4.8))
+    fig = new_figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
     groups = list(dict.fromkeys(p.group or "runs" for p in points if p.role not in ROLE_STYLE))
     colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
@@ -120,7 +122,7 @@ def plot_fq_mu(
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if missing:
         fig.text(0.01, -0.02, "no forget quality / utility: " + ", ".join(missing), fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_distributions(
@@ -130,7 +132,7 @@ def plot_score_distributions(
     values = np.concatenate([t.scores[score] for t in tables]) if tables else np.zeros(0)
     fact = np.concatenate([np.asarray(t.fact, dtype=bool) for t in tables]) if tables else np.zeros(0, bool)
     edges = np.histogram_bin_edges(values, bins=bins) if values.size else bins
-    fig = _figure(figsize=(6, 3.8))
+    fig = new_figure(figsize=(6, 3.8))
     ax = fig.subplots()
     for name, sel, col in (("fact tokens", fact, "tab:red"), ("other tokens", ~fact, "tab:blue")):
         if sel.any():
@@ -138,4 +140,4 @@ def plot_score_distributions(
             ax.hist(v, bins=edges, density=True, alpha=0.55, color=col, label=f"{name} (n={v.size}, mean {v.mean():.3g})")
     ax.set(xlabel=score_label(score), ylabel="density", title=f"{score_label(score)}: fact vs other tokens")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)

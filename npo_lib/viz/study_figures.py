@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from npo_lib.utils.optional import require
+from npo_lib.viz.figures import new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,17 +55,6 @@ class Panel:
 REFERENCE_STYLE = {"target": ("*", "black"), "retain": ("D", "tab:green")}
 
 
-def _figure(**kw: Any) -> Figure:
-    return require("matplotlib.figure").Figure(**kw)
-
-
-def _save(fig: Figure, path: str | Path | None) -> Figure:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    return fig
-
-
 def _err(iv: Interval) -> tuple[list[float], list[float]] | None:
     if iv.mean is None or iv.low is None or iv.high is None:
         return None
@@ -76,7 +66,7 @@ def plot_frontiers(panels: Sequence[Panel], *, ncols: int = 2, path: str | Path 
     utility levels (error bars: 95 % interval over seeds; hollow: a bound, the grid never
     crossed the level), the target and retain models, the levels (dotted)."""
     nrows = max(1, -(-len(panels) // ncols))
-    fig = _figure(figsize=(6.4 * ncols, 4.6 * nrows))
+    fig = new_figure(figsize=(6.4 * ncols, 4.6 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
     n_methods = max((len(p.curves) for p in panels), default=1)
     colors = require("matplotlib").colormaps["tab10" if n_methods <= 10 else "tab20"].colors
@@ -106,7 +96,7 @@ def plot_frontiers(panels: Sequence[Panel], *, ncols: int = 2, path: str | Path 
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_selection(groups: Mapping[str, Mapping[str, Interval]], *, xlabel: str, log_x: bool = True,
@@ -116,7 +106,7 @@ def plot_selection(groups: Mapping[str, Mapping[str, Interval]], *, xlabel: str,
     95 % interval; hollow markers are bounds, missing rows never kept the utility."""
     n = max(1, len(groups))
     rows = max((len(g) for g in groups.values()), default=1)
-    fig = _figure(figsize=(6.0 * n, 0.45 * rows + 1.6))
+    fig = new_figure(figsize=(6.0 * n, 0.45 * rows + 1.6))
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, (title, items) in zip(axes, groups.items()):
         labels = list(items)
@@ -135,4 +125,4 @@ def plot_selection(groups: Mapping[str, Mapping[str, Interval]], *, xlabel: str,
         ax.set(title=title, xlabel=xlabel)
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
