@@ -99,6 +99,23 @@ def test_loss_errors_before_any_model_loads(mini_world, tmp_path):
     assert str(tmp_path / "infl" / "scores.safetensors") in str(e.value) and "npo influence" in str(e.value)
 
 
+def test_oracle_selection_on_data_without_fact_spans_fails_before_any_model_loads(mini_world, tmp_path):
+    import other_benchmark
+
+    folder = other_benchmark.generate(tmp_path / "companies", n_companies=10, n_holdout=1)
+    cfg = _cfg({**mini_world, "data_path": str(folder)}, tmp_path / "run", "forget_loss=INFLUENCE+GD",
+               "selection.method=oracle", "task_id=null", f"influence_dir={tmp_path / 'infl'}")
+    with pytest.raises(ConfigError, match="selection.method=oracle needs fact_spans") as e:
+        check_forget_config(cfg)
+    assert str(folder) in str(e.value)
+    # the embedded benchmark marks its fact tokens: the same selection passes this check and
+    # stops only at the missing influence files
+    ok = _cfg(mini_world, tmp_path / "run2", "forget_loss=INFLUENCE+GD", "selection.method=oracle",
+              f"influence_dir={tmp_path / 'infl'}")
+    with pytest.raises(ConfigError, match="scores.safetensors"):
+        check_forget_config(ok)
+
+
 class _Interrupt(TrainerCallback):
     def __init__(self, at: int) -> None:
         self.at = at

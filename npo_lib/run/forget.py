@@ -22,6 +22,7 @@ from npo_lib.data.sources import load_eval_set, load_forget
 from npo_lib.embedded.paths import resolve_data_path, resolve_model_path
 from npo_lib.errors import ConfigError
 from npo_lib.eval.generation import greedy_fact_recall
+from npo_lib.influence.selection import needs_facts
 from npo_lib.models.families import get_family
 from npo_lib.models.loading import load_model, load_tokenizer
 from npo_lib.models.lora import apply_lora
@@ -46,6 +47,15 @@ def check_forget_config(cfg: Config) -> tuple[Path, LossSpec]:
     """Every check that needs no model: the config's names and values, INFLUENCE's inputs, the
     run folder's state. Returns the run folder and the parsed objective."""
     spec = check_config(cfg)
+    if "token_weights" in spec.needs and needs_facts(cfg.selection):
+        forget = load_forget(resolve_data_path(cfg), cfg.split, cfg.task_id)
+        missing = next((i for i, r in enumerate(forget) if not r.get("fact_spans")), None)
+        if missing is not None:
+            raise ConfigError(
+                f"selection.method=oracle needs fact_spans, which forget record {missing} of "
+                f"{resolve_data_path(cfg)} lacks (the embedded benchmark marks its fact tokens; "
+                "public benchmarks do not): choose another selection.method"
+            )
     if "token_weights" in spec.needs:
         scores = influence_files(cfg) / "scores.safetensors"
         if not scores.is_file():
