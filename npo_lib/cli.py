@@ -10,7 +10,7 @@
     npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
     npo sweep     SWEEP.yaml [--parallel N] [--executor thread|local|slurm]
     npo launch    --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
-    npo study     SWEEP_DIR [--sweep DIR] [--out docs] [key=value ...] | --plan PLAN.yaml | --extend SWEEP.yaml
+    npo study     SWEEP_DIR [--sweep DIR] [--out docs] [key=value ...] | --run PLAN.yaml [--blocks A,B] | --plan PLAN.yaml | --extend SWEEP.yaml
 
 Params files and ``key=value`` overrides merge over the schema defaults (:mod:`npo_lib.config`);
 ``--print-config`` shows every key with its help. An error a user can cause (a bad key, value,
@@ -20,6 +20,7 @@ file or folder, a missed bar) prints one line naming it and exits with 2; a trac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -190,16 +191,25 @@ def cmd_launch(opts: argparse.Namespace) -> int:
 
 
 def cmd_study(opts: argparse.Namespace) -> int:
+    from npo_lib.run.steps import read_spec
     from npo_lib.run.study import write_study
-    from npo_lib.run.study_plan import extend_sweep, plan_study
+    from npo_lib.run.study_plan import StudyPlan, extend_sweep, plan_study, run_study
 
     args = list(opts.args)
     if opts.sweep_dir is not None and ("=" in opts.sweep_dir or opts.sweep_dir.endswith((".yaml", ".yml"))):
         args.insert(0, opts.sweep_dir)  # a setting, not a folder: the folder is optional with --plan / --extend
         opts.sweep_dir = None
-    cfg = load_config(args)
+    plan_file = opts.run or opts.plan
+    own = read_spec(plan_file, StudyPlan).study if plan_file else {}  # the plan's study.* settings; the command line wins
+    cfg = load_config([*(f"study.{k}={json.dumps(v)}" for k, v in own.items()), *args])
+    blocks = [b for b in (opts.blocks or "").split(",") if b] or None
+    if opts.run:
+        res = run_study(opts.run, cfg.study, out=opts.out, parallel=opts.parallel, blocks=blocks)
+        print(res["markdown"])
+        print(f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies', 'timing'))}")
+        return 0
     if opts.plan:
-        files = plan_study(opts.plan, opts.out if opts.out != "docs" else None)
+        files = plan_study(opts.plan, opts.out if opts.out != "docs" else None, blocks=blocks)
         print("\n".join(f"npo sweep {f} --parallel 2" for f in files))
         return 0
     if opts.extend:
@@ -252,6 +262,9 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
                     "with --plan / --extend: where the sweep files go")
     st.add_argument("--extend", metavar="SWEEP.yaml", help="write the adaptive search's next sweep files for this sweep's finished runs")
     st.add_argument("--plan", metavar="PLAN.yaml", help="write the starting sweep files of a study plan, e.g. params/study_fair.yaml")
+    st.add_argument("--run", metavar="PLAN.yaml", help="the whole study of a plan, resumable: sweeps, adaptive rounds, attacks at the matched settings, then --out")
+    st.add_argument("--blocks", metavar="A,B", help="with --run / --plan: only these blocks of the plan")
+    st.add_argument("--parallel", type=int, help="with --run: runs at a time (default: the plan's)")
     rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")
     rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")

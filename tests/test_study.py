@@ -158,9 +158,10 @@ def test_extend_writes_the_next_points_as_sweep_files_that_reuse_run_folders(tmp
         (("lr", 2e-4), ("num_epochs", 10), ("forget_coeff", 1.0)): [0],
         (("lr", 2e-4), ("num_epochs", 5), ("forget_coeff", 2.0)): [0],
     }
-    assert [p.name for p in sorted((tmp_path / "next").iterdir())] == ["s-next-01.yaml", "s-next-02.yaml", "s-next-03.yaml"]
-    spec = read_spec(tmp_path / "next" / "s-next-03.yaml", SweepSpec)
-    assert spec.name == "s" and spec.grid == {"forget_loss": ["NPO+GD"], "lr": [2e-4], "num_epochs": [5], "seed": [0], "forget_coeff": [2.0]}
+    assert [p.name for p in sorted((tmp_path / "next").iterdir())] == ["s-next-01.yaml"]  # the round in one file
+    spec = read_spec(tmp_path / "next" / "s-next-01.yaml", SweepSpec)
+    assert spec.name == "s" and spec.grid[2] == {"forget_loss": ["NPO+GD"], "lr": [2e-4], "num_epochs": [5], "seed": [0], "forget_coeff": [2.0]}
+    assert len(grid_points(spec.grid)) == 3
     # round two: lr 4e-4 crosses the floor; the settings around it get every seed in folders
     # named as the grid's own points, the wide gap is split (geometric mean of the lrs)
     _sweep_run(root, {"forget_loss": "NPO+GD", "lr": 4e-4, "num_epochs": 5, "seed": 0}, 0.70)
@@ -169,7 +170,75 @@ def test_extend_writes_the_next_points_as_sweep_files_that_reuse_run_folders(tmp
     base = read_spec(spec_file, SweepSpec)
     assert {point_name({**pt, "seed": 1}) for pt in grid_points(base.grid) if pt["lr"] == 2e-4} <= runs
     assert "forget_loss-NPO+GD_lr-0.000282843_num_epochs-5_seed-0" in runs
-    assert res["files"][0].endswith("s-next-04.yaml")  # numbering continues, nothing overwritten
+    assert res["files"] == [str(tmp_path / "next" / "s-next-02.yaml")]  # numbering continues, nothing overwritten
+
+
+def test_a_grid_list_is_the_union_of_its_grids_and_a_round_merges_into_one_sweep(tmp_path):
+    from npo_lib.errors import ConfigError
+    from npo_lib.run.study_plan import merge_round
+    from npo_lib.run.sweep import grid_points, point_name
+
+    pts = grid_points([{"forget_loss": ["NPO+GD"], "lr": [1e-4, 2e-4]}, {"forget_loss": ["NPO+GD"], "lr": [2e-4]},
+                       {"forget_loss": ["GA+GD"], "lr": [1e-4], "forget_coeff": [2.0]}])
+    assert [point_name(p) for p in pts] == ["forget_loss-NPO+GD_lr-0.0001", "forget_loss-NPO+GD_lr-0.0002",
+                                            "forget_loss-GA+GD_lr-0.0001_forget_coeff-2"]  # each point once, in order
+    with pytest.raises(ConfigError, match="entry 1"):
+        grid_points([{"lr": [1e-4]}, ["lr"]])
+    same = {"name": "s", "runs_dir": "runs", "config": {"eval": {"robustness": ["relearn"]}}}
+    for i, (body, grid) in enumerate([(same, {"lr": [1e-4]}), (same, [{"lr": [2e-4]}, {"lr": [4e-4]}]),
+                                      ({**same, "name": "other"}, {"lr": [1e-4]})]):
+        (tmp_path / f"f{i}.yaml").write_text(yaml.safe_dump({**body, "grid": grid}))
+    out = merge_round([tmp_path / f"f{i}.yaml" for i in range(3)], tmp_path / "round-01.yaml")
+    assert [f.name for f in out] == ["round-01.yaml", "round-01-1.yaml"]
+    merged = yaml.safe_load(out[0].read_text())
+    assert merged["name"] == "s" and merged["config"] == same["config"] and merged["grid"] == [{"lr": [1e-4]}, {"lr": [2e-4]}, {"lr": [4e-4]}]
+    assert yaml.safe_load(out[1].read_text())["name"] == "other"
+
+
+def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_path, monkeypatch):
+    """The driver on a stand-in sweep whose utility falls with lr: it scouts until the floor is
+    crossed, gives the settings at the floor every seed, writes the study, and a second call
+    runs nothing new."""
+    from npo_lib.config import StudyConfig
+    from npo_lib.run import study_plan
+    from npo_lib.run.study_plan import run_study
+    from npo_lib.run.sweep import SweepSpec, grid_points, point_name, read_spec
+
+    monkeypatch.setattr(study_plan, "references_for", lambda runs, root: REFS)  # no target model to evaluate
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({
+        "name": "st", "runs_dir": "runs", "setup": [], "seeds": [0],
+        "blocks": {"npo": {"forget_loss": ["NPO+GD"], "lr": [1e-4], "num_epochs": [5]}}}))
+    ran: list[str] = []
+
+    def sweep(file, parallel=None):
+        spec = read_spec(file, SweepSpec)
+        status = {}
+        for pt in grid_points(spec.grid):
+            name = point_name(pt)
+            if (tmp_path / "runs" / spec.name / name).exists():
+                status[name] = {"status": "skipped", "seconds": 0.0}
+                continue
+            ran.append(name)
+            mu = 0.84 - 250 * pt["lr"] + 0.001 * pt["seed"]
+            _sweep_run(tmp_path / "runs" / spec.name, pt, mu)
+            status[name] = {"status": "done", "seconds": 30.0}
+        return {"name": spec.name, "status": status, "seconds": 15.0 * len(status)}
+
+    study = StudyConfig(seeds=[0, 1, 2], limits=[3.2e-3, 40, 8.0])
+    attacked: list[str] = []
+    res = run_study(tmp_path / "plan.yaml", study, out=tmp_path / "out", sweep=sweep,
+                    write=lambda roots, out, st: {"roots": [str(r) for r in roots]},
+                    attack=lambda root, st, parallel: attacked.append(str(root)) or {"done": 3, "skipped": 0, "failed": []})
+    assert attacked == ["runs/st-default"]
+    assert res["roots"] == ["runs/st-default"] and res["timing"]["st-default"]["runs"] == len(ran)
+    assert "forget_loss-NPO+GD_lr-0.0004_num_epochs-5_seed-0" in ran  # scouted past the floor (0.76)
+    assert {f"forget_loss-NPO+GD_lr-0.0004_num_epochs-5_seed-{s}" for s in (1, 2)} <= set(ran)  # every seed there
+    assert len(ran) == len(set(ran))  # no run twice
+    n = len(ran)
+    run_study(tmp_path / "plan.yaml", study, sweep=sweep, write=lambda roots, out, st: {},
+              attack=lambda root, st, parallel: {"done": 0, "skipped": 3, "failed": []})
+    assert len(ran) == n  # resumed: nothing new to run
 
 
 def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_path):
@@ -179,10 +248,10 @@ def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_
     plan = read_spec("params/study_fair.yaml", StudyPlan)
     files = plan_study("params/study_fair.yaml", tmp_path)  # checks every point's config
     sweeps = plan_sweeps(plan)
-    assert len(files) == len(sweeps) == 2 * 5 + 4  # two benchmarks x 5 blocks, the other scorers on the default one
+    assert len(files) == len(sweeps) == 2 * 6 + 4  # two benchmarks x 6 blocks, the other scorers on the default one
     contrast = sweeps["study_fair-default-scorer_contrast"]
     assert contrast["name"] == "study_fair-default-scorer_contrast" and contrast["config"]["influence"] == {"scorer": "contrast"}
-    assert sweeps["study_fair-b60-influence_controls"]["name"] == "study_fair-b60"  # shares the benchmark's folder
+    assert sweeps["study_fair-b60-controls"]["name"] == "study_fair-b60"  # shares the benchmark's folder
     methods, points = set(), 0
     for f in files:
         spec = read_spec(f, SweepSpec)
@@ -194,7 +263,8 @@ def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_
     assert {m[1] for m in methods} >= {"random", "oracle", "inverse", "top_k"}
     assert {m[2] for m in methods} >= {5, 20, 50, 100}
     b60 = plan_sweeps(plan)["study_fair-b60-baselines"]["config"]
-    assert b60["benchmark"] == {"n_authors": 60, "seed": 1} and b60["eval"]["robustness"] == ["relearn", "quant4"]
+    assert b60["benchmark"] == {"n_authors": 60, "seed": 1} and "eval" not in b60  # the attacks run at the matched settings only
+    assert plan.study == {"strength_keys": ["lr"], "limits": [6.4e-3]}
     with pytest.raises(ValueError, match="exists"):
         plan_study("params/study_fair.yaml", tmp_path)
 

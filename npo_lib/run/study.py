@@ -251,8 +251,12 @@ def benchmark_label(cfg: Mapping[str, Any], keys: Sequence[str], defaults: Mappi
     return "embedded (" + ", ".join(f"{k.split('.')[-1]} {cfg.get(k, defaults.get(k))}" for k in keys) + ")"
 
 
+ATTACKS_DIR = "attacks"  # <run>/attacks/eval/metrics.json: the run evaluated again under the attacks (npo study --run)
+
+
 def load_results(run_dirs: Sequence[Path], study: StudyConfig) -> dict[str, list[RunResult]]:
-    """Every evaluated run as a :class:`RunResult`, grouped by benchmark (first-seen order)."""
+    """Every evaluated run as a :class:`RunResult`, grouped by benchmark (first-seen order); the
+    attacks' probes come from the run's own metrics or from its ``attacks/`` evaluation."""
     defaults = config_defaults()
     out: dict[str, list[RunResult]] = {}
     for run in run_dirs:
@@ -260,8 +264,11 @@ def load_results(run_dirs: Sequence[Path], study: StudyConfig) -> dict[str, list
             continue
         cfg = flatten(_run_config(run))
         setting = tuple((k, cfg.get(k, defaults.get(k))) for k in study.strength_keys)
+        metrics = run_metrics(json.loads((run / METRICS_FILE).read_text()))
+        if (attacked := run / ATTACKS_DIR / METRICS_FILE).is_file():
+            metrics.update({k: v for k, v in run_metrics(json.loads(attacked.read_text())).items() if "." in k})
         res = RunResult(method_label(cfg, study.method_keys, defaults), int(cfg.get("seed", defaults.get("seed", 0)) or 0),
-                        setting, run_metrics(json.loads((run / METRICS_FILE).read_text())), run.name, cfg)
+                        setting, metrics, run.name, cfg)
         out.setdefault(benchmark_label(cfg, study.benchmark_keys, defaults), []).append(res)
     return out
 

@@ -11,7 +11,8 @@ before anything runs.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,18 @@ import yaml
 from npo_lib.config import StudyConfig
 from npo_lib.errors import ReportError
 from npo_lib.run.frontier import Axis, Proposal, RunResult, by_method, propose_next
-from npo_lib.run.steps import read_spec, spec_config
-from npo_lib.run.study import config_defaults, flatten, load_results, references_for, run_folders
-from npo_lib.run.sweep import SweepSpec, grid_points, point_name
+from npo_lib.run.steps import read_spec, run_steps, spec_config
+from npo_lib.run.study import (
+    ATTACKS_DIR,
+    analyse,
+    config_defaults,
+    flatten,
+    load_results,
+    references_for,
+    run_folders,
+    write_study,
+)
+from npo_lib.run.sweep import SweepSpec, grid_points, point_name, run_sweep, sweep_steps
 from npo_lib.utils.io import atomic_write_text
 
 
@@ -38,13 +48,19 @@ def _spec_values(spec: Any) -> dict[str, Any]:
     return flatten(asdict(spec_config(spec)))
 
 
-def _next_files(out_dir: Path, stem: str) -> Iterator[Path]:
-    """``<stem>-next-NN.yaml`` names after the highest one already there (none is overwritten)."""
+def _next_file(out_dir: Path, stem: str) -> Path:
+    """``<stem>-next-NN.yaml``, numbered after the highest one already there (none is overwritten)."""
     taken = [int(m.group(1)) for p in out_dir.glob(f"{stem}-next-*.yaml") if (m := re.search(r"-next-(\d+)\.yaml$", p.name))]
-    i = max(taken, default=0)
-    while True:
-        i += 1
-        yield out_dir / f"{stem}-next-{i:02d}.yaml"
+    return out_dir / f"{stem}-next-{max(taken, default=0) + 1:02d}.yaml"
+
+
+def _grid_values(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]) -> dict[str, list[Any]]:
+    """Config key -> every value it takes in a grid (or in any grid of a list), keys in order."""
+    out: dict[str, list[Any]] = {}
+    for g in ([grid] if isinstance(grid, Mapping) else grid):
+        for k, vs in g.items():
+            out.setdefault(k, []).extend(v for v in vs if v not in out[k])
+    return out
 
 
 def proposal_grid(spec: Any, proposal: Proposal, example: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -53,7 +69,7 @@ def proposal_grid(spec: Any, proposal: Proposal, example: Mapping[str, Any], bas
     method was seen in), then strength keys outside the grid whose value differs from the sweep's."""
     setting = dict(proposal.setting)
     grid: dict[str, list[Any]] = {}
-    for k in spec.grid:
+    for k in _grid_values(spec.grid):
         grid[k] = list(proposal.seeds) if k == "seed" else [setting[k] if k in setting else example.get(k, base.get(k))]
     for k, v in setting.items():
         if k not in grid and v != base.get(k):
@@ -74,17 +90,18 @@ def extend_sweep(spec_file: str | Path, out_dir: str | Path | None, study: Study
 
     Reads the sweep's finished runs (only the methods its grid holds), reads the utility floor
     (``study.mu_fraction`` x the target's model utility), asks :func:`propose_next` per method
-    and writes one sweep file per proposed point (same ``name`` and ``runs_dir``, so its runs land
-    in the same folder and a finished run is skipped) into ``out_dir`` (default: beside the
-    sweep file) as ``<stem>-next-NN.yaml``. Returns ``{"files", "proposals", "floor"}``; no file
+    and writes the round as one sweep file, a grid per proposed point (same ``name`` and
+    ``runs_dir``, so its runs land in the same folder and a finished run is skipped), into
+    ``out_dir`` (default: beside the sweep file) as ``<stem>-next-NN.yaml``. Returns ``{"files", "proposals", "floor"}``; no file
     means every method's frontier around the floor is complete (or at its limits).
     """
     spec = read_spec(spec_file, SweepSpec)
     root = Path(spec.runs_dir) / spec.name
     base = _spec_values(spec)
     # this sweep's runs: its grid's values, and every other method key at the sweep's own value
-    fixed = {k: {_norm(x) for x in v} for k, v in spec.grid.items() if k != "seed" and k not in study.strength_keys}
-    fixed.update({k: {_norm(base.get(k))} for k in study.method_keys if k not in spec.grid})
+    values = _grid_values(spec.grid)
+    fixed = {k: {_norm(x) for x in v} for k, v in values.items() if k != "seed" and k not in study.strength_keys}
+    fixed.update({k: {_norm(base.get(k))} for k in study.method_keys if k not in values})
     results = [r for rs in load_results(run_folders(root), study).values() for r in rs
                if all(_norm(r.config.get(k, base.get(k))) in vals for k, vals in fixed.items())]
     if not results:
@@ -95,21 +112,26 @@ def extend_sweep(spec_file: str | Path, out_dir: str | Path | None, study: Study
         raise ReportError(f"{root}: no target model utility to set the floor (the search needs the embedded benchmark's target)")
     floor = study.mu_fraction * target_mu
     out = Path(out_dir) if out_dir is not None else Path(spec_file).parent
-    out.mkdir(parents=True, exist_ok=True)
-    names = _next_files(out, Path(spec_file).stem.split("-next-")[0])
-    files, proposals = [], []
+    grids, heads, proposals = [], [], []
     for method, rs in by_method(results).items():
         example = rs[0].config
         for p in propose_next(rs, floor, _axes(study), study.seeds, near=study.near):
             grid = proposal_grid(spec, p, example, base)
-            file = next(names)
-            body = {"name": spec.name, "runs_dir": spec.runs_dir, "params": spec.params, "config": spec.config,
-                    "setup": spec.setup, "notebooks": spec.notebooks, "parallel": spec.parallel, "grid": grid}
-            head = f"# {method}: {p.reason}\n# next round of `npo study --extend {spec_file}`\n"
-            atomic_write_text(file, head + yaml.safe_dump(body, sort_keys=False))
-            files.append(str(file))
+            grids.append(grid)
+            heads.append(f"# {method}: {p.reason}")
             proposals.append({"method": method, "setting": dict(p.setting), "seeds": list(p.seeds), "reason": p.reason,
-                              "runs": [point_name(pt) for pt in grid_points(grid)], "file": str(file)})
+                              "runs": [point_name(pt) for pt in grid_points(grid)]})
+    files = []
+    if grids:
+        out.mkdir(parents=True, exist_ok=True)
+        file = _next_file(out, Path(spec_file).stem.split("-next-")[0])
+        body = {"name": spec.name, "runs_dir": spec.runs_dir, "params": spec.params, "config": spec.config,
+                "setup": spec.setup, "notebooks": spec.notebooks, "parallel": spec.parallel, "grid": grids}
+        head = f"# next round of `npo study --extend {spec_file}`, a grid per proposed point:\n" + "\n".join(heads) + "\n"
+        atomic_write_text(file, head + yaml.safe_dump(body, sort_keys=False))
+        files.append(str(file))
+        for prop in proposals:
+            prop["file"] = str(file)
     return {"files": files, "proposals": proposals, "floor": floor}
 
 
@@ -135,6 +157,7 @@ class StudyPlan:
     seeds: list[int] = field(default_factory=lambda: [0])
     benchmarks: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
     blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)  # study.* settings of this plan (search axes, seeds, ...)
 
 
 def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,10 +168,16 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def plan_sweeps(plan: StudyPlan) -> dict[str, dict[str, Any]]:
-    """``<name>-<benchmark>-<block>`` -> the sweep file's content (grid: the block's, then seed)."""
+def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """``<name>-<benchmark>-<block>`` -> the sweep file's content (grid: the block's, then seed);
+    ``blocks``: only these (default all)."""
+    unknown = [b for b in (blocks or []) if b not in plan.blocks]
+    if unknown:
+        raise ReportError(f"study plan: unknown block '{unknown[0]}'; valid: {', '.join(plan.blocks)}")
     out = {}
     for block, body in plan.blocks.items():
+        if blocks and block not in blocks:
+            continue
         own = "grid" in body
         unknown = sorted(set(body) - {"grid", "config", "benchmarks"}) if own else []
         if unknown:
@@ -170,13 +199,15 @@ def plan_sweeps(plan: StudyPlan) -> dict[str, dict[str, Any]]:
     return out
 
 
-def plan_study(plan_file: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False) -> list[Path]:
+def plan_study(plan_file: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False, reuse: bool = False,
+               blocks: Sequence[str] | None = None) -> list[Path]:
     """``npo study --plan PLAN.yaml [--out DIR]``: write the starting sweep files (default into
-    ``<runs_dir>/<name>-plan``), each checked (every grid point's config) before anything runs;
-    existing files are kept unless ``overwrite``."""
+    ``<runs_dir>/<name>-plan``), each checked (every grid point's config) before anything runs.
+    An existing file is an error unless ``overwrite``, or ``reuse`` and it holds the same sweep
+    (a resumed study; a changed plan is an error, so runs of two plans never mix)."""
     plan = read_spec(plan_file, StudyPlan)
     out = Path(out_dir) if out_dir is not None else Path(plan.runs_dir) / f"{plan.name}-plan"
-    sweeps = plan_sweeps(plan)
+    sweeps = plan_sweeps(plan, blocks)
     files = []
     for stem, body in sweeps.items():
         spec = SweepSpec(**body)
@@ -184,12 +215,160 @@ def plan_study(plan_file: str | Path, out_dir: str | Path | None = None, *, over
             spec_config(spec, point)
         file = out / f"{stem}.yaml"
         if file.exists() and not overwrite:
-            raise ReportError(f"{file} exists: remove it or choose another --out")
+            if reuse and yaml.safe_load(file.read_text()) == body:
+                continue
+            raise ReportError(f"{file} exists" + (" and differs from the plan" if reuse else "") + ": remove it or choose another --out")
         files.append((file, f"# from {plan_file}: `npo sweep {file}`, then `npo study --extend {file}` until it proposes nothing\n"
                             + yaml.safe_dump(body, sort_keys=False)))
     out.mkdir(parents=True, exist_ok=True)
     for file, text in files:
         atomic_write_text(file, text)
-    return [f for f, _ in files]
+    return [out / f"{stem}.yaml" for stem in sweeps]
 
 
+
+
+def merge_round(files: Sequence[str | Path], out_file: Path) -> list[Path]:
+    """One sweep file for the files of a round that run in the same folder with the same
+    config (their grids concatenated), so all their points run ``parallel`` at a time; a file
+    that differs stays on its own. Returns the files to sweep."""
+    groups: dict[str, tuple[dict[str, Any], list[Any]]] = {}
+    for f in files:
+        body = yaml.safe_load(Path(f).read_text())
+        key = yaml.safe_dump({k: v for k, v in body.items() if k != "grid"}, sort_keys=True)
+        grid = body["grid"]
+        groups.setdefault(key, (body, []))[1].extend(grid if isinstance(grid, list) else [grid])
+    if len(groups) == len(files):
+        return [Path(f) for f in files]
+    out = []
+    for i, (body, grids) in enumerate(groups.values()):
+        file = out_file if i == 0 else out_file.with_name(f"{out_file.stem}-{i}{out_file.suffix}")
+        atomic_write_text(file, f"# {len(grids)} proposed points of the round, from {', '.join(map(str, files))}\n"
+                          + yaml.safe_dump({**body, "grid": grids}, sort_keys=False))
+        out.append(file)
+    return out
+
+
+def run_study(plan_file: str | Path, study: StudyConfig, *, out: str | Path | None = None, parallel: int | None = None,
+              blocks: Sequence[str] | None = None, max_rounds: int = 12, sweep: Callable[..., Mapping[str, Any]] | None = None,
+              write: Callable[..., Mapping[str, Any]] | None = None, attack: Callable[..., Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """``npo study --run PLAN.yaml``: the whole study, resumable.
+
+    For each sweep folder of the plan (a benchmark, or a block with its own config), in the
+    plan's order: sweep its starting files, then round after round ``--extend`` each of them
+    and sweep the round's points together (:func:`merge_round`), until no method proposes a
+    point, a round proposes only points that already failed here, or ``max_rounds``; then the
+    attacks run at each method's matched setting (:func:`attack_matched`). Then the study of
+    every folder goes to ``out`` (:func:`npo_lib.run.study.write_study`). ``blocks``: only
+    these blocks of the plan.
+    Interrupted, it continues where it stopped: the starting files are reused, finished runs
+    are skipped, and the search resumes from the runs on disk. Prints the time per run.
+    """
+    sweep = sweep or run_sweep
+    write = write or write_study
+    attack = attack or attack_matched
+    plan = read_spec(plan_file, StudyPlan)
+    plan_dir = Path(plan.runs_dir) / f"{plan.name}-plan"
+    starts = plan_study(plan_file, plan_dir, reuse=True, blocks=blocks)
+    folders: dict[str, list[Path]] = {}
+    for f in starts:
+        folders.setdefault(yaml.safe_load(f.read_text())["name"], []).append(f)
+    timing: dict[str, dict[str, float]] = {}
+
+    def run(file: Path, tried: set[str]) -> None:
+        res = sweep(file, parallel=parallel)
+        t = timing.setdefault(res["name"], {"runs": 0, "seconds": 0.0, "wall": 0.0})
+        ran = [(n, r) for n, r in res["status"].items() if r["status"] not in ("skipped",)]
+        t["runs"] += sum(r["status"] == "done" for _, r in ran)
+        t["seconds"] += sum(float(r.get("seconds") or 0.0) for _, r in ran)
+        t["wall"] += float(res["seconds"])
+        tried.update(n for n, _ in ran)
+        if t["runs"]:
+            print(f"study {res['name']}: {int(t['runs'])} runs so far, {t['seconds'] / t['runs']:.0f} s per run, "
+                  f"{t['wall'] / t['runs']:.0f} s wall per run with {parallel or yaml.safe_load(file.read_text()).get('parallel', 1)} at a time", flush=True)
+
+    for name, files in folders.items():
+        tried: set[str] = set()
+        for f in files:
+            run(f, tried)
+        for r in range(1, max_rounds + 1):
+            proposed = [res for f in files if (res := extend_sweep(f, plan_dir / "next", study))["files"]]
+            runs = {n for res in proposed for p in res["proposals"] for n in p["runs"]}
+            if not proposed:
+                print(f"study {name}: every method's frontier around the floor is complete or at its limits", flush=True)
+                break
+            if runs <= tried:
+                print(f"study {name}: round {r} proposes only runs that already ran here and did not finish ({', '.join(sorted(runs))}); stopping", flush=True)
+                break
+            print(f"study {name}: round {r}: {len(runs)} runs for {len({p['method'] for res in proposed for p in res['proposals']})} methods", flush=True)
+            merged = merge_round([f for res in proposed for f in res["files"]], plan_dir / "next" / f"{name}-round-{_round_no(plan_dir / 'next', name):02d}.yaml")
+            for f in merged:
+                run(f, tried)
+        else:
+            print(f"study {name}: stopped after {max_rounds} rounds; `npo study --run {plan_file}` continues the search", flush=True)
+        if study.attacks:
+            res = attack(Path(plan.runs_dir) / name, study, parallel=parallel or plan.parallel)
+            print(f"study {name}: attacks at the matched settings: {res['done']} runs attacked, {res['skipped']} already were, "
+                  f"{len(res['failed'])} failed" + (f" ({', '.join(res['failed'])})" if res["failed"] else ""), flush=True)
+    result = dict(write([Path(plan.runs_dir) / n for n in folders], out if out is not None else "docs", study))
+    result["timing"] = timing
+    return result
+
+
+def _round_no(folder: Path, name: str) -> int:
+    taken = [int(m.group(1)) for p in folder.glob(f"{name}-round-*.yaml") if (m := re.search(r"-round-(\d+)", p.name))]
+    return max(taken, default=0) + 1
+
+
+def _sweep_points(root: Path) -> tuple[SweepSpec | None, dict[str, dict[str, Any]]]:
+    """A sweep folder's spec and its points by run name, from the sweep files of the plan's
+    folder (``<runs_dir>/<plan>-plan/``, the starting files and every round's)."""
+    specs: list[Any] = []
+    for f in sorted(root.parent.glob("*-plan/**/*.yaml")):
+        body = yaml.safe_load(f.read_text())
+        if isinstance(body, dict) and body.get("name") == root.name and "grid" in body:
+            specs.append(read_spec(f, SweepSpec))
+    points: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        for pt in grid_points(spec.grid):
+            points.setdefault(point_name(pt), pt)
+    return (specs[0] if specs else None), points
+
+
+def attack_matched(root: str | Path, study: StudyConfig, *, parallel: int = 1,
+                   references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, Any]:
+    """The attacks (``study.attacks`` as ``eval.robustness``) at each method's matched setting:
+    every seed's run there is evaluated again through the evaluation notebook with the attacks,
+    into ``<run>/attacks/`` (its own metrics and notebook; the run's evaluation is left as it
+    is); the study reads the attacks from there. Runs already attacked are skipped, so the
+    attacks run only where the verdict is read, not on every point of the search."""
+    root = Path(root)
+    spec, points = _sweep_points(root)
+    if spec is None:
+        raise ReportError(f"{root}: no sweep file of this folder under {root.parent}/*-plan")
+    attacked = _merge(spec.config, {"eval": {"robustness": list(study.attacks)}})
+    todo: list[list[Any]] = []
+    skipped = 0
+    for bench, results in load_results(run_folders(root), study).items():
+        b = analyse(bench, results, (references or references_for)(results, root), study)
+        for row in b.rows:
+            for r in (r for r in results if row.setting is not None and r.method == row.method and r.setting == row.setting):
+                point = points.get(r.name)
+                if point is None:
+                    continue
+                one = {**asdict(spec), "grid": {k: [v] for k, v in point.items()}}
+                setup, runs, _ = sweep_steps(SweepSpec(**one))  # the run's own steps: unchanged, so skipped
+                forget, evaluation = runs[r.name][0], sweep_steps(SweepSpec(**{**one, "config": attacked}))[1][r.name][-1]
+                evaluation.params.update(eval_out_dir=str(root / r.name / ATTACKS_DIR))
+                evaluation.output = root / r.name / ATTACKS_DIR / "notebooks" / "evaluation.ipynb"
+                evaluation.deps = [*setup, forget]
+                if evaluation.is_current():
+                    skipped += 1
+                else:
+                    todo.append([*setup, forget, evaluation])
+    failed: list[str] = []
+    with ThreadPoolExecutor(max(1, parallel)) as pool:
+        for steps, results in zip(todo, pool.map(lambda st: run_steps(st, stream=False), todo)):
+            if any(x.status == "failed" for x in results):
+                failed.append(steps[-1].output.parent.parent.parent.name)
+    return {"done": len(todo) - len(failed), "skipped": skipped, "failed": failed}

@@ -48,7 +48,7 @@ class SweepSpec:
     name: str = "sweep"
     params: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list[Any]] = field(default_factory=dict)  # config key -> values
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = field(default_factory=dict)  # config key -> values; or a list of such grids (their union)
     setup: list[str] = field(default_factory=list)  # notebooks run once before the grid (prepare, influence)
     notebooks: list[str] = field(default_factory=lambda: ["forget", "evaluation"])  # per grid point
     parallel: int = 1  # grid points executed at a time
@@ -69,8 +69,20 @@ def _slug(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "+-._" else "_" for c in s)
 
 
-def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the grid's values, in the file's order."""
+def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in the file's order. A list of grids gives the
+    union of their points, in order, each point once (``npo study --extend`` writes one file per
+    round this way, so all of a round's points run ``parallel`` at a time)."""
+    if isinstance(grid, Sequence) and not isinstance(grid, str):
+        out: dict[str, dict[str, Any]] = {}
+        for i, g in enumerate(grid):
+            if not isinstance(g, Mapping):
+                raise ConfigError(f"sweep grid: entry {i} of the list must be a mapping of config key -> values, got {g!r}")
+            for pt in grid_points(g):
+                out.setdefault(point_name(pt), pt)
+        return list(out.values())
+    if not isinstance(grid, Mapping):
+        raise ConfigError(f"sweep grid must be a mapping of config key -> values (or a list of them), got {grid!r}")
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"sweep grid: '{k}' must be a non-empty list of values, got {v!r}")
@@ -243,7 +255,8 @@ def run_sweep(
         why = ""
         if rec["status"] in ("failed", "interrupted"):
             why = f" ({rec['failed_step']}: {rec['error'].splitlines()[-1] if rec['error'] else ''})"
-        print(f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{why}", flush=True)
+        took = f" in {rec['seconds']:.0f} s" if rec.get("seconds") else ""
+        print(f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{took}{why}", flush=True)
 
     if kind == "thread":
         _run_threads(runs, pending, n, stream, done)
