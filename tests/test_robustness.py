@@ -106,3 +106,26 @@ def test_npo_report_adds_a_table_of_the_attacks(tmp_path):
     head, row = [line for line in text.splitlines() if line.startswith("| run") or line.startswith("| npo")][-2:]
     assert head == "| run | relearn: held-out recall before | after relearning | leak@k |"
     assert row == "| npo | 50.0% | 75.0% | 25.0% |"
+
+
+def test_quant8_and_quant4_share_one_probe_of_the_unquantized_model(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from npo_lib.config import EvalConfig
+    from npo_lib.eval import robustness
+    from npo_lib.eval.robustness import AttackContext, run_attacks
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    seen = []
+
+    def probe(ctx, m, records):
+        seen.append(m is model)
+        return {"fact_recall": 1.0 if m is model else 0.5}
+
+    monkeypatch.setattr(robustness, "probe", probe)
+    ctx = AttackContext(model, None, None, SimpleNamespace(sets={"forget": [{"question": "q"}]}), EvalConfig(quant_group_size=2), None, progress=False)
+    out = run_attacks(ctx, ["quant8", "quant4"])
+    assert seen.count(True) == 1 and seen.count(False) == 2  # one plain probe, one per quantized copy
+    assert out["quant8"]["before"] == out["quant4"]["before"] == {"fact_recall": 1.0} and out["quant4"]["after"] == {"fact_recall": 0.5}

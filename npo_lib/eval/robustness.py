@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +48,15 @@ class AttackContext:
     options: EvalConfig
     max_length: int | None
     progress: bool = True
+    plain: dict[str, Any] = field(default_factory=dict)  # probes of the unattacked model, shared by the attacks
+
+
+def plain_forget_probe(ctx: AttackContext) -> dict[str, float | None]:
+    """The forget set's probe of the model under test, computed once per evaluation (quant8 and
+    quant4 both compare against it)."""
+    if "forget" not in ctx.plain:
+        ctx.plain["forget"] = probe(ctx, ctx.model, ctx.data.sets["forget"])
+    return ctx.plain["forget"]
 
 
 def _has_facts(records: Sequence[Mapping[str, Any]]) -> bool:
@@ -150,7 +159,7 @@ def _quant_attack(bits: int) -> Callable[[AttackContext], dict[str, Any]]:
         after = probe(ctx, attacked, forget)
         del attacked
         return {"bits": bits, "group_size": ctx.options.quant_group_size, "layers": layers,
-                "before": probe(ctx, ctx.model, forget), "after": after}
+                "before": plain_forget_probe(ctx), "after": after}
 
     attack.__doc__ = f"{bits}-bit round-to-nearest weight quantization of the linear layers, then the forget probe."
     return attack
