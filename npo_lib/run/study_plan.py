@@ -22,7 +22,7 @@ import yaml
 from npo_lib.config import StudyConfig
 from npo_lib.errors import ReportError
 from npo_lib.run.frontier import Axis, Proposal, RunResult, by_method, propose_next
-from npo_lib.run.steps import read_spec, run_steps, spec_config
+from npo_lib.run.steps import Step, read_spec, run_steps, spec_config
 from npo_lib.run.study import (
     ATTACKS_DIR,
     analyse,
@@ -335,20 +335,18 @@ def _sweep_points(root: Path) -> tuple[SweepSpec | None, dict[str, dict[str, Any
     return (specs[0] if specs else None), points
 
 
-def attack_matched(root: str | Path, study: StudyConfig, *, parallel: int = 1,
-                   references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, Any]:
-    """The attacks (``study.attacks`` as ``eval.robustness``) at each method's matched setting:
-    every seed's run there is evaluated again through the evaluation notebook with the attacks,
-    into ``<run>/attacks/`` (its own metrics and notebook; the run's evaluation is left as it
-    is); the study reads the attacks from there. Runs already attacked are skipped, so the
-    attacks run only where the verdict is read, not on every point of the search."""
+def matched_attack_steps(root: str | Path, study: StudyConfig, *,
+                         references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]] | None = None) -> list[list[Step]]:
+    """The steps that attack each method's matched setting in sweep folder ``root``, one list
+    per run (every seed there): the run's own setup and forget steps (unchanged, so skipped) and
+    the evaluation notebook again with ``eval.robustness = study.attacks``, writing into
+    ``<run>/attacks/`` (its own metrics and notebook; the run's evaluation is left as it is)."""
     root = Path(root)
     spec, points = _sweep_points(root)
     if spec is None:
         raise ReportError(f"{root}: no sweep file of this folder under {root.parent}/*-plan")
     attacked = _merge(spec.config, {"eval": {"robustness": list(study.attacks)}})
-    todo: list[list[Any]] = []
-    skipped = 0
+    out: list[list[Step]] = []
     for bench, results in load_results(run_folders(root), study).items():
         b = analyse(bench, results, (references or references_for)(results, root), study)
         for row in b.rows:
@@ -357,18 +355,26 @@ def attack_matched(root: str | Path, study: StudyConfig, *, parallel: int = 1,
                 if point is None:
                     continue
                 one = {**asdict(spec), "grid": {k: [v] for k, v in point.items()}}
-                setup, runs, _ = sweep_steps(SweepSpec(**one))  # the run's own steps: unchanged, so skipped
+                setup, runs, _ = sweep_steps(SweepSpec(**one))
                 forget, evaluation = runs[r.name][0], sweep_steps(SweepSpec(**{**one, "config": attacked}))[1][r.name][-1]
+                evaluation.name = f"{r.name}: attacks"
                 evaluation.params.update(eval_out_dir=str(root / r.name / ATTACKS_DIR))
                 evaluation.output = root / r.name / ATTACKS_DIR / "notebooks" / "evaluation.ipynb"
                 evaluation.deps = [*setup, forget]
-                if evaluation.is_current():
-                    skipped += 1
-                else:
-                    todo.append([*setup, forget, evaluation])
+                out.append([*setup, forget, evaluation])
+    return out
+
+
+def attack_matched(root: str | Path, study: StudyConfig, *, parallel: int = 1,
+                   references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, Any]:
+    """Run :func:`matched_attack_steps` (``parallel`` runs at a time); a run already attacked
+    is skipped, so the attacks run only where the verdict is read, not on every point of the
+    search. Returns ``{"done", "skipped", "failed"}`` (failed: run names)."""
+    steps = matched_attack_steps(root, study, references=references)
+    todo = [st for st in steps if not st[-1].is_current()]
     failed: list[str] = []
     with ThreadPoolExecutor(max(1, parallel)) as pool:
-        for steps, results in zip(todo, pool.map(lambda st: run_steps(st, stream=False), todo)):
+        for st, results in zip(todo, pool.map(lambda st: run_steps(st, stream=False), todo), strict=True):
             if any(x.status == "failed" for x in results):
-                failed.append(steps[-1].output.parent.parent.parent.name)
-    return {"done": len(todo) - len(failed), "skipped": skipped, "failed": failed}
+                failed.append(st[-1].name.split(":")[0])
+    return {"done": len(todo) - len(failed), "skipped": len(steps) - len(todo), "failed": failed}
