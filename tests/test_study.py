@@ -264,7 +264,7 @@ def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_
     assert {m[2] for m in methods} >= {5, 20, 50, 100}
     b60 = plan_sweeps(plan)["study_fair-b60-baselines"]["config"]
     assert b60["benchmark"] == {"n_authors": 60, "seed": 1} and "eval" not in b60  # the attacks run at the matched settings only
-    assert plan.study == {"strength_keys": ["lr"], "limits": [6.4e-3]}
+    assert plan.study == {"strength_keys": ["lr"], "limits": [6.4e-3], "near": 0.02}
     with pytest.raises(ValueError, match="exists"):
         plan_study("params/study_fair.yaml", tmp_path)
 
