@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 ## install what the tests need, lint (ruff, the import layers), run the whole suite (slow end-to-end tests included)
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -241,6 +241,29 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
     assert len(ran) == n  # resumed: nothing new to run
 
 
+def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folder(tmp_path, monkeypatch):
+    from npo_lib.config import StudyConfig
+    from npo_lib.run.study_plan import matched_attack_steps
+    from npo_lib.run.sweep import SweepSpec, read_spec, sweep_steps
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "s-plan").mkdir(parents=True)
+    body = {"name": "s", "runs_dir": "runs", "setup": [], "grid": {"forget_loss": ["NPO+GD"], "lr": [1e-4, 2e-4, 4e-4], "seed": [0, 1]}}
+    (tmp_path / "runs" / "s-plan" / "s.yaml").write_text(yaml.safe_dump(body))
+    for lr, mu in ((1e-4, 0.80), (2e-4, 0.78), (4e-4, 0.70)):  # floor 0.76: lr 2e-4 is the matched setting
+        for seed in (0, 1):
+            _sweep_run(tmp_path / "runs" / "s", {"forget_loss": "NPO+GD", "lr": lr, "seed": seed}, mu)
+    steps = matched_attack_steps(tmp_path / "runs" / "s", StudyConfig(strength_keys=["lr"], limits=[1e-2]), references=lambda r, root: REFS)
+    names = [st[-1].name for st in steps]
+    assert names == [f"forget_loss-NPO+GD_lr-0.0002_seed-{s}: attacks" for s in (0, 1)]
+    _, runs, _ = sweep_steps(read_spec(tmp_path / "runs" / "s-plan" / "s.yaml", SweepSpec))
+    forget, attack = steps[0][-2], steps[0][-1]
+    assert forget.key == runs["forget_loss-NPO+GD_lr-0.0002_seed-0"][0].key  # the run's own forget step: not trained again
+    assert attack.params["eval"] == {"robustness": ["relearn", "quant4"]}
+    assert attack.params["eval_out_dir"] == str(tmp_path / "runs" / "s" / "forget_loss-NPO+GD_lr-0.0002_seed-0" / "attacks")
+    assert attack.output.parts[-3:] == ("attacks", "notebooks", "evaluation.ipynb") and not attack.is_current()
+
+
 def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_path):
     from npo_lib.run.study_plan import StudyPlan, plan_study, plan_sweeps
     from npo_lib.run.sweep import SweepSpec, grid_points, read_spec
