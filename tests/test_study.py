@@ -262,6 +262,16 @@ def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folde
     assert attack.params["eval"] == {"robustness": ["relearn", "quant4"]}
     assert attack.params["eval_out_dir"] == str(tmp_path / "runs" / "s" / "forget_loss-NPO+GD_lr-0.0002_seed-0" / "attacks")
     assert attack.output.parts[-3:] == ("attacks", "notebooks", "evaluation.ipynb") and not attack.is_current()
+    # the study reads the attacks from there, the run's own aggregates stay
+    from npo_lib.run.study import load_results, run_folders
+
+    attacked = tmp_path / "runs" / "s" / "forget_loss-NPO+GD_lr-0.0002_seed-0" / "attacks" / "eval"
+    attacked.mkdir(parents=True)
+    attacked.joinpath("metrics.json").write_text(json.dumps({"aggregates": {"model_utility": 0.1},
+                                                             "robustness": {"relearn": {"before": {"fact_recall": 0.2}, "after": {"fact_recall": 0.6}}}}))
+    (res,) = [r for rs in load_results(run_folders(tmp_path / "runs" / "s"), StudyConfig()).values() for r in rs
+              if r.name == "forget_loss-NPO+GD_lr-0.0002_seed-0"]
+    assert res.get("relearn.after.fact_recall") == 0.6 and res.get("model_utility") == 0.78
 
 
 def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_path):
