@@ -15,9 +15,8 @@ are evaluated once per benchmark as the reference points. Written into ``--out``
 * ``study_frontier.png`` (frontiers with intervals, target and retain marked),
   ``study_selection.png`` (the selection controls).
 
-The adaptive frontier search and the study plan live in :mod:`npo_lib.run.study_plan`. The
-grid-point functions of the first study (``collect``, ``best_per_method``, ``markdown``) remain
-for its tables.
+The adaptive search, the plan and ``npo study --run`` live in :mod:`npo_lib.run.study_plan`;
+the first study's grid-point functions (``collect``, ``best_per_method``, ``markdown``) remain.
 """
 
 from __future__ import annotations
@@ -255,8 +254,8 @@ ATTACKS_DIR = "attacks"  # <run>/attacks/eval/metrics.json: the run evaluated ag
 
 
 def load_results(run_dirs: Sequence[Path], study: StudyConfig) -> dict[str, list[RunResult]]:
-    """Every evaluated run as a :class:`RunResult`, grouped by benchmark (first-seen order); the
-    attacks' probes come from the run's own metrics or from its ``attacks/`` evaluation."""
+    """Every evaluated run as a :class:`RunResult`, grouped by benchmark (first-seen order), with
+    the attacks' probes of its ``attacks/`` evaluation where there is one."""
     defaults = config_defaults()
     out: dict[str, list[RunResult]] = {}
     for run in run_dirs:
@@ -265,7 +264,7 @@ def load_results(run_dirs: Sequence[Path], study: StudyConfig) -> dict[str, list
         cfg = flatten(_run_config(run))
         setting = tuple((k, cfg.get(k, defaults.get(k))) for k in study.strength_keys)
         metrics = run_metrics(json.loads((run / METRICS_FILE).read_text()))
-        if (attacked := run / ATTACKS_DIR / METRICS_FILE).is_file():
+        if (attacked := run / ATTACKS_DIR / METRICS_FILE).is_file():  # the attacks' probes only: "<attack>.<phase>.<metric>"
             metrics.update({k: v for k, v in run_metrics(json.loads(attacked.read_text())).items() if "." in k})
         res = RunResult(method_label(cfg, study.method_keys, defaults), int(cfg.get("seed", defaults.get("seed", 0)) or 0),
                         setting, metrics, run.name, cfg)
