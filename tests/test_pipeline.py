@@ -56,6 +56,25 @@ def test_config_from_namespace_takes_injected_keys_and_names_a_typo(tmp_path):
         config_from_namespace({"num_epoch": 3}, ["config_files"])
 
 
+def test_a_dotted_grid_key_reaches_the_notebook_as_a_nested_parameter(tmp_path):
+    """``selection.method`` is no Python name: papermill would write ``selection.method = ...``
+    into the parameters cell (a NameError); it goes in as ``selection={...}``, merged with the
+    sweep config's ``selection``."""
+    from npo_lib.config import nest_keys
+    from npo_lib.run.sweep import SweepSpec, sweep_steps
+
+    spec = SweepSpec(name="s", runs_dir=str(tmp_path), config={"selection": {"p": 20}, "eval.max_new_tokens": 8},
+                     grid={"forget_loss": ["INFLUENCE+GD"], "selection.method": ["random"]}, notebooks=["forget"])
+    _, runs, _ = sweep_steps(spec)
+    (steps,) = runs.values()
+    params = steps[0].params
+    assert all(k.isidentifier() for k in params)
+    assert params["selection"] == {"p": 20, "method": "random"} and params["eval"] == {"max_new_tokens": 8}
+    cfg = config_from_namespace(params, ["config_files"])
+    assert (cfg.selection.method, cfg.selection.p, cfg.eval.max_new_tokens) == ("random", 20, 8)
+    assert nest_keys({"a": {"b": 1, "c": 2}}, {"a.b": 3}, {"a": {"d": 4}}) == {"a": {"b": 3, "c": 2, "d": 4}}
+
+
 def test_grid_points_and_run_names():
     pts = grid_points({"forget_loss": ["NPO+GD", "GA+GD"], "lr": [1e-4, 2e-4], "selection.k": [3]})
     assert len(pts) == 4 and pts[0] == {"forget_loss": "NPO+GD", "lr": 1e-4, "selection.k": 3}

@@ -16,6 +16,7 @@ from npo_lib.config.sources import (
     annotated_yaml,
     check_keys,
     load_config,
+    nest_keys,
     parse_overrides,
     read_params_file,
     save_config,
@@ -27,5 +28,5 @@ from npo_lib.errors import ConfigError
 __all__ = [
     "BenchmarkConfig", "Config", "ConfigError", "EvalConfig", "FinetuneConfig", "InfluenceConfig", "LoRAConfig",
     "SelectionConfig", "StudyConfig", "TinyModelConfig", "annotated_yaml", "check_keys",
-    "load_config", "parse_overrides", "read_params_file", "save_config", "split_args", "to_yaml",
+    "load_config", "nest_keys", "parse_overrides", "read_params_file", "save_config", "split_args", "to_yaml",
 ]

@@ -138,15 +138,22 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``{'LoRA.r': 8}`` or ``{'LoRA': {'r': 8}}`` -> ``{'LoRA': {'r': 8}}``."""
+def nest_keys(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted and nested keys as one nested mapping, later layers over earlier ones, key by key:
+    ``{'LoRA': {'r': 8, 'alpha': 16}}, {'LoRA.r': 4}`` -> ``{'LoRA': {'r': 4, 'alpha': 16}}``."""
     out: dict[str, Any] = {}
-    for key, value in values.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _nest(value) if isinstance(value, Mapping) else value
+    for values in layers:
+        for key, value in values.items():
+            node = out
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            if isinstance(value, Mapping):
+                node[leaf] = nest_keys(node[leaf] if isinstance(node.get(leaf), dict) else {}, value)
+            else:
+                node[leaf] = value
     return out
 
 
@@ -183,7 +190,7 @@ def load_config(
     for f in [*files, *arg_files]:
         sources.append((f"params file {f}", read_params_file(f)))
     if overrides:
-        sources.append(("overrides", _nest(overrides)))
+        sources.append(("overrides", nest_keys(overrides)))
     if arg_overrides:
         sources.append(("command line", parse_overrides(arg_overrides)))
     merged = OmegaConf.structured(schema)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from npo_lib.config import Config, load_config, read_params_file
+from npo_lib.config import Config, load_config, nest_keys, read_params_file
 from npo_lib.errors import ConfigError
 from npo_lib.run.checks import check_config
 from npo_lib.run.notebook import trust_notebook
@@ -199,8 +199,10 @@ def spec_config(spec: Spec, extra: Mapping[str, Any] | None = None) -> Config:
 
 
 def step_params(spec: Spec, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """A notebook's papermill parameters: params files (by path) plus config keys and its own."""
-    return {"config_files": [str(Path(p).resolve()) for p in spec.params], **spec.config, **extra}
+    """A notebook's papermill parameters: params files (by path) plus config keys and its own,
+    nested (a dotted grid key such as ``selection.method`` is no Python name: it is passed as
+    ``selection={"method": ...}``, merged key by key with the config's ``selection``)."""
+    return {"config_files": [str(Path(p).resolve()) for p in spec.params], **nest_keys(spec.config, extra)}
 
 
 def forget_mode(step: Step) -> dict[str, bool]:
