@@ -53,6 +53,14 @@ def test_without_gpus_or_with_gpus_per_run_0_runs_are_not_pinned():
     assert assign_devices(["0", "1"], 2, 0) == [None, None]
 
 
+def test_runs_sharing_the_cpus_get_an_even_share_of_threads_unless_the_user_chose():
+    from npo_lib.run.executors import cpu_threads_per_run
+
+    assert cpu_threads_per_run(2, 2, {}) == "1" and cpu_threads_per_run(4, 16, {}) == "4" and cpu_threads_per_run(3, 2, {}) == "1"
+    assert cpu_threads_per_run(1, 16, {}) is None  # one run at a time: every CPU
+    assert cpu_threads_per_run(2, 16, {"OMP_NUM_THREADS": "8"}) is None  # the user's choice stands
+
+
 def test_too_many_gpus_per_run_names_both_numbers():
     with pytest.raises(ConfigError, match="gpus_per_run=4 but only 2 GPU"):
         assign_devices(["0", "1"], 1, 4)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,15 @@ def local_device_slots(parallel: int, gpus_per_run: int) -> list[list[str] | Non
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return assign_devices(visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), count), parallel, gpus_per_run)
+
+
+def cpu_threads_per_run(parallel: int, cpus: int | None, env: Mapping[str, str]) -> str | None:
+    """``OMP_NUM_THREADS`` for each of ``parallel`` runs sharing this machine's ``cpus`` without
+    GPUs: an even share (at least 1), so that N runs at a time do not start N x cpus threads and
+    slow each other down; None when one run at a time or the user set the variable."""
+    if parallel <= 1 or "OMP_NUM_THREADS" in env:
+        return None
+    return str(max(1, (cpus or 1) // parallel))
 
 
 def point_record(results: Sequence[StepResult]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from npo_lib.errors import ConfigError
 from npo_lib.run.executors import (
     PointJob,
     active_jobs,
+    cpu_threads_per_run,
     job_outcome,
     job_record,
     local_device_slots,
@@ -258,12 +259,20 @@ def run_sweep(
         took = f" in {rec['seconds']:.0f} s" if rec.get("seconds") else ""
         print(f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{took}{why}", flush=True)
 
-    if kind == "thread":
-        _run_threads(runs, pending, n, stream, done)
-    elif kind == "local":
-        _run_local(runs, pending, slots, sub, record, done)
-    else:
-        _run_slurm(runs, pending, sub, status, record, done)
+    threads = cpu_threads_per_run(min(n, len(pending)), os.cpu_count(), os.environ) if kind != "slurm" and slots[0] is None else None
+    if threads is not None:  # the notebook kernels (and submitit's local jobs) inherit it; the setup kept every CPU
+        os.environ["OMP_NUM_THREADS"] = threads
+        print(f"sweep {spec.name}: {min(n, len(pending))} runs at a time on {os.cpu_count()} CPUs: OMP_NUM_THREADS={threads} each", flush=True)
+    try:
+        if kind == "thread":
+            _run_threads(runs, pending, n, stream, done)
+        elif kind == "local":
+            _run_local(runs, pending, slots, sub, record, done)
+        else:
+            _run_slurm(runs, pending, sub, status, record, done)
+    finally:
+        if threads is not None:
+            os.environ.pop("OMP_NUM_THREADS", None)
     finished = [root / name for name in order if status[name]["status"] in ("done", "skipped") and (root / name / "eval" / "metrics.json").is_file()]
     out: dict[str, Any] = {"name": spec.name, "status": {k: status[k] for k in order}, "executor": kind,
                            "ok": all(status[k]["status"] in ("done", "skipped") for k in order)}
