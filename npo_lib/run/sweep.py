@@ -3,6 +3,7 @@ the same notebooks; failures are recorded while the sweep goes on, and a re-run 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -10,7 +11,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -194,6 +195,22 @@ def _run_setup(setup: list[Step], executor: Any, devices: list[str] | None, stre
     return {**job_outcome(job), **job_record(job)}
 
 
+@contextlib.contextmanager
+def _cpu_share(name: str, n: int, on_cpus: bool) -> Iterator[None]:
+    """While ``n`` points run at a time on this machine's CPUs, ``OMP_NUM_THREADS`` is their even
+    share (:func:`cpu_threads_per_run`); the notebook kernels and submitit's local jobs inherit
+    it, the setup before kept every CPU."""
+    threads = cpu_threads_per_run(n, os.cpu_count(), os.environ) if on_cpus else None
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = threads
+        print(f"sweep {name}: {n} runs at a time on {os.cpu_count()} CPUs: OMP_NUM_THREADS={threads} each", flush=True)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+
+
 def run_sweep(
     spec_file: str | os.PathLike,
     *,
@@ -259,20 +276,13 @@ def run_sweep(
         took = f" in {rec['seconds']:.0f} s" if rec.get("seconds") else ""
         print(f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{took}{why}", flush=True)
 
-    threads = cpu_threads_per_run(min(n, len(pending)), os.cpu_count(), os.environ) if kind != "slurm" and slots[0] is None else None
-    if threads is not None:  # the notebook kernels (and submitit's local jobs) inherit it; the setup kept every CPU
-        os.environ["OMP_NUM_THREADS"] = threads
-        print(f"sweep {spec.name}: {min(n, len(pending))} runs at a time on {os.cpu_count()} CPUs: OMP_NUM_THREADS={threads} each", flush=True)
-    try:
+    with _cpu_share(spec.name, min(n, len(pending)), kind != "slurm" and slots[0] is None):
         if kind == "thread":
             _run_threads(runs, pending, n, stream, done)
         elif kind == "local":
             _run_local(runs, pending, slots, sub, record, done)
         else:
             _run_slurm(runs, pending, sub, status, record, done)
-    finally:
-        if threads is not None:
-            os.environ.pop("OMP_NUM_THREADS", None)
     finished = [root / name for name in order if status[name]["status"] in ("done", "skipped") and (root / name / "eval" / "metrics.json").is_file()]
     out: dict[str, Any] = {"name": spec.name, "status": {k: status[k] for k in order}, "executor": kind,
                            "ok": all(status[k]["status"] in ("done", "skipped") for k in order)}
