@@ -33,7 +33,7 @@ from npo_lib.run.study import (
     run_folders,
     write_study,
 )
-from npo_lib.run.sweep import SweepSpec, grid_points, point_name, run_sweep, sweep_steps
+from npo_lib.run.sweep import SweepSpec, cpu_share, grid_points, point_name, run_sweep, sweep_steps
 from npo_lib.utils.io import atomic_write_text
 
 
@@ -373,7 +373,7 @@ def attack_matched(root: str | Path, study: StudyConfig, *, parallel: int = 1,
     steps = matched_attack_steps(root, study, references=references)
     todo = [st for st in steps if not st[-1].is_current()]
     failed: list[str] = []
-    with ThreadPoolExecutor(max(1, parallel)) as pool:
+    with cpu_share(str(root), min(parallel, len(todo)), True), ThreadPoolExecutor(max(1, parallel)) as pool:
         for st, results in zip(todo, pool.map(lambda st: run_steps(st, stream=False), todo), strict=True):
             if any(x.status == "failed" for x in results):
                 failed.append(st[-1].name.split(":")[0])

@@ -196,7 +196,7 @@ def _run_setup(setup: list[Step], executor: Any, devices: list[str] | None, stre
 
 
 @contextlib.contextmanager
-def _cpu_share(name: str, n: int, on_cpus: bool) -> Iterator[None]:
+def cpu_share(name: str, n: int, on_cpus: bool) -> Iterator[None]:
     """While ``n`` points run at a time on this machine's CPUs, ``OMP_NUM_THREADS`` is their even
     share (:func:`cpu_threads_per_run`); the notebook kernels and submitit's local jobs inherit
     it, the setup before kept every CPU."""
@@ -276,7 +276,7 @@ def run_sweep(
         took = f" in {rec['seconds']:.0f} s" if rec.get("seconds") else ""
         print(f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{took}{why}", flush=True)
 
-    with _cpu_share(spec.name, min(n, len(pending)), kind != "slurm" and slots[0] is None):
+    with cpu_share(spec.name, min(n, len(pending)), kind != "slurm" and slots[0] is None):
         if kind == "thread":
             _run_threads(runs, pending, n, stream, done)
         elif kind == "local":
@@ -284,8 +284,7 @@ def run_sweep(
         else:
             _run_slurm(runs, pending, sub, status, record, done)
     finished = [root / name for name in order if status[name]["status"] in ("done", "skipped") and (root / name / "eval" / "metrics.json").is_file()]
-    out: dict[str, Any] = {"name": spec.name, "status": {k: status[k] for k in order}, "executor": kind,
-                           "ok": all(status[k]["status"] in ("done", "skipped") for k in order)}
+    out: dict[str, Any] = {"name": spec.name, "status": {k: status[k] for k in order}, "executor": kind, "ok": all(status[k]["status"] in ("done", "skipped") for k in order)}
     if finished:
         table, csv_path = report(finished, root / "report.csv")
         atomic_write_text(root / "report.md", table + "\n")
