@@ -124,3 +124,21 @@ def test_search_gives_every_seed_around_the_floor_and_splits_a_wide_gap():
     got = propose_next(all_below, 0.72, AXES, [0, 1, 2])
     assert {tuple(dict(p.setting).items()) for p in got if p.seeds == (0,)} == {
         (("lr", 2e-4), ("num_epochs", 10)), (("lr", 4e-4), ("num_epochs", 5))}
+
+
+def test_a_seed_whose_own_runs_all_fall_below_the_floor_runs_the_next_weaker_setting():
+    # seed-mean utility at lr 2e-4 keeps the floor (0.73), but seed 1 lost more there (0.71)
+    runs = [_r("A", 0, 1e-4, 0.80, 0.001), _r("A", 0, 2e-4, 0.75, 0.01), _r("A", 1, 2e-4, 0.71, 0.01), _r("A", 2, 2e-4, 0.73, 0.01),
+            *(_r("A", s, 4e-4, 0.65, 0.5) for s in (0, 1, 2))]
+    got = {tuple(dict(p.setting).items()): p.seeds for p in propose_next(runs, 0.72, AXES, [0, 1, 2], near=0.01)}
+    assert got[(("lr", 1e-4), ("num_epochs", 5))] == (1,)  # seed 1 needs a point of its own above the floor
+    assert all(1 not in seeds for setting, seeds in got.items() if setting != (("lr", 1e-4), ("num_epochs", 5)))  # only there
+
+
+def test_runs_beyond_the_floor_that_forget_worse_make_a_flat_frontier_not_a_bound():
+    # the run below the floor forgets worse than the one above: the frontier is flat at the floor
+    runs = [_r("A", 0, 1e-4, 0.80, 0.001), _r("A", 0, 2e-4, 0.70, 0.0005)]
+    (r,) = at_matched_utility(runs, 0.72, FQ).values()
+    assert (r.status, r.mean) == (INTERPOLATED, pytest.approx(0.001))
+    (never,) = at_matched_utility(runs[:1], 0.72, FQ).values()  # nothing below the level: still a bound
+    assert never.status == NOT_CROSSED

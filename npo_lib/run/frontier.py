@@ -114,15 +114,19 @@ class Reading:
     level: float
 
 
-def read_at(frontier: Sequence[tuple[float, float]], level: float, tradeoff: Tradeoff) -> Reading:
-    """Forgetting at utility ``level`` on a frontier (utility ascending), never extrapolated."""
+def read_at(frontier: Sequence[tuple[float, float]], level: float, tradeoff: Tradeoff, *, crossed: bool = False) -> Reading:
+    """Forgetting at utility ``level`` on a frontier (utility ascending), never extrapolated.
+
+    ``crossed``: some run (not on the frontier) fell below the level. With no frontier point
+    below it, every run beyond the level forgets worse than the last one keeping it: the
+    frontier is flat there, and that point's forgetting is the reading (not a bound)."""
     above = [p for p in frontier if p[0] >= level]
     below = [p for p in frontier if p[0] < level]
     if not above:
         return Reading(None, NOT_REACHED, level)
     b = above[0]  # the lowest utility that still keeps the level: the best forgetting that does
     if not below:
-        return Reading(b[1], NOT_CROSSED, level)
+        return Reading(b[1], INTERPOLATED if crossed else NOT_CROSSED, level)
     a = below[-1]
     t = (level - a[0]) / (b[0] - a[0])
     if tradeoff.log and a[1] > 0 and b[1] > 0:
@@ -152,9 +156,11 @@ def by_method(results: Iterable[RunResult]) -> dict[str, list[RunResult]]:
 
 def seed_readings(results: Sequence[RunResult], level: float, tradeoff: Tradeoff) -> dict[int, Reading]:
     """Per seed: the frontier of that seed's runs read at ``level``."""
-    seeds = sorted({r.seed for r in results})
-    return {s: read_at(pareto_frontier(points_of([r for r in results if r.seed == s], tradeoff), tradeoff), level, tradeoff)
-            for s in seeds}
+    out = {}
+    for s in sorted({r.seed for r in results}):
+        pts = points_of([r for r in results if r.seed == s], tradeoff)
+        out[s] = read_at(pareto_frontier(pts, tradeoff), level, tradeoff, crossed=any(u < level for u, _ in pts))
+    return out
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -319,7 +325,9 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
     * Crossed: the settings next to the floor (the weakest below it, the strongest above it, and
       any within ``near`` of it) get every seed; if the gap between the two around the floor is
       wider than ``2 * near`` in utility, the point half-way between them (geometric mean of each
-      axis that differs) is scouted with one seed.
+      axis that differs) is scouted with one seed. A seed whose own runs all fall on one side of
+      the floor also runs the nearest setting on the other side (by seed-mean utility), so that
+      every seed's frontier can be read at the floor.
 
     Points already run (with those seeds) are not proposed again; an empty list means the
     method's frontier around the floor is complete or every axis is at its limit.
@@ -335,6 +343,9 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
         missing = tuple(s for s in want if (setting, s) not in done)
         if missing and setting not in out:
             out[setting] = Proposal(setting, missing, reason)
+        elif missing:  # already proposed: add the seeds it lacks
+            p = out[setting]
+            out[setting] = Proposal(setting, tuple(sorted({*p.seeds, *missing})), p.reason)
 
     above = {s: u for s, u in mu.items() if u >= floor}
     below = {s: u for s, u in mu.items() if u < floor}
@@ -360,6 +371,18 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
                     f"scout: weakest setting has utility {mu[b]:.3f} < floor {floor:.3f}; {ax.key} /{ax.factor:g}")
     for s in dict.fromkeys([b, *([a] if a else []), *(s for s, u in mu.items() if abs(u - floor) <= near)]):
         add(s, all_seeds, f"at the floor: utility {mu[s]:.3f} vs {floor:.3f}")
+    for seed in all_seeds:  # each seed's own frontier must bracket the floor too (seeds differ in utility)
+        mine = {r.setting: r.get(utility) for r in results if r.seed == seed and r.get(utility) is not None}
+        if not mine:
+            continue
+        for direction, pick in (("above", max), ("below", min)):
+            if any((u >= floor) == (direction == "above") for u in mine.values()):
+                continue
+            edge = pick(mu[s] for s in mine if s in mu)  # this seed's weakest (strongest) setting, by seed-mean utility
+            others = [s for s in mu if s not in mine and (mu[s] > edge if direction == "above" else mu[s] < edge)]
+            if others:
+                nxt = min(others, key=lambda s: abs(mu[s] - edge))
+                add(nxt, (seed,), f"seed {seed}: no point of its own {direction} the floor {floor:.3f}")
     if a is not None and mu[a] - mu[b] > 2 * near:
         mid = a
         da, db = dict(a), dict(b)
