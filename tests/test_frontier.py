@@ -106,6 +106,9 @@ def test_search_scouts_further_while_the_floor_is_not_crossed():
     got = propose_next(runs, 0.72, AXES, [0, 1, 2])
     assert [(dict(p.setting), p.seeds) for p in got] == [
         ({"lr": 4e-4, "num_epochs": 5}, (0,)), ({"lr": 2e-4, "num_epochs": 10}, (0,))]
+    flat = [_r("A", 0, 1e-4, 0.79, 0.001), _r("A", 0, 2e-4, 0.80, 0.001), _r("A", 0, 4e-4, 0.80, 0.002)]
+    got = propose_next(flat, 0.72, (Axis("lr", 2.0, limit=1e-2),), [0, 1, 2])  # lr 1e-4 has the lowest utility, its step ran
+    assert [(dict(p.setting), p.seeds) for p in got] == [({"lr": 8e-4, "num_epochs": 5}, (0,))]
     at_limits = [_r("A", 0, 8e-4, 0.78, 0.01, epochs=10)]  # lr x2 = 1.6e-3 > limit, epochs at limit
     assert propose_next(at_limits, 0.72, AXES, [0, 1, 2]) == []
 

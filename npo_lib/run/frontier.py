@@ -350,15 +350,17 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
     above = {s: u for s, u in mu.items() if u >= floor}
     below = {s: u for s, u in mu.items() if u < floor}
     if not below:
-        strongest = min(above, key=lambda s: above[s])
-        for ax in axes:
-            value = dict(strongest).get(ax.key)
-            if value is None:
-                continue
-            nxt = ax.step(float(value))
-            if nxt is not None:
-                add(_with(strongest, ax.key, nxt), scout,
-                    f"scout: strongest setting keeps utility {above[strongest]:.3f} >= floor {floor:.3f}; {ax.key} x{ax.factor:g}")
+        # step the setting of lowest utility; where its steps all ran (utility need not fall
+        # with strength), the next lowest, and so on
+        for strongest in sorted(above, key=lambda s: above[s]):
+            for ax in axes:
+                value = dict(strongest).get(ax.key)
+                nxt = None if value is None else ax.step(float(value))
+                if nxt is not None:
+                    add(_with(strongest, ax.key, nxt), scout,
+                        f"scout: strongest setting keeps utility {above[strongest]:.3f} >= floor {floor:.3f}; {ax.key} x{ax.factor:g}")
+            if out:
+                break
         return list(out.values())
     a = min(above, key=lambda s: above[s]) if above else None  # just above the floor
     b = max(below, key=lambda s: below[s])  # just below it
