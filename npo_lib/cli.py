@@ -10,7 +10,7 @@
     npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
     npo sweep     SWEEP.yaml [--parallel N] [--executor thread|local|slurm]
     npo launch    --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
-    npo study     SWEEP_DIR [--sweep DIR] [--out docs] [key=value ...] | --run PLAN.yaml [--blocks A,B] | --plan PLAN.yaml | --extend SWEEP.yaml
+    npo study     SWEEP_DIR [--sweep DIR] [--out docs] [key=value ...] | --run PLAN.yaml [--blocks A,B] [--benchmarks A,B] | --plan PLAN.yaml | --extend SWEEP.yaml
 
 Params files and ``key=value`` overrides merge over the schema defaults (:mod:`npo_lib.config`);
 ``--print-config`` shows every key with its help. An error a user can cause (a bad key, value,
@@ -203,13 +203,14 @@ def cmd_study(opts: argparse.Namespace) -> int:
     own = read_spec(plan_file, StudyPlan).study if plan_file else {}  # the plan's study.* settings; the command line wins
     cfg = load_config([*(f"study.{k}={json.dumps(v)}" for k, v in own.items()), *args])
     blocks = [b for b in (opts.blocks or "").split(",") if b] or None
+    benchmarks = [b for b in (opts.benchmarks or "").split(",") if b] or None
     if opts.run:
-        res = run_study(opts.run, cfg.study, out=opts.out, parallel=opts.parallel, blocks=blocks)
+        res = run_study(opts.run, cfg.study, out=opts.out, parallel=opts.parallel, blocks=blocks, benchmarks=benchmarks)
         print(res["markdown"])
         print(f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies', 'timing'))}")
         return 0
     if opts.plan:
-        files = plan_study(opts.plan, opts.out if opts.out != "docs" else None, blocks=blocks)
+        files = plan_study(opts.plan, opts.out if opts.out != "docs" else None, blocks=blocks, benchmarks=benchmarks)
         print("\n".join(f"npo sweep {f} --parallel 2" for f in files))
         return 0
     if opts.extend:
@@ -264,6 +265,7 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--plan", metavar="PLAN.yaml", help="write the starting sweep files of a study plan, e.g. params/study_fair.yaml")
     st.add_argument("--run", metavar="PLAN.yaml", help="the whole study of a plan, resumable: sweeps, adaptive rounds, attacks at the matched settings, then --out")
     st.add_argument("--blocks", metavar="A,B", help="with --run / --plan: only these blocks of the plan")
+    st.add_argument("--benchmarks", metavar="A,B", help="with --run / --plan: only these benchmarks of the plan")
     st.add_argument("--parallel", type=int, help="with --run: runs at a time (default: the plan's)")
     rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")

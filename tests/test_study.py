@@ -300,6 +300,9 @@ def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_
     assert plan.study == {"strength_keys": ["lr"], "limits": [6.4e-3], "near": 0.02}
     with pytest.raises(ValueError, match="exists"):
         plan_study("params/study_fair.yaml", tmp_path)
+    assert set(plan_sweeps(plan, ["claim"], ["b60"])) == {"study_fair-b60-claim"}
+    with pytest.raises(ValueError, match="unknown benchmark 'b61'; valid: default, b60"):
+        plan_sweeps(plan, None, ["b61"])
 
 
 @pytest.mark.slow

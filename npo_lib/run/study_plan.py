@@ -168,12 +168,13 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """``<name>-<benchmark>-<block>`` -> the sweep file's content (grid: the block's, then seed);
-    ``blocks``: only these (default all)."""
-    unknown = [b for b in (blocks or []) if b not in plan.blocks]
-    if unknown:
-        raise ReportError(f"study plan: unknown block '{unknown[0]}'; valid: {', '.join(plan.blocks)}")
+    ``blocks`` / ``benchmarks``: only these (default all)."""
+    for what, names, valid in (("block", blocks, plan.blocks), ("benchmark", benchmarks, plan.benchmarks)):
+        unknown = [b for b in (names or []) if b not in valid]
+        if unknown:
+            raise ReportError(f"study plan: unknown {what} '{unknown[0]}'; valid: {', '.join(valid)}")
     out = {}
     for block, body in plan.blocks.items():
         if blocks and block not in blocks:
@@ -187,7 +188,7 @@ def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None) -> dict[st
         if missing:
             raise ReportError(f"study plan block '{block}': unknown benchmark '{missing[0]}'; valid: {', '.join(plan.benchmarks)}")
         for bench, extra in plan.benchmarks.items():
-            if own and body.get("benchmarks") and bench not in body["benchmarks"]:
+            if (own and body.get("benchmarks") and bench not in body["benchmarks"]) or (benchmarks and bench not in benchmarks):
                 continue
             config = _merge(_merge(plan.config, extra), body.get("config") or {}) if own else _merge(plan.config, extra)
             name = f"{plan.name}-{bench}-{block}" if own and body.get("config") else f"{plan.name}-{bench}"
@@ -200,14 +201,14 @@ def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None) -> dict[st
 
 
 def plan_study(plan_file: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False, reuse: bool = False,
-               blocks: Sequence[str] | None = None) -> list[Path]:
+               blocks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None) -> list[Path]:
     """``npo study --plan PLAN.yaml [--out DIR]``: write the starting sweep files (default into
     ``<runs_dir>/<name>-plan``), each checked (every grid point's config) before anything runs.
     An existing file is an error unless ``overwrite``, or ``reuse`` and it holds the same sweep
     (a resumed study; a changed plan is an error, so runs of two plans never mix)."""
     plan = read_spec(plan_file, StudyPlan)
     out = Path(out_dir) if out_dir is not None else Path(plan.runs_dir) / f"{plan.name}-plan"
-    sweeps = plan_sweeps(plan, blocks)
+    sweeps = plan_sweeps(plan, blocks, benchmarks)
     files = []
     for stem, body in sweeps.items():
         spec = SweepSpec(**body)
@@ -250,7 +251,7 @@ def merge_round(files: Sequence[str | Path], out_file: Path) -> list[Path]:
 
 
 def run_study(plan_file: str | Path, study: StudyConfig, *, out: str | Path | None = None, parallel: int | None = None,
-              blocks: Sequence[str] | None = None, max_rounds: int = 12, sweep: Callable[..., Mapping[str, Any]] | None = None,
+              blocks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None, max_rounds: int = 12, sweep: Callable[..., Mapping[str, Any]] | None = None,
               write: Callable[..., Mapping[str, Any]] | None = None, attack: Callable[..., Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """``npo study --run PLAN.yaml``: the whole study, resumable.
 
@@ -259,8 +260,8 @@ def run_study(plan_file: str | Path, study: StudyConfig, *, out: str | Path | No
     and sweep the round's points together (:func:`merge_round`), until no method proposes a
     point, a round proposes only points that already failed here, or ``max_rounds``; then the
     attacks run at each method's matched setting (:func:`attack_matched`). Then the study of
-    every folder goes to ``out`` (:func:`npo_lib.run.study.write_study`). ``blocks``: only
-    these blocks of the plan.
+    every folder goes to ``out`` (:func:`npo_lib.run.study.write_study`). ``blocks`` /
+    ``benchmarks``: only these of the plan.
     Interrupted, it continues where it stopped: the starting files are reused, finished runs
     are skipped, and the search resumes from the runs on disk. Prints the time per run.
     """
@@ -269,7 +270,7 @@ def run_study(plan_file: str | Path, study: StudyConfig, *, out: str | Path | No
     attack = attack or attack_matched
     plan = read_spec(plan_file, StudyPlan)
     plan_dir = Path(plan.runs_dir) / f"{plan.name}-plan"
-    starts = plan_study(plan_file, plan_dir, reuse=True, blocks=blocks)
+    starts = plan_study(plan_file, plan_dir, reuse=True, blocks=blocks, benchmarks=benchmarks)
     folders: dict[str, list[Path]] = {}
     for f in starts:
         folders.setdefault(yaml.safe_load(f.read_text())["name"], []).append(f)
