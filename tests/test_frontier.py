@@ -145,3 +145,11 @@ def test_runs_beyond_the_floor_that_forget_worse_make_a_flat_frontier_not_a_boun
     assert (r.status, r.mean) == (INTERPOLATED, pytest.approx(0.001))
     (never,) = at_matched_utility(runs[:1], 0.72, FQ).values()  # nothing below the level: still a bound
     assert never.status == NOT_CROSSED
+
+
+def test_the_matched_setting_gets_every_seed_even_far_from_the_floor():
+    # lr 1e-4 keeps utility 0.80, far above the floor, and forgets best of the settings that keep it
+    runs = [_r("A", 0, 1e-4, 0.80, 0.05), _r("A", 0, 2e-4, 0.75, 0.01), *(_r("A", s, 4e-4, 0.70, 0.5) for s in (0, 1, 2)),
+            *(_r("A", s, 2e-4, 0.75, 0.01) for s in (1, 2))]
+    got = {tuple(dict(p.setting).items()): p.seeds for p in propose_next(runs, 0.72, AXES, [0, 1, 2], near=0.01)}
+    assert got[(("lr", 1e-4), ("num_epochs", 5))] == (1, 2)

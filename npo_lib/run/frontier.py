@@ -327,7 +327,8 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
       wider than ``2 * near`` in utility, the point half-way between them (geometric mean of each
       axis that differs) is scouted with one seed. A seed whose own runs all fall on one side of
       the floor also runs the nearest setting on the other side (by seed-mean utility), so that
-      every seed's frontier can be read at the floor.
+      every seed's frontier can be read at the floor. The matched setting (:func:`matched_setting`)
+      gets every seed too, wherever it lies.
 
     Points already run (with those seeds) are not proposed again; an empty list means the
     method's frontier around the floor is complete or every axis is at its limit.
@@ -373,6 +374,8 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
                     f"scout: weakest setting has utility {mu[b]:.3f} < floor {floor:.3f}; {ax.key} /{ax.factor:g}")
     for s in dict.fromkeys([b, *([a] if a else []), *(s for s, u in mu.items() if abs(u - floor) <= near)]):
         add(s, all_seeds, f"at the floor: utility {mu[s]:.3f} vs {floor:.3f}")
+    if utility == TRADEOFFS["fq_mu"].utility and (m := matched_setting(results, floor, TRADEOFFS["fq_mu"])) is not None:
+        add(m, all_seeds, "the matched setting (best forget quality keeping the floor): the attacks are read there")
     for seed in all_seeds:  # each seed's own frontier must bracket the floor too (seeds differ in utility)
         mine = {r.setting: r.get(utility) for r in results if r.seed == seed and r.get(utility) is not None}
         if not mine:
