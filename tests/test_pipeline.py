@@ -269,3 +269,16 @@ def test_a_pipeline_with_a_finetune_block_unlearns_the_models_it_fine_tunes(mini
     assert set(folders) == {"target", "retain", "npo_gd"}
     with pytest.raises(ConfigError, match="save_merged"):
         pipeline_steps(PipelineSpec(**{**spec.__dict__, "finetune": {"LoRA": {"r": 8}}}))
+
+
+def test_a_run_stopped_after_training_but_before_its_step_was_recorded_is_trained_again(tmp_path):
+    """Killed between the forget notebook's last cell and the step's done record: the folder
+    holds result.json that no step vouches for, so the re-run overwrites instead of refusing."""
+    from npo_lib.run.steps import Step, forget_mode, notebook_path
+
+    run = tmp_path / "run"
+    step = Step("p: forget", notebook_path("forget"), {"save_dir": str(run)}, run / "notebooks" / "01-forget.ipynb")
+    assert forget_mode(step) == {"overwrite": False, "resume": True}  # nothing there, or an interrupted training
+    run.mkdir()
+    (run / "result.json").write_text("{}")
+    assert forget_mode(step) == {"overwrite": True, "resume": False}

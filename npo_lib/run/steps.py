@@ -24,6 +24,7 @@ import yaml
 from npo_lib.config import Config, load_config, nest_keys, read_params_file
 from npo_lib.errors import ConfigError
 from npo_lib.run.checks import check_config
+from npo_lib.run.folders import RESULT_FILE
 from npo_lib.run.notebook import trust_notebook
 from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
@@ -206,8 +207,9 @@ def step_params(spec: Spec, extra: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def forget_mode(step: Step) -> dict[str, bool]:
-    """``overwrite`` when the run folder holds a finished run of other inputs, else ``resume``."""
-    done = step.last_success()
-    return {"overwrite": True, "resume": False} if done is not None else {"overwrite": False, "resume": True}
+    """``overwrite`` when the run folder holds a finished run this step did not record (of other
+    inputs, or one stopped after training but before its step was marked done), else ``resume``."""
+    finished = step.last_success() is not None or (Path(str(step.params.get("save_dir", ""))) / RESULT_FILE).is_file()
+    return {"overwrite": True, "resume": False} if finished else {"overwrite": False, "resume": True}
 
 
