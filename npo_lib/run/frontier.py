@@ -315,6 +315,24 @@ def _with(setting: tuple[tuple[str, Any], ...], key: str, value: Any) -> tuple[t
     return tuple(d.items())
 
 
+def _seed_brackets(results: Sequence[RunResult], mu: Mapping[tuple[tuple[str, Any], ...], float], floor: float,
+                   seeds: Sequence[int], utility: str) -> list[tuple[tuple[tuple[str, Any], ...], int, str]]:
+    """(setting, seed, why) for each seed whose own runs all fall on one side of the floor: the
+    setting nearest (by seed-mean utility ``mu``) on the other side that it has not run, so that
+    every seed's frontier brackets the floor (seeds differ in utility)."""
+    out = []
+    for seed in seeds:
+        mine = {r.setting: r.get(utility) for r in results if r.seed == seed and r.get(utility) is not None}
+        for direction, pick in (("above", max), ("below", min)) if mine else ():
+            if any((u >= floor) == (direction == "above") for u in mine.values()):
+                continue
+            edge = pick(mu[s] for s in mine if s in mu)  # this seed's weakest (strongest) setting
+            others = [s for s in mu if s not in mine and (mu[s] > edge if direction == "above" else mu[s] < edge)]
+            if others:
+                out.append((min(others, key=lambda s: abs(mu[s] - edge)), seed, f"seed {seed}: no point of its own {direction} the floor {floor:.3f}"))
+    return out
+
+
 def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis], seeds: Sequence[int], *,
                  near: float = 0.01, utility: str = "model_utility") -> list[Proposal]:
     """The next points of one method's grid (``results`` all of one method).
@@ -376,18 +394,8 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
         add(s, all_seeds, f"at the floor: utility {mu[s]:.3f} vs {floor:.3f}")
     if utility == TRADEOFFS["fq_mu"].utility and (m := matched_setting(results, floor, TRADEOFFS["fq_mu"])) is not None:
         add(m, all_seeds, "the matched setting (best forget quality keeping the floor): the attacks are read there")
-    for seed in all_seeds:  # each seed's own frontier must bracket the floor too (seeds differ in utility)
-        mine = {r.setting: r.get(utility) for r in results if r.seed == seed and r.get(utility) is not None}
-        if not mine:
-            continue
-        for direction, pick in (("above", max), ("below", min)):
-            if any((u >= floor) == (direction == "above") for u in mine.values()):
-                continue
-            edge = pick(mu[s] for s in mine if s in mu)  # this seed's weakest (strongest) setting, by seed-mean utility
-            others = [s for s in mu if s not in mine and (mu[s] > edge if direction == "above" else mu[s] < edge)]
-            if others:
-                nxt = min(others, key=lambda s: abs(mu[s] - edge))
-                add(nxt, (seed,), f"seed {seed}: no point of its own {direction} the floor {floor:.3f}")
+    for setting, seed, reason in _seed_brackets(results, mu, floor, all_seeds, utility):
+        add(setting, (seed,), reason)
     if a is not None and mu[a] - mu[b] > 2 * near:
         mid = a
         da, db = dict(a), dict(b)
