@@ -18,6 +18,7 @@ from npo_lib.utils import dist
 from npo_lib.utils.io import read_json
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
+NOTEBOOKS_DIR = "notebooks"  # a sweep's executed notebooks of the run: kept when overwrite=true replaces the run
 
 
 def run_name(cfg: Config) -> str:

@@ -28,7 +28,13 @@ from npo_lib.models.loading import load_model, load_tokenizer
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper, LossSpec
 from npo_lib.run.checks import check_activation_layers, check_config
-from npo_lib.run.folders import RESULT_FILE, check_run_folder, influence_files, run_dir
+from npo_lib.run.folders import (
+    NOTEBOOKS_DIR,
+    RESULT_FILE,
+    check_run_folder,
+    influence_files,
+    run_dir,
+)
 from npo_lib.run.training import (
     TrainSettings,
     rmu_trainable_blocks,
@@ -141,7 +147,9 @@ def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = T
     t0 = time.perf_counter()
     model_path, data_path = resolve_model_path(cfg), resolve_data_path(cfg)
     if cfg.overwrite and out.exists() and dist.is_rank0():
-        shutil.rmtree(out)
+        for item in out.iterdir():  # notebooks/: the step runner's executed notebooks (this one being written)
+            if item.name != NOTEBOOKS_DIR:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_rank0():
         save_config(cfg, out / "config.yaml")
