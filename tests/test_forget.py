@@ -78,8 +78,12 @@ def test_run_folder_reproducible_and_never_overwritten(mini_world, tmp_path):
     assert rows[0]["forget/NPO"] == pytest.approx(2 / cfg.beta * math.log(2), rel=1e-5)
     with pytest.raises(ConfigError, match="overwrite=true"):
         run_forget(cfg, progress=False)
+    (run / "notebooks").mkdir()  # a sweep's executed notebooks, one being written while it overwrites
+    (run / "notebooks" / "01-forget.ipynb").write_text("{}")
+    (run / "attacks").mkdir()
     again = run_forget(load_config([str(run / "config.yaml"), "overwrite=true"]), progress=False)
     assert again["steps"] == 2
+    assert (run / "notebooks" / "01-forget.ipynb").is_file() and not (run / "attacks").exists()  # the rest of the old run is gone
 
 
 def test_unfinished_folder_asks_for_resume(mini_world, tmp_path):
