@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from npo_lib.config import StudyConfig
+from npo_lib.config import StudyConfig, nest_keys
 from npo_lib.errors import ReportError
 from npo_lib.run.frontier import Axis, Proposal, RunResult, by_method, propose_next
 from npo_lib.run.steps import Step, read_spec, run_steps, spec_config
@@ -48,10 +48,10 @@ def _spec_values(spec: Any) -> dict[str, Any]:
     return flatten(asdict(spec_config(spec)))
 
 
-def _next_file(out_dir: Path, stem: str) -> Path:
-    """``<stem>-next-NN.yaml``, numbered after the highest one already there (none is overwritten)."""
-    taken = [int(m.group(1)) for p in out_dir.glob(f"{stem}-next-*.yaml") if (m := re.search(r"-next-(\d+)\.yaml$", p.name))]
-    return out_dir / f"{stem}-next-{max(taken, default=0) + 1:02d}.yaml"
+def _next_file(out_dir: Path, stem: str, tag: str = "next") -> Path:
+    """``<stem>-<tag>-NN.yaml``, numbered after the highest one already there (none is overwritten)."""
+    taken = [int(m.group(1)) for p in out_dir.glob(f"{stem}-{tag}-*.yaml") if (m := re.match(rf"{re.escape(stem)}-{tag}-(\d+)", p.name))]
+    return out_dir / f"{stem}-{tag}-{max(taken, default=0) + 1:02d}.yaml"
 
 
 def _grid_values(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]) -> dict[str, list[Any]]:
@@ -160,14 +160,6 @@ class StudyPlan:
     study: dict[str, Any] = field(default_factory=dict)  # study.* settings of this plan (search axes, seeds, ...)
 
 
-def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """``b`` over ``a``, nested mappings merged key by key."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
-
-
 def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """``<name>-<benchmark>-<block>`` -> the sweep file's content (grid: the block's, then seed);
     ``blocks`` / ``benchmarks``: only these (default all)."""
@@ -190,7 +182,7 @@ def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None, benchmarks
         for bench, extra in plan.benchmarks.items():
             if (own and body.get("benchmarks") and bench not in body["benchmarks"]) or (benchmarks and bench not in benchmarks):
                 continue
-            config = _merge(_merge(plan.config, extra), body.get("config") or {}) if own else _merge(plan.config, extra)
+            config = nest_keys(plan.config, extra, body.get("config") or {}) if own else nest_keys(plan.config, extra)
             name = f"{plan.name}-{bench}-{block}" if own and body.get("config") else f"{plan.name}-{bench}"
             out[f"{plan.name}-{bench}-{block}"] = {
                 "name": name, "runs_dir": plan.runs_dir, "params": list(plan.params),
@@ -302,7 +294,7 @@ def run_study(plan_file: str | Path, study: StudyConfig, *, out: str | Path | No
                 print(f"study {name}: round {r} proposes only runs that already ran here and did not finish ({', '.join(sorted(runs))}); stopping", flush=True)
                 break
             print(f"study {name}: round {r}: {len(runs)} runs for {len({p['method'] for res in proposed for p in res['proposals']})} methods", flush=True)
-            merged = merge_round([f for res in proposed for f in res["files"]], plan_dir / "next" / f"{name}-round-{_round_no(plan_dir / 'next', name):02d}.yaml")
+            merged = merge_round([f for res in proposed for f in res["files"]], _next_file(plan_dir / "next", name, "round"))
             for f in merged:
                 run(f, tried)
         else:
@@ -314,11 +306,6 @@ def run_study(plan_file: str | Path, study: StudyConfig, *, out: str | Path | No
     result = dict(write([Path(plan.runs_dir) / n for n in folders], out if out is not None else "docs", study))
     result["timing"] = timing
     return result
-
-
-def _round_no(folder: Path, name: str) -> int:
-    taken = [int(m.group(1)) for p in folder.glob(f"{name}-round-*.yaml") if (m := re.search(r"-round-(\d+)", p.name))]
-    return max(taken, default=0) + 1
 
 
 def _sweep_points(root: Path) -> tuple[SweepSpec | None, dict[str, dict[str, Any]]]:
@@ -346,7 +333,7 @@ def matched_attack_steps(root: str | Path, study: StudyConfig, *,
     spec, points = _sweep_points(root)
     if spec is None:
         raise ReportError(f"{root}: no sweep file of this folder under {root.parent}/*-plan")
-    attacked = _merge(spec.config, {"eval": {"robustness": list(study.attacks)}})
+    attacked = nest_keys(spec.config, {"eval": {"robustness": list(study.attacks)}})
     out: list[list[Step]] = []
     for bench, results in load_results(run_folders(root), study).items():
         b = analyse(bench, results, (references or references_for)(results, root), study)
