@@ -153,3 +153,13 @@ def test_the_matched_setting_gets_every_seed_even_far_from_the_floor():
             *(_r("A", s, 2e-4, 0.75, 0.01) for s in (1, 2))]
     got = {tuple(dict(p.setting).items()): p.seeds for p in propose_next(runs, 0.72, AXES, [0, 1, 2], near=0.01)}
     assert got[(("lr", 1e-4), ("num_epochs", 5))] == (1, 2)
+
+
+def test_a_seed_that_ran_every_setting_without_crossing_steps_past_its_own_strongest():
+    # lr 4e-4 crosses the floor on the seed mean, but seed 2 keeps 0.73 there and has run every setting
+    runs = [*(_r("A", s, lr, mu, 0.01) for s in (0, 1) for lr, mu in ((2e-4, 0.76), (4e-4, 0.66))),
+            _r("A", 2, 2e-4, 0.78, 0.01), _r("A", 2, 4e-4, 0.73, 0.01)]
+    got = {tuple(dict(p.setting).items()): p.seeds for p in propose_next(runs, 0.72, (Axis("lr", 2.0, limit=1e-3),), [0, 1, 2], near=0.01)}
+    assert got[(("lr", 8e-4), ("num_epochs", 5))] == (2,)  # one step further, for seed 2 only
+    capped = propose_next(runs, 0.72, (Axis("lr", 2.0, limit=5e-4),), [0, 1, 2], near=0.01)
+    assert all(dict(p.setting)["lr"] <= 5e-4 for p in capped)  # not past the axis limit

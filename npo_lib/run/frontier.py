@@ -316,20 +316,29 @@ def _with(setting: tuple[tuple[str, Any], ...], key: str, value: Any) -> tuple[t
 
 
 def _seed_brackets(results: Sequence[RunResult], mu: Mapping[tuple[tuple[str, Any], ...], float], floor: float,
-                   seeds: Sequence[int], utility: str) -> list[tuple[tuple[tuple[str, Any], ...], int, str]]:
+                   seeds: Sequence[int], utility: str, axes: Sequence[Axis]) -> list[tuple[tuple[tuple[str, Any], ...], int, str]]:
     """(setting, seed, why) for each seed whose own runs all fall on one side of the floor: the
     setting nearest (by seed-mean utility ``mu``) on the other side that it has not run, so that
-    every seed's frontier brackets the floor (seeds differ in utility)."""
+    every seed's frontier brackets the floor (seeds differ in utility). Where the seed has run
+    every such setting, its own edge setting is stepped one step further along each axis."""
     out = []
     for seed in seeds:
         mine = {r.setting: r.get(utility) for r in results if r.seed == seed and r.get(utility) is not None}
         for direction, pick in (("above", max), ("below", min)) if mine else ():
             if any((u >= floor) == (direction == "above") for u in mine.values()):
                 continue
+            why = f"seed {seed}: no point of its own {direction} the floor {floor:.3f}"
             edge = pick(mu[s] for s in mine if s in mu)  # this seed's weakest (strongest) setting
             others = [s for s in mu if s not in mine and (mu[s] > edge if direction == "above" else mu[s] < edge)]
             if others:
-                out.append((min(others, key=lambda s: abs(mu[s] - edge)), seed, f"seed {seed}: no point of its own {direction} the floor {floor:.3f}"))
+                out.append((min(others, key=lambda s: abs(mu[s] - edge)), seed, why))
+                continue
+            last = pick(mine, key=lambda s: mine[s])  # its own weakest (strongest) run: step past it
+            for ax in axes:
+                value = dict(last).get(ax.key)
+                nxt = None if value is None else ax.step(float(value), down=direction == "above")
+                if nxt is not None:
+                    out.append((_with(last, ax.key, nxt), seed, f"{why}; {ax.key} {'/' if direction == 'above' else 'x'}{ax.factor:g}"))
     return out
 
 
@@ -394,7 +403,7 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
         add(s, all_seeds, f"at the floor: utility {mu[s]:.3f} vs {floor:.3f}")
     if utility == TRADEOFFS["fq_mu"].utility and (m := matched_setting(results, floor, TRADEOFFS["fq_mu"])) is not None:
         add(m, all_seeds, "the matched setting (best forget quality keeping the floor): the attacks are read there")
-    for setting, seed, reason in _seed_brackets(results, mu, floor, all_seeds, utility):
+    for setting, seed, reason in _seed_brackets(results, mu, floor, all_seeds, utility, axes):
         add(setting, (seed,), reason)
     if a is not None and mu[a] - mu[b] > 2 * near:
         mid = a
