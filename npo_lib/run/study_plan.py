@@ -22,6 +22,7 @@ import yaml
 from npo_lib.config import StudyConfig, nest_keys
 from npo_lib.errors import ReportError
 from npo_lib.run.frontier import Axis, Proposal, RunResult, by_method, propose_next
+from npo_lib.run.executors import local_device_slots
 from npo_lib.run.steps import Step, read_spec, run_steps, spec_config
 from npo_lib.run.study import (
     ATTACKS_DIR,
@@ -361,7 +362,8 @@ def attack_matched(root: str | Path, study: StudyConfig, *, parallel: int = 1,
     steps = matched_attack_steps(root, study, references=references)
     todo = [st for st in steps if not st[-1].is_current()]
     failed: list[str] = []
-    with cpu_share(str(root), min(parallel, len(todo)), True), ThreadPoolExecutor(max(1, parallel)) as pool:
+    on_cpus = local_device_slots(1, 1)[0] is None  # with GPUs the threads are not what they share
+    with cpu_share(str(root), min(parallel, len(todo)), on_cpus), ThreadPoolExecutor(max(1, parallel)) as pool:
         for st, results in zip(todo, pool.map(lambda st: run_steps(st, stream=False), todo), strict=True):
             if any(x.status == "failed" for x in results):
                 failed.append(st[-1].name.split(":")[0])
