@@ -21,8 +21,8 @@ import yaml
 
 from npo_lib.config import StudyConfig, nest_keys
 from npo_lib.errors import ReportError
-from npo_lib.run.frontier import Axis, Proposal, RunResult, by_method, propose_next
 from npo_lib.run.executors import local_device_slots
+from npo_lib.run.frontier import Axis, Proposal, RunResult, by_method, propose_next
 from npo_lib.run.steps import Step, read_spec, run_steps, spec_config
 from npo_lib.run.study import (
     ATTACKS_DIR,
