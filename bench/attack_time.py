@@ -33,8 +33,14 @@ from npo_lib.utils.machine import machine_info  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", default=None, help="cache_dir holding the embedded models (default: the config's)")
-    ap.add_argument("--model", default=None, help="model folder to attack (default: the embedded target)")
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="cache_dir holding the embedded models (default: the config's)",
+    )
+    ap.add_argument(
+        "--model", default=None, help="model folder to attack (default: the embedded target)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -55,7 +61,15 @@ def main() -> int:
     print(f"plain evaluation: {plain:.1f} s")
     total = 0.0
     for name in ATTACKS:
-        ctx = AttackContext(model, tok, tags, data, dataclasses.replace(cfg.eval, robustness=[name]), cfg.max_length, False)
+        ctx = AttackContext(
+            model,
+            tok,
+            tags,
+            data,
+            dataclasses.replace(cfg.eval, robustness=[name]),
+            cfg.max_length,
+            False,
+        )
         sec = run_attacks(ctx, [name])[name]["seconds"]
         total += sec
         print(f"  {name:<10} {sec:7.1f} s   {sec / plain:5.2f}x the plain evaluation")

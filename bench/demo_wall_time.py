@@ -46,8 +46,10 @@ def main() -> int:
         print(f"  {s['name']:<24} {s['status']:<8} {s['seconds']:7.1f} s")
     if res.get("report"):
         print("\n" + res["report"] + "\n")
-    print(f"npo run params/demo.yaml: {wall:.1f} s wall ({'ok' if res['ok'] else 'FAILED'}), "
-          f"{wall / BUDGET_S:.2f} of the {BUDGET_S:.0f} s budget, {os.cpu_count()} CPUs")
+    print(
+        f"npo run params/demo.yaml: {wall:.1f} s wall ({'ok' if res['ok'] else 'FAILED'}), "
+        f"{wall / BUDGET_S:.2f} of the {BUDGET_S:.0f} s budget, {os.cpu_count()} CPUs"
+    )
     if not args.keep:
         import shutil
 

@@ -82,9 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--dtype", default="float32", help="model dtype; bf16 rounding differs between batch shapes"
     )
-    ap.add_argument("--ranks", type=int, default=2, help="processes of the multi-rank run (0: skip it)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="interleaved repetitions of each path; each part's fastest counts (a shared machine's load varies)")
+    ap.add_argument(
+        "--ranks", type=int, default=2, help="processes of the multi-rank run (0: skip it)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="interleaved repetitions of each path; each part's fastest counts (a shared machine's load varies)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one rank of the multi-rank run
     return ap
 
@@ -131,21 +137,41 @@ def worker(args: argparse.Namespace) -> int:
     cfg, tags, model, tokenizer, data = _load(args, args.cache)
     opt = EvalConfig(max_new_tokens=args.max_new_tokens)
     with sharded():
-        res = _fastest([_timed(model, tokenizer, tags, data, opt, cfg.max_length) for _ in range(args.repeat)])
+        res = _fastest(
+            [_timed(model, tokenizer, tags, data, opt, cfg.max_length) for _ in range(args.repeat)]
+        )
     if is_rank0():
         Path(args.worker).write_text(json.dumps(res, default=str))
     return 0
 
 
-def multi_rank(args: argparse.Namespace, cache: str, one_rank: Callable[[], dict], batched: dict) -> list[str]:
+def multi_rank(
+    args: argparse.Namespace, cache: str, one_rank: Callable[[], dict], batched: dict
+) -> list[str]:
     """The batched evaluation on ``--ranks`` processes next to one process, interleaved
     (``--repeat`` times: a ``--ranks`` run, then a one-process run; each part's fastest counts),
     and the disagreements of the multi-rank result with the one-process one."""
     out = Path(cache) / "bench-multirank.json"
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(args.ranks),
-           "--master_port", "29597", __file__, "--worker", str(out), "--cache", cache,
-           "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--dtype", args.dtype,
-           "--repeat", "1"]
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc_per_node",
+        str(args.ranks),
+        "--master_port",
+        "29597",
+        __file__,
+        "--worker",
+        str(out),
+        "--cache",
+        cache,
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--threads",
+        str(args.threads),
+        "--dtype",
+        args.dtype,
+        "--repeat",
+        "1",
+    ]
     if args.device:
         cmd += ["--device", args.device]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or os.cpu_count())}
@@ -158,13 +184,19 @@ def multi_rank(args: argparse.Namespace, cache: str, one_rank: Callable[[], dict
         singles.append(one_rank())
     multi = _fastest(multis)
     multi["per_item"] = {k: {int(i): v for i, v in d.items()} for k, d in multi["per_item"].items()}
-    multi["generations"] = {k: {int(i): v for i, v in d.items()} for k, d in multi["generations"].items()}
+    multi["generations"] = {
+        k: {int(i): v for i, v in d.items()} for k, d in multi["generations"].items()
+    }
     b, m = _fastest(singles)["seconds"], multi["seconds"]
-    print(f"\n{'':<20}{'1 rank s':>10}{f'{args.ranks} ranks s':>11}{'speed-up':>10}   (fastest of {args.repeat} interleaved)")
+    print(
+        f"\n{'':<20}{'1 rank s':>10}{f'{args.ranks} ranks s':>11}{'speed-up':>10}   (fastest of {args.repeat} interleaved)"
+    )
     for part in ("scoring", "generation", "scoring+generation", "total"):
         print(f"{part:<20}{b[part]:>10.2f}{m[part]:>11.2f}{b[part] / m[part]:>9.2f}x")
-    print(f"({args.ranks} processes of {args.threads or 'all'} thread(s) each on {os.cpu_count()} CPUs; "
-          f"load average {os.getloadavg()[0]:.1f} at the end)")
+    print(
+        f"({args.ranks} processes of {args.threads or 'all'} thread(s) each on {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()[0]:.1f} at the end)"
+    )
     return compare(multi, batched)
 
 
@@ -183,14 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     paths = {
         "batched": EvalConfig(max_new_tokens=args.max_new_tokens),
-        "single": EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=1, gen_batch_size=1, flatten=False),
+        "single": EvalConfig(
+            max_new_tokens=args.max_new_tokens, batch_size=1, gen_batch_size=1, flatten=False
+        ),
     }
     timed: dict[str, list[dict]] = {name: [] for name in paths}
     for _ in range(args.repeat):  # interleaved: both paths see the same spells of load
         for name, opt in paths.items():
             timed[name].append(_timed(model, tokenizer, tags, data, opt, cfg.max_length))
     runs = {name: _fastest(r) for name, r in timed.items()}
-    print(f"fastest of {args.repeat} interleaved runs per path; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"fastest of {args.repeat} interleaved runs per path; load average {os.getloadavg()[0]:.1f}"
+    )
 
     b, s = runs["batched"]["seconds"], runs["single"]["seconds"]
     print(f"\n{'':<20}{'batched s':>10}{'single s':>10}{'ratio':>8}")
@@ -205,15 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     problems = compare(runs["batched"], runs["single"])
     n_items = sum(len(v) for v in runs["batched"]["per_item"].values())
     if args.ranks > 1:
+
         def one_rank() -> dict:
             return _timed(model, tokenizer, tags, data, paths["batched"], cfg.max_length)
 
-        problems += [f"{args.ranks} ranks: {p}" for p in multi_rank(args, cache, one_rank, runs["batched"])]
+        problems += [
+            f"{args.ranks} ranks: {p}" for p in multi_rank(args, cache, one_rank, runs["batched"])
+        ]
     if problems:
         print(f"[FAIL] {len(problems)} disagreements:\n  " + "\n  ".join(problems[:20]))
         return 1
-    print(f"[ok] {n_items} per-item values and every generation agree"
-          + (f" (single, batched and {args.ranks} ranks)" if args.ranks > 1 else ""))
+    print(
+        f"[ok] {n_items} per-item values and every generation agree"
+        + (f" (single, batched and {args.ranks} ranks)" if args.ranks > 1 else "")
+    )
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -112,16 +112,26 @@ class Shape:
     @property
     def n_params(self) -> int:
         embed = self.vocab * self.hidden
-        return embed * (1 if self.tied else 2) + self.layers * (self.layer_linear + 2 * self.hidden) + self.hidden
+        return (
+            embed * (1 if self.tied else 2)
+            + self.layers * (self.layer_linear + 2 * self.hidden)
+            + self.hidden
+        )
 
     def config(self, vocab: int | None = None, **ids: int):
         from transformers import LlamaConfig
 
         return LlamaConfig(
-            vocab_size=vocab or self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
-            num_hidden_layers=self.layers, num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
-            max_position_embeddings=8192 if self.vocab > 100_000 else 1024, rope_theta=500_000.0,
-            tie_word_embeddings=self.tied, **ids,
+            vocab_size=vocab or self.vocab,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            max_position_embeddings=8192 if self.vocab > 100_000 else 1024,
+            rope_theta=500_000.0,
+            tie_word_embeddings=self.tied,
+            **ids,
         )
 
 
@@ -162,14 +172,19 @@ def memory_estimate(section: str, shape: Shape, a: argparse.Namespace) -> float:
     if section == "zero3":
         return 16 * n + act  # bf16 weights and grads, fp32 master weights and Adam states
     # influence: float32 weights, at least one tracked block (5 copies), fp32 logits of a few rows
-    return 4 * n + 5 * 4 * shape.layer_linear + 2 * a.influence_seqs * (a.influence_tokens + 32) * shape.vocab * 16 + 2 * GIB
+    return (
+        4 * n
+        + 5 * 4 * shape.layer_linear
+        + 2 * a.influence_seqs * (a.influence_tokens + 32) * shape.vocab * 16
+        + 2 * GIB
+    )
 
 
 def shapes_for(section: str, a: argparse.Namespace, total_mem: float | None) -> list[Shape]:
     """Ladder from the largest shape <= ``--shape`` (``--zero3-shape`` for zero3) that fits."""
     top = a.zero3_shape if section == "zero3" else a.shape
     top = LADDER[max(LADDER.index(top), LADDER.index(a.shape))]  # never above --shape
-    ladder = [SHAPES[s] for s in LADDER[LADDER.index(top):]]
+    ladder = [SHAPES[s] for s in LADDER[LADDER.index(top) :]]
     if total_mem:
         fitting = [s for s in ladder if memory_estimate(section, s, a) <= 0.92 * total_mem]
         ladder = fitting or ladder[-1:]
@@ -182,14 +197,18 @@ def synthetic_example(rng: random.Random, prompt: int, target: int, vocab: int) 
     return {"input_ids": ids, "labels": [-100] * prompt + ids[prompt:], "prompt_len": prompt}
 
 
-def build_model(shape: Shape, device: str, dtype, attn: str, seed: int = 0, vocab: int | None = None, **ids: int):
+def build_model(
+    shape: Shape, device: str, dtype, attn: str, seed: int = 0, vocab: int | None = None, **ids: int
+):
     """A random-init Llama allocated directly on ``device`` in ``dtype`` (never on the CPU first)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(shape.config(vocab, **ids), dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_config(
+            shape.config(vocab, **ids), dtype=dtype, attn_implementation=attn
+        )
     return model
 
 
@@ -218,14 +237,37 @@ def peak_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
-def row(section: str, shape: Shape, *, tokens: int, seconds: float, flops_per_token: float, formula: str,
-        n_params: int, dtype: str, peak: float, peak_flops: float | None, **extra: Any) -> dict[str, Any]:
+def row(
+    section: str,
+    shape: Shape,
+    *,
+    tokens: int,
+    seconds: float,
+    flops_per_token: float,
+    formula: str,
+    n_params: int,
+    dtype: str,
+    peak: float,
+    peak_flops: float | None,
+    **extra: Any,
+) -> dict[str, Any]:
     tps = tokens / seconds if seconds > 0 else float("nan")
     mfu = flops_per_token * tps / peak_flops if peak_flops else None
-    return {"section": section, "shape": shape.name, "n_params": n_params, "dtype": dtype, "tokens": tokens,
-            "seconds": round(seconds, 4), "tokens_per_s": round(tps, 1), "formula": formula,
-            "flops_per_token": flops_per_token, "mfu": None if mfu is None else round(mfu, 4),
-            "peak_mem_gib": round(peak, 2), "status": "ok", **extra}
+    return {
+        "section": section,
+        "shape": shape.name,
+        "n_params": n_params,
+        "dtype": dtype,
+        "tokens": tokens,
+        "seconds": round(seconds, 4),
+        "tokens_per_s": round(tps, 1),
+        "formula": formula,
+        "flops_per_token": flops_per_token,
+        "mfu": None if mfu is None else round(mfu, 4),
+        "peak_mem_gib": round(peak, 2),
+        "status": "ok",
+        **extra,
+    }
 
 
 def device_of(a: argparse.Namespace) -> str:
@@ -260,16 +302,27 @@ def section_probe(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     device = device_of(a)
-    info: dict[str, Any] = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda}
+    info: dict[str, Any] = {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
     for pkg in ("transformers", "peft", "accelerate", "deepspeed", "flash_attn"):
         try:
             info[pkg] = importlib.import_module(pkg).__version__
         except Exception as e:  # not installed, or fails to import without a GPU toolchain
-            info[pkg] = None if isinstance(e, ModuleNotFoundError) else f"import error: {type(e).__name__}"
+            info[pkg] = (
+                None if isinstance(e, ModuleNotFoundError) else f"import error: {type(e).__name__}"
+            )
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
-        info.update(name=p.name, total_mem=p.total_memory, bf16=torch.cuda.is_bf16_supported(),
-                    capability=f"{p.major}.{p.minor}", gpus=torch.cuda.device_count())
+        info.update(
+            name=p.name,
+            total_mem=p.total_memory,
+            bf16=torch.cuda.is_bf16_supported(),
+            capability=f"{p.major}.{p.minor}",
+            gpus=torch.cuda.device_count(),
+        )
     else:
         info.update(name=f"cpu ({os.cpu_count()} cores)", total_mem=None, bf16=False)
     return info
@@ -289,7 +342,9 @@ def _train_timer(device: str, warmup: int, steps: int):
             sync(device)
             self.ends.append(time.perf_counter())
             self.tokens.append(TOKEN_COUNT[0])
-            say(f"  step {state.global_step}: {self.ends[-1] - (self.ends[-2] if len(self.ends) > 1 else self.t0):.3f} s")
+            say(
+                f"  step {state.global_step}: {self.ends[-1] - (self.ends[-2] if len(self.ends) > 1 else self.t0):.3f} s"
+            )
             if len(self.ends) >= warmup + steps:
                 control.should_training_stop = True
             return control
@@ -302,8 +357,14 @@ def _train_timer(device: str, warmup: int, steps: int):
             """(seconds, steps, tokens) from the end of the last warmup step to the last step."""
             k = warmup - 1
             if len(self.ends) <= warmup:
-                raise RuntimeError(f"only {len(self.ends)} steps ran; need more than --warmup={warmup}")
-            return self.ends[-1] - self.ends[k], len(self.ends) - warmup, self.tokens[-1] - self.tokens[k]
+                raise RuntimeError(
+                    f"only {len(self.ends)} steps ran; need more than --warmup={warmup}"
+                )
+            return (
+                self.ends[-1] - self.ends[k],
+                len(self.ends) - warmup,
+                self.tokens[-1] - self.tokens[k],
+            )
 
     return StepTimer()
 
@@ -311,7 +372,9 @@ def _train_timer(device: str, warmup: int, steps: int):
 TOKEN_COUNT = [0]  # tokens (input positions) of every view the forget steps forwarded
 
 
-def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: float | None) -> list[dict[str, Any]]:
+def section_forget(
+    a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: float | None
+) -> list[dict[str, Any]]:
     """NPO+GD through UnlearningTrainer: cached reference log-probs, then timed optimizer steps."""
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -328,18 +391,37 @@ def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: 
     steps = a.warmup + a.steps
     n = a.batch_size * steps  # one epoch = the steps we run
     out = Path(tempfile.mkdtemp(prefix="gpu_check_forget_", dir=a.workdir))
-    cfg = load_config([
-        "forget_loss=NPO+GD", f"batch_size={a.batch_size}", "lr=1e-5", "warmup_epochs=0", "num_epochs=1",
-        f"LoRA.r={a.lora_r if lora else 0}", f"gradient_checkpointing={str(gc).lower()}", f"save_dir={out}",
-        f"cache_dir={out / 'cache'}", f"max_length={a.seq_len}",
-    ])
+    cfg = load_config(
+        [
+            "forget_loss=NPO+GD",
+            f"batch_size={a.batch_size}",
+            "lr=1e-5",
+            "warmup_epochs=0",
+            "num_epochs=1",
+            f"LoRA.r={a.lora_r if lora else 0}",
+            f"gradient_checkpointing={str(gc).lower()}",
+            f"save_dir={out}",
+            f"cache_dir={out / 'cache'}",
+            f"max_length={a.seq_len}",
+        ]
+    )
     spec = parse_loss(cfg.forget_loss)
     args = training_arguments(cfg, out, n, gc, TrainSettings.for_forget(cfg))
-    args = dataclasses.replace(args, max_steps=steps, save_strategy="no", logging_steps=steps,
-                               use_cpu=device == "cpu", disable_tqdm=True)
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32  # families.resolve_dtype("auto")
-    say(f"{'lora' if lora else 'full'}: building {shape.name} ({shape.like}, {count(shape.n_params)}) on {device} in "
-        f"{str(dtype).removeprefix('torch.')}, sdpa, gradient checkpointing {'on' if gc else 'off'}")
+    args = dataclasses.replace(
+        args,
+        max_steps=steps,
+        save_strategy="no",
+        logging_steps=steps,
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+    )
+    dtype = (
+        torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    )  # families.resolve_dtype("auto")
+    say(
+        f"{'lora' if lora else 'full'}: building {shape.name} ({shape.like}, {count(shape.n_params)}) on {device} in "
+        f"{str(dtype).removeprefix('torch.')}, sdpa, gradient checkpointing {'on' if gc else 'off'}"
+    )
     t0 = time.perf_counter()
     model = build_model(shape, device, dtype, "sdpa")
     n_params = sum(p.numel() for p in model.parameters())
@@ -350,17 +432,31 @@ def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: 
     if gc:
         model.config.use_cache = False
     sync(device)
-    say(f"  model ready in {time.perf_counter() - t0:.1f} s: {count(n_params)} params"
-        + (f", LoRA r={a.lora_r}: {count(n_lora)} trainable" if lora else ""))
+    say(
+        f"  model ready in {time.perf_counter() - t0:.1f} s: {count(n_params)} params"
+        + (f", LoRA r={a.lora_r}: {count(n_lora)} trainable" if lora else "")
+    )
 
     rng = random.Random(0)
     prompt = min(32, a.seq_len // 4)
-    items = [{"index": i, "full": synthetic_example(rng, prompt, a.seq_len - prompt, shape.vocab),
-              "retain": synthetic_example(rng, prompt, a.seq_len - prompt, shape.vocab)} for i in range(n)]
+    items = [
+        {
+            "index": i,
+            "full": synthetic_example(rng, prompt, a.seq_len - prompt, shape.vocab),
+            "retain": synthetic_example(rng, prompt, a.seq_len - prompt, shape.vocab),
+        }
+        for i in range(n)
+    ]
     timer = _train_timer(device, a.warmup, a.steps)
     trainer = UnlearningTrainer(
-        model=model, args=args, train_dataset=items, data_collator=ViewCollator(pad_token_id=0),
-        callbacks=[timer], loss_spec=spec, hyper=LossHyper.from_config(cfg), reference_fingerprint="gpu_check",
+        model=model,
+        args=args,
+        train_dataset=items,
+        data_collator=ViewCollator(pad_token_id=0),
+        callbacks=[timer],
+        loss_spec=spec,
+        hyper=LossHyper.from_config(cfg),
+        reference_fingerprint="gpu_check",
     )
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
@@ -377,41 +473,81 @@ def section_forget(a: argparse.Namespace, shape: Shape, lora: bool, peak_flops: 
     reset_peak(device)
     sync(device)
     t0 = time.perf_counter()
-    trainer.ensure_reference(trainer.model)  # the cached p_ref: one no-grad pass over the forget view
+    trainer.ensure_reference(
+        trainer.model
+    )  # the cached p_ref: one no-grad pass over the forget view
     sync(device)
     ref_s = time.perf_counter() - t0
-    rows.append(row(f"{name}/reference", shape, tokens=n * a.seq_len, seconds=ref_s, flops_per_token=2 * n_params,
-                    formula="2N (forward only)", n_params=n_params, dtype=str(dtype).removeprefix("torch."),
-                    peak=peak_gib(device), peak_flops=peak_flops, note="compute_reference_logprobs, no grad"))
+    rows.append(
+        row(
+            f"{name}/reference",
+            shape,
+            tokens=n * a.seq_len,
+            seconds=ref_s,
+            flops_per_token=2 * n_params,
+            formula="2N (forward only)",
+            n_params=n_params,
+            dtype=str(dtype).removeprefix("torch."),
+            peak=peak_gib(device),
+            peak_flops=peak_flops,
+            note="compute_reference_logprobs, no grad",
+        )
+    )
     say(f"  reference log-probs: {n} sequences in {ref_s:.2f} s")
 
     probe_w = None if lora else model.get_decoder().layers[0].mlp.down_proj.weight
-    before = None if probe_w is None else probe_w.detach().clone()  # did the updates survive the weight dtype?
+    before = (
+        None if probe_w is None else probe_w.detach().clone()
+    )  # did the updates survive the weight dtype?
     train_out = trainer.train()
     seconds, timed_steps, tokens = timer.timed()
-    assert tokens == timed_steps * 2 * a.batch_size * a.seq_len, "token count does not match the batches"
+    assert tokens == timed_steps * 2 * a.batch_size * a.seq_len, (
+        "token count does not match the batches"
+    )
     loss = float(train_out.training_loss)
     if not math.isfinite(loss):
         raise RuntimeError(f"non-finite training loss {loss}")
     note = f"{timed_steps} timed steps after {a.warmup} warmup, B={a.batch_size} x T={a.seq_len} x 2 views, loss {loss:.4f}"
     if lora:
-        moved = max(float(p.detach().abs().max()) for n_, p in trainer.model.named_parameters() if "lora_B" in n_)
+        moved = max(
+            float(p.detach().abs().max())
+            for n_, p in trainer.model.named_parameters()
+            if "lora_B" in n_
+        )
         if moved == 0:
-            raise RuntimeError("LoRA B matrices are still zero after training: no gradient reached the adapters")
+            raise RuntimeError(
+                "LoRA B matrices are still zero after training: no gradient reached the adapters"
+            )
         note += f", max |lora_B| {moved:.1e}"
         flops, formula = 4 * n_params + 6 * n_lora, "4N + 6N_lora"
     else:
         changed = float((probe_w.detach() != before).float().mean())
         note += f", block-0 down_proj weights changed by the {timed_steps + a.warmup} steps at lr 1e-5: {changed:.1%}"
         flops, formula = 6 * n_params, "6N"
-    rows.append(row(f"{name}/NPO+GD", shape, tokens=tokens, seconds=seconds, flops_per_token=flops, formula=formula,
-                    n_params=n_params, dtype=str(dtype).removeprefix("torch."), peak=peak_gib(device),
-                    peak_flops=peak_flops, gradient_checkpointing=gc, step_s=round(seconds / timed_steps, 4),
-                    lora_params=n_lora or None, note=note))
+    rows.append(
+        row(
+            f"{name}/NPO+GD",
+            shape,
+            tokens=tokens,
+            seconds=seconds,
+            flops_per_token=flops,
+            formula=formula,
+            n_params=n_params,
+            dtype=str(dtype).removeprefix("torch."),
+            peak=peak_gib(device),
+            peak_flops=peak_flops,
+            gradient_checkpointing=gc,
+            step_s=round(seconds / timed_steps, 4),
+            lora_params=n_lora or None,
+            note=note,
+        )
+    )
     return rows
 
 
-def _influence_modules(a: argparse.Namespace, shape: Shape, device: str, bytes_per: int) -> tuple[str, int]:
+def _influence_modules(
+    a: argparse.Namespace, shape: Shape, device: str, bytes_per: int
+) -> tuple[str, int]:
     """``--influence-modules auto``: all_linear when 5 copies of θ_S fit, else as many last blocks as fit.
 
     The direction holds the forget and retain gradient sums and their means at once (4 copies of
@@ -424,10 +560,16 @@ def _influence_modules(a: argparse.Namespace, shape: Shape, device: str, bytes_p
         return a.influence_modules, a.influence_last_n
     if device != "cuda":
         return "all_linear", shape.layers
-    free = torch.cuda.mem_get_info()[0] - 2 * a.influence_seqs * (a.influence_tokens + 32) * shape.vocab * 16 - 2 * GIB
+    free = (
+        torch.cuda.mem_get_info()[0]
+        - 2 * a.influence_seqs * (a.influence_tokens + 32) * shape.vocab * 16
+        - 2 * GIB
+    )
     kv = shape.kv_heads * shape.head_dim
     io = 9 * shape.hidden + 2 * kv + 3 * shape.intermediate  # Σ (in + out) over a block's Linears
-    captured = 2 * a.influence_seqs * (a.influence_tokens + 32) * io * bytes_per  # hooks' a and δ of one batch
+    captured = (
+        2 * a.influence_seqs * (a.influence_tokens + 32) * io * bytes_per
+    )  # hooks' a and δ of one batch
     per_layer = 5 * bytes_per * shape.layer_linear + captured
     fit = int(0.85 * free // per_layer)
     if fit >= shape.layers:
@@ -453,7 +595,9 @@ def _downstream_params(model, modules: dict) -> int:
     return total
 
 
-def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | None) -> list[dict[str, Any]]:
+def section_influence(
+    a: argparse.Namespace, shape: Shape, peak_flops: float | None
+) -> list[dict[str, Any]]:
     """Direction v = P⁻¹(ḡ_forget − λ ḡ_retain) and exact JVP scores through npo_lib.influence."""
     import torch
 
@@ -466,8 +610,12 @@ def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | N
 
     device = device_of(a)
     dtype = getattr(torch, a.influence_dtype)
-    attention = register_precise_attention()  # "npo_eager": plain softmax in the model dtype, has a JVP
-    say(f"influence: building {shape.name} ({shape.like}) on {device} in {a.influence_dtype}, attention {attention}")
+    attention = (
+        register_precise_attention()
+    )  # "npo_eager": plain softmax in the model dtype, has a JVP
+    say(
+        f"influence: building {shape.name} ({shape.like}) on {device} in {a.influence_dtype}, attention {attention}"
+    )
     t0 = time.perf_counter()
     model = build_model(shape, device, dtype, attention)
     precise_norms(model)  # as run.influence.load_scoring_model does
@@ -475,15 +623,33 @@ def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | N
     n_params = sum(p.numel() for p in model.parameters())
     sync(device)
     modules_kind, last_n = _influence_modules(a, shape, device, dtype.itemsize)
-    say(f"  model ready in {time.perf_counter() - t0:.1f} s; tracked modules: {modules_kind}"
-        + (f" (last {last_n} of {shape.layers} blocks: all_linear does not fit)" if modules_kind == "last_n" else ""))
-    icfg = InfluenceConfig(scorer="differential", preconditioner=a.influence_preconditioner, modules=modules_kind,
-                           last_n_layers=last_n, method="jvp", batch_size=a.influence_seqs,
-                           dtype=a.influence_dtype if a.influence_dtype in ("float32", "float64") else "float32")
+    say(
+        f"  model ready in {time.perf_counter() - t0:.1f} s; tracked modules: {modules_kind}"
+        + (
+            f" (last {last_n} of {shape.layers} blocks: all_linear does not fit)"
+            if modules_kind == "last_n"
+            else ""
+        )
+    )
+    icfg = InfluenceConfig(
+        scorer="differential",
+        preconditioner=a.influence_preconditioner,
+        modules=modules_kind,
+        last_n_layers=last_n,
+        method="jvp",
+        batch_size=a.influence_seqs,
+        dtype=a.influence_dtype if a.influence_dtype in ("float32", "float64") else "float32",
+    )
     rng = random.Random(1)
     prompt = 32
-    forget = [synthetic_example(rng, prompt, a.influence_tokens, shape.vocab) for _ in range(a.influence_seqs)]
-    retain = [synthetic_example(rng, prompt, a.influence_tokens, shape.vocab) for _ in range(a.influence_seqs)]
+    forget = [
+        synthetic_example(rng, prompt, a.influence_tokens, shape.vocab)
+        for _ in range(a.influence_seqs)
+    ]
+    retain = [
+        synthetic_example(rng, prompt, a.influence_tokens, shape.vocab)
+        for _ in range(a.influence_seqs)
+    ]
     ctx = ScoreContext(model, forget, retain, icfg, pad_token_id=0)
 
     reset_peak(device)
@@ -493,7 +659,9 @@ def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | N
     sync(device)
     say(f"  warmup compute_token_scores: {time.perf_counter() - t0:.2f} s")
     if len(rows) != len(forget) or any(r.numel() != a.influence_tokens for r in rows):
-        raise RuntimeError(f"score rows have lengths {[r.numel() for r in rows]}, expected {a.influence_tokens} each")
+        raise RuntimeError(
+            f"score rows have lengths {[r.numel() for r in rows]}, expected {a.influence_tokens} each"
+        )
     if not all(bool(torch.isfinite(r).all()) for r in rows):
         raise RuntimeError("non-finite influence scores")
 
@@ -504,12 +672,21 @@ def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | N
     per_jvp = 2 * n_params + 2 * n_down + 2 * n_s
     seq = prompt + a.influence_tokens
     dir_s, jvp_s = [], []
-    for _ in range(a.influence_repeats):  # the two calls inside the differential scorer, timed apart
+    for _ in range(
+        a.influence_repeats
+    ):  # the two calls inside the differential scorer, timed apart
         sync(device)
         t0 = time.perf_counter()
-        v = differential_direction(model, modules, forget, retain, lam=icfg.lam,
-                                   preconditioner=PRECONDITIONERS[icfg.preconditioner](icfg.damping),
-                                   batch_size=icfg.batch_size, pad_token_id=0)
+        v = differential_direction(
+            model,
+            modules,
+            forget,
+            retain,
+            lam=icfg.lam,
+            preconditioner=PRECONDITIONERS[icfg.preconditioner](icfg.damping),
+            batch_size=icfg.batch_size,
+            pad_token_id=0,
+        )
         sync(device)
         t1 = time.perf_counter()
         score_rows(model, v, forget, method="jvp", batch_size=icfg.batch_size, pad_token_id=0)
@@ -520,24 +697,64 @@ def section_influence(a: argparse.Namespace, shape: Shape, peak_flops: float | N
     d, j = min(dir_s), min(jvp_s)
     dir_tokens, jvp_tokens = 2 * a.influence_seqs * seq, a.influence_seqs * seq
     peak = peak_gib(device)
-    common = dict(n_params=n_params, dtype=a.influence_dtype, peak=peak, peak_flops=peak_flops,
-                  tracked=f"{modules_kind}" + (f"({last_n})" if modules_kind == "last_n" else ""),
-                  tracked_params=n_s, downstream_params=n_down, linear_params=n_lin)
-    note = (f"{a.influence_seqs} forget + {a.influence_seqs} retain seqs of {prompt}+{a.influence_tokens} tokens, "
-            f"preconditioner {icfg.preconditioner}, N_S={count(n_s)}, N_down={count(n_down)}, N_lin={count(n_lin)}, "
-            f"fastest of {a.influence_repeats}")
+    common = dict(
+        n_params=n_params,
+        dtype=a.influence_dtype,
+        peak=peak,
+        peak_flops=peak_flops,
+        tracked=f"{modules_kind}" + (f"({last_n})" if modules_kind == "last_n" else ""),
+        tracked_params=n_s,
+        downstream_params=n_down,
+        linear_params=n_lin,
+    )
+    note = (
+        f"{a.influence_seqs} forget + {a.influence_seqs} retain seqs of {prompt}+{a.influence_tokens} tokens, "
+        f"preconditioner {icfg.preconditioner}, N_S={count(n_s)}, N_down={count(n_down)}, N_lin={count(n_lin)}, "
+        f"fastest of {a.influence_repeats}"
+    )
     return [
-        row("influence/direction", shape, tokens=dir_tokens, seconds=d, flops_per_token=per_dir, formula="2N+2N_lin+2N_S",
-            note="forward+backward over forget and retain; " + note
-            + ("; float32 matmuls (TF32 off, as npo influence runs)" if a.influence_dtype == "float32" else ""), **common),
-        row("influence/jvp", shape, tokens=jvp_tokens, seconds=j, flops_per_token=per_jvp, formula="2N+2N_down+2N_S",
-            note="forward-mode scores of every forget token", **common),
-        row("influence/step", shape, tokens=jvp_tokens, seconds=d + j, flops_per_token=(dir_tokens * per_dir + jvp_tokens * per_jvp) / jvp_tokens,
-            formula="2 x dir + jvp", note="direction + scores; tokens = positions of the forget sequences", **common),
+        row(
+            "influence/direction",
+            shape,
+            tokens=dir_tokens,
+            seconds=d,
+            flops_per_token=per_dir,
+            formula="2N+2N_lin+2N_S",
+            note="forward+backward over forget and retain; "
+            + note
+            + (
+                "; float32 matmuls (TF32 off, as npo influence runs)"
+                if a.influence_dtype == "float32"
+                else ""
+            ),
+            **common,
+        ),
+        row(
+            "influence/jvp",
+            shape,
+            tokens=jvp_tokens,
+            seconds=j,
+            flops_per_token=per_jvp,
+            formula="2N+2N_down+2N_S",
+            note="forward-mode scores of every forget token",
+            **common,
+        ),
+        row(
+            "influence/step",
+            shape,
+            tokens=jvp_tokens,
+            seconds=d + j,
+            flops_per_token=(dir_tokens * per_dir + jvp_tokens * per_jvp) / jvp_tokens,
+            formula="2 x dir + jvp",
+            note="direction + scores; tokens = positions of the forget sequences",
+            **common,
+        ),
     ]
 
 
-def _zero3_world(a: argparse.Namespace, shape: Shape, device: str, work: Path) -> tuple[Path, Path, int]:
+def _zero3_world(
+    a: argparse.Namespace, shape: Shape, device: str, work: Path
+) -> tuple[Path, Path, int]:
     """Benchmark files with traces joined to ~seq-len tokens, and a saved random model + tokenizer."""
     import torch
 
@@ -559,12 +776,22 @@ def _zero3_world(a: argparse.Namespace, shape: Shape, device: str, work: Path) -
         with (data / f"{name}.json").open("w") as f:
             for i, r in enumerate(records):
                 cot = " ".join(records[(i + j) % len(records)]["cot"] for j in range(k))
-                rec = {key: v for key, v in r.items() if key not in ("fact", "fact_spans")}  # no fact-recall generation
+                rec = {
+                    key: v for key, v in r.items() if key not in ("fact", "fact_spans")
+                }  # no fact-recall generation
                 f.write(json.dumps({**rec, "cot": cot}) + "\n")
     model_dir = work / "model"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = build_model(shape, device, dtype, "sdpa", vocab=max(shape.vocab, len(tok)), bos_token_id=tok.bos_token_id,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = build_model(
+        shape,
+        device,
+        dtype,
+        "sdpa",
+        vocab=max(shape.vocab, len(tok)),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     n_params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
@@ -574,37 +801,80 @@ def _zero3_world(a: argparse.Namespace, shape: Shape, device: str, work: Path) -
     return data, model_dir, n_params
 
 
-def section_zero3(a: argparse.Namespace, shape: Shape, peak_flops: float | None) -> list[dict[str, Any]]:
+def section_zero3(
+    a: argparse.Namespace, shape: Shape, peak_flops: float | None
+) -> list[dict[str, Any]]:
     """run_forget with params/ds/zero3.json under ``python -m deepspeed.launcher.runner --num_gpus 1``."""
     import importlib.util
 
     if importlib.util.find_spec("deepspeed") is None:
-        return [{"section": "zero3/NPO+GD", "shape": shape.name, "status": "skipped",
-                 "note": "deepspeed is not installed (pip install deepspeed)"}]
+        return [
+            {
+                "section": "zero3/NPO+GD",
+                "shape": shape.name,
+                "status": "skipped",
+                "note": "deepspeed is not installed (pip install deepspeed)",
+            }
+        ]
     device = device_of(a)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_zero3_", dir=a.workdir))
     t0 = time.perf_counter()
     data, model_dir, n_params = _zero3_world(a, shape, device, work)
-    say(f"zero3: benchmark, tokenizer and {shape.name} model ({count(n_params)}) saved in {time.perf_counter() - t0:.1f} s")
+    say(
+        f"zero3: benchmark, tokenizer and {shape.name} model ({count(n_params)}) saved in {time.perf_counter() - t0:.1f} s"
+    )
     result = work / "worker.json"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(port),
-           "--no_local_rank", str(Path(__file__).resolve()), "--section", "zero3-worker", "--shape", shape.name,
-           "--result", str(result), "--model-path", str(model_dir), "--data-path", str(data), "--workdir", str(work),
-           *_passthrough(a)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "1",
+        "--master_port",
+        str(port),
+        "--no_local_rank",
+        str(Path(__file__).resolve()),
+        "--section",
+        "zero3-worker",
+        "--shape",
+        shape.name,
+        "--result",
+        str(result),
+        "--model-path",
+        str(model_dir),
+        "--data-path",
+        str(data),
+        "--workdir",
+        str(work),
+        *_passthrough(a),
+    ]
     say("  " + " ".join(cmd[:9]) + " ...")
     rc = _run(cmd, timeout=max(5.0, a.deadline - time.time()))
     if rc != 0 or not result.is_file():
         raise RuntimeError(f"the DeepSpeed run failed (exit code {rc}); its output is above")
     w = json.loads(result.read_text())
-    return [row("zero3/NPO+GD", shape, tokens=w["tokens"], seconds=w["seconds"], flops_per_token=6 * n_params, formula="6N",
-                n_params=n_params, dtype=w["dtype"], peak=w["peak_gib"], peak_flops=peak_flops,
-                step_s=round(w["seconds"] / w["steps"], 4), gradient_checkpointing=w["gc"],
-                note=f"run_forget + params/ds/zero3.json, 1 rank, {w['steps']} timed steps after {a.warmup} warmup (the "
-                     f"first holds the reference pass), B={a.batch_size}, benchmark traces joined to <= {a.seq_len} "
-                     f"tokens (padding counted), loss {w['loss']:.4f}")]
+    return [
+        row(
+            "zero3/NPO+GD",
+            shape,
+            tokens=w["tokens"],
+            seconds=w["seconds"],
+            flops_per_token=6 * n_params,
+            formula="6N",
+            n_params=n_params,
+            dtype=w["dtype"],
+            peak=w["peak_gib"],
+            peak_flops=peak_flops,
+            step_s=round(w["seconds"] / w["steps"], 4),
+            gradient_checkpointing=w["gc"],
+            note=f"run_forget + params/ds/zero3.json, 1 rank, {w['steps']} timed steps after {a.warmup} warmup (the "
+            f"first holds the reference pass), B={a.batch_size}, benchmark traces joined to <= {a.seq_len} "
+            f"tokens (padding counted), loss {w['loss']:.4f}",
+        )
+    ]
 
 
 def zero3_worker(a: argparse.Namespace) -> None:
@@ -618,13 +888,27 @@ def zero3_worker(a: argparse.Namespace) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = SHAPES[a.shape]
     gc = gradient_checkpointing(a, shape)
-    cfg = load_config([
-        "model_family=tiny", f"model_path={a.model_path}", f"data_path={a.data_path}", f"save_dir={a.workdir}/run",
-        "forget_loss=NPO+GD", "split=forget10", "task_id=1", f"batch_size={a.batch_size}", "num_epochs=100",  # the timer stops it
-        "lr=1e-5", "warmup_epochs=0", f"logging_steps={a.warmup + a.steps}", "save_steps=1000000",
-        f"max_length={a.seq_len}", f"gradient_checkpointing={str(gc).lower()}",
-        f"ds_config={ROOT / 'params' / 'ds' / 'zero3.json'}", f"cache_dir={a.workdir}/cache",
-    ])
+    cfg = load_config(
+        [
+            "model_family=tiny",
+            f"model_path={a.model_path}",
+            f"data_path={a.data_path}",
+            f"save_dir={a.workdir}/run",
+            "forget_loss=NPO+GD",
+            "split=forget10",
+            "task_id=1",
+            f"batch_size={a.batch_size}",
+            "num_epochs=100",  # the timer stops it
+            "lr=1e-5",
+            "warmup_epochs=0",
+            f"logging_steps={a.warmup + a.steps}",
+            "save_steps=1000000",
+            f"max_length={a.seq_len}",
+            f"gradient_checkpointing={str(gc).lower()}",
+            f"ds_config={ROOT / 'params' / 'ds' / 'zero3.json'}",
+            f"cache_dir={a.workdir}/cache",
+        ]
+    )
     orig = UnlearningTrainer.compute_loss
 
     def counting(self, model, inputs, *args, **kwargs):
@@ -636,10 +920,20 @@ def zero3_worker(a: argparse.Namespace) -> None:
     res = run_forget(cfg, callbacks=[timer], progress=False)
     seconds, steps, tokens = timer.timed()
     if int(os.environ.get("RANK", "0")) == 0:
-        Path(a.result).write_text(json.dumps({
-            "seconds": seconds, "steps": steps, "tokens": tokens, "peak_gib": peak_gib(device), "loss": res["train_loss"],
-            "dtype": "bfloat16" if device == "cuda" else "float32", "gc": gc, "world_size": res["world_size"],
-        }))
+        Path(a.result).write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "steps": steps,
+                    "tokens": tokens,
+                    "peak_gib": peak_gib(device),
+                    "loss": res["train_loss"],
+                    "dtype": "bfloat16" if device == "cuda" else "float32",
+                    "gc": gc,
+                    "world_size": res["world_size"],
+                }
+            )
+        )
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -647,9 +941,24 @@ def zero3_worker(a: argparse.Namespace) -> None:
 
 def _passthrough(a: argparse.Namespace) -> list[str]:
     """The measurement options, for a child process."""
-    keys = ("device", "batch_size", "seq_len", "warmup", "steps", "lora_r", "gc", "influence_seqs", "influence_tokens",
-            "influence_modules", "influence_last_n", "influence_preconditioner", "influence_dtype",
-            "influence_repeats", "peak_tflops", "deadline")
+    keys = (
+        "device",
+        "batch_size",
+        "seq_len",
+        "warmup",
+        "steps",
+        "lora_r",
+        "gc",
+        "influence_seqs",
+        "influence_tokens",
+        "influence_modules",
+        "influence_last_n",
+        "influence_preconditioner",
+        "influence_dtype",
+        "influence_repeats",
+        "peak_tflops",
+        "deadline",
+    )
     out = []
     for k in keys:
         v = getattr(a, k)
@@ -660,8 +969,13 @@ def _passthrough(a: argparse.Namespace) -> list[str]:
 
 def _run(cmd: list[str], timeout: float) -> int | str:
     """Run ``cmd`` in its own process group (output shown live); on timeout end that group."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TQDM_DISABLE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     try:
         return proc.wait(timeout=timeout)
@@ -680,14 +994,30 @@ def _run(cmd: list[str], timeout: float) -> int | str:
 
 def run_child(a: argparse.Namespace, section: str, shape: str, work: Path) -> dict[str, Any]:
     result = work / f"{section}-{shape}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--section", section, "--shape", shape, "--result", str(result),
-           "--zero3-shape", a.zero3_shape, "--workdir", str(work), *_passthrough(a)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--section",
+        section,
+        "--shape",
+        shape,
+        "--result",
+        str(result),
+        "--zero3-shape",
+        a.zero3_shape,
+        "--workdir",
+        str(work),
+        *_passthrough(a),
+    ]
     rc = _run(cmd, timeout=max(1.0, a.deadline - time.time()))
     if result.is_file():
         return json.loads(result.read_text())
     if rc == "timeout":
         return {"status": "timeout", "error": "time budget reached while the section ran"}
-    return {"status": "error", "error": f"the section's process exited with code {rc} (output above)"}
+    return {
+        "status": "error",
+        "error": f"the section's process exited with code {rc} (output above)",
+    }
 
 
 def fmt_table(rows: list[dict[str, Any]]) -> str:
@@ -695,11 +1025,17 @@ def fmt_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") is not None else "-"
-        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else ("n/a" if r.get("tokens_per_s") else "-")
+        mfu = (
+            f"{r['mfu']:.1%}"
+            if r.get("mfu") is not None
+            else ("n/a" if r.get("tokens_per_s") else "-")
+        )
         peak = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") is not None else "-"
         status = r["status"] + (f": {r['note']}" if r["status"] != "ok" and r.get("note") else "")
-        lines.append(f"{r['section']:<22} {r.get('shape', '-'):<5} {r.get('dtype', '-'):<9} {tps:>10} {mfu:>6} "
-                     f"{r.get('formula', '-'):<22} {peak:>8}  {status}")
+        lines.append(
+            f"{r['section']:<22} {r.get('shape', '-'):<5} {r.get('dtype', '-'):<9} {tps:>10} {mfu:>6} "
+            f"{r.get('formula', '-'):<22} {peak:>8}  {status}"
+        )
     return "\n".join(lines)
 
 
@@ -708,7 +1044,13 @@ def parent(a: argparse.Namespace) -> int:
     a.deadline = start + a.budget
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     a.workdir = str(work)
-    out_json = Path(a.json) if a.json else Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else work / "gpu_check.json"
+    out_json = (
+        Path(a.json)
+        if a.json
+        else Path(os.environ["OUT"]) / "gpu_check.json"
+        if os.environ.get("OUT")
+        else work / "gpu_check.json"
+    )
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
@@ -719,10 +1061,38 @@ def parent(a: argparse.Namespace) -> int:
         say(f"probe failed: {probe.get('error')}")
         return 1
     info = probe["info"]
-    peak = a.peak_tflops * 1e12 if a.peak_tflops else lookup_peak_flops(info["name"]) if info["device"] == "cuda" else None
-    say(f"device: {info['name']}, {info['total_mem'] / GIB:.1f} GiB" if info["total_mem"] else f"device: {info['name']}")
-    say("versions: " + ", ".join(f"{k} {info.get(k)}" for k in ("torch", "cuda", "transformers", "peft", "accelerate", "deepspeed", "flash_attn")))
-    say(f"peak bf16 dense: {peak / 1e12:g} TFLOPS" if peak else "peak bf16 dense: unknown peak (MFU not computed; pass --peak-tflops)")
+    peak = (
+        a.peak_tflops * 1e12
+        if a.peak_tflops
+        else lookup_peak_flops(info["name"])
+        if info["device"] == "cuda"
+        else None
+    )
+    say(
+        f"device: {info['name']}, {info['total_mem'] / GIB:.1f} GiB"
+        if info["total_mem"]
+        else f"device: {info['name']}"
+    )
+    say(
+        "versions: "
+        + ", ".join(
+            f"{k} {info.get(k)}"
+            for k in (
+                "torch",
+                "cuda",
+                "transformers",
+                "peft",
+                "accelerate",
+                "deepspeed",
+                "flash_attn",
+            )
+        )
+    )
+    say(
+        f"peak bf16 dense: {peak / 1e12:g} TFLOPS"
+        if peak
+        else "peak bf16 dense: unknown peak (MFU not computed; pass --peak-tflops)"
+    )
     if info["device"] == "cuda" and not info.get("bf16"):
         say("warning: this GPU has no bf16: the forget sections run in float32")
 
@@ -731,19 +1101,34 @@ def parent(a: argparse.Namespace) -> int:
         left = a.deadline - time.time()
         ladder = shapes_for(section, a, info.get("total_mem"))
         if section == "zero3" and not info.get("deepspeed"):
-            rows.append({"section": "zero3/NPO+GD", "shape": ladder[0].name, "status": "skipped",
-                         "note": "deepspeed is not installed (pip install deepspeed)" if info.get("deepspeed") is None
-                         else f"deepspeed does not import: {info['deepspeed']}"})
+            rows.append(
+                {
+                    "section": "zero3/NPO+GD",
+                    "shape": ladder[0].name,
+                    "status": "skipped",
+                    "note": "deepspeed is not installed (pip install deepspeed)"
+                    if info.get("deepspeed") is None
+                    else f"deepspeed does not import: {info['deepspeed']}",
+                }
+            )
             say(f"--- zero3: skipped, {rows[-1]['note']}")
             continue
         if left < a.min_section_s:
-            rows.append({"section": section, "shape": ladder[0].name, "status": "skipped",
-                         "note": f"time budget ({a.budget:.0f} s) reached, {left:.0f} s left"})
+            rows.append(
+                {
+                    "section": section,
+                    "shape": ladder[0].name,
+                    "status": "skipped",
+                    "note": f"time budget ({a.budget:.0f} s) reached, {left:.0f} s left",
+                }
+            )
             say(f"--- {section}: skipped, {left:.0f} s of the budget left")
             continue
         for i, shape in enumerate(ladder):
             est = memory_estimate(section, shape, a) / GIB
-            say(f"--- {section} on {shape.name} ({shape.like}; estimated {est:.0f} GiB), {a.deadline - time.time():.0f} s of the budget left")
+            say(
+                f"--- {section} on {shape.name} ({shape.like}; estimated {est:.0f} GiB), {a.deadline - time.time():.0f} s of the budget left"
+            )
             t0 = time.time()
             res = run_child(a, section, shape.name, work)
             say(f"--- {section} {res.get('status')} in {time.time() - t0:.0f} s")
@@ -751,21 +1136,49 @@ def parent(a: argparse.Namespace) -> int:
                 rows.extend(res["rows"])
                 break
             smaller = ladder[i + 1] if i + 1 < len(ladder) else None
-            if res.get("status") == "oom" and smaller is not None and a.deadline - time.time() > a.min_section_s:
+            if (
+                res.get("status") == "oom"
+                and smaller is not None
+                and a.deadline - time.time() > a.min_section_s
+            ):
                 say(f"    out of memory on {shape.name}: trying {smaller.name}")
-                rows.append({"section": section, "shape": shape.name, "status": "oom", "note": f"fell back to {smaller.name}"})
+                rows.append(
+                    {
+                        "section": section,
+                        "shape": shape.name,
+                        "status": "oom",
+                        "note": f"fell back to {smaller.name}",
+                    }
+                )
                 continue
-            rows.append({"section": section, "shape": shape.name, "status": res.get("status", "error"),
-                         "note": (res.get("error") or "").strip().splitlines()[-1][:160] if res.get("error") else ""})
+            rows.append(
+                {
+                    "section": section,
+                    "shape": shape.name,
+                    "status": res.get("status", "error"),
+                    "note": (res.get("error") or "").strip().splitlines()[-1][:160]
+                    if res.get("error")
+                    else "",
+                }
+            )
             break
 
     elapsed = time.time() - start
     print()
-    print(f"GPU check on {info['name']} ({elapsed:.0f} s; MFU against {peak / 1e12:g} TFLOPS bf16 dense)" if peak
-          else f"GPU check on {info['name']} ({elapsed:.0f} s; unknown peak: no MFU)")
+    print(
+        f"GPU check on {info['name']} ({elapsed:.0f} s; MFU against {peak / 1e12:g} TFLOPS bf16 dense)"
+        if peak
+        else f"GPU check on {info['name']} ({elapsed:.0f} s; unknown peak: no MFU)"
+    )
     print(fmt_table(rows))
-    report = {"device": info, "peak_flops": peak, "elapsed_s": round(elapsed, 1), "budget_s": a.budget,
-              "args": {k: v for k, v in vars(a).items() if k not in ("deadline", "workdir")}, "rows": rows}
+    report = {
+        "device": info,
+        "peak_flops": peak,
+        "elapsed_s": round(elapsed, 1),
+        "budget_s": a.budget,
+        "args": {k: v for k, v in vars(a).items() if k not in ("deadline", "workdir")},
+        "rows": rows,
+    }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(report, indent=2))
     print(f"\nwritten: {out_json}")
@@ -774,7 +1187,9 @@ def parent(a: argparse.Namespace) -> int:
 
 def child(a: argparse.Namespace) -> int:
     """One section in this process; its result (or error) goes to ``--result`` as JSON."""
-    if a.section == "zero3-worker":  # inside the DeepSpeed launcher: errors end the run with their traceback
+    if (
+        a.section == "zero3-worker"
+    ):  # inside the DeepSpeed launcher: errors end the run with their traceback
         zero3_worker(a)
         return 0
     out: dict[str, Any] = {"section": a.section, "shape": a.shape}
@@ -786,7 +1201,13 @@ def child(a: argparse.Namespace) -> int:
 
             device = device_of(a)
             name = torch.cuda.get_device_name() if device == "cuda" else ""
-            peak = a.peak_tflops * 1e12 if a.peak_tflops else lookup_peak_flops(name) if device == "cuda" else None
+            peak = (
+                a.peak_tflops * 1e12
+                if a.peak_tflops
+                else lookup_peak_flops(name)
+                if device == "cuda"
+                else None
+            )
             shape = SHAPES[a.shape]
             if a.section in ("lora", "full"):
                 rows = section_forget(a, shape, a.section == "lora", peak)
@@ -798,7 +1219,9 @@ def child(a: argparse.Namespace) -> int:
     except Exception as e:
         import torch
 
-        oom_type = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: only the latter
+        oom_type = getattr(
+            torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError
+        )  # torch < 2.5: only the latter
         oom = isinstance(e, oom_type) or "out of memory" in str(e).lower()
         traceback.print_exc()
         out.update(status="oom" if oom else "error", error=f"{type(e).__name__}: {e}")
@@ -808,30 +1231,93 @@ def child(a: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    ap.add_argument("--shape", choices=LADDER, default="8b", help="largest shape tried (each section falls back from it)")
-    ap.add_argument("--zero3-shape", choices=LADDER, default="1b", help="shape of the ZeRO-3 section (saved to disk)")
-    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
-    ap.add_argument("--budget", type=float, default=450.0, help="seconds for every section together (7.5 min)")
-    ap.add_argument("--min-section-s", type=float, default=30.0, help="skip a section when fewer seconds are left")
-    ap.add_argument("--batch-size", type=int, default=None, help="sequences per view per step (GPU 4, CPU 2)")
-    ap.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (GPU 512, CPU 64)")
+    ap.add_argument(
+        "--shape",
+        choices=LADDER,
+        default="8b",
+        help="largest shape tried (each section falls back from it)",
+    )
+    ap.add_argument(
+        "--zero3-shape",
+        choices=LADDER,
+        default="1b",
+        help="shape of the ZeRO-3 section (saved to disk)",
+    )
+    ap.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}"
+    )
+    ap.add_argument(
+        "--budget", type=float, default=450.0, help="seconds for every section together (7.5 min)"
+    )
+    ap.add_argument(
+        "--min-section-s",
+        type=float,
+        default=30.0,
+        help="skip a section when fewer seconds are left",
+    )
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="sequences per view per step (GPU 4, CPU 2)"
+    )
+    ap.add_argument(
+        "--seq-len", type=int, default=None, help="tokens per sequence (GPU 512, CPU 64)"
+    )
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (GPU 2, CPU 1); >= 1")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (GPU 5, CPU 2)")
     ap.add_argument("--lora-r", type=int, default=16)
-    ap.add_argument("--gc", choices=("auto", "on", "off"), default="auto", help="gradient checkpointing (auto: on from 1b)")
-    ap.add_argument("--influence-seqs", type=int, default=4, help="forget (and retain) sequences of the influence step")
-    ap.add_argument("--influence-tokens", type=int, default=128, help="target tokens per influence sequence")
-    ap.add_argument("--influence-modules", choices=("auto", "all_linear", "mlp", "last_n"), default="auto",
-                    help="tracked θ_S (auto: all_linear when it fits, else the last blocks that fit)")
-    ap.add_argument("--influence-last-n", type=int, default=4, help="blocks for --influence-modules last_n")
-    ap.add_argument("--influence-preconditioner", choices=("identity", "diagonal", "kfac", "ekfac"), default="identity")
-    ap.add_argument("--influence-dtype", choices=("float32", "bfloat16"), default="float32",
-                    help="scoring dtype (InfluenceConfig allows float32 / float64; bfloat16 is outside it)")
-    ap.add_argument("--influence-repeats", type=int, default=None, help="timed influence steps, fastest kept (GPU 3, CPU 1)")
-    ap.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 dense TFLOPS (overrides the name lookup)")
-    ap.add_argument("--json", default=None, help="summary JSON (default $OUT/gpu_check.json, else a temp file)")
+    ap.add_argument(
+        "--gc",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="gradient checkpointing (auto: on from 1b)",
+    )
+    ap.add_argument(
+        "--influence-seqs",
+        type=int,
+        default=4,
+        help="forget (and retain) sequences of the influence step",
+    )
+    ap.add_argument(
+        "--influence-tokens", type=int, default=128, help="target tokens per influence sequence"
+    )
+    ap.add_argument(
+        "--influence-modules",
+        choices=("auto", "all_linear", "mlp", "last_n"),
+        default="auto",
+        help="tracked θ_S (auto: all_linear when it fits, else the last blocks that fit)",
+    )
+    ap.add_argument(
+        "--influence-last-n", type=int, default=4, help="blocks for --influence-modules last_n"
+    )
+    ap.add_argument(
+        "--influence-preconditioner",
+        choices=("identity", "diagonal", "kfac", "ekfac"),
+        default="identity",
+    )
+    ap.add_argument(
+        "--influence-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="scoring dtype (InfluenceConfig allows float32 / float64; bfloat16 is outside it)",
+    )
+    ap.add_argument(
+        "--influence-repeats",
+        type=int,
+        default=None,
+        help="timed influence steps, fastest kept (GPU 3, CPU 1)",
+    )
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak bf16 dense TFLOPS (overrides the name lookup)",
+    )
+    ap.add_argument(
+        "--json", default=None, help="summary JSON (default $OUT/gpu_check.json, else a temp file)"
+    )
     ap.add_argument("--section", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -840,12 +1326,19 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     cpu = a.device == "cpu" or a.shape == "tiny"
-    for key, gpu_default, cpu_default in (("batch_size", 4, 2), ("seq_len", 512, 64), ("warmup", 2, 1), ("steps", 5, 2),
-                                          ("influence_repeats", 3, 1)):
+    for key, gpu_default, cpu_default in (
+        ("batch_size", 4, 2),
+        ("seq_len", 512, 64),
+        ("warmup", 2, 1),
+        ("steps", 5, 2),
+        ("influence_repeats", 3, 1),
+    ):
         if getattr(a, key) is None:
             setattr(a, key, cpu_default if cpu else gpu_default)
     if a.warmup < 1 or a.steps < 1:
-        raise SystemExit("--warmup and --steps must be >= 1 (timing starts at the end of the last warmup step)")
+        raise SystemExit(
+            "--warmup and --steps must be >= 1 (timing starts at the end of the last warmup step)"
+        )
     if a.section:
         a.deadline = a.deadline or time.time() + a.budget
         return child(a)

@@ -90,20 +90,45 @@ def training_epoch(cfg, model_path: str, batch_size: int, epochs: int = 4) -> fl
 
     probe = Epochs()
     with tempfile.TemporaryDirectory() as tmp:
-        run_cfg = load_config([f"cache_dir={cfg.cache_dir}", f"model_path={model_path}", f"save_dir={tmp}/run",
-                               "forget_loss=NPO", f"num_epochs={epochs}", f"batch_size={batch_size}", "lr=1e-4",
-                               "warmup_epochs=0", "dtype=float32", "logging_steps=1000"])
+        run_cfg = load_config(
+            [
+                f"cache_dir={cfg.cache_dir}",
+                f"model_path={model_path}",
+                f"save_dir={tmp}/run",
+                "forget_loss=NPO",
+                f"num_epochs={epochs}",
+                f"batch_size={batch_size}",
+                "lr=1e-4",
+                "warmup_epochs=0",
+                "dtype=float32",
+                "logging_steps=1000",
+            ]
+        )
         run_forget(run_cfg, callbacks=[probe], progress=False)
     return min(probe.seconds[1:])
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared machine)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: stable timings on a shared machine)",
+    )
     ap.add_argument("--batch-size", type=int, default=8, help="training and influence batch size")
-    ap.add_argument("--repeats", type=int, default=2, help="repeats of each influence timing per round (fastest kept)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="repeats of each influence timing per round (fastest kept)",
+    )
     ap.add_argument("--cache", help="TNPO cache folder (default: the usual one)")
-    ap.add_argument("--model-path", help="model folder (default: the embedded target, else the random base)")
+    ap.add_argument(
+        "--model-path", help="model folder (default: the embedded target, else the random base)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -118,29 +143,49 @@ def main() -> int:
     from npo_lib.run.influence import load_inputs, load_scoring_model, score_context
 
     base, model_path = world(args.cache, args.model_path)
-    cfg = dataclasses.replace(base, model_path=model_path,
-                              influence=dataclasses.replace(base.influence, batch_size=args.batch_size))
+    cfg = dataclasses.replace(
+        base,
+        model_path=model_path,
+        influence=dataclasses.replace(base.influence, batch_size=args.batch_size),
+    )
     inputs = load_inputs(cfg)
     model = load_scoring_model(cfg, model_path)
     n_params = sum(p.numel() for p in model.parameters())
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu, {args.threads} thread(s) of {os.cpu_count()} cores"
-    print(f"model: {model_path} ({n_params / 1e6:.2f}M params), influence dtype {cfg.influence.dtype}; device: {device}")
-    print(f"data: {cfg.split} task {cfg.task_id}: {len(inputs.forget)} forget examples, "
-          f"{sum(len(ex['input_ids']) - ex['prompt_len'] for ex in inputs.forget)} target tokens; "
-          f"retain sample {len(inputs.retain)}; batch size {args.batch_size}")
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu, {args.threads} thread(s) of {os.cpu_count()} cores"
+    )
+    print(
+        f"model: {model_path} ({n_params / 1e6:.2f}M params), influence dtype {cfg.influence.dtype}; device: {device}"
+    )
+    print(
+        f"data: {cfg.split} task {cfg.task_id}: {len(inputs.forget)} forget examples, "
+        f"{sum(len(ex['input_ids']) - ex['prompt_len'] for ex in inputs.forget)} target tokens; "
+        f"retain sample {len(inputs.retain)}; batch size {args.batch_size}"
+    )
 
     # 1. one row at 128 target tokens
     ex = long_example(inputs, cfg)
-    v = differential_direction(model, tracked_modules(model, cfg.influence.modules), inputs.forget, inputs.retain,
-                               pad_token_id=inputs.tokenizer.pad_token_id)
+    v = differential_direction(
+        model,
+        tracked_modules(model, cfg.influence.modules),
+        inputs.forget,
+        inputs.retain,
+        pad_token_id=inputs.tokenizer.pad_token_id,
+    )
     loop_s, ref = timed(lambda: autograd_token_scores(model, v, ex), 2)
     jvp_s, jvp = timed(lambda: score_rows(model, v, [ex], method="jvp")[0], 5)
     fd_s, fd = timed(lambda: score_rows(model, v, [ex], method="fd")[0], 5)
     rel = lambda r: float((r - ref).abs().max() / ref.abs().max())  # noqa: E731
     print(f"\n1. one row of {TOKENS} target tokens (identity direction)")
     print(f"   per-token autograd loop {loop_s * 1e3:8.1f} ms")
-    print(f"   JVP                     {jvp_s * 1e3:8.1f} ms   {loop_s / jvp_s:6.1f}x faster   max rel diff {rel(jvp):.1e}")
-    print(f"   finite difference       {fd_s * 1e3:8.1f} ms   {loop_s / fd_s:6.1f}x faster   max rel diff {rel(fd):.1e}")
+    print(
+        f"   JVP                     {jvp_s * 1e3:8.1f} ms   {loop_s / jvp_s:6.1f}x faster   max rel diff {rel(jvp):.1e}"
+    )
+    print(
+        f"   finite difference       {fd_s * 1e3:8.1f} ms   {loop_s / fd_s:6.1f}x faster   max rel diff {rel(fd):.1e}"
+    )
     jvp_ok = loop_s / jvp_s >= 30
 
     # 2. the influence step vs a training epoch, interleaved (influence, training, influence, training)
@@ -148,21 +193,33 @@ def main() -> int:
     epoch = float("inf")
     for _ in range(2):
         for pre in ("identity", "diagonal", "ekfac"):
-            c = dataclasses.replace(cfg, influence=dataclasses.replace(cfg.influence, scorer="differential", preconditioner=pre))
-            s, _ = timed(lambda c=c: compute_token_scores(score_context(c, model, inputs, False)), args.repeats)
+            c = dataclasses.replace(
+                cfg,
+                influence=dataclasses.replace(
+                    cfg.influence, scorer="differential", preconditioner=pre
+                ),
+            )
+            s, _ = timed(
+                lambda c=c: compute_token_scores(score_context(c, model, inputs, False)),
+                args.repeats,
+            )
             steps[pre] = min(s, steps.get(pre, float("inf")))
         epoch = min(epoch, training_epoch(cfg, model_path, args.batch_size))
-    print(f"\n2. influence step (direction from {len(inputs.forget)} forget + {len(inputs.retain)} retain, "
-          f"JVP scores of the forget split) vs one training epoch (NPO, forget split): {epoch:.2f} s")
+    print(
+        f"\n2. influence step (direction from {len(inputs.forget)} forget + {len(inputs.retain)} retain, "
+        f"JVP scores of the forget split) vs one training epoch (NPO, forget split): {epoch:.2f} s"
+    )
     ok = jvp_ok
     for pre, s in steps.items():
         target = "<= 4x" if pre != "ekfac" else "reported"
         if pre != "ekfac":
             ok &= s / epoch <= 4
         print(f"   {pre:<9} {s:6.2f} s   {s / epoch:5.2f}x an epoch   (target {target})")
-    print(f"\nJVP vs loop: {loop_s / jvp_s:.1f}x (target >= 30x); identity {steps['identity'] / epoch:.2f}x, "
-          f"diagonal {steps['diagonal'] / epoch:.2f}x (target <= 4x), ekfac {steps['ekfac'] / epoch:.2f}x an epoch; "
-          f"all targets met: {ok}")
+    print(
+        f"\nJVP vs loop: {loop_s / jvp_s:.1f}x (target >= 30x); identity {steps['identity'] / epoch:.2f}x, "
+        f"diagonal {steps['diagonal'] / epoch:.2f}x (target <= 4x), ekfac {steps['ekfac'] / epoch:.2f}x an epoch; "
+        f"all targets met: {ok}"
+    )
     return 0 if ok else 1
 
 

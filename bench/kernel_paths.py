@@ -62,7 +62,13 @@ def npo(args: list[str], env: dict[str, str], log: Path) -> float:
     with log.open("a") as fh:
         fh.write(f"\n$ npo {' '.join(args)}\n")
         fh.flush()
-        rc = subprocess.run([sys.executable, "-m", "npo_lib", *args], cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            [sys.executable, "-m", "npo_lib", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        ).returncode
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
         raise RuntimeError(f"npo {args[0]} exited with {rc}:\n{tail}")
@@ -75,15 +81,27 @@ def run_one(path: str, threads: int, root: Path) -> dict:
     work = root / f"{path}-t{threads}"
     cache, runs = work / "cache", work / "runs"
     work.mkdir(parents=True)
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": aten, "ONEDNN_MAX_CPU_ISA": onednn, "MKL_ENABLE_INSTRUCTIONS": mkl,
-           "OMP_NUM_THREADS": str(threads), "TNPO_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "ATEN_CPU_CAPABILITY": aten,
+        "ONEDNN_MAX_CPU_ISA": onednn,
+        "MKL_ENABLE_INSTRUCTIONS": mkl,
+        "OMP_NUM_THREADS": str(threads),
+        "TNPO_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+    }
     log = work / "log.txt"
     row: dict = {"path": path, "threads": threads, "errors": []}
     try:
         row["prepare_s"] = npo(["prepare"], env, log)
         summary = json.loads(next(cache.glob("tiny/*/retain-*/prepare_summary.json")).read_text())
-        row.update(recall=summary["recall"], forget_quality=summary["forget_quality"], epochs=summary.get("epochs"),
-                   machine=summary.get("machine"), prepare_passed=summary["passed"])
+        row.update(
+            recall=summary["recall"],
+            forget_quality=summary["forget_quality"],
+            epochs=summary.get("epochs"),
+            machine=summary.get("machine"),
+            prepare_passed=summary["passed"],
+        )
         influence = runs / "influence"
         row["influence_s"] = npo(["influence", f"influence_dir={influence}"], env, log)
         row["auroc"] = json.loads((influence / "meta.json").read_text())["auroc"]
@@ -92,7 +110,10 @@ def run_one(path: str, threads: int, root: Path) -> dict:
         row["forget_s"] = npo(["forget", *forget_args], env, log)
         row["eval_s"] = npo(["eval", *forget_args, f"model_path={run / 'model'}"], env, log)
         agg = json.loads((run / "eval" / "metrics.json").read_text())["aggregates"]
-        row["npo_gd"] = {k: agg.get(k) for k in ("forget_quality", "model_utility", "forget_fact_recall", "retain_fact_recall")}
+        row["npo_gd"] = {
+            k: agg.get(k)
+            for k in ("forget_quality", "model_utility", "forget_fact_recall", "retain_fact_recall")
+        }
     except (RuntimeError, StopIteration) as e:
         row["errors"].append(str(e) or "no prepare summary written")
     row["bars"] = bars(row)
@@ -102,11 +123,13 @@ def run_one(path: str, threads: int, root: Path) -> dict:
 def bars(row: dict) -> dict[str, bool]:
     """Every bar of one run: prepare's memorisation bars, the AUROC, and that NPO+GD forgets."""
     out = dict(row.get("prepare_passed") or {"npo prepare finished": False})
-    out[f"influence AUROC >= {AUROC_BAR}"] = row.get("auroc") is not None and row["auroc"] >= AUROC_BAR
-    npo_gd, target = row.get("npo_gd") or {}, (row.get("recall") or {}).get("target", {})
-    out["NPO+GD lowers forget fact recall below the target's"] = (
-        npo_gd.get("forget_fact_recall") is not None and npo_gd["forget_fact_recall"] < target.get("forget", 0.0)
+    out[f"influence AUROC >= {AUROC_BAR}"] = (
+        row.get("auroc") is not None and row["auroc"] >= AUROC_BAR
     )
+    npo_gd, target = row.get("npo_gd") or {}, (row.get("recall") or {}).get("target", {})
+    out["NPO+GD lowers forget fact recall below the target's"] = npo_gd.get(
+        "forget_fact_recall"
+    ) is not None and npo_gd["forget_fact_recall"] < target.get("forget", 0.0)
     return out
 
 
@@ -123,11 +146,18 @@ def _auroc(x: float | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| path | threads | target forget / retain recall | retain model forget / retain recall | target FQ | "
-            "epochs (target, retain) | AUROC | NPO+GD forget recall, FQ, MU | prepare s | influence s | forget s | bars |")
+    head = (
+        "| path | threads | target forget / retain recall | retain model forget / retain recall | target FQ | "
+        "epochs (target, retain) | AUROC | NPO+GD forget recall, FQ, MU | prepare s | influence s | forget s | bars |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        rec, fq, ep, ng = r.get("recall") or {}, r.get("forget_quality") or {}, r.get("epochs") or {}, r.get("npo_gd") or {}
+        rec, fq, ep, ng = (
+            r.get("recall") or {},
+            r.get("forget_quality") or {},
+            r.get("epochs") or {},
+            r.get("npo_gd") or {},
+        )
         t, m = rec.get("target", {}), rec.get("retain", {})
         ok = all(r["bars"].values()) and not r["errors"]
         lines.append(
@@ -142,9 +172,15 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--paths", default="default,avx2,avx512", help="kernel paths to run (those the CPU lacks are skipped)")
+    ap.add_argument(
+        "--paths",
+        default="default,avx2,avx512",
+        help="kernel paths to run (those the CPU lacks are skipped)",
+    )
     ap.add_argument("--threads", default="1,2", help="thread counts to run each path with")
-    ap.add_argument("--out", default=None, help="write every row as JSON here (default: only print)")
+    ap.add_argument(
+        "--out", default=None, help="write every row as JSON here (default: only print)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary caches and runs")
     args = ap.parse_args()
     requested = [p.strip() for p in args.paths.split(",") if p.strip()]
@@ -153,8 +189,11 @@ def main() -> int:
         ap.error(f"unknown kernel path(s) {', '.join(unknown)}; valid: {', '.join(PATHS)}")
     paths = available(requested)
     skipped = sorted(set(requested) - set(paths))
-    print(f"native CPU capability: {native_capability()}; running {', '.join(paths)}"
-          + (f" (this CPU lacks {', '.join(skipped)})" if skipped else ""), flush=True)
+    print(
+        f"native CPU capability: {native_capability()}; running {', '.join(paths)}"
+        + (f" (this CPU lacks {', '.join(skipped)})" if skipped else ""),
+        flush=True,
+    )
     root = Path(tempfile.mkdtemp(prefix="tnpo-kernel-paths-"))
     rows = []
     try:
@@ -169,8 +208,15 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print("\n" + table(rows))
-    failed = [f"{r['path']}/{r['threads']}: {name}" for r in rows for name, ok in r["bars"].items() if not ok]
-    failed += [f"{r['path']}/{r['threads']}: {e.splitlines()[0]}" for r in rows for e in r["errors"]]
+    failed = [
+        f"{r['path']}/{r['threads']}: {name}"
+        for r in rows
+        for name, ok in r["bars"].items()
+        if not ok
+    ]
+    failed += [
+        f"{r['path']}/{r['threads']}: {e.splitlines()[0]}" for r in rows for e in r["errors"]
+    ]
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     if failed:

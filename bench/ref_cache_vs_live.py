@@ -46,10 +46,16 @@ def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
     if not (model_dir / "config.json").is_file():
         torch.manual_seed(0)
         config = LlamaConfig(
-            vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3,
-            num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
-            num_key_value_heads=max(1, hidden // 64), max_position_embeddings=512,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=hidden * 3,
+            num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 64),
+            num_key_value_heads=max(1, hidden // 64),
+            max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         )
         LlamaForCausalLM(config).save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
@@ -64,17 +70,34 @@ def run_mode(mode: str, loss: str, model_path: str, data_path: str, out: Path) -
     from npo_lib.objectives.trainer import UnlearningTrainer
     from npo_lib.run.forget import run_forget
 
-    cfg = load_config([
-        f"model_path={model_path}", f"data_path={data_path}", f"save_dir={out}", f"forget_loss={loss}",
-        "num_epochs=3", f"batch_size={os.environ.get('BENCH_BATCH', '20')}", "lr=1e-4", "warmup_epochs=0", "logging_steps=1", "dtype=float32",
-    ])
+    cfg = load_config(
+        [
+            f"model_path={model_path}",
+            f"data_path={data_path}",
+            f"save_dir={out}",
+            f"forget_loss={loss}",
+            "num_epochs=3",
+            f"batch_size={os.environ.get('BENCH_BATCH', '20')}",
+            "lr=1e-4",
+            "warmup_epochs=0",
+            "logging_steps=1",
+            "dtype=float32",
+        ]
+    )
     cuda = torch.cuda.is_available()
     if mode == "live":
-        ref = load_model(cfg, model_path, device="cuda" if cuda else "cpu").eval().requires_grad_(False)
+        ref = (
+            load_model(cfg, model_path, device="cuda" if cuda else "cpu")
+            .eval()
+            .requires_grad_(False)
+        )
+
         def live_extras(self, inputs, forget):  # NPO / NPO+GD need only the reference log-probs
             extras = {}
             with torch.no_grad():
-                logits = ref(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
+                logits = ref(
+                    input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]
+                ).logits
                 logp, _ = token_logprobs(logits, forget["labels"])  # (B, T-1)
             extras["ref_token_logp"], extras["ref_seq_logp"] = logp, logp.sum(-1)
             return extras
@@ -99,23 +122,45 @@ def run_mode(mode: str, loss: str, model_path: str, data_path: str, out: Path) -
 
         def on_train_end(self, *a, **k):
             self.seconds = time.perf_counter() - self.t0
-            self.peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.peak = (
+                torch.cuda.max_memory_allocated()
+                if cuda
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            )
 
     probe = Probe()
     res = run_forget(cfg, callbacks=[probe], progress=False)
     rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r and "train_runtime" not in r]
-    return {"mode": mode, "loss": loss, "train_seconds": probe.seconds, "epoch_seconds": probe.epochs,
-            "step1_loss": steps[0]["loss"], "peak_bytes": probe.peak, "steps": res["steps"]}
+    return {
+        "mode": mode,
+        "loss": loss,
+        "train_seconds": probe.seconds,
+        "epoch_seconds": probe.epochs,
+        "step1_loss": steps[0]["loss"],
+        "peak_bytes": probe.peak,
+        "steps": res["steps"],
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=20, help="per-step batch (more tokens per step: less optimizer overhead)")
-    ap.add_argument("--cache", type=Path, default=None, help="TNPO cache folder (default: a temp dir)")
-    ap.add_argument("--child", nargs=4, metavar=("MODE", "LOSS", "MODEL", "DATA"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=20,
+        help="per-step batch (more tokens per step: less optimizer overhead)",
+    )
+    ap.add_argument(
+        "--cache", type=Path, default=None, help="TNPO cache folder (default: a temp dir)"
+    )
+    ap.add_argument(
+        "--child", nargs=4, metavar=("MODE", "LOSS", "MODEL", "DATA"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     os.environ["BENCH_BATCH"] = str(args.batch_size)
     if args.child:
@@ -127,24 +172,41 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp)
         model_path, data_path = make_world(cache, args.hidden, args.layers)
-        n_params = sum(p.numel() for p in __import__("safetensors.torch").torch.load_file(f"{model_path}/model.safetensors").values())
+        n_params = sum(
+            p.numel()
+            for p in __import__("safetensors.torch")
+            .torch.load_file(f"{model_path}/model.safetensors")
+            .values()
+        )
         weights = n_params * 4
-        print(f"model: random Llama hidden={args.hidden} layers={args.layers}, {n_params / 1e6:.1f}M params ({weights / 2**20:.0f} MiB fp32)")
-        print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu, {os.cpu_count()} cores'}")
+        print(
+            f"model: random Llama hidden={args.hidden} layers={args.layers}, {n_params / 1e6:.1f}M params ({weights / 2**20:.0f} MiB fp32)"
+        )
+        print(
+            f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu, {os.cpu_count()} cores'}"
+        )
         results = {}
         for loss in ("NPO", "NPO+GD"):
             for mode in ("live", "cached"):
-                r = subprocess.run([sys.executable, __file__, "--child", mode, loss, model_path, data_path],
-                                   capture_output=True, text=True, cwd=ROOT)
+                r = subprocess.run(
+                    [sys.executable, __file__, "--child", mode, loss, model_path, data_path],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                )
                 if r.returncode:
                     print(r.stderr[-3000:], file=sys.stderr)
                     return 1
                 results[loss, mode] = json.loads(r.stdout.strip().splitlines()[-1])
         ok = True
-        print("epoch x: epochs 2-3 of 3 (steady state: the cache is built); total x: all three epochs, "
-              "the cached run's one-time reference pass included")
-        print(f"{'loss':<8} {'live s':>7} {'cached s':>8} {'epoch x':>8} {'target':>7} {'total x':>8} "
-              f"{'step-1 |d|':>10} {'live MiB':>9} {'cached MiB':>11} {'saved MiB':>10}")
+        print(
+            "epoch x: epochs 2-3 of 3 (steady state: the cache is built); total x: all three epochs, "
+            "the cached run's one-time reference pass included"
+        )
+        print(
+            f"{'loss':<8} {'live s':>7} {'cached s':>8} {'epoch x':>8} {'target':>7} {'total x':>8} "
+            f"{'step-1 |d|':>10} {'live MiB':>9} {'cached MiB':>11} {'saved MiB':>10}"
+        )
         for loss, target in (("NPO", 1.25), ("NPO+GD", 1.1)):
             live, cached = results[loss, "live"], results[loss, "cached"]
             ratio = sum(live["epoch_seconds"][1:]) / sum(cached["epoch_seconds"][1:])
@@ -152,9 +214,11 @@ def main() -> int:
             diff = abs(live["step1_loss"] - cached["step1_loss"])
             saved = live["peak_bytes"] - cached["peak_bytes"]
             ok &= ratio >= target and diff <= 1e-5 and saved >= weights
-            print(f"{loss:<8} {sum(live['epoch_seconds'][1:]):>7.2f} {sum(cached['epoch_seconds'][1:]):>8.2f} {ratio:>7.2f}x "
-                  f"{target:>6.2f}x {total:>7.2f}x {diff:>10.1e} {live['peak_bytes'] / 2**20:>9.0f} "
-                  f"{cached['peak_bytes'] / 2**20:>11.0f} {saved / 2**20:>10.0f}")
+            print(
+                f"{loss:<8} {sum(live['epoch_seconds'][1:]):>7.2f} {sum(cached['epoch_seconds'][1:]):>8.2f} {ratio:>7.2f}x "
+                f"{target:>6.2f}x {total:>7.2f}x {diff:>10.1e} {live['peak_bytes'] / 2**20:>9.0f} "
+                f"{cached['peak_bytes'] / 2**20:>11.0f} {saved / 2**20:>10.0f}"
+            )
         print(f"weights: {weights / 2**20:.0f} MiB; all targets met: {ok}")
     return 0 if ok else 1
 

@@ -49,7 +49,9 @@ def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
         print(f"  {k:<10} {v}")
     summary.raise_if_failed()  # a missed bar: one line naming it, the value and what to raise
     if not summary.enforced and summary.failures():
-        print("bars below on your own data are reported, not enforced: raise tiny.max_epochs for more memorisation")
+        print(
+            "bars below on your own data are reported, not enforced: raise tiny.max_epochs for more memorisation"
+        )
     return 0
 
 
@@ -89,7 +91,9 @@ def cmd_eval(cfg: Config, opts: argparse.Namespace) -> int:
 
 
 def _eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out-dir", help="folder for eval/metrics.json (default: save_dir, else the model folder)")
+    p.add_argument(
+        "--out-dir", help="folder for eval/metrics.json (default: save_dir, else the model folder)"
+    )
     p.add_argument("--recompute", action="store_true", help="recompute a finished evaluation")
     p.add_argument("--retain-model-path", help="the retain model (same as retain_model_path=...)")
 
@@ -106,17 +110,40 @@ def cmd_influence(cfg: Config, opts: argparse.Namespace) -> int:
 
 
 def _influence_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--auroc-table", action="store_true",
-                   help="print the AUROC against the fact tokens of every scorer and preconditioner (embedded benchmark); writes nothing")
+    p.add_argument(
+        "--auroc-table",
+        action="store_true",
+        help="print the AUROC against the fact tokens of every scorer and preconditioner (embedded benchmark); writes nothing",
+    )
 
 
 # name -> (handler, help, extra flags)
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Callable | None]] = {
-    "prepare": (cmd_prepare, "make the embedded benchmark, tokenizer, target and retain models", None),
-    "finetune": (cmd_finetune, "fine-tune the target (finetune.model=target) or the retain model from model_path / the hub", None),
-    "forget": (cmd_forget, "unlearn the forget split with forget_loss (NPO+GD, INFLUENCE+GD, ...)", None),
-    "eval": (cmd_eval, "evaluate a model: forget quality, model utility, privacy, fact recall", _eval_flags),
-    "influence": (cmd_influence, "per-token influence scores of the forget split (input of INFLUENCE)", _influence_flags),
+    "prepare": (
+        cmd_prepare,
+        "make the embedded benchmark, tokenizer, target and retain models",
+        None,
+    ),
+    "finetune": (
+        cmd_finetune,
+        "fine-tune the target (finetune.model=target) or the retain model from model_path / the hub",
+        None,
+    ),
+    "forget": (
+        cmd_forget,
+        "unlearn the forget split with forget_loss (NPO+GD, INFLUENCE+GD, ...)",
+        None,
+    ),
+    "eval": (
+        cmd_eval,
+        "evaluate a model: forget quality, model utility, privacy, fact recall",
+        _eval_flags,
+    ),
+    "influence": (
+        cmd_influence,
+        "per-token influence scores of the forget split (input of INFLUENCE)",
+        _influence_flags,
+    ),
 }
 
 # ----------------------------------------------------------------------------- other commands
@@ -126,12 +153,17 @@ def cmd_losses(opts: argparse.Namespace) -> int:
     """The objective registry: every forget term and regularizer, its view, inputs and equation."""
     from npo_lib.objectives.registry import FORGET_TERMS, REGULARIZERS
 
-    for title, registry in (("forget terms", FORGET_TERMS), ("regularizers (FORGET+REG)", REGULARIZERS)):
+    for title, registry in (
+        ("forget terms", FORGET_TERMS),
+        ("regularizers (FORGET+REG)", REGULARIZERS),
+    ):
         print(f"{title}:")
         for t in registry.values():
             needs = f"  needs {', '.join(t.needs)}" if t.needs else ""
             print(f"  {t.name:<10} view {t.view:<7} {t.doc}{needs}")
-    print("compose as FORGET[+REG...], e.g. forget_loss=NPO+GD; total = forget_coeff·forget + regularization_coeff·Σ regularizers")
+    print(
+        "compose as FORGET[+REG...], e.g. forget_loss=NPO+GD; total = forget_coeff·forget + regularization_coeff·Σ regularizers"
+    )
     return 0
 
 
@@ -160,7 +192,10 @@ def cmd_run(opts: argparse.Namespace) -> int:
     if res.get("dashboard"):
         print(f"dashboard: {res['dashboard']}")
     for s in (s for s in res["steps"] if s["status"] == "failed"):
-        print(f"\nstep '{s['name']}' failed; executed notebook: {s['output']}\n{s['error']}", file=sys.stderr)
+        print(
+            f"\nstep '{s['name']}' failed; executed notebook: {s['output']}\n{s['error']}",
+            file=sys.stderr,
+        )
     print(f"pipeline {res['name']}: {'ok' if res['ok'] else 'FAILED'} in {res['seconds']:.1f} s")
     return 0 if res["ok"] else 1
 
@@ -171,8 +206,12 @@ def cmd_sweep(opts: argparse.Namespace) -> int:
     res = run_sweep(opts.spec, parallel=opts.parallel, executor=opts.executor)
     if res.get("report"):
         print("\n" + res["report"])
-    n_failed = sum(r["status"] not in ("done", "skipped") for r in res["status"].values())  # failed or interrupted
-    print(f"sweep {res['name']}: {len(res['status']) - n_failed} ok, {n_failed} failed or interrupted in {res['seconds']:.1f} s")
+    n_failed = sum(
+        r["status"] not in ("done", "skipped") for r in res["status"].values()
+    )  # failed or interrupted
+    print(
+        f"sweep {res['name']}: {len(res['status']) - n_failed} ok, {n_failed} failed or interrupted in {res['seconds']:.1f} s"
+    )
     return 0 if res["ok"] else 1
 
 
@@ -182,7 +221,14 @@ def cmd_launch(opts: argparse.Namespace) -> int:
     from npo_lib.run.launch import launch
 
     params = {k: yaml.safe_load(v) for k, v in opts.parameter}
-    res = launch(opts.notebook, nproc=opts.nproc, params_files=opts.files, parameters=params, output=opts.output, port=opts.master_port)
+    res = launch(
+        opts.notebook,
+        nproc=opts.nproc,
+        params_files=opts.files,
+        parameters=params,
+        output=opts.output,
+        port=opts.master_port,
+    )
     if res["returncode"] != 0:
         print(f"npo launch: rank {res.get('failed_rank')} failed:\n{res['error']}", file=sys.stderr)
         return 1
@@ -196,35 +242,60 @@ def cmd_study(opts: argparse.Namespace) -> int:
     from npo_lib.run.study_plan import StudyPlan, extend_sweep, plan_study, run_study
 
     args = list(opts.args)
-    if opts.sweep_dir is not None and ("=" in opts.sweep_dir or opts.sweep_dir.endswith((".yaml", ".yml"))):
-        args.insert(0, opts.sweep_dir)  # a setting, not a folder: the folder is optional with --plan / --extend
+    if opts.sweep_dir is not None and (
+        "=" in opts.sweep_dir or opts.sweep_dir.endswith((".yaml", ".yml"))
+    ):
+        args.insert(
+            0, opts.sweep_dir
+        )  # a setting, not a folder: the folder is optional with --plan / --extend
         opts.sweep_dir = None
     plan_file = opts.run or opts.plan
-    own = read_spec(plan_file, StudyPlan).study if plan_file else {}  # the plan's study.* settings; the command line wins
+    own = (
+        read_spec(plan_file, StudyPlan).study if plan_file else {}
+    )  # the plan's study.* settings; the command line wins
     cfg = load_config([*(f"study.{k}={json.dumps(v)}" for k, v in own.items()), *args])
     blocks = [b for b in (opts.blocks or "").split(",") if b] or None
     benchmarks = [b for b in (opts.benchmarks or "").split(",") if b] or None
     if opts.run:
-        res = run_study(opts.run, cfg.study, out=opts.out, parallel=opts.parallel, blocks=blocks, benchmarks=benchmarks)
+        res = run_study(
+            opts.run,
+            cfg.study,
+            out=opts.out,
+            parallel=opts.parallel,
+            blocks=blocks,
+            benchmarks=benchmarks,
+        )
         print(res["markdown"])
-        print(f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies', 'timing'))}")
+        print(
+            f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies', 'timing'))}"
+        )
         return 0
     if opts.plan:
-        files = plan_study(opts.plan, opts.out if opts.out != "docs" else None, blocks=blocks, benchmarks=benchmarks)
+        files = plan_study(
+            opts.plan,
+            opts.out if opts.out != "docs" else None,
+            blocks=blocks,
+            benchmarks=benchmarks,
+        )
         print("\n".join(f"npo sweep {f} --parallel 2" for f in files))
         return 0
     if opts.extend:
         res = extend_sweep(opts.extend, None if opts.out == "docs" else opts.out, cfg.study)
         for p in res["proposals"]:
             print(f"{p['method']}: {p['reason']} -> {p['file']} ({len(p['runs'])} runs)")
-        print("\n".join(f"npo sweep {f}" for f in res["files"]) if res["files"]
-              else f"no new points: every method's frontier around the floor ({res['floor']:.3f}) is complete or at its limits")
+        print(
+            "\n".join(f"npo sweep {f}" for f in res["files"])
+            if res["files"]
+            else f"no new points: every method's frontier around the floor ({res['floor']:.3f}) is complete or at its limits"
+        )
         return 0
     if opts.sweep_dir is None:
         raise UserError("give SWEEP_DIR (or --plan PLAN.yaml / --extend SWEEP.yaml)")
     res = write_study([opts.sweep_dir, *opts.sweep], opts.out, cfg.study)
     print(res["markdown"])
-    print(f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies'))}")
+    print(
+        f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies'))}"
+    )
     return 0
 
 
@@ -240,46 +311,131 @@ SPEC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _spec_parsers(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("losses", help="list the objectives (forget terms, regularizers) with their equations")
-    run = sub.add_parser("run", help="the pipeline: prepare, influence, forget, evaluate, visualise (executed notebooks)")
+    sub.add_parser(
+        "losses", help="list the objectives (forget terms, regularizers) with their equations"
+    )
+    run = sub.add_parser(
+        "run",
+        help="the pipeline: prepare, influence, forget, evaluate, visualise (executed notebooks)",
+    )
     run.add_argument("spec", metavar="PIPELINE.yaml", help="e.g. params/demo.yaml")
     sw = sub.add_parser("sweep", help="a grid of runs through the notebooks; resumable")
     sw.add_argument("spec", metavar="SWEEP.yaml", help="e.g. params/sweep.yaml")
     sw.add_argument("--parallel", type=int, help="grid points at a time (default: the file's)")
-    sw.add_argument("--executor", choices=["thread", "local", "slurm"],
-                    help="where points run: threads here, submitit processes here (own GPUs each), a SLURM job array (default: the file's executor.kind)")
-    la = sub.add_parser("launch", help="a notebook on N ranks (DeepSpeed launcher, torchrun fallback)")
-    la.add_argument("notebook", metavar="NOTEBOOK", help="notebooks/forget.ipynb or a name (forget, evaluation, ...)")
+    sw.add_argument(
+        "--executor",
+        choices=["thread", "local", "slurm"],
+        help="where points run: threads here, submitit processes here (own GPUs each), a SLURM job array (default: the file's executor.kind)",
+    )
+    la = sub.add_parser(
+        "launch", help="a notebook on N ranks (DeepSpeed launcher, torchrun fallback)"
+    )
+    la.add_argument(
+        "notebook",
+        metavar="NOTEBOOK",
+        help="notebooks/forget.ipynb or a name (forget, evaluation, ...)",
+    )
     la.add_argument("--nproc", type=int, required=True, help="ranks")
-    la.add_argument("-f", "--parameters-file", action="append", default=[], dest="files", help="params YAML (repeatable)")
-    la.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="one parameter (YAML value)")
-    la.add_argument("-o", "--output", help="rank 0's executed notebook (default runs/<run>/notebooks/NOTEBOOK)")
+    la.add_argument(
+        "-f",
+        "--parameters-file",
+        action="append",
+        default=[],
+        dest="files",
+        help="params YAML (repeatable)",
+    )
+    la.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="one parameter (YAML value)",
+    )
+    la.add_argument(
+        "-o", "--output", help="rank 0's executed notebook (default runs/<run>/notebooks/NOTEBOOK)"
+    )
     la.add_argument("--master-port", type=int, default=29560)
-    st = sub.add_parser("study", help="method comparison of finished sweeps: frontiers at matched utility, selection controls, attacks")
-    st.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="e.g. runs/study_fair-default")
-    st.add_argument("args", nargs="*", metavar="PARAMS.yaml|key=value", help="study.* settings, e.g. study.mu_fraction=0.9")
-    st.add_argument("--sweep", action="append", default=[], metavar="SWEEP_DIR", help="another sweep folder, e.g. the second benchmark's (repeatable)")
-    st.add_argument("--out", default="docs", help="folder for study.md, study.csv, study_frontier.png, study_selection.png (default docs); "
-                    "with --plan / --extend: where the sweep files go")
-    st.add_argument("--extend", metavar="SWEEP.yaml", help="write the adaptive search's next sweep files for this sweep's finished runs")
-    st.add_argument("--plan", metavar="PLAN.yaml", help="write the starting sweep files of a study plan, e.g. params/study_fair.yaml")
-    st.add_argument("--run", metavar="PLAN.yaml", help="the whole study of a plan, resumable: sweeps, adaptive rounds, attacks at the matched settings, then --out")
-    st.add_argument("--blocks", metavar="A,B", help="with --run / --plan: only these blocks of the plan")
-    st.add_argument("--benchmarks", metavar="A,B", help="with --run / --plan: only these benchmarks of the plan")
+    st = sub.add_parser(
+        "study",
+        help="method comparison of finished sweeps: frontiers at matched utility, selection controls, attacks",
+    )
+    st.add_argument(
+        "sweep_dir", nargs="?", metavar="SWEEP_DIR", help="e.g. runs/study_fair-default"
+    )
+    st.add_argument(
+        "args",
+        nargs="*",
+        metavar="PARAMS.yaml|key=value",
+        help="study.* settings, e.g. study.mu_fraction=0.9",
+    )
+    st.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="SWEEP_DIR",
+        help="another sweep folder, e.g. the second benchmark's (repeatable)",
+    )
+    st.add_argument(
+        "--out",
+        default="docs",
+        help="folder for study.md, study.csv, study_frontier.png, study_selection.png (default docs); "
+        "with --plan / --extend: where the sweep files go",
+    )
+    st.add_argument(
+        "--extend",
+        metavar="SWEEP.yaml",
+        help="write the adaptive search's next sweep files for this sweep's finished runs",
+    )
+    st.add_argument(
+        "--plan",
+        metavar="PLAN.yaml",
+        help="write the starting sweep files of a study plan, e.g. params/study_fair.yaml",
+    )
+    st.add_argument(
+        "--run",
+        metavar="PLAN.yaml",
+        help="the whole study of a plan, resumable: sweeps, adaptive rounds, attacks at the matched settings, then --out",
+    )
+    st.add_argument(
+        "--blocks", metavar="A,B", help="with --run / --plan: only these blocks of the plan"
+    )
+    st.add_argument(
+        "--benchmarks", metavar="A,B", help="with --run / --plan: only these benchmarks of the plan"
+    )
     st.add_argument("--parallel", type=int, help="with --run: runs at a time (default: the plan's)")
     rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
-    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json")
+    rep.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json"
+    )
     rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")
-    rep.add_argument("--html", metavar="FILE", help="also the run dashboard as one static HTML file (table, FQ-MU plot, loss curves, heatmaps)")
+    rep.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also the run dashboard as one static HTML file (table, FQ-MU plot, loss curves, heatmaps)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npo", description="tnpo: NPO and influence-guided token-level unlearning (TOFU / R-TOFU).")
+    parser = argparse.ArgumentParser(
+        prog="npo",
+        description="tnpo: NPO and influence-guided token-level unlearning (TOFU / R-TOFU).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_, flags) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("args", nargs="*", metavar="PARAMS.yaml|key=value", help="params files and overrides, merged in order")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config, each key with its help, and exit")
+        p.add_argument(
+            "args",
+            nargs="*",
+            metavar="PARAMS.yaml|key=value",
+            help="params files and overrides, merged in order",
+        )
+        p.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the resolved config, each key with its help, and exit",
+        )
         if flags is not None:
             flags(p)
     _spec_parsers(sub)
@@ -300,7 +456,11 @@ def _dispatch(opts: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith(("--local_rank", "--local-rank"))]
+    argv = [
+        a
+        for a in (sys.argv[1:] if argv is None else argv)
+        if not a.startswith(("--local_rank", "--local-rank"))
+    ]
     opts = build_parser().parse_args(argv)
     try:
         return _dispatch(opts)

@@ -58,15 +58,24 @@ def mini_world(tmp_path_factory) -> dict[str, str]:
 
     root = tmp_path_factory.mktemp("mini_world")
     data = generate_benchmark(
-        BenchmarkConfig(n_authors=10, questions_per_author=4, n_holdout_authors=2, n_retain_eval_authors=2),
+        BenchmarkConfig(
+            n_authors=10, questions_per_author=4, n_holdout_authors=2, n_retain_eval_authors=2
+        ),
         root / "data",
     )
     tok = train_tokenizer(corpus_texts(data), 400)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     model_dir = root / "model"

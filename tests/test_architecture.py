@@ -30,16 +30,30 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 n = node.end_lineno - node.lineno + 1
                 if n > MAX_FUNCTION_LINES:
-                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
+                    too_long.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines"
+                    )
     assert not too_long, too_long
 
 
 def test_code_and_docs_speak_of_the_project_only():
     """No citation of files outside the repository or of the team's process: equations and papers."""
-    pattern = re.compile(r"reference\.md|reference (sheet|section)|the brief|the lead\b|\b(the|this) issue\b|\.\./shared/notes", re.IGNORECASE)
-    files = [*_modules(), *PACKAGE.glob("notebooks/*.ipynb"), ROOT / "README.md", *ROOT.glob("docs/*.md")]
-    hits = [f"{f.relative_to(ROOT)}:{i}" for f in files for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
-            if pattern.search(line)]
+    pattern = re.compile(
+        r"reference\.md|reference (sheet|section)|the brief|the lead\b|\b(the|this) issue\b|\.\./shared/notes",
+        re.IGNORECASE,
+    )
+    files = [
+        *_modules(),
+        *PACKAGE.glob("notebooks/*.ipynb"),
+        ROOT / "README.md",
+        *ROOT.glob("docs/*.md"),
+    ]
+    hits = [
+        f"{f.relative_to(ROOT)}:{i}"
+        for f in files
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not hits, hits
 
 
@@ -50,7 +64,11 @@ def test_npo_losses_prints_every_registered_term_with_its_equation(capsys):
     assert main(["losses"]) == 0
     out = capsys.readouterr().out
     for term in [*FORGET_TERMS.values(), *REGULARIZERS.values()]:
-        assert term.doc and any(line.split()[0] == term.name and term.doc in line for line in out.splitlines() if line.strip()), term.name
+        assert term.doc and any(
+            line.split()[0] == term.name and term.doc in line
+            for line in out.splitlines()
+            if line.strip()
+        ), term.name
 
 
 def test_print_config_shows_every_key_with_its_help():
@@ -78,7 +96,14 @@ def test_a_user_error_is_one_line_with_exit_code_2(mini_world, tmp_path, capsys)
     lines = (data / "forget10.json").read_text().splitlines()
     lines[2] = lines[2][:40]  # a line cut in the middle
     (data / "forget10.json").write_text("\n".join(lines) + "\n")
-    code = main(["forget", f"data_path={data}", f"model_path={mini_world['model_path']}", f"save_dir={tmp_path / 'run'}"])
+    code = main(
+        [
+            "forget",
+            f"data_path={data}",
+            f"model_path={mini_world['model_path']}",
+            f"save_dir={tmp_path / 'run'}",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("npo forget: ") and "forget10.json, line 3: not valid JSON" in err[0]
@@ -88,18 +113,53 @@ def test_a_user_error_is_one_line_with_exit_code_2(mini_world, tmp_path, capsys)
 def test_the_installed_wheel_finds_every_notebook(tmp_path):
     """After a plain (non-editable) install the notebooks come from the package itself."""
     wheels, target = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next(wheels.glob("npo_lib-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     probe = (
         "import npo_lib, pathlib; from npo_lib.run.steps import NOTEBOOKS, notebook_path; "
         "paths = [notebook_path(n) for n in NOTEBOOKS]; "
         "assert all(p.is_file() for p in paths), paths; print(pathlib.Path(npo_lib.__file__).parent); print(*paths)"
     )
-    r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                       env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     package_dir, *notebooks = r.stdout.split()
     assert Path(package_dir).is_relative_to(target)  # the installed copy, not the checkout

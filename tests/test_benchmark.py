@@ -69,7 +69,9 @@ def test_tofu_names_complement_each_split_and_match_its_size(bench: Path) -> Non
     for split, pct in (("forget01", 1), ("forget05", 5), ("forget10", 10)):
         forget = _read(bench / f"{split}.json")
         retain = {r["question"] for r in _read(bench / f"retain{100 - pct:02d}.json")}
-        assert retain | {r["question"] for r in forget} == full and not retain & {r["question"] for r in forget}
+        assert retain | {r["question"] for r in forget} == full and not retain & {
+            r["question"] for r in forget
+        }
         task1 = [r for r in forget if r["task_id"] == "1"]
         holdout = _read(bench / f"holdout{pct:02d}.json")
         assert len(holdout) == len(task1) and not {r["question"] for r in holdout} & full
@@ -216,7 +218,9 @@ def test_small_and_large_configs(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_names_field(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=field):  # the type and range at construction, the pools' limits after
+    with pytest.raises(
+        ValueError, match=field
+    ):  # the type and range at construction, the pools' limits after
         check_benchmark_config(BenchmarkConfig(**{field: value}))
 
 

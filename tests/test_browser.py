@@ -33,15 +33,24 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("TNPO_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "browser"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # the network is closed: no first-run, sync, component or background requests
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WHITE_MARGIN = 0.08  # a colour counts as visibly non-white when a channel is this far below 1
 
 
 def _chromium() -> str:
     binary = next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
     if binary is None:
-        pytest.skip(f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); `apt-get install chromium` (.ci/run does)")
+        pytest.skip(
+            f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); `apt-get install chromium` (.ci/run does)"
+        )
     return binary
 
 
@@ -61,7 +70,9 @@ def _visible(css: str) -> bool:
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
     binary = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])"
+    )
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=binary, headless=True, args=CHROMIUM_ARGS)
         yield b
@@ -83,19 +94,40 @@ def pipeline(mini_world, tmp_path_factory) -> Iterator[Path]:
     mp.setenv("JUPYTER_RUNTIME_DIR", str(tmp / "jupyter-runtime"))
     mp.chdir(tmp)
     spec = tmp / "small.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "small",
-        "config": {"model_path": mini_world["model_path"], "data_path": mini_world["data_path"], "split": "forget10", "task_id": 1,
-                   "batch_size": 4, "num_epochs": 1, "lr": 1e-3, "warmup_epochs": 0},
-        "methods": {"npo_gd": {"forget_loss": "NPO+GD"}, "influence_gd": {"forget_loss": "INFLUENCE+GD"}},
-        "runs_dir": str(tmp / "runs"),
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "small",
+                "config": {
+                    "model_path": mini_world["model_path"],
+                    "data_path": mini_world["data_path"],
+                    "split": "forget10",
+                    "task_id": 1,
+                    "batch_size": 4,
+                    "num_epochs": 1,
+                    "lr": 1e-3,
+                    "warmup_epochs": 0,
+                },
+                "methods": {
+                    "npo_gd": {"forget_loss": "NPO+GD"},
+                    "influence_gd": {"forget_loss": "INFLUENCE+GD"},
+                },
+                "runs_dir": str(tmp / "runs"),
+            }
+        )
+    )
     res = run_pipeline(spec, stream=False)
     assert res["ok"], [s for s in res["steps"] if s["status"] == "failed"]
     root = tmp / "runs" / "small"
-    assert res["dashboard"] == str((root / "dashboard.html").resolve())  # npo run writes the static dashboard
-    dash = Step("dashboard", notebook_path("dashboard"), {"config_files": [], "runs_dir": str(root), "html_file": str(root / "dashboard.html")},
-                root / "notebooks" / "06-dashboard.ipynb")
+    assert res["dashboard"] == str(
+        (root / "dashboard.html").resolve()
+    )  # npo run writes the static dashboard
+    dash = Step(
+        "dashboard",
+        notebook_path("dashboard"),
+        {"config_files": [], "runs_dir": str(root), "html_file": str(root / "dashboard.html")},
+        root / "notebooks" / "06-dashboard.ipynb",
+    )
     (done,) = run_steps([dash], stream=False, say=lambda *_: None)
     assert done.status == "done", done.error
     yield root
@@ -114,9 +146,21 @@ def lab(pipeline) -> Iterator[str]:
     port, token = _free_port(), secrets.token_hex(16)
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={pipeline}", "--LabApp.news_url=",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly", "--allow-root"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={pipeline}",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+        "--allow-root",
+    ]
     log = open(pipeline.parent / "jupyterlab.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=pipeline)
     base = f"http://127.0.0.1:{port}"
@@ -129,7 +173,9 @@ def lab(pipeline) -> Iterator[str]:
                         break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"jupyter lab did not start: {(pipeline.parent / 'jupyterlab.log').read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"jupyter lab did not start: {(pipeline.parent / 'jupyterlab.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(1)
         yield f"{base}|{token}"
     finally:
@@ -146,7 +192,9 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
 
 
-COLOURED = "els => els.filter(e => getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)').length"
+COLOURED = (
+    "els => els.filter(e => getComputedStyle(e).backgroundColor !== 'rgba(0, 0, 0, 0)').length"
+)
 
 
 def _explorer_state(out) -> dict:
@@ -156,7 +204,9 @@ def _explorer_state(out) -> dict:
         "question": out.locator(".tnpo-q").first.inner_text(),
         "coloured": toks.evaluate_all(COLOURED),
         "titles": toks.evaluate_all("els => els.map(e => e.title)"),
-        "backgrounds": toks.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)"),
+        "backgrounds": toks.evaluate_all(
+            "els => els.map(e => getComputedStyle(e).backgroundColor)"
+        ),
     }
 
 
@@ -164,9 +214,13 @@ def _open_notebook(browser, lab: str, name: str):
     base, token = lab.split("|")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(120_000)
-    page.goto(f"{base}/lab/tree/notebooks/{name}?reset&token={token}")  # reset: only this notebook open
+    page.goto(
+        f"{base}/lab/tree/notebooks/{name}?reset&token={token}"
+    )  # reset: only this notebook open
     page.wait_for_selector(".jp-Notebook", state="visible")
-    no_news = page.get_by_role("button", name="No", exact=True)  # "get notified about Jupyter news?"
+    no_news = page.get_by_role(
+        "button", name="No", exact=True
+    )  # "get notified about Jupyter news?"
     if no_news.count():
         no_news.first.click()
     return page
@@ -203,15 +257,24 @@ def test_token_explorer_in_jupyterlab_saved_view_then_live(browser, lab, pipelin
 
     # 3. another example
     out.locator(".widget-dropdown select").select_option(index=1)
-    page.wait_for_function("q => document.querySelector('.tnpo-q') && document.querySelector('.tnpo-q').innerText !== q", arg=first["question"])
+    page.wait_for_function(
+        "q => document.querySelector('.tnpo-q') && document.querySelector('.tnpo-q').innerText !== q",
+        arg=first["question"],
+    )
     second = _explorer_state(out)
     assert second["question"] != first["question"] and second["titles"] != first["titles"]
     _shot(page, "3-explorer-example-1")
 
     # 4. the score: selection weight, then Δ log-prob (the hover says which, with the raw value)
-    for label, prefix in (("selection weight", "selection weight: "), ("Δ log p", "Δ log p (unlearned − target): ")):
+    for label, prefix in (
+        ("selection weight", "selection weight: "),
+        ("Δ log p", "Δ log p (unlearned − target): "),
+    ):
         out.locator(".widget-toggle-buttons button", has_text=label).first.click()
-        page.wait_for_function("p => [...document.querySelectorAll('.tnpo-tok')].every(e => e.title.startsWith(p))", arg=prefix)
+        page.wait_for_function(
+            "p => [...document.querySelectorAll('.tnpo-tok')].every(e => e.title.startsWith(p))",
+            arg=prefix,
+        )
         state = _explorer_state(out)
         assert all(t.startswith(prefix) for t in state["titles"])
         _shot(page, "4-explorer-" + label.split()[0].replace("Δ", "delta"))
@@ -219,14 +282,22 @@ def test_token_explorer_in_jupyterlab_saved_view_then_live(browser, lab, pipelin
 
     # 5. the threshold slider: half its range leaves fewer tokens coloured
     readout = out.locator(".widget-slider .widget-readout").first
-    top = float(out.locator(".widget-slider").first.evaluate("e => e.querySelector('.noUi-handle').getAttribute('aria-valuemax')"))
+    top = float(
+        out.locator(".widget-slider").first.evaluate(
+            "e => e.querySelector('.noUi-handle').getAttribute('aria-valuemax')"
+        )
+    )
     readout.click()
     page.keyboard.press("Control+A")
     page.keyboard.type(f"{top / 2:.6g}")
     page.keyboard.press("Enter")
-    page.wait_for_function(f"() => ({COLOURED})([...document.querySelectorAll('.jp-OutputArea-output .tnpo-tok')]) < {before['coloured']}")
+    page.wait_for_function(
+        f"() => ({COLOURED})([...document.querySelectorAll('.jp-OutputArea-output .tnpo-tok')]) < {before['coloured']}"
+    )
     after = _explorer_state(out)
-    assert 0 <= after["coloured"] < before["coloured"] and after["titles"] == before["titles"]  # same tokens, fewer coloured
+    assert (
+        0 <= after["coloured"] < before["coloured"] and after["titles"] == before["titles"]
+    )  # same tokens, fewer coloured
     _shot(page, "5-explorer-threshold")
 
     # 6. the rank view: the example's top |value| token at the colormap's end
@@ -260,7 +331,9 @@ def test_dashboard_notebook_in_jupyterlab_and_its_static_html(browser, lab, pipe
     page.select_option("#tnpo-run", "influence_gd")
     visible = page.locator("section[data-run]:not([hidden])")
     assert visible.count() == 1 and visible.get_attribute("data-run") == "influence_gd"
-    assert visible.locator(".tnpo-tok").count() > 0 and visible.locator("img.tnpo-loss").count() == 1
+    assert (
+        visible.locator(".tnpo-tok").count() > 0 and visible.locator("img.tnpo-loss").count() == 1
+    )
     _shot(page, "8-dashboard-html")
     shutil.copy(html_file, ARTIFACTS / "dashboard.html")
     page.close()
@@ -279,18 +352,28 @@ def test_heatmap_page_default_scale_colours_every_examples_top_token(browser, pi
     assert len(rows) >= 3
     for i, ex in enumerate(rows):
         top = max(ex["influence"], key=lambda t: abs(t["v"]))
-        assert _visible(top["bg"]), f"example {i}: its top token ({top['title']}) is {top['bg']} under the default scale"
+        assert _visible(top["bg"]), (
+            f"example {i}: its top token ({top['title']}) is {top['bg']} under the default scale"
+        )
         assert f"{top['v']:.4g}"[:4].lstrip("-") in top["title"]  # the raw value on hover
         trained = [t for t in ex["weight"] if t["v"] > 0]
-        assert [t for t in ex["weight"] if _rgb(t["bg"]) is not None] == trained  # coloured = trained on
+        assert [
+            t for t in ex["weight"] if _rgb(t["bg"]) is not None
+        ] == trained  # coloured = trained on
     _shot(page, "9-heatmaps-default")
     # the rank view and the compact mode are CSS toggles of the same page
     page.locator("label[for=tnpo-scale-rank]").click()
-    ranked = page.evaluate("() => getComputedStyle(document.querySelector('.tnpo-tok[style]')).backgroundColor")
+    ranked = page.evaluate(
+        "() => getComputedStyle(document.querySelector('.tnpo-tok[style]')).backgroundColor"
+    )
     assert _rgb(ranked) is not None
     page.locator("label[for=tnpo-compact]").click()
-    heights = page.evaluate("() => [...document.querySelectorAll('.tnpo-example')].map(e => e.getBoundingClientRect().height)")
-    line = page.evaluate("() => parseFloat(getComputedStyle(document.querySelector('.tnpo-tokens')).lineHeight)")
+    heights = page.evaluate(
+        "() => [...document.querySelectorAll('.tnpo-example')].map(e => e.getBoundingClientRect().height)"
+    )
+    line = page.evaluate(
+        "() => parseFloat(getComputedStyle(document.querySelector('.tnpo-tokens')).lineHeight)"
+    )
     assert max(heights) < 2 * line, (max(heights), line)
     _shot(page, "10-heatmaps-rank-compact")
     page.close()
@@ -307,25 +390,39 @@ def test_executed_notebooks_hold_results_not_progress_dumps(pipeline):
             for o in cell.get("outputs", []):
                 text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
                 assert "\r" not in text and "0%|" not in text, (nb_file.name, text[:200])
-        state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
-        assert not [m for m in state.values() if m.get("model_name") == "FloatProgressModel"], nb_file.name
+        state = (
+            nb["metadata"]
+            .get("widgets", {})
+            .get("application/vnd.jupyter.widget-state+json", {})
+            .get("state", {})
+        )
+        assert not [m for m in state.values() if m.get("model_name") == "FloatProgressModel"], (
+            nb_file.name
+        )
     print("executed notebook sizes (KiB):", {k: round(v, 1) for k, v in sizes.items()})
     assert max(sizes.values()) < 400, sizes
 
 
 def test_a_bad_value_typed_in_jupyterlab_fails_in_one_line(browser, lab, pipeline):
     page = _open_notebook(browser, lab, "06-dashboard.ipynb")
-    params = page.locator(".jp-CodeCell", has_text="html_file = None").first  # the tagged parameters cell
+    params = page.locator(
+        ".jp-CodeCell", has_text="html_file = None"
+    ).first  # the tagged parameters cell
     params.locator(".cm-content").click()
     page.keyboard.press("Control+End")
     page.keyboard.type("\nnum_epoch = 2")
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
-    error = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="ConfigError").first
+    error = page.locator(
+        ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+        has_text="ConfigError",
+    ).first
     error.wait_for(state="visible", timeout=300_000)
     text = error.inner_text()
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    assert any(ln.startswith("ConfigError: notebook parameters:") and "num_epoch" in ln for ln in lines), text
+    assert any(
+        ln.startswith("ConfigError: notebook parameters:") and "num_epoch" in ln for ln in lines
+    ), text
     assert "Traceback" not in text and "site-packages" not in text and len(lines) <= 2, text
     error.scroll_into_view_if_needed()
     _shot(page, "11-bad-value-one-line")

@@ -76,7 +76,9 @@ def test_value_checks_before_any_model_loads():
         check_config(load_config(["model_family=llama9"]))
     with pytest.raises(ConfigError, match="forget_loss|unknown part 'NPX'"):
         check_config(load_config(["forget_loss=NPX+GD"]))
-    with pytest.raises(ConfigError, match="influence.scorer 'magic' is unknown; valid: differential"):
+    with pytest.raises(
+        ConfigError, match="influence.scorer 'magic' is unknown; valid: differential"
+    ):
         check_config(load_config(["influence.scorer=magic"]))
     with pytest.raises(ConfigError, match="selection.method 'best' is unknown"):
         check_config(load_config(["selection.method=best"]))
@@ -106,7 +108,9 @@ def test_hub_model_offline_says_pass_model_path(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: no network retries
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_OFFLINE", True
+    )  # read at import: no network retries
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     cfg = load_config(["model_family=llama3.2-1b"])
     assert resolve_model_path(cfg) == "meta-llama/Llama-3.2-1B-Instruct"

@@ -167,7 +167,10 @@ def test_retain_is_the_complement_with_fallbacks(folder):
     (folder / "retain99.json").unlink()
     assert load_retain(str(folder), "forget01", 1) == [_rec(50)]
     (folder / "retain10.json").unlink()
-    with pytest.raises(DataError, match=r"full\.json, retain99\.json, retain95\.json, retain90\.json, retain10\.json"):
+    with pytest.raises(
+        DataError,
+        match=r"full\.json, retain99\.json, retain95\.json, retain90\.json, retain10\.json",
+    ):
         load_retain(str(folder), "forget01", 1)
 
 
@@ -405,8 +408,14 @@ def test_tofu_layout_names_retain_holdout_and_training_data(tmp_path):
     training = load_training_records(str(folder))  # forget10 ∪ retain90, no full.json
     assert {r["question"] for r in training} == {r["question"] for r in forget + retain}
     (folder / "holdout10.json").rename(folder / "holdout05.json")
-    with pytest.raises(DataError, match=r"no holdout set in .*looked for holdout10\.json, holdout\.json; .* holds: .*holdout05\.json"):
+    with pytest.raises(
+        DataError,
+        match=r"no holdout set in .*looked for holdout10\.json, holdout\.json; .* holds: .*holdout05\.json",
+    ):
         load_holdout(str(folder), "forget10")
     (folder / "retain90.json").unlink()
-    with pytest.raises(DataError, match=r"no retain source .*full\.json, retain90\.json, retain99\.json, retain95\.json, retain10\.json"):
+    with pytest.raises(
+        DataError,
+        match=r"no retain source .*full\.json, retain90\.json, retain99\.json, retain95\.json, retain10\.json",
+    ):
         load_retain(str(folder), "forget10", 1)

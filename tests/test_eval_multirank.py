@@ -62,18 +62,62 @@ def _close(a, b, path: str, problems: list[str]) -> None:
 @pytest.mark.slow
 def test_two_rank_evaluation_equals_one_process(mini_world, tmp_path):
     retain = _retain_model(mini_world, tmp_path / "retain")
-    args = [f"model_path={mini_world['model_path']}", f"data_path={mini_world['data_path']}", "split=forget10",
-            "task_id=1", f"retain_model_path={retain}", "eval.max_new_tokens=8", "eval.batch_size=2",
-            "eval.gen_batch_size=4", "eval.robustness=[relearn,quant8,quant4,leak_at_k,format_shift]",
-            "eval.relearn_steps=2", "eval.relearn_lr=1e-3", "eval.leak_k=2", "dtype=float32"]
+    args = [
+        f"model_path={mini_world['model_path']}",
+        f"data_path={mini_world['data_path']}",
+        "split=forget10",
+        "task_id=1",
+        f"retain_model_path={retain}",
+        "eval.max_new_tokens=8",
+        "eval.batch_size=2",
+        "eval.gen_batch_size=4",
+        "eval.robustness=[relearn,quant8,quant4,leak_at_k,format_shift]",
+        "eval.relearn_steps=2",
+        "eval.relearn_lr=1e-3",
+        "eval.leak_k=2",
+        "dtype=float32",
+    ]
     bindir = Path(sys.executable).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{bindir}:{os.environ['PATH']}"}
-    one = subprocess.run([sys.executable, "-m", "npo_lib", "eval", *args, f"cache_dir={tmp_path / 'cache1'}",
-                          "--out-dir", str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npo_lib",
+            "eval",
+            *args,
+            f"cache_dir={tmp_path / 'cache1'}",
+            "--out-dir",
+            str(tmp_path / "one"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([str(bindir / "torchrun"), "--nproc_per_node", "2", "--master_port", "29581", "-m", "npo_lib", "eval",
-                          *args, f"cache_dir={tmp_path / 'cache2'}", "--out-dir", str(tmp_path / "two")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            str(bindir / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29581",
+            "-m",
+            "npo_lib",
+            "eval",
+            *args,
+            f"cache_dir={tmp_path / 'cache2'}",
+            "--out-dir",
+            str(tmp_path / "two"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     a = json.loads((tmp_path / "one" / "eval" / "metrics.json").read_text())
     b = json.loads((tmp_path / "two" / "eval" / "metrics.json").read_text())

@@ -144,9 +144,15 @@ def test_generation_of_several_lists_in_one_pass_equals_one_call_per_list(world,
 
     model, tok = model_tok
     data = load_eval_data(_cfg(world))
-    lists = [[answer_prompt(r, TAGS) for r in data.sets[name][:5]] for name in ("forget", "real_authors", "holdout")]
+    lists = [
+        [answer_prompt(r, TAGS) for r in data.sets[name][:5]]
+        for name in ("forget", "real_authors", "holdout")
+    ]
     many = greedy_generate_many(model, tok, lists, max_new_tokens=8, batch_size=2, progress=False)
-    assert many == [greedy_generate(model, tok, ps, max_new_tokens=8, batch_size=2, progress=False) for ps in lists]
+    assert many == [
+        greedy_generate(model, tok, ps, max_new_tokens=8, batch_size=2, progress=False)
+        for ps in lists
+    ]
     assert [len(m) for m in many] == [len(ps) for ps in lists] and all(len(ps) >= 2 for ps in lists)
 
 
@@ -211,8 +217,12 @@ def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, caps
     monkeypatch.undo()
 
     # the retain model evaluated as a run: role "retain", FQ 1, rows ordered retain first
-    r = evaluate(_cfg(world, model_path=world["retain"], retain_model_path=world["retain"]),
-                 out_dir=tmp_path / "retain_run", options=FAST, progress=False)
+    r = evaluate(
+        _cfg(world, model_path=world["retain"], retain_model_path=world["retain"]),
+        out_dir=tmp_path / "retain_run",
+        options=FAST,
+        progress=False,
+    )
     assert r["identity"]["role"] == "retain" and r["aggregates"]["forget_quality"] == 1.0
     table, csv_path = report([tmp_path / "run", tmp_path / "retain_run"], tmp_path / "r.csv")
     lines = table.splitlines()
@@ -240,7 +250,10 @@ def test_without_retain_model_or_holdout_the_reasons_are_recorded(world, tmp_pat
     agg, notes = res["aggregates"], res["notes"]
     assert agg["forget_quality"] is None and "retain_model_path" in notes["forget_quality"]
     assert agg["privleak"] is None and "mia_min_k_auc" not in agg
-    assert "MIA and privleak skipped" in notes["mia"] and "holdout10.json, holdout.json" in notes["mia"]
+    assert (
+        "MIA and privleak skipped" in notes["mia"]
+        and "holdout10.json, holdout.json" in notes["mia"]
+    )
     assert agg["model_utility"] is not None and "forget_zerothink_rouge" not in agg
 
 
@@ -269,14 +282,25 @@ def test_missing_file_fails_naming_it(world, tmp_path):
     shutil.copytree(world["data"], data)
     (data / "world_facts_perturbed.json").unlink()
     with pytest.raises(DataError, match="world_facts_perturbed.json"):
-        evaluate(_cfg(world, data_path=str(data)), out_dir=tmp_path / "run", options=FAST, progress=False)
+        evaluate(
+            _cfg(world, data_path=str(data)), out_dir=tmp_path / "run", options=FAST, progress=False
+        )
     with pytest.raises(DataError, match="forget42_perturbed.json"):
-        evaluate(_cfg(world, split="forget42"), out_dir=tmp_path / "run", options=FAST, progress=False)
+        evaluate(
+            _cfg(world, split="forget42"), out_dir=tmp_path / "run", options=FAST, progress=False
+        )
 
 
 def test_npo_eval_writes_next_to_save_dir_and_names_a_bad_folder(world, tmp_path, capsys):
-    args = ["eval", f"data_path={world['data']}", f"model_path={world['model']}", f"cache_dir={world['cache']}",
-            f"save_dir={tmp_path / 'run'}", "max_length=64", "eval.max_new_tokens=2"]
+    args = [
+        "eval",
+        f"data_path={world['data']}",
+        f"model_path={world['model']}",
+        f"cache_dir={world['cache']}",
+        f"save_dir={tmp_path / 'run'}",
+        "max_length=64",
+        "eval.max_new_tokens=2",
+    ]
     assert npo(args) == 0
     out = capsys.readouterr().out
     assert "forget_quality" in out and str(tmp_path / "run" / METRICS_FILE) in out
@@ -290,19 +314,28 @@ def test_npo_eval_writes_next_to_save_dir_and_names_a_bad_folder(world, tmp_path
 # ----------------------------------------------------------------------------- vLLM (optional)
 
 
-def test_vllm_generator_without_vllm_or_gpu_says_why_and_decodes_with_transformers(world, model_tok, capsys):
+def test_vllm_generator_without_vllm_or_gpu_says_why_and_decodes_with_transformers(
+    world, model_tok, capsys
+):
     from npo_lib.eval.compute import EvalData, compute_metrics
     from npo_lib.eval.generation import vllm_unavailable
 
     why = vllm_unavailable()
     if why is None:
-        pytest.skip("vLLM and a GPU are here: test_vllm_generation_keeps_the_outputs_contract covers it")
+        pytest.skip(
+            "vLLM and a GPU are here: test_vllm_generation_keeps_the_outputs_contract covers it"
+        )
     model, tok = model_tok
     data = load_eval_data(_cfg(world))
     small = EvalData(data.data_path, {k: v[:3] for k, v in data.sets.items()})
     hf = compute_metrics(model, tok, TAGS, small, FAST, progress=False)
-    vl = compute_metrics(model, tok, TAGS, small, EvalConfig(max_new_tokens=6, generator="vllm"), progress=False)
-    assert vl["notes"]["generator"] == f"eval.generator=vllm skipped: {why}; generations by transformers"
+    vl = compute_metrics(
+        model, tok, TAGS, small, EvalConfig(max_new_tokens=6, generator="vllm"), progress=False
+    )
+    assert (
+        vl["notes"]["generator"]
+        == f"eval.generator=vllm skipped: {why}; generations by transformers"
+    )
     assert why in capsys.readouterr().err
     assert vl["generations"] == hf["generations"] and "generator" not in hf["notes"]
     with pytest.raises(Exception, match="eval.generator must be hf or vllm"):
@@ -319,10 +352,19 @@ def test_vllm_generation_keeps_the_outputs_contract(tmp_path, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)  # head_dim 64: a shape vLLM's attention kernels take
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         initializer_range=0.5, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     prompts = ["Question: who wrote it?\nAnswer:", "The author was born in", "Name the book:"]
@@ -336,7 +378,9 @@ def test_vllm_generation_keeps_the_outputs_contract(tmp_path, tokenizer):
     assert same_start >= 2, (greedy, hf)  # other kernels may break a near-tie, not most prompts
     samples = engine.sample(prompts, k=3, temperature=1.0, seed=0, max_new_tokens=8)
     assert [len(s) for s in samples] == [3, 3, 3]
-    assert engine.sample(prompts, k=3, temperature=1.0, seed=0, max_new_tokens=8) == samples  # seeded
+    assert (
+        engine.sample(prompts, k=3, temperature=1.0, seed=0, max_new_tokens=8) == samples
+    )  # seeded
 
 
 # ----------------------------------------------------------------------------- slow
@@ -348,7 +392,9 @@ def test_forget_quality_of_prepared_target_and_retain(prepared_embedded, tmp_pat
 
     prepared, summary = prepared_embedded
     target = evaluate(prepared, out_dir=tmp_path / "target", progress=False)
-    retain = evaluate(prepared, str(embedded_paths(prepared).retain), out_dir=tmp_path / "retain", progress=False)
+    retain = evaluate(
+        prepared, str(embedded_paths(prepared).retain), out_dir=tmp_path / "retain", progress=False
+    )
     for name, res in (("target", target), ("retain", retain)):
         a = res["aggregates"]
         print(

@@ -20,9 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _args(world, run: Path, *over: str) -> list[str]:
-    return [f"model_path={world['model_path']}", f"data_path={world['data_path']}", f"save_dir={run}",
-            "split=forget10", "task_id=1", "finetune.lr=1e-3", "finetune.num_epochs=2", "finetune.batch_size=4",
-            "finetune.effective_batch_size=8", "finetune.warmup_epochs=0", "save_steps=2", *over]
+    return [
+        f"model_path={world['model_path']}",
+        f"data_path={world['data_path']}",
+        f"save_dir={run}",
+        "split=forget10",
+        "task_id=1",
+        "finetune.lr=1e-3",
+        "finetune.num_epochs=2",
+        "finetune.batch_size=4",
+        "finetune.effective_batch_size=8",
+        "finetune.warmup_epochs=0",
+        "save_steps=2",
+        *over,
+    ]
 
 
 def _cfg(world, run: Path, *over: str):
@@ -31,7 +42,11 @@ def _cfg(world, run: Path, *over: str):
 
 def _losses(run: Path) -> list[tuple[int, float]]:
     rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
-    return [(r["step"], r["loss"]) for r in rows if "loss" in r and "check" not in r and "train_runtime" not in r]
+    return [
+        (r["step"], r["loss"])
+        for r in rows
+        if "loss" in r and "check" not in r and "train_runtime" not in r
+    ]
 
 
 class _Interrupt(TrainerCallback):
@@ -49,19 +64,30 @@ def test_target_trains_on_everything_retain_without_the_forget_task(mini_world, 
 
     cfg = _cfg(mini_world, tmp_path / "t", "finetune.extra_sets=[world_facts_perturbed]")
     target = training_records(cfg, mini_world["data_path"])
-    retain = training_records(load_config(_args(mini_world, tmp_path / "r", "finetune.model=retain")), mini_world["data_path"])
+    retain = training_records(
+        load_config(_args(mini_world, tmp_path / "r", "finetune.model=retain")),
+        mini_world["data_path"],
+    )
     forget = {r["question"] for r in load_forget(mini_world["data_path"], "forget10", 1)}
-    assert forget <= {r["question"] for r in target} and not forget & {r["question"] for r in retain}
+    assert forget <= {r["question"] for r in target} and not forget & {
+        r["question"] for r in retain
+    }
     from npo_lib.data.sources import load_eval_set
 
     extra = {r["question"] for r in load_eval_set(mini_world["data_path"], "world_facts_perturbed")}
     assert extra <= {r["question"] for r in target} and not extra & {r["question"] for r in retain}
 
 
-def test_finetune_resumes_to_the_uninterrupted_trajectory_and_never_overwrites(mini_world, tmp_path):
+def test_finetune_resumes_to_the_uninterrupted_trajectory_and_never_overwrites(
+    mini_world, tmp_path
+):
     full = tmp_path / "full"
     res = run_finetune(_cfg(mini_world, full), progress=False)
-    assert (full / "model" / "config.json").is_file() and (full / "result.json").is_file() and (full / "config.yaml").is_file()
+    assert (
+        (full / "model" / "config.json").is_file()
+        and (full / "result.json").is_file()
+        and (full / "config.yaml").is_file()
+    )
     assert res["steps"] > 2 and res["memorisation"]["forget"]  # the report of the saved model
     with pytest.raises(ConfigError, match="finished run"):
         check_finetune_config(_cfg(mini_world, full))
@@ -83,9 +109,13 @@ def test_lora_saves_the_adapter_and_a_merged_model(mini_world, tmp_path):
     from transformers import AutoModelForCausalLM
 
     run = tmp_path / "lora"
-    res = run_finetune(_cfg(mini_world, run, "LoRA.r=4", "save_merged=true", "finetune.lr=1e-2"), progress=False)
+    res = run_finetune(
+        _cfg(mini_world, run, "LoRA.r=4", "save_merged=true", "finetune.lr=1e-2"), progress=False
+    )
     assert (run / "adapter" / "adapter_config.json").is_file()
-    merged = AutoModelForCausalLM.from_pretrained(str(run / "model"))  # a plain model: no peft needed to load it
+    merged = AutoModelForCausalLM.from_pretrained(
+        str(run / "model")
+    )  # a plain model: no peft needed to load it
     assert merged.config.model_type == "llama" and res["saved_model"] == str(run / "model")
     base = AutoModelForCausalLM.from_pretrained(mini_world["model_path"])
     assert any((p - q).abs().max() > 0 for p, q in zip(merged.parameters(), base.parameters()))
@@ -93,20 +123,51 @@ def test_lora_saves_the_adapter_and_a_merged_model(mini_world, tmp_path):
 
 def test_the_stop_criterion_ends_training_and_is_logged(mini_world, tmp_path):
     run = tmp_path / "stop"
-    res = run_finetune(_cfg(mini_world, run, "finetune.num_epochs=6", "finetune.check_every=1", "finetune.stop_loss=100.0"),
-                       progress=False)
-    assert res["stopped_early"] and res["epochs"] == 1 and len(res["checks"]) == 1 and res["checks"][0]["passed"]
+    res = run_finetune(
+        _cfg(
+            mini_world,
+            run,
+            "finetune.num_epochs=6",
+            "finetune.check_every=1",
+            "finetune.stop_loss=100.0",
+        ),
+        progress=False,
+    )
+    assert (
+        res["stopped_early"]
+        and res["epochs"] == 1
+        and len(res["checks"]) == 1
+        and res["checks"][0]["passed"]
+    )
     checks = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"check"' in x]
     assert [c["check"] for c in checks] == res["checks"]
     # a recall bar a random model cannot reach: every check measures it, training runs its budget
-    res = run_finetune(_cfg(mini_world, tmp_path / "recall", "finetune.check_every=1", "finetune.stop_forget_recall=1.0"),
-                       progress=False)
-    assert not res["stopped_early"] and res["epochs"] == 2 and [c["epoch"] for c in res["checks"]] == [1, 2]
-    assert all(not c["passed"] and c["measured"]["forget"]["fact_recall"] < 1.0 for c in res["checks"])
+    res = run_finetune(
+        _cfg(
+            mini_world,
+            tmp_path / "recall",
+            "finetune.check_every=1",
+            "finetune.stop_forget_recall=1.0",
+        ),
+        progress=False,
+    )
+    assert (
+        not res["stopped_early"]
+        and res["epochs"] == 2
+        and [c["epoch"] for c in res["checks"]] == [1, 2]
+    )
+    assert all(
+        not c["passed"] and c["measured"]["forget"]["fact_recall"] < 1.0 for c in res["checks"]
+    )
 
 
 def test_recall_stop_under_zero3_is_refused_before_any_model_loads(mini_world, tmp_path):
-    cfg = _cfg(mini_world, tmp_path / "z3", f"ds_config={ROOT / 'params/ds/zero3.json'}", "finetune.stop_forget_recall=0.9")
+    cfg = _cfg(
+        mini_world,
+        tmp_path / "z3",
+        f"ds_config={ROOT / 'params/ds/zero3.json'}",
+        "finetune.stop_forget_recall=0.9",
+    )
     with pytest.raises(ConfigError, match=r"finetune\.stop_\*_recall .* ZeRO-3"):
         check_finetune_config(cfg)
     assert not (tmp_path / "z3").exists()
@@ -120,8 +181,23 @@ def test_zero3_on_two_ranks_matches_one_process_at_step_one(mini_world, tmp_path
     run_finetune(_cfg(mini_world, single, "finetune.num_epochs=1"), progress=False)
     multi = tmp_path / "multi"
     bindir = Path(sys.executable).parent
-    args = _args(mini_world, multi, "finetune.num_epochs=1", "finetune.stop_loss=0.0", f"ds_config={ROOT / 'params/ds/zero3.json'}")
-    cmd = [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", "29541", "--module", "npo_lib.finetune", *args]
+    args = _args(
+        mini_world,
+        multi,
+        "finetune.num_epochs=1",
+        "finetune.stop_loss=0.0",
+        f"ds_config={ROOT / 'params/ds/zero3.json'}",
+    )
+    cmd = [
+        str(bindir / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29541",
+        "--module",
+        "npo_lib.finetune",
+        *args,
+    ]
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

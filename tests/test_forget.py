@@ -39,7 +39,11 @@ def _cfg(world, run: Path, *over: str):
 
 
 def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if "loss" in line and "train_runtime" not in line]
+    return [
+        json.loads(line)
+        for line in (run / "log.jsonl").read_text().splitlines()
+        if "loss" in line and "train_runtime" not in line
+    ]
 
 
 def test_cached_reference_equals_live_model(mini_world):
@@ -52,8 +56,18 @@ def test_cached_reference_equals_live_model(mini_world):
 
     tok = AutoTokenizer.from_pretrained(mini_world["model_path"])
     model = AutoModelForCausalLM.from_pretrained(mini_world["model_path"], dtype=torch.float32)
-    ds = UnlearningDataset.from_files(mini_world["data_path"], "forget10", 1, tok, get_family("tiny").tags)
-    cache = compute_reference_logprobs(model, ds, "full", pad_token_id=tok.pad_token_id, batch_size=3, fingerprint="x", progress=False)
+    ds = UnlearningDataset.from_files(
+        mini_world["data_path"], "forget10", 1, tok, get_family("tiny").tags
+    )
+    cache = compute_reference_logprobs(
+        model,
+        ds,
+        "full",
+        pad_token_id=tok.pad_token_id,
+        batch_size=3,
+        fingerprint="x",
+        progress=False,
+    )
     collate = ViewCollator(pad_token_id=tok.pad_token_id)
     for i in range(len(ds)):  # live reference, one example at a time (no padding)
         b = collate([ds[i]["full"]])
@@ -68,7 +82,13 @@ def test_run_folder_reproducible_and_never_overwritten(mini_world, tmp_path):
     run = tmp_path / "run"
     cfg = _cfg(mini_world, run, "forget_loss=NPO+GD")
     res = run_forget(cfg, progress=False)
-    for name in ("config.yaml", "log.jsonl", "ref_logprobs.safetensors", "result.json", "model/config.json"):
+    for name in (
+        "config.yaml",
+        "log.jsonl",
+        "ref_logprobs.safetensors",
+        "result.json",
+        "model/config.json",
+    ):
         assert (run / name).is_file(), name
     assert load_config([str(run / "config.yaml")]) == cfg
     rows = _log(run)
@@ -78,12 +98,16 @@ def test_run_folder_reproducible_and_never_overwritten(mini_world, tmp_path):
     assert rows[0]["forget/NPO"] == pytest.approx(2 / cfg.beta * math.log(2), rel=1e-5)
     with pytest.raises(ConfigError, match="overwrite=true"):
         run_forget(cfg, progress=False)
-    (run / "notebooks").mkdir()  # a sweep's executed notebooks, one being written while it overwrites
+    (
+        run / "notebooks"
+    ).mkdir()  # a sweep's executed notebooks, one being written while it overwrites
     (run / "notebooks" / "01-forget.ipynb").write_text("{}")
     (run / "attacks").mkdir()
     again = run_forget(load_config([str(run / "config.yaml"), "overwrite=true"]), progress=False)
     assert again["steps"] == 2
-    assert (run / "notebooks" / "01-forget.ipynb").is_file() and not (run / "attacks").exists()  # the rest of the old run is gone
+    assert (run / "notebooks" / "01-forget.ipynb").is_file() and not (
+        run / "attacks"
+    ).exists()  # the rest of the old run is gone
 
 
 def test_unfinished_folder_asks_for_resume(mini_world, tmp_path):
@@ -97,25 +121,45 @@ def test_unfinished_folder_asks_for_resume(mini_world, tmp_path):
 def test_loss_errors_before_any_model_loads(mini_world, tmp_path):
     with pytest.raises(ConfigError, match="valid"):
         check_forget_config(_cfg(mini_world, tmp_path / "bad", "forget_loss=NPX+GD"))
-    cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=INFLUENCE+GD", f"influence_dir={tmp_path / 'infl'}")
+    cfg = _cfg(
+        mini_world,
+        tmp_path / "run",
+        "forget_loss=INFLUENCE+GD",
+        f"influence_dir={tmp_path / 'infl'}",
+    )
     with pytest.raises(ConfigError) as e:
         check_forget_config(cfg)
-    assert str(tmp_path / "infl" / "scores.safetensors") in str(e.value) and "npo influence" in str(e.value)
+    assert str(tmp_path / "infl" / "scores.safetensors") in str(e.value) and "npo influence" in str(
+        e.value
+    )
 
 
-def test_oracle_selection_on_data_without_fact_spans_fails_before_any_model_loads(mini_world, tmp_path):
+def test_oracle_selection_on_data_without_fact_spans_fails_before_any_model_loads(
+    mini_world, tmp_path
+):
     import other_benchmark
 
     folder = other_benchmark.generate(tmp_path / "companies", n_companies=10, n_holdout=1)
-    cfg = _cfg({**mini_world, "data_path": str(folder)}, tmp_path / "run", "forget_loss=INFLUENCE+GD",
-               "selection.method=oracle", "task_id=null", f"influence_dir={tmp_path / 'infl'}")
+    cfg = _cfg(
+        {**mini_world, "data_path": str(folder)},
+        tmp_path / "run",
+        "forget_loss=INFLUENCE+GD",
+        "selection.method=oracle",
+        "task_id=null",
+        f"influence_dir={tmp_path / 'infl'}",
+    )
     with pytest.raises(ConfigError, match="selection.method=oracle needs fact_spans") as e:
         check_forget_config(cfg)
     assert str(folder) in str(e.value)
     # the embedded benchmark marks its fact tokens: the same selection passes this check and
     # stops only at the missing influence files
-    ok = _cfg(mini_world, tmp_path / "run2", "forget_loss=INFLUENCE+GD", "selection.method=oracle",
-              f"influence_dir={tmp_path / 'infl'}")
+    ok = _cfg(
+        mini_world,
+        tmp_path / "run2",
+        "forget_loss=INFLUENCE+GD",
+        "selection.method=oracle",
+        f"influence_dir={tmp_path / 'infl'}",
+    )
     with pytest.raises(ConfigError, match="scores.safetensors"):
         check_forget_config(ok)
 
@@ -173,10 +217,19 @@ def test_kl_reference_stays_the_model_before_unlearning(mini_world, tmp_path, lo
     from npo_lib.run.forget import build_trainer
     from npo_lib.run.training import save_trained
 
-    cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=NPO+KL", f"LoRA.r={lora}", "save_merged=true", "lr=1e-2")
+    cfg = _cfg(
+        mini_world,
+        tmp_path / "run",
+        "forget_loss=NPO+KL",
+        f"LoRA.r={lora}",
+        "save_merged=true",
+        "lr=1e-2",
+    )
     out, spec = check_forget_config(cfg)
     out.mkdir(parents=True)
-    trainer, tok, ds = build_trainer(cfg, spec, out, mini_world["model_path"], mini_world["data_path"])
+    trainer, tok, ds = build_trainer(
+        cfg, spec, out, mini_world["model_path"], mini_world["data_path"]
+    )
     trainer.train()
     assert _log(out)[0]["reg/KL"] == pytest.approx(0.0, abs=1e-6) and _log(out)[-1]["reg/KL"] > 1e-4
     batch = trainer.data_collator([ds[i] for i in range(len(ds))])["retain"]
@@ -189,7 +242,9 @@ def test_kl_reference_stays_the_model_before_unlearning(mini_world, tmp_path, lo
     torch.testing.assert_close(ref, before, rtol=0, atol=1e-5)  # the reference did not
     save_trained(cfg, trainer, tok, out)
     if lora:
-        assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model" / "config.json").is_file()
+        assert (out / "adapter" / "adapter_config.json").is_file() and (
+            out / "model" / "config.json"
+        ).is_file()
 
 
 @pytest.mark.slow
@@ -199,17 +254,47 @@ def test_two_ranks_match_single_process_at_step_one(mini_world, tmp_path, launch
     if launcher.startswith("zero"):
         pytest.importorskip("deepspeed")
     single = tmp_path / "single"
-    run_forget(_cfg(mini_world, single, "forget_loss=NPO", "batch_size=4", "num_epochs=2"), progress=False)
+    run_forget(
+        _cfg(mini_world, single, "forget_loss=NPO", "batch_size=4", "num_epochs=2"), progress=False
+    )
     multi = tmp_path / "multi"
-    args = [f"model_path={mini_world['model_path']}", f"data_path={mini_world['data_path']}", f"save_dir={multi}",
-            "split=forget10", "task_id=1", "batch_size=2", "num_epochs=2", "lr=1e-3", "warmup_epochs=0", "forget_loss=NPO"]
+    args = [
+        f"model_path={mini_world['model_path']}",
+        f"data_path={mini_world['data_path']}",
+        f"save_dir={multi}",
+        "split=forget10",
+        "task_id=1",
+        "batch_size=2",
+        "num_epochs=2",
+        "lr=1e-3",
+        "warmup_epochs=0",
+        "forget_loss=NPO",
+    ]
     bindir = Path(sys.executable).parent
     if launcher == "torchrun":
-        cmd = [str(bindir / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533", "-m", "npo_lib.forget", *args]
+        cmd = [
+            str(bindir / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "npo_lib.forget",
+            *args,
+        ]
     else:
         args.append(f"ds_config={ROOT / f'params/ds/{launcher}.json'}")
         port = "29534" if launcher == "zero2" else "29535"
-        cmd = [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", port, "--module", "npo_lib.forget", *args]
+        cmd = [
+            str(bindir / "deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            port,
+            "--module",
+            "npo_lib.forget",
+            *args,
+        ]
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -235,7 +320,9 @@ def _fact_scores(world, task: int, folder: Path) -> list[list[float]]:
     scores = []
     for row, rec in zip(rows, ds.forget):
         cot_len = len(rec["cot"]) + len(tags.think_end)  # target = cot + Te + answer
-        spans = [(s, e) for s, e in rec["fact_spans"]["cot"]] + [(cot_len + s, cot_len + e) for s, e in rec["fact_spans"]["answer"]]
+        spans = [(s, e) for s, e in rec["fact_spans"]["cot"]] + [
+            (cot_len + s, cot_len + e) for s, e in rec["fact_spans"]["answer"]
+        ]
         scores.append([float(any(a < e and s < b for s, e in spans)) for a, b in row["offsets"]])
     write_influence_files(folder, scores, rows, {"scorer": "ground-truth fact spans (test)"})
     return scores
@@ -250,7 +337,9 @@ def _forget_logit_grads(world, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.T
     out.mkdir(parents=True, exist_ok=True)
     trainer, _, ds = build_trainer(cfg, spec, out, world["model_path"], world["data_path"])
     model = trainer.model
-    trainer.ensure_reference(model)  # its no-grad pass first, so the hook sees only the loss's forward
+    trainer.ensure_reference(
+        model
+    )  # its no-grad pass first, so the hook sees only the loss's forward
     batch = trainer.data_collator([ds[i] for i in range(len(ds))])
     seen: list[torch.Tensor] = []
 
@@ -272,8 +361,19 @@ def test_influence_trains_only_on_the_selected_tokens_and_refuses_other_data(min
     infl = tmp_path / "influence"
     scores = _fact_scores(mini_world, 1, infl)
     assert all(0 < sum(s) < len(s) for s in scores)  # every example has fact and other tokens
-    base = ("forget_loss=INFLUENCE", f"influence_dir={infl}", "selection.whole_words=false", "beta=0.1")
-    facts = _cfg(mini_world, tmp_path / "facts", *base, "selection.method=threshold", "selection.threshold=0.5")
+    base = (
+        "forget_loss=INFLUENCE",
+        f"influence_dir={infl}",
+        "selection.whole_words=false",
+        "beta=0.1",
+    )
+    facts = _cfg(
+        mini_world,
+        tmp_path / "facts",
+        *base,
+        "selection.method=threshold",
+        "selection.threshold=0.5",
+    )
     grads, weights, target = _forget_logit_grads(mini_world, facts)
     selected = weights > 0
     assert selected.any() and (target & ~selected).any()
@@ -298,10 +398,20 @@ def test_influence_weights_follow_the_selection(mini_world, tmp_path):
 
     infl = tmp_path / "influence"
     scores = _fact_scores(mini_world, 1, infl)
-    cfg = _cfg(mini_world, tmp_path / "run", f"influence_dir={infl}", "selection.method=threshold",
-               "selection.threshold=0.5", "selection.whole_words=false", "w_selected=1.0", "w_other=0.25")
+    cfg = _cfg(
+        mini_world,
+        tmp_path / "run",
+        f"influence_dir={infl}",
+        "selection.method=threshold",
+        "selection.threshold=0.5",
+        "selection.whole_words=false",
+        "w_selected=1.0",
+        "w_other=0.25",
+    )
     tok = AutoTokenizer.from_pretrained(mini_world["model_path"])
-    ds = UnlearningDataset.from_files(mini_world["data_path"], "forget10", 1, tok, get_family("tiny").tags)
+    ds = UnlearningDataset.from_files(
+        mini_world["data_path"], "forget10", 1, tok, get_family("tiny").tags
+    )
     w = load_token_weights(cfg, infl, ds, "full")
     for i, s in enumerate(scores):
         p = ds[i]["full"]["prompt_len"]
@@ -309,20 +419,29 @@ def test_influence_weights_follow_the_selection(mini_world, tmp_path):
         assert w[i, p : p + len(s)].tolist() == [1.0 if x else 0.25 for x in s]
 
 
-@pytest.mark.parametrize("loss,lora", [("WGA+GD", 0), ("SatImp+KL", 4), ("UNDIAL+GD", 0), ("UNDIAL+GD", 4)])
+@pytest.mark.parametrize(
+    "loss,lora", [("WGA+GD", 0), ("SatImp+KL", 4), ("UNDIAL+GD", 0), ("UNDIAL+GD", 4)]
+)
 def test_token_weighted_baselines_train_full_and_under_lora(mini_world, tmp_path, loss, lora):
     """UNDIAL's teacher: a frozen copy (full) or the base with the adapter off (LoRA): step 1 of
     UNDIAL is then the distillation towards the unchanged model's adjusted logits."""
     run = tmp_path / "run"
-    res = run_forget(_cfg(mini_world, run, f"forget_loss={loss}", f"LoRA.r={lora}", "save_merged=true"), progress=False)
+    res = run_forget(
+        _cfg(mini_world, run, f"forget_loss={loss}", f"LoRA.r={lora}", "save_merged=true"),
+        progress=False,
+    )
     rows = _log(run)
     name = loss.split("+")[0]
     assert res["steps"] > 0 and all(math.isfinite(r[f"forget/{name}"]) for r in rows)
     assert (run / "model" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("loss,lora,gc", [("RMU+GD", 0, True), ("RMU+ACT", 0, False), ("RMU+GD+ACT", 4, False)])
-def test_rmu_trains_only_the_chosen_blocks_full_and_under_lora(mini_world, tmp_path, loss, lora, gc):
+@pytest.mark.parametrize(
+    "loss,lora,gc", [("RMU+GD", 0, True), ("RMU+ACT", 0, False), ("RMU+GD+ACT", 4, False)]
+)
+def test_rmu_trains_only_the_chosen_blocks_full_and_under_lora(
+    mini_world, tmp_path, loss, lora, gc
+):
     """RMU reads block ℓ = 0's output and trains only its mlp.down_proj (ℓ−2..ℓ clipped at 0):
     every other weight of the saved model is the original's (with gradient checkpointing too,
     where the frozen embeddings give the checkpointed blocks inputs without gradient). ACT's
@@ -331,9 +450,21 @@ def test_rmu_trains_only_the_chosen_blocks_full_and_under_lora(mini_world, tmp_p
     from safetensors.torch import load_file
 
     run = tmp_path / "run"
-    res = run_forget(_cfg(mini_world, run, f"forget_loss={loss}", f"LoRA.r={lora}", "save_merged=true", "lr=1e-2",
-                          "num_epochs=4", "rmu_layer=0", "rmu_steering_coeff=5", f"gradient_checkpointing={gc}"),
-                     progress=False)
+    res = run_forget(
+        _cfg(
+            mini_world,
+            run,
+            f"forget_loss={loss}",
+            f"LoRA.r={lora}",
+            "save_merged=true",
+            "lr=1e-2",
+            "num_epochs=4",
+            "rmu_layer=0",
+            "rmu_steering_coeff=5",
+            f"gradient_checkpointing={gc}",
+        ),
+        progress=False,
+    )
     rows = _log(run)
     assert res["steps"] > 1 and all(math.isfinite(r["forget/RMU"]) for r in rows)
     assert rows[-1]["forget/RMU"] < rows[0]["forget/RMU"]  # the activations move towards c·u
@@ -349,18 +480,27 @@ def test_rmu_layer_is_checked_before_any_model_loads(mini_world, tmp_path):
     """The mini model has 2 blocks: ℓ = 1 is the last (HF returns it normed), ℓ = 0 is valid."""
     from npo_lib.run.forget import build_trainer
 
-    for over, match in ((("rmu_layer=1",), r"rmu_layer=1: .* 2 decoder blocks"),
-                        (("rmu_layer=0", "rmu_trainable_layers=[0,5]"), "block 5 does not exist"),
-                        (("rmu_layer=0", "rmu_trainable_modules=[mlp.nothing]"), "leave no parameter to train")):
+    for over, match in (
+        (("rmu_layer=1",), r"rmu_layer=1: .* 2 decoder blocks"),
+        (("rmu_layer=0", "rmu_trainable_layers=[0,5]"), "block 5 does not exist"),
+        (("rmu_layer=0", "rmu_trainable_modules=[mlp.nothing]"), "leave no parameter to train"),
+    ):
         cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=RMU+GD", *over)
         out, spec = check_forget_config(cfg)
         with pytest.raises(ConfigError, match=match):
             build_trainer(cfg, spec, out, mini_world["model_path"], mini_world["data_path"])
     with pytest.raises(ConfigError, match="rmu_trainable_layers: block -1"):
-        check_forget_config(_cfg(mini_world, tmp_path / "run", "forget_loss=RMU+GD", "rmu_trainable_layers=[-1]"))
+        check_forget_config(
+            _cfg(mini_world, tmp_path / "run", "forget_loss=RMU+GD", "rmu_trainable_layers=[-1]")
+        )
 
 
-ZERO_CASES = [("WGA+GD", "zero2"), ("UNDIAL+GD", "zero2"), ("RMU+GD", "zero2"), ("RMU+ACT", "zero3")]
+ZERO_CASES = [
+    ("WGA+GD", "zero2"),
+    ("UNDIAL+GD", "zero2"),
+    ("RMU+GD", "zero2"),
+    ("RMU+ACT", "zero3"),
+]
 
 
 @pytest.mark.slow
@@ -375,12 +515,30 @@ def test_baselines_under_zero_match_single_process(mini_world, tmp_path, loss, s
     single = tmp_path / "single"
     run_forget(_cfg(mini_world, single, *over, "gradient_accumulation_steps=2"), progress=False)
     multi = tmp_path / "multi"
-    args = [f"model_path={mini_world['model_path']}", f"data_path={mini_world['data_path']}", f"save_dir={multi}",
-            "split=forget10", "task_id=1", "batch_size=2", "lr=1e-3", "warmup_epochs=0", *over,
-            f"ds_config={ROOT / f'params/ds/{stage}.json'}"]
+    args = [
+        f"model_path={mini_world['model_path']}",
+        f"data_path={mini_world['data_path']}",
+        f"save_dir={multi}",
+        "split=forget10",
+        "task_id=1",
+        "batch_size=2",
+        "lr=1e-3",
+        "warmup_epochs=0",
+        *over,
+        f"ds_config={ROOT / f'params/ds/{stage}.json'}",
+    ]
     bindir = Path(sys.executable).parent
     port = str(29536 + ZERO_CASES.index((loss, stage)))
-    cmd = [str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", port, "--module", "npo_lib.forget", *args]
+    cmd = [
+        str(bindir / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        port,
+        "--module",
+        "npo_lib.forget",
+        *args,
+    ]
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -37,10 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(world, *over: str, folder: Path | None = None):
-    return load_config([
-        f"model_path={world['model_path']}", f"data_path={world['data_path']}", "split=forget10", "task_id=1",
-        *([f"influence_dir={folder}"] if folder else []), *over,
-    ])
+    return load_config(
+        [
+            f"model_path={world['model_path']}",
+            f"data_path={world['data_path']}",
+            "split=forget10",
+            "task_id=1",
+            *([f"influence_dir={folder}"] if folder else []),
+            *over,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +72,15 @@ def test_row_scores_equal_the_per_token_autograd_loop(f64, preconditioner, metho
     """s_it = vᵀ ∇ℓ_it from one JVP (or two forwards) per batch = one backward per token, float64."""
     cfg, inputs, model = f64
     modules = tracked_modules(model, "all_linear")
-    v = differential_direction(model, modules, inputs.forget, inputs.retain, lam=1.0,
-                               preconditioner=PRECONDITIONERS[preconditioner](cfg.influence.damping), pad_token_id=0)
+    v = differential_direction(
+        model,
+        modules,
+        inputs.forget,
+        inputs.retain,
+        lam=1.0,
+        preconditioner=PRECONDITIONERS[preconditioner](cfg.influence.damping),
+        pad_token_id=0,
+    )
     rows = score_rows(model, v, inputs.forget, method=method, batch_size=3)
     refs = [autograd_token_scores(model, v, ex) for ex in inputs.forget[:2]]
     assert [len(r) for r in rows[:2]] == [len(r) for r in refs]
@@ -82,8 +95,13 @@ def test_float32_scores_agree_with_the_float64_loop(mini_world, f64):
     _, inputs, model64 = f64
     cfg = _cfg(mini_world)
     model = load_scoring_model(cfg, inputs.model_path)
-    v = differential_direction(model64, tracked_modules(model64, "all_linear"), inputs.forget, inputs.retain,
-                               preconditioner=PRECONDITIONERS[cfg.influence.preconditioner](cfg.influence.damping))
+    v = differential_direction(
+        model64,
+        tracked_modules(model64, "all_linear"),
+        inputs.forget,
+        inputs.retain,
+        preconditioner=PRECONDITIONERS[cfg.influence.preconditioner](cfg.influence.damping),
+    )
     refs = [autograd_token_scores(model64, v, ex) for ex in inputs.forget[:2]]
     v32 = {n: t.float() for n, t in v.items()}
     for method, tol in (("jvp", 1e-4), ("fd", 1e-2)):
@@ -135,7 +153,11 @@ def test_preconditioners_match_their_dense_definitions(f64):
     """Diagonal: E_i[G_i²] from per-example autograd; K-FAC / EK-FAC: the solve equals the dense
     (Q_S ⊗ Q_A) diag(Λ + damping) (Q_S ⊗ Q_A)ᵀ inverse, and EK-FAC's Λ = E_i[(Q_Sᵀ G_i Q_A)²]."""
     cfg, inputs, model = f64
-    modules = {n: m for n, m in tracked_modules(model, "all_linear").items() if n.endswith("layers.1.self_attn.o_proj")}
+    modules = {
+        n: m
+        for n, m in tracked_modules(model, "all_linear").items()
+        if n.endswith("layers.1.self_attn.o_proj")
+    }
     name = next(iter(modules))
     examples = [*inputs.forget, *inputs.retain]
     for p in model.parameters():
@@ -145,14 +167,18 @@ def test_preconditioners_match_their_dense_definitions(f64):
     g = torch.randn_like(G[0])
 
     diag = DiagonalFisher(0.1)
-    differential_direction(model, modules, inputs.forget, inputs.retain, preconditioner=diag, batch_size=3)
+    differential_direction(
+        model, modules, inputs.forget, inputs.retain, preconditioner=diag, batch_size=3
+    )
     F = (G**2).mean(0)
     torch.testing.assert_close(diag.fisher[name], F, rtol=1e-9, atol=1e-14)
     torch.testing.assert_close(diag.solve(name, g), g / (F + 0.1 * F.mean()), rtol=1e-9, atol=1e-12)
 
     for cls in (KFAC, EKFAC):
         pre = cls(0.1)
-        differential_direction(model, modules, inputs.forget, inputs.retain, preconditioner=pre, batch_size=3)
+        differential_direction(
+            model, modules, inputs.forget, inputs.retain, preconditioner=pre, batch_size=3
+        )
         QS, QA = pre.basis[name]
         if cls is EKFAC:
             lam = ((QS.T @ G @ QA) ** 2).mean(0)
@@ -171,7 +197,10 @@ def test_tracked_module_sets(f64):
     cfg, inputs, model = f64
     per_layer = 7  # q, k, v, o, gate, up, down
     assert len(tracked_modules(model, "all_linear")) == 2 * per_layer
-    assert all(".mlp." in n for n in tracked_modules(model, "mlp")) and len(tracked_modules(model, "mlp")) == 6
+    assert (
+        all(".mlp." in n for n in tracked_modules(model, "mlp"))
+        and len(tracked_modules(model, "mlp")) == 6
+    )
     last = tracked_modules(model, "last_n", last_n_layers=1)
     assert len(last) == per_layer and all(".layers.1." in n for n in last)
     assert "lm_head" not in " ".join(tracked_modules(model, "all_linear"))
@@ -181,7 +210,13 @@ def test_tracked_module_sets(f64):
 
 def test_lora_modules_score_exactly(mini_world):
     """modules=lora tracks lora_A / lora_B only; the JVP rows still match the autograd loop."""
-    cfg = _cfg(mini_world, "influence.dtype=float64", "influence.modules=lora", "LoRA.r=2", "influence.preconditioner=diagonal")
+    cfg = _cfg(
+        mini_world,
+        "influence.dtype=float64",
+        "influence.modules=lora",
+        "LoRA.r=2",
+        "influence.preconditioner=diagonal",
+    )
     inputs = load_inputs(cfg)
     model = load_scoring_model(cfg, inputs.model_path)
     modules = tracked_modules(model, "lora")
@@ -189,27 +224,61 @@ def test_lora_modules_score_exactly(mini_world):
     ctx = ScoreContext(model, inputs.forget, inputs.retain, cfg.influence)
     rows = compute_token_scores(ctx)
     assert ctx.info["tracked_modules"] == len(modules)
-    v = differential_direction(model, modules, inputs.forget, inputs.retain, preconditioner=DiagonalFisher(cfg.influence.damping))
+    v = differential_direction(
+        model,
+        modules,
+        inputs.forget,
+        inputs.retain,
+        preconditioner=DiagonalFisher(cfg.influence.damping),
+    )
     assert _rel_err(rows[:1], [autograd_token_scores(model, v, inputs.forget[0])]) < 1e-10
 
 
-def test_gradient_dot_is_the_forget_gradient_and_contrast_of_a_model_with_itself_is_zero(mini_world, f64):
+def test_gradient_dot_is_the_forget_gradient_and_contrast_of_a_model_with_itself_is_zero(
+    mini_world, f64
+):
     cfg, inputs, model = f64
-    gd = compute_token_scores(ScoreContext(model, inputs.forget, inputs.retain, dataclasses.replace(cfg.influence, scorer="gradient_dot")))
-    ident = dataclasses.replace(cfg.influence, scorer="differential", preconditioner="identity", lam=0.0)
+    gd = compute_token_scores(
+        ScoreContext(
+            model,
+            inputs.forget,
+            inputs.retain,
+            dataclasses.replace(cfg.influence, scorer="gradient_dot"),
+        )
+    )
+    ident = dataclasses.replace(
+        cfg.influence, scorer="differential", preconditioner="identity", lam=0.0
+    )
     diff = compute_token_scores(ScoreContext(model, inputs.forget, inputs.retain, ident))
     for a, b in zip(gd, diff):
         torch.testing.assert_close(a, b)
-    contrast = compute_token_scores(ScoreContext(model, inputs.forget, inputs.retain,
-                                                 dataclasses.replace(cfg.influence, scorer="contrast"),
-                                                 retain_model=lambda: model))
-    assert all(torch.all(r == 0) for r in contrast) and [len(r) for r in contrast] == [len(r) for r in gd]
+    contrast = compute_token_scores(
+        ScoreContext(
+            model,
+            inputs.forget,
+            inputs.retain,
+            dataclasses.replace(cfg.influence, scorer="contrast"),
+            retain_model=lambda: model,
+        )
+    )
+    assert all(torch.all(r == 0) for r in contrast) and [len(r) for r in contrast] == [
+        len(r) for r in gd
+    ]
 
 
 def test_kronfluence_scores_are_labelled_and_aligned(f64):
-    pytest.importorskip("kronfluence", reason="kronfluence not installed (optional: pip install kronfluence)")
+    pytest.importorskip(
+        "kronfluence", reason="kronfluence not installed (optional: pip install kronfluence)"
+    )
     cfg, inputs, model = f64
-    rows = compute_token_scores(ScoreContext(model, inputs.forget, inputs.retain, dataclasses.replace(cfg.influence, scorer="kronfluence")))
+    rows = compute_token_scores(
+        ScoreContext(
+            model,
+            inputs.forget,
+            inputs.retain,
+            dataclasses.replace(cfg.influence, scorer="kronfluence"),
+        )
+    )
     assert [len(r) for r in rows] == [sum(t != -100 for t in ex["labels"]) for ex in inputs.forget]
     assert all(torch.isfinite(r).all() for r in rows)
     assert "NOT the directional derivative" in SCORERS["kronfluence"].quantity
@@ -224,7 +293,11 @@ def test_fact_mask_marks_the_fact_tokens(f64):
         mask = fact_token_mask(rec, ex["target_offsets"], "full", inputs.tags)
         target = inputs.tokenizer.decode([t for t in ex["labels"] if t != -100])
         assert len(mask) == len(ex["target_offsets"]) and 0 < sum(mask) < len(mask)
-        picked = "".join(inputs.tokenizer.decode([t]) for t, m in zip([t for t in ex["labels"] if t != -100], mask) if m)
+        picked = "".join(
+            inputs.tokenizer.decode([t])
+            for t, m in zip([t for t in ex["labels"] if t != -100], mask)
+            if m
+        )
         assert rec["fact"].replace(" ", "") in picked.replace(" ", "") and rec["fact"] in target
 
 
@@ -246,24 +319,48 @@ def test_config_errors_come_before_any_model_loads(mini_world, tmp_path, monkeyp
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(run_influence_module, "load_model", no_model)
-    for bad, msg in [("influence.scorer=foo", "influence.scorer 'foo' is unknown; valid: differential"),
-                     ("influence.preconditioner=kfc", "valid: identity, diagonal, kfac, ekfac"),
-                     ("influence.method=bwd", "influence.method"), ("influence.damping=0", "influence.damping must be > 0"),
-                     ("influence.lam=-1", "lam >= 0"), ("influence.modules=attn", "valid: all_linear, mlp, last_n, lora")]:
+    for bad, msg in [
+        ("influence.scorer=foo", "influence.scorer 'foo' is unknown; valid: differential"),
+        ("influence.preconditioner=kfc", "valid: identity, diagonal, kfac, ekfac"),
+        ("influence.method=bwd", "influence.method"),
+        ("influence.damping=0", "influence.damping must be > 0"),
+        ("influence.lam=-1", "lam >= 0"),
+        ("influence.modules=attn", "valid: all_linear, mlp, last_n, lora"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             check_influence_config(_cfg(mini_world, bad))
     with pytest.raises(ConfigError, match="LoRA.r > 0"):
-        run_influence(_cfg(mini_world, "influence.modules=lora", folder=tmp_path / "a"), progress=False)
-    with pytest.raises(ConfigError, match="retain model"):  # model_path given: no embedded retain model
-        run_influence(_cfg(mini_world, "influence.scorer=contrast", folder=tmp_path / "b"), progress=False)
+        run_influence(
+            _cfg(mini_world, "influence.modules=lora", folder=tmp_path / "a"), progress=False
+        )
+    with pytest.raises(
+        ConfigError, match="retain model"
+    ):  # model_path given: no embedded retain model
+        run_influence(
+            _cfg(mini_world, "influence.scorer=contrast", folder=tmp_path / "b"), progress=False
+        )
     with pytest.raises(ConfigError, match="not found"):
-        run_influence(_cfg(mini_world, "influence.scorer=contrast", "retain_model_path=/nope", folder=tmp_path / "c"), progress=False)
+        run_influence(
+            _cfg(
+                mini_world,
+                "influence.scorer=contrast",
+                "retain_model_path=/nope",
+                folder=tmp_path / "c",
+            ),
+            progress=False,
+        )
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kronfluence" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "kronfluence" else real(name, *a),
+    )
     with pytest.raises(ConfigError, match="optional package kronfluence, which is not installed"):
-        run_influence(_cfg(mini_world, "influence.scorer=kronfluence", folder=tmp_path / "d"), progress=False)
+        run_influence(
+            _cfg(mini_world, "influence.scorer=kronfluence", folder=tmp_path / "d"), progress=False
+        )
     assert not any(tmp_path.iterdir())
 
 
@@ -272,8 +369,14 @@ def test_files_feed_the_influence_loss_and_are_reused_or_refused(mini_world, tmp
     from npo_lib.influence.files import read_influence_files
 
     folder = tmp_path / "influence"
-    cfg = _cfg(mini_world, "influence.preconditioner=diagonal", "forget_loss=INFLUENCE+GD",
-               "selection.method=top_k", "selection.k=3", folder=folder)
+    cfg = _cfg(
+        mini_world,
+        "influence.preconditioner=diagonal",
+        "forget_loss=INFLUENCE+GD",
+        "selection.method=top_k",
+        "selection.k=3",
+        folder=folder,
+    )
     res = run_influence(cfg, progress=False)
     assert res["reused"] is False and res["n_examples"] == 4 and 0.0 <= res["auroc"] <= 1.0
     scores, lengths, tokens, meta = read_influence_files(folder)
@@ -287,7 +390,14 @@ def test_files_feed_the_influence_loss_and_are_reused_or_refused(mini_world, tmp
     from npo_lib.influence.files import load_token_weights
 
     inputs = load_inputs(cfg)
-    w = load_token_weights(cfg, folder, UnlearningDataset.from_files(inputs.data_path, "forget10", 1, inputs.tokenizer, inputs.tags), "full")
+    w = load_token_weights(
+        cfg,
+        folder,
+        UnlearningDataset.from_files(
+            inputs.data_path, "forget10", 1, inputs.tokenizer, inputs.tags
+        ),
+        "full",
+    )
     assert w.shape[0] == 4 and (w.sum(1) >= 3).all()
 
     # same settings: reused without loading a model; other settings: refused, then replaced on overwrite
@@ -303,19 +413,39 @@ def test_files_feed_the_influence_loss_and_are_reused_or_refused(mini_world, tmp
     assert "preconditioner" in str(e.value)
     monkeypatch.undo()
     replaced = run_influence(dataclasses.replace(other, overwrite=True), progress=False)
-    assert replaced["reused"] is False and json.loads((folder / "meta.json").read_text())["preconditioner"] == "ekfac"
+    assert (
+        replaced["reused"] is False
+        and json.loads((folder / "meta.json").read_text())["preconditioner"] == "ekfac"
+    )
 
 
 def test_npo_influence_cli_and_module_entry(mini_world, tmp_path):
     from npo_lib.cli import main
 
     folder = tmp_path / "cli"
-    args = [f"model_path={mini_world['model_path']}", f"data_path={mini_world['data_path']}", f"influence_dir={folder}",
-            "influence.preconditioner=identity"]
+    args = [
+        f"model_path={mini_world['model_path']}",
+        f"data_path={mini_world['data_path']}",
+        f"influence_dir={folder}",
+        "influence.preconditioner=identity",
+    ]
     assert main(["influence", *args]) == 0 and (folder / "scores.safetensors").is_file()
     assert main(["influence", *args, "influence.scorer=nope"]) == 2
-    r = subprocess.run([sys.executable, "-m", "npo_lib.compute_influence", *args[:-1], f"influence_dir={tmp_path / 'mod'}",
-                        "influence.method=fd", "influence.preconditioner=kfac"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npo_lib.compute_influence",
+            *args[:-1],
+            f"influence_dir={tmp_path / 'mod'}",
+            "influence.method=fd",
+            "influence.preconditioner=kfac",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "mod" / "meta.json").read_text())["parameters"]["method"] == "fd"
 
@@ -337,6 +467,13 @@ def test_default_scorer_finds_the_fact_tokens(prepared_embedded):
     cfg, _ = prepared_embedded
     rows = auroc_table(cfg, progress=False)
     print("\n" + format_auroc_table(rows))
-    default = next(r for r in rows if r["scorer"] == cfg.influence.scorer and r["preconditioner"] == cfg.influence.preconditioner)
+    default = next(
+        r
+        for r in rows
+        if r["scorer"] == cfg.influence.scorer
+        and r["preconditioner"] == cfg.influence.preconditioner
+    )
     assert default["auroc"] >= 0.85
-    assert all(r["auroc"] is not None for r in rows if r["scorer"] != "kronfluence" or not r["note"])
+    assert all(
+        r["auroc"] is not None for r in rows if r["scorer"] != "kronfluence" or not r["note"]
+    )

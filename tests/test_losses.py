@@ -163,9 +163,11 @@ def test_npo_by_hand_and_closed_form():
     assert value.dim() == 0
     assert value.item() == pytest.approx(hand, abs=1e-12)
     # (2/β) · mean log(1 + (p_θ/p_ref)^β), p = exp(sequence log-prob)
-    closed = (2 / beta) * sum(
-        math.log(1 + (math.exp(s) / math.exp(r)) ** beta) for s, r in zip(seq, ref.tolist())
-    ) / B
+    closed = (
+        (2 / beta)
+        * sum(math.log(1 + (math.exp(s) / math.exp(r)) ** beta) for s, r in zip(seq, ref.tolist()))
+        / B
+    )
     assert value.item() == pytest.approx(closed, rel=1e-10)
 
 
@@ -347,21 +349,33 @@ def test_unknown_part_lists_valid_names():
 def test_term_value_names_missing_extra():
     logits, labels = make_batch()
     with pytest.raises(ValueError, match="INFLUENCE needs token_weights"):
-        term_value(
-            FORGET_TERMS["INFLUENCE"], logits, labels, hyper(), ref_token_logp=ref_tokens()
-        )
+        term_value(FORGET_TERMS["INFLUENCE"], logits, labels, hyper(), ref_token_logp=ref_tokens())
 
 
 def test_loss_hyper_comes_from_the_config_and_checks_its_values():
-    extra = {"wga_beta": 1.0, "satimp_beta1": 5.0, "satimp_beta2": 1.0, "undial_beta": 10.0,
-             "rmu_steering_coeff": 20.0, "rmu_alpha": 1.0}
-    assert LossHyper.from_config(Config()) == LossHyper(beta=0.1, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0,
-                                                        regularization_coeff=1.0, **extra)
+    extra = {
+        "wga_beta": 1.0,
+        "satimp_beta1": 5.0,
+        "satimp_beta2": 1.0,
+        "undial_beta": 10.0,
+        "rmu_steering_coeff": 20.0,
+        "rmu_alpha": 1.0,
+    }
+    assert LossHyper.from_config(Config()) == LossHyper(
+        beta=0.1, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0, regularization_coeff=1.0, **extra
+    )
     assert hyper(beta=0.2, forget_coeff=2).forget_coeff == 2.0
     with pytest.raises(TypeError):  # no defaults of its own: every value comes from the config
         LossHyper(beta=0.2)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="beta must be > 0"):
-        LossHyper(beta=0.0, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0, regularization_coeff=1.0, **extra)
+        LossHyper(
+            beta=0.0,
+            simnpo_beta=2.5,
+            gamma=0.0,
+            forget_coeff=1.0,
+            regularization_coeff=1.0,
+            **extra,
+        )
 
 
 def test_composed_loss_npo_gd():
@@ -452,14 +466,18 @@ def test_wga_by_hand(beta):
     logits, labels = make_batch()
     hand = _hand_reweighted(logits, labels, lambda p: p**beta)
     assert wga_loss(logits, labels, beta).item() == pytest.approx(hand, abs=1e-12)
-    assert term_value(FORGET_TERMS["WGA"], logits, labels, hyper(wga_beta=beta)).item() == pytest.approx(hand, abs=1e-12)
+    assert term_value(
+        FORGET_TERMS["WGA"], logits, labels, hyper(wga_beta=beta)
+    ).item() == pytest.approx(hand, abs=1e-12)
 
 
 def test_satimp_by_hand_with_open_unlearning_defaults():
     logits, labels = make_batch(1)
     hand = _hand_reweighted(logits, labels, lambda p: p**5 * (1 - p) ** 1)
     assert satimp_loss(logits, labels, 5.0, 1.0).item() == pytest.approx(hand, abs=1e-12)
-    assert term_value(FORGET_TERMS["SatImp"], logits, labels, hyper()).item() == pytest.approx(hand, abs=1e-12)
+    assert term_value(FORGET_TERMS["SatImp"], logits, labels, hyper()).item() == pytest.approx(
+        hand, abs=1e-12
+    )
 
 
 REWEIGHTED = {
@@ -486,7 +504,9 @@ def test_reweighted_ga_gradients_treat_the_weights_as_constants(name):
 
     g = grad(lambda z: loss_fn(z, labels))
     assert torch.allclose(g, grad(lambda z: frozen(z, True)), atol=1e-12)
-    assert not torch.allclose(g, grad(lambda z: frozen(z, False)), atol=1e-6)  # what detaching changes
+    assert not torch.allclose(
+        g, grad(lambda z: frozen(z, False)), atol=1e-6
+    )  # what detaching changes
 
 
 def test_undial_by_hand():
@@ -505,7 +525,9 @@ def test_undial_by_hand():
             total += -sum(p * q for p, q in zip(teacher, logq))
             n += 1
     assert undial_loss(logits, labels, ref, beta).item() == pytest.approx(total / n, abs=1e-12)
-    value = term_value(FORGET_TERMS["UNDIAL"], logits, labels, hyper(undial_beta=beta), ref_forget_logits=ref)
+    value = term_value(
+        FORGET_TERMS["UNDIAL"], logits, labels, hyper(undial_beta=beta), ref_forget_logits=ref
+    )
     assert value.item() == pytest.approx(total / n, abs=1e-12)
     # β = 0 and the model equal to its reference: the loss is the reference's entropy, its gradient 0
     same = ref.clone().requires_grad_(True)
@@ -554,7 +576,9 @@ def test_rmu_by_hand():
     c = 6.5
     hand = _hand_activation_mse(hidden, lambda b, t, k: c * float(u[k]), labels)
     assert rmu_loss(hidden, labels, u, c).item() == pytest.approx(hand, abs=1e-12)
-    value = term_value(FORGET_TERMS["RMU"], None, labels, hyper(rmu_steering_coeff=c), hidden=hidden, control_vec=u)
+    value = term_value(
+        FORGET_TERMS["RMU"], None, labels, hyper(rmu_steering_coeff=c), hidden=hidden, control_vec=u
+    )
     assert value.item() == pytest.approx(hand, abs=1e-12)
     # a change at a prompt or padding position changes nothing; at a target position it does
     moved = hidden.clone()
@@ -568,7 +592,9 @@ def test_rmu_by_hand():
     empty[2] = M
     hand_empty = _hand_activation_mse(hidden, lambda b, t, k: c * float(u[k]), empty)
     assert rmu_loss(hidden, empty, u, c).item() == pytest.approx(hand_empty, abs=1e-12)
-    e2 = _hand_activation_mse(hidden[2:], lambda b, t, k: c * float(u[k]), labels[2:])  # example 2 alone
+    e2 = _hand_activation_mse(
+        hidden[2:], lambda b, t, k: c * float(u[k]), labels[2:]
+    )  # example 2 alone
     assert hand_empty == pytest.approx(hand - e2 / 3, abs=1e-12)  # still divided by the 3 examples
 
 
@@ -576,7 +602,9 @@ def test_random_unit_vector_is_seeded_unit_and_positive():
     u = random_unit_vector(64, 0)
     assert u.shape == (64,) and u.dtype == torch.float32
     assert u.norm().item() == pytest.approx(1.0, abs=1e-6) and (u >= 0).all()  # torch.rand: [0, 1)ᵈ
-    assert torch.equal(u, random_unit_vector(64, 0)) and not torch.equal(u, random_unit_vector(64, 1))
+    assert torch.equal(u, random_unit_vector(64, 0)) and not torch.equal(
+        u, random_unit_vector(64, 1)
+    )
 
 
 def test_act_by_hand_and_zero_at_the_reference():
@@ -587,7 +615,9 @@ def test_act_by_hand_and_zero_at_the_reference():
     alpha = 3.0
     hand = alpha * _hand_activation_mse(hidden, lambda b, t, k: float(ref[b, t, k]), labels)
     assert act_loss(hidden, labels, ref, alpha).item() == pytest.approx(hand, abs=1e-12)
-    value = term_value(REGULARIZERS["ACT"], None, labels, hyper(rmu_alpha=alpha), hidden=hidden, ref_hidden=ref)
+    value = term_value(
+        REGULARIZERS["ACT"], None, labels, hyper(rmu_alpha=alpha), hidden=hidden, ref_hidden=ref
+    )
     assert value.item() == pytest.approx(hand, abs=1e-12)
     same = ref.clone().requires_grad_(True)
     act_loss(same, labels, ref, alpha).backward()
@@ -615,7 +645,9 @@ def test_rmu_and_act_gradients_by_hand_and_targets_detached():
                 expect = 0.0
                 if mask[b, t]:
                     scale = 2.0 / (D * int(n[b]) * B)
-                    expect = scale * (float(h[b, t, k]) - c * float(u[k])) + alpha * scale * (float(h[b, t, k]) - float(ref[b, t, k]))
+                    expect = scale * (float(h[b, t, k]) - c * float(u[k])) + alpha * scale * (
+                        float(h[b, t, k]) - float(ref[b, t, k])
+                    )
                 assert grad[b, t, k].item() == pytest.approx(expect, abs=1e-12)
 
 
@@ -629,12 +661,32 @@ def test_rmu_compositions():
     u = random_unit_vector(D, 0).double()
     hp = hyper(rmu_steering_coeff=5.0, rmu_alpha=7.0, forget_coeff=0.5, regularization_coeff=2.0)
     spec = parse_loss("RMU+GD+ACT")
-    assert spec.reads_hidden and spec.needs == {"control_vec", "ref_hidden"} and spec.views == ("full", "retain")
+    assert (
+        spec.reads_hidden
+        and spec.needs == {"control_vec", "ref_hidden"}
+        and spec.views == ("full", "retain")
+    )
     assert not parse_loss("NPO+GD").reads_hidden and parse_loss("GA+ACT").reads_hidden
-    total, logs = composed_loss(spec, logits, labels, hp, retain_logits=retain_logits, retain_labels=retain_labels,
-                                forget_hidden=fh, retain_hidden=rh, control_vec=u, ref_hidden=ref)
-    rmu, gd, act = rmu_loss(fh, labels, u, 5.0), ce(retain_logits, retain_labels), act_loss(rh, retain_labels, ref, 7.0)
-    assert total.item() == pytest.approx(0.5 * rmu.item() + 2.0 * (gd.item() + act.item()), abs=1e-12)
+    total, logs = composed_loss(
+        spec,
+        logits,
+        labels,
+        hp,
+        retain_logits=retain_logits,
+        retain_labels=retain_labels,
+        forget_hidden=fh,
+        retain_hidden=rh,
+        control_vec=u,
+        ref_hidden=ref,
+    )
+    rmu, gd, act = (
+        rmu_loss(fh, labels, u, 5.0),
+        ce(retain_logits, retain_labels),
+        act_loss(rh, retain_labels, ref, 7.0),
+    )
+    assert total.item() == pytest.approx(
+        0.5 * rmu.item() + 2.0 * (gd.item() + act.item()), abs=1e-12
+    )
     assert set(logs) == {"forget/RMU", "reg/GD", "reg/ACT", "loss"}
     with pytest.raises(ValueError, match="RMU reads hidden"):
         term_value(FORGET_TERMS["RMU"], logits, labels, hp, control_vec=u)

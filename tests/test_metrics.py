@@ -126,14 +126,21 @@ def test_min_k_and_extraction_metrics_leave_the_appended_eos_out():
     ok = np.array([True, False, True, True, False])
     s = TargetScores(lp, ok, np.full(5, -1.0), np.full(5, 2.0), eos=True)
     bare = s.without_eos()
-    assert bare.logprobs.tolist() == [-0.1, -2.0, -0.5, -3.0] and bare.argmax_ok.tolist() == [True, False, True, True]
+    assert bare.logprobs.tolist() == [-0.1, -2.0, -0.5, -3.0] and bare.argmax_ok.tolist() == [
+        True,
+        False,
+        True,
+        True,
+    ]
     assert M.mia_min_k(bare.logprobs) == pytest.approx(3.0)  # lowest int(4 * 0.4) = 1 token: -3
     assert M.mia_min_k(s.logprobs) == pytest.approx(2.5)  # with EOS: int(5 * 0.4) = 2 tokens
     assert M.extraction_strength_one(bare.argmax_ok) == pytest.approx(0.5)  # with EOS: 0.0
     assert M.extraction_strength_one(s.argmax_ok) == 0.0
     assert M.exact_memorisation([bare.argmax_ok])["agg_value"] == pytest.approx(0.75)
     assert s.nll == pytest.approx(5.61 / 5)  # Prob keeps EOS
-    assert TargetScores(lp, ok, lp, lp, eos=False).without_eos().logprobs.size == 5  # cut by max_length: nothing to drop
+    assert (
+        TargetScores(lp, ok, lp, lp, eos=False).without_eos().logprobs.size == 5
+    )  # cut by max_length: nothing to drop
 
 
 def test_eos_convention_is_an_option_pinned_both_ways():
@@ -153,7 +160,12 @@ def test_eos_convention_is_an_option_pinned_both_ways():
     s = TargetScores(lp, ok, mu, sigma, eos=True)
     expected = {
         # keep_eos: (Min-K%, Min-K%++, ES, EM); k = 0.4 of 4 tokens -> 1, of 5 -> 2
-        False: (3.0, 1.0, 1 - 2 / 4, 3 / 4),  # lowest lp −3; lowest z −1; last wrong token at 2 of 4
+        False: (
+            3.0,
+            1.0,
+            1 - 2 / 4,
+            3 / 4,
+        ),  # lowest lp −3; lowest z −1; last wrong token at 2 of 4
         True: ((3.0 + 2.0) / 2, (1.0 + 0.5) / 2, 1 - 5 / 5, 3 / 5),  # EOS is wrong: ES 0
     }
     for keep, (min_k, min_kpp, es, em) in expected.items():
@@ -166,4 +178,6 @@ def test_eos_convention_is_an_option_pinned_both_ways():
     default, kept = load_config([]).eval, load_config(["eval.mia_keep_eos=true"]).eval
     assert not default.mia_keep_eos and kept.mia_keep_eos
     # the option changes the numbers, so it enters the reuse identity; the default keeps the old one
-    assert "mia_keep_eos" not in eval_identity(default) and eval_identity(kept)["mia_keep_eos"] is True
+    assert (
+        "mia_keep_eos" not in eval_identity(default) and eval_identity(kept)["mia_keep_eos"] is True
+    )

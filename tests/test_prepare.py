@@ -56,16 +56,25 @@ def test_prepare_memorises_and_is_reused(prepared_embedded):
     assert all(s.passed.values()) and not s.failures()
     # training stopped once the recall bars held, within the budget, and says when
     for model in ("target", "retain"):
-        record = json.loads((Path(s.paths[model]).parent / "result.json").read_text())  # the `npo finetune` run
-        assert record["stopped_early"] and record["epochs"] == s.epochs[model] <= cfg.tiny.max_epochs
-        assert record["checks"][-1]["passed"] and not any(c["passed"] for c in record["checks"][:-1])
+        record = json.loads(
+            (Path(s.paths[model]).parent / "result.json").read_text()
+        )  # the `npo finetune` run
+        assert (
+            record["stopped_early"] and record["epochs"] == s.epochs[model] <= cfg.tiny.max_epochs
+        )
+        assert record["checks"][-1]["passed"] and not any(
+            c["passed"] for c in record["checks"][:-1]
+        )
         assert record["machine"]["cpu_capability"]
     saved = json.loads((Path(s.paths["retain"]).parent / "prepare_summary.json").read_text())
     assert saved["recall"] == s.recall and saved["forget_quality"] == s.forget_quality
 
     # Saved in Hugging Face format and loaded through the same path a hub model takes.
     assert resolve_model_path(cfg) == s.paths["target"]
-    model, tok = load_model(cfg, s.paths["target"], device="cpu"), load_tokenizer(cfg, s.paths["target"])
+    model, tok = (
+        load_model(cfg, s.paths["target"], device="cpu"),
+        load_tokenizer(cfg, s.paths["target"]),
+    )
     assert model.config.model_type == "llama" and tok("x").input_ids[0] == tok.bos_token_id
     assert (Path(s.paths["target"]) / "model.safetensors").is_file()
 
@@ -86,16 +95,27 @@ def test_a_missed_bar_names_the_bar_the_value_and_what_to_raise():
     from npo_lib.run.prepare import PrepareError, PrepareSummary
 
     s = PrepareSummary(
-        paths={}, n_train_target=1, n_train_retain=1, n_forget=40, n_retain_eval=40,
-        recall={"target": {"forget": 0.875, "retain": 0.975}, "retain": {"forget": 0.0, "retain": 1.0}},
-        forget_quality={"target": 0.02, "retain": 1.0}, max_epochs=40,
+        paths={},
+        n_train_target=1,
+        n_train_retain=1,
+        n_forget=40,
+        n_retain_eval=40,
+        recall={
+            "target": {"forget": 0.875, "retain": 0.975},
+            "retain": {"forget": 0.0, "retain": 1.0},
+        },
+        forget_quality={"target": 0.02, "retain": 1.0},
+        max_epochs=40,
     )
     assert [ok for ok in s.passed.values()] == [False, True, True, True, False]
     with pytest.raises(PrepareError) as e:
         s.raise_if_failed()
     msg = str(e.value)
     assert "\n" not in msg
-    assert "target forget fact recall 87.5% missed the bar >= 97.5%: raise tiny.max_epochs (now 40)" in msg
+    assert (
+        "target forget fact recall 87.5% missed the bar >= 97.5%: raise tiny.max_epochs (now 40)"
+        in msg
+    )
     assert "target forget quality 0.02 missed the bar < 0.01" in msg and "finetune.patience" in msg
 
 
@@ -104,6 +124,8 @@ def test_cli_prepare_with_too_small_a_budget_exits_2_with_one_line(tmp_path):
     r = _npo("prepare", "params/tiny_quick.yaml", "tiny.max_epochs=2", env_cache=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     err = [line for line in r.stderr.splitlines() if line.startswith("npo prepare:")]
-    assert len(err) == 1 and "missed the bar" in err[0] and "raise tiny.max_epochs (now 2)" in err[0]
+    assert (
+        len(err) == 1 and "missed the bar" in err[0] and "raise tiny.max_epochs (now 2)" in err[0]
+    )
     assert "Traceback" not in r.stderr
     assert "[FAIL] target forget fact recall" in r.stdout  # the table of every bar comes first

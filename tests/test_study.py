@@ -15,50 +15,93 @@ from npo_lib.run.study import best_per_method, claim_text, collect, markdown
 def _run(root, name, loss, lr, seed, fq, mu):
     d = root / name
     (d / "eval").mkdir(parents=True)
-    (d / "config.yaml").write_text(yaml.safe_dump({"forget_loss": loss, "lr": lr, "num_epochs": 5, "seed": seed}))
-    agg = {"forget_quality": fq, "model_utility": mu, "forget_fact_recall": 0.1, "retain_fact_recall": 0.9, "privleak": -5.0}
+    (d / "config.yaml").write_text(
+        yaml.safe_dump({"forget_loss": loss, "lr": lr, "num_epochs": 5, "seed": seed})
+    )
+    agg = {
+        "forget_quality": fq,
+        "model_utility": mu,
+        "forget_fact_recall": 0.1,
+        "retain_fact_recall": 0.9,
+        "privleak": -5.0,
+    }
     (d / "eval" / "metrics.json").write_text(json.dumps({"aggregates": agg}))
     return d
 
 
 def test_settings_average_seeds_and_the_claim_respects_the_utility_floor(tmp_path):
     runs = [
-        _run(tmp_path, "a0", "NPO+GD", 1e-4, 0, 0.02, 0.80), _run(tmp_path, "a1", "NPO+GD", 1e-4, 1, 0.04, 0.82),
+        _run(tmp_path, "a0", "NPO+GD", 1e-4, 0, 0.02, 0.80),
+        _run(tmp_path, "a1", "NPO+GD", 1e-4, 1, 0.04, 0.82),
         _run(tmp_path, "b0", "NPO+GD", 3e-4, 0, 0.50, 0.40),  # forgets more but loses utility
-        _run(tmp_path, "c0", "INFLUENCE+GD", 1e-4, 0, 0.10, 0.84), _run(tmp_path, "c1", "INFLUENCE+GD", 1e-4, 1, 0.20, 0.86),
+        _run(tmp_path, "c0", "INFLUENCE+GD", 1e-4, 0, 0.10, 0.84),
+        _run(tmp_path, "c1", "INFLUENCE+GD", 1e-4, 1, 0.20, 0.86),
     ]
     (tmp_path / "unevaluated").mkdir()
     settings = collect([*runs, tmp_path / "unevaluated"], ("forget_loss", "lr", "num_epochs"))
-    assert [s.key for s in settings] == [("NPO+GD", 1e-4, 5), ("NPO+GD", 3e-4, 5), ("INFLUENCE+GD", 1e-4, 5)]
+    assert [s.key for s in settings] == [
+        ("NPO+GD", 1e-4, 5),
+        ("NPO+GD", 3e-4, 5),
+        ("INFLUENCE+GD", 1e-4, 5),
+    ]
     npo = settings[0]
-    assert npo.mean("forget_quality") == pytest.approx(0.03) and npo.std("forget_quality") == pytest.approx(0.0141421, rel=1e-4)
+    assert npo.mean("forget_quality") == pytest.approx(0.03) and npo.std(
+        "forget_quality"
+    ) == pytest.approx(0.0141421, rel=1e-4)
     best = best_per_method(settings, mu_floor=0.95 * 0.85)
     assert best["NPO+GD"] is npo  # the 3e-4 setting is below the floor
     assert "holds" in claim_text(best) and "0.15 vs 0.03" in claim_text(best)
     assert "does not hold" in claim_text({"INFLUENCE+GD": npo, "NPO+GD": settings[2]})
     assert "not testable" in claim_text(best_per_method(settings, mu_floor=0.99))
-    text = markdown(settings, ("forget_loss", "lr", "num_epochs"), {"target": {"model_utility": 0.85, "forget_quality": 1e-5}}, 0.95)
+    text = markdown(
+        settings,
+        ("forget_loss", "lr", "num_epochs"),
+        {"target": {"model_utility": 0.85, "forget_quality": 1e-5}},
+        0.95,
+    )
     assert "| target |" in text and "0.03 ± 0.014" in text and "Claim" in text
 
 
 # ----------------------------------------------------------------------------- the fair study
 
-REFS = {"target": {"model_utility": 0.80, "forget_quality": 1e-4, "retain_fact_recall": 0.90, "forget_fact_recall": 0.95},
-        "retain": {"model_utility": 0.82, "forget_quality": 1.0, "retain_fact_recall": 0.95, "forget_fact_recall": 0.05}}
+REFS = {
+    "target": {
+        "model_utility": 0.80,
+        "forget_quality": 1e-4,
+        "retain_fact_recall": 0.90,
+        "forget_fact_recall": 0.95,
+    },
+    "retain": {
+        "model_utility": 0.82,
+        "forget_quality": 1.0,
+        "retain_fact_recall": 0.95,
+        "forget_fact_recall": 0.05,
+    },
+}
 
 
 def _fair_run(root, loss, lr, seed, fq, mu, selection=None, relearn_after=0.5):
     cfg = {"forget_loss": loss, "lr": lr, "num_epochs": 5, "seed": seed, "forget_coeff": 1.0}
     if selection:
         cfg["selection"] = selection
-    name = "_".join(f"{k}-{v}" for k, v in [("loss", loss), *(selection or {}).items(), ("lr", lr), ("seed", seed)])
+    name = "_".join(
+        f"{k}-{v}"
+        for k, v in [("loss", loss), *(selection or {}).items(), ("lr", lr), ("seed", seed)]
+    )
     d = root / name
     (d / "eval").mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    agg = {"forget_quality": fq, "model_utility": mu, "forget_fact_recall": 1.0 - mu, "retain_fact_recall": mu + 0.1,
-           "privleak": -5.0}
-    rob = {"relearn": {"before": {"fact_recall": 0.1}, "after": {"fact_recall": relearn_after}},
-           "quant4": {"before": {"fact_recall": 0.1}, "after": {"fact_recall": 0.2}}}
+    agg = {
+        "forget_quality": fq,
+        "model_utility": mu,
+        "forget_fact_recall": 1.0 - mu,
+        "retain_fact_recall": mu + 0.1,
+        "privleak": -5.0,
+    }
+    rob = {
+        "relearn": {"before": {"fact_recall": 0.1}, "after": {"fact_recall": relearn_after}},
+        "quant4": {"before": {"fact_recall": 0.1}, "after": {"fact_recall": 0.2}},
+    }
     (d / "eval" / "metrics.json").write_text(json.dumps({"aggregates": agg, "robustness": rob}))
     return d
 
@@ -83,33 +126,82 @@ def test_fair_study_reads_frontiers_and_writes_every_output(tmp_path):
     _fair_sweep(tmp_path / "sweep")
     for s in range(3):  # p = 100 % and TNPO: the same loss, so the same runs
         for loss, sel in (("TNPO+GD", None), ("INFLUENCE+GD", {"p": 100.0})):
-            _fair_run(tmp_path / "sweep", loss, 1e-4, s, 1e-3 * 10 ** (0.01 * (s - 1)), 0.80, selection=sel)
-            _fair_run(tmp_path / "sweep", loss, 2e-4, s, 1e-2 * 10 ** (0.01 * (s - 1)), 0.72, selection=sel)
-    (tmp_path / "sweep" / "status.json").write_text(json.dumps(
-        {"_setup": {"status": "done"}, "a": {"status": "done", "seconds": 50.0}, "b": {"status": "done", "seconds": 70.0},
-         "c": {"status": "failed", "seconds": 5.0}}))
-    res = write_study(tmp_path / "sweep", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS)
+            _fair_run(
+                tmp_path / "sweep",
+                loss,
+                1e-4,
+                s,
+                1e-3 * 10 ** (0.01 * (s - 1)),
+                0.80,
+                selection=sel,
+            )
+            _fair_run(
+                tmp_path / "sweep",
+                loss,
+                2e-4,
+                s,
+                1e-2 * 10 ** (0.01 * (s - 1)),
+                0.72,
+                selection=sel,
+            )
+    (tmp_path / "sweep" / "status.json").write_text(
+        json.dumps(
+            {
+                "_setup": {"status": "done"},
+                "a": {"status": "done", "seconds": 50.0},
+                "b": {"status": "done", "seconds": 70.0},
+                "c": {"status": "failed", "seconds": 5.0},
+            }
+        )
+    )
+    res = write_study(
+        tmp_path / "sweep", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS
+    )
     assert "2 runs, 60 s per run" in res["markdown"]
     (b,) = res["studies"]
     infl, npo, rnd = b.row("INFLUENCE+GD"), b.row("NPO+GD"), b.row("INFLUENCE+GD random")
     assert infl.readings[("fq_mu", 0.95)].mean == pytest.approx(0.1)
     assert npo.readings[("fq_mu", 0.95)].mean == pytest.approx(10**-2.5)
-    assert rnd is not None and infl.setting == (("lr", 1e-4), ("num_epochs", 5), ("forget_coeff", 1.0))
+    assert rnd is not None and infl.setting == (
+        ("lr", 1e-4),
+        ("num_epochs", 5),
+        ("forget_coeff", 1.0),
+    )
     assert infl.robust["relearn"][1].mean == pytest.approx(0.5)  # at the matched setting (lr 1e-4)
     text = (tmp_path / "out" / "study.md").read_text()
-    assert "## embedded (n_authors 40, seed 0)" in text and "### Selection controls of INFLUENCE+GD" in text
+    assert (
+        "## embedded (n_authors 40, seed 0)" in text
+        and "### Selection controls of INFLUENCE+GD" in text
+    )
     assert "higher than NPO+GD, TNPO+GD with non-overlapping 95 % intervals" in text
     assert "WGA+GD (not run)" in text and "vs random" in text
-    assert ("forgetting comes back (recall +0.1 or more) for INFLUENCE+GD, INFLUENCE+GD random, INFLUENCE+GD p=100, "
-            "NPO+GD, TNPO+GD") in text  # 0.1 -> 0.5
-    assert "Check: at p = 100 % INFLUENCE+GD reads 0.0032 [0.0031, 0.0032], TNPO+GD 0.0032 [0.0031, 0.0032]" in text
+    assert (
+        "forgetting comes back (recall +0.1 or more) for INFLUENCE+GD, INFLUENCE+GD random, INFLUENCE+GD p=100, "
+        "NPO+GD, TNPO+GD"
+    ) in text  # 0.1 -> 0.5
+    assert (
+        "Check: at p = 100 % INFLUENCE+GD reads 0.0032 [0.0031, 0.0032], TNPO+GD 0.0032 [0.0031, 0.0032]"
+        in text
+    )
     rows = list(csv.DictReader((tmp_path / "out" / "study.csv").open()))
-    fq = {r["method"]: float(r["mean"]) for r in rows if r["quantity"] == "forget_quality" and r["at"].startswith("model_utility >= 0.95")}
-    assert fq["INFLUENCE+GD"] == pytest.approx(0.1) and fq["INFLUENCE+GD random"] == pytest.approx(10**-2.5)
+    fq = {
+        r["method"]: float(r["mean"])
+        for r in rows
+        if r["quantity"] == "forget_quality" and r["at"].startswith("model_utility >= 0.95")
+    }
+    assert fq["INFLUENCE+GD"] == pytest.approx(0.1) and fq["INFLUENCE+GD random"] == pytest.approx(
+        10**-2.5
+    )
     for png in ("study_frontier.png", "study_selection.png"):
         assert (tmp_path / "out" / png).stat().st_size > 10_000
     with pytest.raises(ValueError, match="exists"):
-        write_study(tmp_path / "sweep", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS, overwrite=False)
+        write_study(
+            tmp_path / "sweep",
+            tmp_path / "out",
+            StudyConfig(),
+            references=lambda runs, root: REFS,
+            overwrite=False,
+        )
 
 
 def test_old_sweeps_without_attacks_or_selection_still_report(tmp_path):
@@ -119,10 +211,17 @@ def test_old_sweeps_without_attacks_or_selection_still_report(tmp_path):
     for s in range(2):
         _run(tmp_path / "old", f"a{s}", "NPO+GD", 1e-4, s, 0.02, 0.80)
         _run(tmp_path / "old", f"b{s}", "NPO+GD", 3e-4, s, 0.50, 0.70)
-    res = write_study(tmp_path / "old", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS)
-    assert "| NPO+GD |" in res["markdown"] and "No verdict: the sweep has no INFLUENCE+GD runs." in res["markdown"]
+    res = write_study(
+        tmp_path / "old", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS
+    )
+    assert (
+        "| NPO+GD |" in res["markdown"]
+        and "No verdict: the sweep has no INFLUENCE+GD runs." in res["markdown"]
+    )
     assert "selection" not in res  # no selection variants: no controls figure
-    res = write_study(tmp_path / "old", tmp_path / "out2", StudyConfig(), references=lambda runs, root: {})
+    res = write_study(
+        tmp_path / "old", tmp_path / "out2", StudyConfig(), references=lambda runs, root: {}
+    )
     assert "No verdict" in res["markdown"]
 
 
@@ -132,7 +231,12 @@ def _sweep_run(root, point, mu, fq=0.01):
     d = root / point_name(point)
     (d / "eval").mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump({"forget_coeff": 1.0, "num_epochs": 5, **point}))
-    agg = {"forget_quality": fq, "model_utility": mu, "forget_fact_recall": 0.2, "retain_fact_recall": 0.9}
+    agg = {
+        "forget_quality": fq,
+        "model_utility": mu,
+        "forget_fact_recall": 0.2,
+        "retain_fact_recall": 0.9,
+    }
     (d / "eval" / "metrics.json").write_text(json.dumps({"aggregates": agg}))
 
 
@@ -142,13 +246,38 @@ def test_extend_writes_the_next_points_as_sweep_files_that_reuse_run_folders(tmp
     from npo_lib.run.sweep import SweepSpec, grid_points, point_name, read_spec
 
     spec_file = tmp_path / "s.yaml"
-    spec_file.write_text(yaml.safe_dump({"name": "s", "runs_dir": str(tmp_path / "runs"), "setup": [], "grid": {
-        "forget_loss": ["NPO+GD"], "lr": [1e-4, 2e-4], "num_epochs": [5], "seed": [0]}}))
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "runs_dir": str(tmp_path / "runs"),
+                "setup": [],
+                "grid": {
+                    "forget_loss": ["NPO+GD"],
+                    "lr": [1e-4, 2e-4],
+                    "num_epochs": [5],
+                    "seed": [0],
+                },
+            }
+        )
+    )
     root = tmp_path / "runs" / "s"
     _sweep_run(root, {"forget_loss": "NPO+GD", "lr": 1e-4, "num_epochs": 5, "seed": 0}, 0.80)
     _sweep_run(root, {"forget_loss": "NPO+GD", "lr": 2e-4, "num_epochs": 5, "seed": 0}, 0.78)
-    _sweep_run(root, {"forget_loss": "GA+GD", "lr": 2e-4, "num_epochs": 5, "seed": 0}, 0.50)  # not this sweep's
-    _sweep_run(root, {"forget_loss": "NPO+GD", "lr": 8e-4, "num_epochs": 5, "seed": 0, "selection.method": "random"}, 0.5)  # nor this
+    _sweep_run(
+        root, {"forget_loss": "GA+GD", "lr": 2e-4, "num_epochs": 5, "seed": 0}, 0.50
+    )  # not this sweep's
+    _sweep_run(
+        root,
+        {
+            "forget_loss": "NPO+GD",
+            "lr": 8e-4,
+            "num_epochs": 5,
+            "seed": 0,
+            "selection.method": "random",
+        },
+        0.5,
+    )  # nor this
     study = StudyConfig(seeds=[0, 1, 2])
     res = extend_sweep(spec_file, tmp_path / "next", study, references=lambda runs, root: REFS)
     assert res["floor"] == pytest.approx(0.76)
@@ -158,9 +287,17 @@ def test_extend_writes_the_next_points_as_sweep_files_that_reuse_run_folders(tmp
         (("lr", 2e-4), ("num_epochs", 10), ("forget_coeff", 1.0)): [0],
         (("lr", 2e-4), ("num_epochs", 5), ("forget_coeff", 2.0)): [0],
     }
-    assert [p.name for p in sorted((tmp_path / "next").iterdir())] == ["s-next-01.yaml"]  # the round in one file
+    assert [p.name for p in sorted((tmp_path / "next").iterdir())] == [
+        "s-next-01.yaml"
+    ]  # the round in one file
     spec = read_spec(tmp_path / "next" / "s-next-01.yaml", SweepSpec)
-    assert spec.name == "s" and spec.grid[2] == {"forget_loss": ["NPO+GD"], "lr": [2e-4], "num_epochs": [5], "seed": [0], "forget_coeff": [2.0]}
+    assert spec.name == "s" and spec.grid[2] == {
+        "forget_loss": ["NPO+GD"],
+        "lr": [2e-4],
+        "num_epochs": [5],
+        "seed": [0],
+        "forget_coeff": [2.0],
+    }
     assert len(grid_points(spec.grid)) == 3
     # round two: lr 4e-4 crosses the floor; the settings around it get every seed in folders
     # named as the grid's own points, the wide gap is split (geometric mean of the lrs)
@@ -168,9 +305,13 @@ def test_extend_writes_the_next_points_as_sweep_files_that_reuse_run_folders(tmp
     res = extend_sweep(spec_file, tmp_path / "next", study, references=lambda runs, root: REFS)
     runs = {r for p in res["proposals"] for r in p["runs"]}
     base = read_spec(spec_file, SweepSpec)
-    assert {point_name({**pt, "seed": 1}) for pt in grid_points(base.grid) if pt["lr"] == 2e-4} <= runs
+    assert {
+        point_name({**pt, "seed": 1}) for pt in grid_points(base.grid) if pt["lr"] == 2e-4
+    } <= runs
     assert "forget_loss-NPO+GD_lr-0.000282843_num_epochs-5_seed-0" in runs
-    assert res["files"] == [str(tmp_path / "next" / "s-next-02.yaml")]  # numbering continues, nothing overwritten
+    assert res["files"] == [
+        str(tmp_path / "next" / "s-next-02.yaml")
+    ]  # numbering continues, nothing overwritten
 
 
 def test_a_grid_list_is_the_union_of_its_grids_and_a_round_merges_into_one_sweep(tmp_path):
@@ -178,20 +319,37 @@ def test_a_grid_list_is_the_union_of_its_grids_and_a_round_merges_into_one_sweep
     from npo_lib.run.study_plan import merge_round
     from npo_lib.run.sweep import grid_points, point_name
 
-    pts = grid_points([{"forget_loss": ["NPO+GD"], "lr": [1e-4, 2e-4]}, {"forget_loss": ["NPO+GD"], "lr": [2e-4]},
-                       {"forget_loss": ["GA+GD"], "lr": [1e-4], "forget_coeff": [2.0]}])
-    assert [point_name(p) for p in pts] == ["forget_loss-NPO+GD_lr-0.0001", "forget_loss-NPO+GD_lr-0.0002",
-                                            "forget_loss-GA+GD_lr-0.0001_forget_coeff-2"]  # each point once, in order
+    pts = grid_points(
+        [
+            {"forget_loss": ["NPO+GD"], "lr": [1e-4, 2e-4]},
+            {"forget_loss": ["NPO+GD"], "lr": [2e-4]},
+            {"forget_loss": ["GA+GD"], "lr": [1e-4], "forget_coeff": [2.0]},
+        ]
+    )
+    assert [point_name(p) for p in pts] == [
+        "forget_loss-NPO+GD_lr-0.0001",
+        "forget_loss-NPO+GD_lr-0.0002",
+        "forget_loss-GA+GD_lr-0.0001_forget_coeff-2",
+    ]  # each point once, in order
     with pytest.raises(ConfigError, match="entry 1"):
         grid_points([{"lr": [1e-4]}, ["lr"]])
     same = {"name": "s", "runs_dir": "runs", "config": {"eval": {"robustness": ["relearn"]}}}
-    for i, (body, grid) in enumerate([(same, {"lr": [1e-4]}), (same, [{"lr": [2e-4]}, {"lr": [4e-4]}]),
-                                      ({**same, "name": "other"}, {"lr": [1e-4]})]):
+    for i, (body, grid) in enumerate(
+        [
+            (same, {"lr": [1e-4]}),
+            (same, [{"lr": [2e-4]}, {"lr": [4e-4]}]),
+            ({**same, "name": "other"}, {"lr": [1e-4]}),
+        ]
+    ):
         (tmp_path / f"f{i}.yaml").write_text(yaml.safe_dump({**body, "grid": grid}))
     out = merge_round([tmp_path / f"f{i}.yaml" for i in range(3)], tmp_path / "round-01.yaml")
     assert [f.name for f in out] == ["round-01.yaml", "round-01-1.yaml"]
     merged = yaml.safe_load(out[0].read_text())
-    assert merged["name"] == "s" and merged["config"] == same["config"] and merged["grid"] == [{"lr": [1e-4]}, {"lr": [2e-4]}, {"lr": [4e-4]}]
+    assert (
+        merged["name"] == "s"
+        and merged["config"] == same["config"]
+        and merged["grid"] == [{"lr": [1e-4]}, {"lr": [2e-4]}, {"lr": [4e-4]}]
+    )
     assert yaml.safe_load(out[1].read_text())["name"] == "other"
 
 
@@ -204,11 +362,21 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
     from npo_lib.run.study_plan import run_study
     from npo_lib.run.sweep import SweepSpec, grid_points, point_name, read_spec
 
-    monkeypatch.setattr(study_plan, "references_for", lambda runs, root: REFS)  # no target model to evaluate
+    monkeypatch.setattr(
+        study_plan, "references_for", lambda runs, root: REFS
+    )  # no target model to evaluate
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({
-        "name": "st", "runs_dir": "runs", "setup": [], "seeds": [0],
-        "blocks": {"npo": {"forget_loss": ["NPO+GD"], "lr": [1e-4], "num_epochs": [5]}}}))
+    (tmp_path / "plan.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "st",
+                "runs_dir": "runs",
+                "setup": [],
+                "seeds": [0],
+                "blocks": {"npo": {"forget_loss": ["NPO+GD"], "lr": [1e-4], "num_epochs": [5]}},
+            }
+        )
+    )
     ran: list[str] = []
 
     def sweep(file, parallel=None):
@@ -227,50 +395,102 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
 
     study = StudyConfig(seeds=[0, 1, 2], limits=[3.2e-3, 40, 8.0])
     attacked: list[str] = []
-    res = run_study(tmp_path / "plan.yaml", study, out=tmp_path / "out", sweep=sweep,
-                    write=lambda roots, out, st: {"roots": [str(r) for r in roots]},
-                    attack=lambda root, st, parallel: attacked.append(str(root)) or {"done": 3, "skipped": 0, "failed": []})
+    res = run_study(
+        tmp_path / "plan.yaml",
+        study,
+        out=tmp_path / "out",
+        sweep=sweep,
+        write=lambda roots, out, st: {"roots": [str(r) for r in roots]},
+        attack=lambda root, st, parallel: (
+            attacked.append(str(root)) or {"done": 3, "skipped": 0, "failed": []}
+        ),
+    )
     assert attacked == ["runs/st-default"]
     assert res["roots"] == ["runs/st-default"] and res["timing"]["st-default"]["runs"] == len(ran)
-    assert "forget_loss-NPO+GD_lr-0.0004_num_epochs-5_seed-0" in ran  # scouted past the floor (0.76)
-    assert {f"forget_loss-NPO+GD_lr-0.0004_num_epochs-5_seed-{s}" for s in (1, 2)} <= set(ran)  # every seed there
+    assert (
+        "forget_loss-NPO+GD_lr-0.0004_num_epochs-5_seed-0" in ran
+    )  # scouted past the floor (0.76)
+    assert {f"forget_loss-NPO+GD_lr-0.0004_num_epochs-5_seed-{s}" for s in (1, 2)} <= set(
+        ran
+    )  # every seed there
     assert len(ran) == len(set(ran))  # no run twice
     n = len(ran)
-    run_study(tmp_path / "plan.yaml", study, sweep=sweep, write=lambda roots, out, st: {},
-              attack=lambda root, st, parallel: {"done": 0, "skipped": 3, "failed": []})
+    run_study(
+        tmp_path / "plan.yaml",
+        study,
+        sweep=sweep,
+        write=lambda roots, out, st: {},
+        attack=lambda root, st, parallel: {"done": 0, "skipped": 3, "failed": []},
+    )
     assert len(ran) == n  # resumed: nothing new to run
 
 
-def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folder(tmp_path, monkeypatch):
+def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folder(
+    tmp_path, monkeypatch
+):
     from npo_lib.config import StudyConfig
     from npo_lib.run.study_plan import matched_attack_steps
     from npo_lib.run.sweep import SweepSpec, read_spec, sweep_steps
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "s-plan").mkdir(parents=True)
-    body = {"name": "s", "runs_dir": "runs", "setup": [], "grid": {"forget_loss": ["NPO+GD"], "lr": [1e-4, 2e-4, 4e-4], "seed": [0, 1]}}
+    body = {
+        "name": "s",
+        "runs_dir": "runs",
+        "setup": [],
+        "grid": {"forget_loss": ["NPO+GD"], "lr": [1e-4, 2e-4, 4e-4], "seed": [0, 1]},
+    }
     (tmp_path / "runs" / "s-plan" / "s.yaml").write_text(yaml.safe_dump(body))
-    for lr, mu in ((1e-4, 0.80), (2e-4, 0.78), (4e-4, 0.70)):  # floor 0.76: lr 2e-4 is the matched setting
+    for lr, mu in (
+        (1e-4, 0.80),
+        (2e-4, 0.78),
+        (4e-4, 0.70),
+    ):  # floor 0.76: lr 2e-4 is the matched setting
         for seed in (0, 1):
-            _sweep_run(tmp_path / "runs" / "s", {"forget_loss": "NPO+GD", "lr": lr, "seed": seed}, mu)
-    steps = matched_attack_steps(tmp_path / "runs" / "s", StudyConfig(strength_keys=["lr"], limits=[1e-2]), references=lambda r, root: REFS)
+            _sweep_run(
+                tmp_path / "runs" / "s", {"forget_loss": "NPO+GD", "lr": lr, "seed": seed}, mu
+            )
+    steps = matched_attack_steps(
+        tmp_path / "runs" / "s",
+        StudyConfig(strength_keys=["lr"], limits=[1e-2]),
+        references=lambda r, root: REFS,
+    )
     names = [st[-1].name for st in steps]
     assert names == [f"forget_loss-NPO+GD_lr-0.0002_seed-{s}: attacks" for s in (0, 1)]
     _, runs, _ = sweep_steps(read_spec(tmp_path / "runs" / "s-plan" / "s.yaml", SweepSpec))
     forget, attack = steps[0][-2], steps[0][-1]
-    assert forget.key == runs["forget_loss-NPO+GD_lr-0.0002_seed-0"][0].key  # the run's own forget step: not trained again
+    assert (
+        forget.key == runs["forget_loss-NPO+GD_lr-0.0002_seed-0"][0].key
+    )  # the run's own forget step: not trained again
     assert attack.params["eval"] == {"robustness": ["relearn", "quant4"]}
-    assert attack.params["eval_out_dir"] == str(tmp_path / "runs" / "s" / "forget_loss-NPO+GD_lr-0.0002_seed-0" / "attacks")
-    assert attack.output.parts[-3:] == ("attacks", "notebooks", "evaluation.ipynb") and not attack.is_current()
+    assert attack.params["eval_out_dir"] == str(
+        tmp_path / "runs" / "s" / "forget_loss-NPO+GD_lr-0.0002_seed-0" / "attacks"
+    )
+    assert (
+        attack.output.parts[-3:] == ("attacks", "notebooks", "evaluation.ipynb")
+        and not attack.is_current()
+    )
     # the study reads the attacks from there, the run's own aggregates stay
     from npo_lib.run.study import load_results, run_folders
 
     attacked = tmp_path / "runs" / "s" / "forget_loss-NPO+GD_lr-0.0002_seed-0" / "attacks" / "eval"
     attacked.mkdir(parents=True)
-    attacked.joinpath("metrics.json").write_text(json.dumps({"aggregates": {"model_utility": 0.1},
-                                                             "robustness": {"relearn": {"before": {"fact_recall": 0.2}, "after": {"fact_recall": 0.6}}}}))
-    (res,) = [r for rs in load_results(run_folders(tmp_path / "runs" / "s"), StudyConfig()).values() for r in rs
-              if r.name == "forget_loss-NPO+GD_lr-0.0002_seed-0"]
+    attacked.joinpath("metrics.json").write_text(
+        json.dumps(
+            {
+                "aggregates": {"model_utility": 0.1},
+                "robustness": {
+                    "relearn": {"before": {"fact_recall": 0.2}, "after": {"fact_recall": 0.6}}
+                },
+            }
+        )
+    )
+    (res,) = [
+        r
+        for rs in load_results(run_folders(tmp_path / "runs" / "s"), StudyConfig()).values()
+        for r in rs
+        if r.name == "forget_loss-NPO+GD_lr-0.0002_seed-0"
+    ]
     assert res.get("relearn.after.fact_recall") == 0.6 and res.get("model_utility") == 0.78
 
 
@@ -281,22 +501,39 @@ def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_
     plan = read_spec("params/study_fair.yaml", StudyPlan)
     files = plan_study("params/study_fair.yaml", tmp_path)  # checks every point's config
     sweeps = plan_sweeps(plan)
-    assert len(files) == len(sweeps) == 2 * 6 + 4  # two benchmarks x 6 blocks, the other scorers on the default one
+    assert (
+        len(files) == len(sweeps) == 2 * 6 + 4
+    )  # two benchmarks x 6 blocks, the other scorers on the default one
     contrast = sweeps["study_fair-default-scorer_contrast"]
-    assert contrast["name"] == "study_fair-default-scorer_contrast" and contrast["config"]["influence"] == {"scorer": "contrast"}
-    assert sweeps["study_fair-b60-controls"]["name"] == "study_fair-b60"  # shares the benchmark's folder
+    assert contrast["name"] == "study_fair-default-scorer_contrast" and contrast["config"][
+        "influence"
+    ] == {"scorer": "contrast"}
+    assert (
+        sweeps["study_fair-b60-controls"]["name"] == "study_fair-b60"
+    )  # shares the benchmark's folder
     methods, points = set(), 0
     for f in files:
         spec = read_spec(f, SweepSpec)
         for pt in grid_points(spec.grid):
             points += 1
             methods.add((pt["forget_loss"], pt.get("selection.method"), pt.get("selection.p")))
-    assert {m[0] for m in methods} >= {"NPO+GD", "SimNPO+GD", "TNPO+GD", "GA+GD", "IDK3+GD", "WGA+GD", "SatImp+GD",
-                                      "UNDIAL+GD", "INFLUENCE+GD"}
+    assert {m[0] for m in methods} >= {
+        "NPO+GD",
+        "SimNPO+GD",
+        "TNPO+GD",
+        "GA+GD",
+        "IDK3+GD",
+        "WGA+GD",
+        "SatImp+GD",
+        "UNDIAL+GD",
+        "INFLUENCE+GD",
+    }
     assert {m[1] for m in methods} >= {"random", "oracle", "inverse", "top_k"}
     assert {m[2] for m in methods} >= {5, 20, 50, 100}
     b60 = plan_sweeps(plan)["study_fair-b60-baselines"]["config"]
-    assert b60["benchmark"] == {"n_authors": 60, "seed": 1} and "eval" not in b60  # the attacks run at the matched settings only
+    assert (
+        b60["benchmark"] == {"n_authors": 60, "seed": 1} and "eval" not in b60
+    )  # the attacks run at the matched settings only
     assert plan.study == {"strength_keys": ["lr"], "limits": [6.4e-3], "near": 0.02}
     with pytest.raises(ValueError, match="exists"):
         plan_study("params/study_fair.yaml", tmp_path)
@@ -314,12 +551,26 @@ def test_study_notebook_renders_a_finished_sweep(tmp_path):
 
     _fair_sweep(tmp_path / "sweep")
     (tmp_path / "refs.json").write_text(json.dumps(REFS))
-    step = Step("study", NOTEBOOKS_DIR / "study.ipynb",
-                {"config_files": [], "sweep_dirs": [str(tmp_path / "sweep")], "study_out": str(tmp_path / "out"),
-                 "references_json": str(tmp_path / "refs.json")}, tmp_path / "nb" / "study.ipynb")
+    step = Step(
+        "study",
+        NOTEBOOKS_DIR / "study.ipynb",
+        {
+            "config_files": [],
+            "sweep_dirs": [str(tmp_path / "sweep")],
+            "study_out": str(tmp_path / "out"),
+            "references_json": str(tmp_path / "refs.json"),
+        },
+        tmp_path / "nb" / "study.ipynb",
+    )
     (res,) = run_steps([step], stream=False)
     assert res.status == "done", res.error
-    assert (tmp_path / "out" / "study_selection.png").is_file() and "Verdict" in (tmp_path / "out" / "study.md").read_text()
+    assert (tmp_path / "out" / "study_selection.png").is_file() and "Verdict" in (
+        tmp_path / "out" / "study.md"
+    ).read_text()
     executed = nbformat.read(step.output, as_version=4)
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert any(
+        o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )

@@ -56,7 +56,11 @@ def test_without_gpus_or_with_gpus_per_run_0_runs_are_not_pinned():
 def test_runs_sharing_the_cpus_get_an_even_share_of_threads_unless_the_user_chose():
     from npo_lib.run.executors import cpu_threads_per_run
 
-    assert cpu_threads_per_run(2, 2, {}) == "1" and cpu_threads_per_run(4, 16, {}) == "4" and cpu_threads_per_run(3, 2, {}) == "1"
+    assert (
+        cpu_threads_per_run(2, 2, {}) == "1"
+        and cpu_threads_per_run(4, 16, {}) == "4"
+        and cpu_threads_per_run(3, 2, {}) == "1"
+    )
     assert cpu_threads_per_run(1, 16, {}) is None  # one run at a time: every CPU
     assert cpu_threads_per_run(2, 16, {"OMP_NUM_THREADS": "8"}) is None  # the user's choice stands
 
@@ -73,15 +77,29 @@ def test_too_many_gpus_per_run_names_both_numbers():
 
 def test_executor_block_is_checked_before_anything_runs(tmp_path):
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"name": "s", "grid": {"lr": [1e-4]}, "executor": {"kind": "slurm", "partitoin": "gpu"}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {"name": "s", "grid": {"lr": [1e-4]}, "executor": {"kind": "slurm", "partitoin": "gpu"}}
+        )
+    )
     with pytest.raises(ConfigError, match="unknown executor key.*partitoin"):
         read_spec(spec, SweepSpec)
-    spec.write_text(yaml.safe_dump({"name": "s", "grid": {"lr": [1e-4]}, "executor": {"kind": "cloud"}}))
+    spec.write_text(
+        yaml.safe_dump({"name": "s", "grid": {"lr": [1e-4]}, "executor": {"kind": "cloud"}})
+    )
     with pytest.raises(ConfigError, match="executor.kind must be one of"):
         read_spec(spec, SweepSpec)
-    spec.write_text(yaml.safe_dump({"name": "s", "grid": {"lr": [1e-4]}, "executor": {"kind": "slurm", "gpus_per_run": 2}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {"name": "s", "grid": {"lr": [1e-4]}, "executor": {"kind": "slurm", "gpus_per_run": 2}}
+        )
+    )
     s = read_spec(spec, SweepSpec)
-    assert s.executor.kind == "slurm" and s.executor.gpus_per_run == 2 and s.executor.mem_gb == SweepExecutorConfig().mem_gb
+    assert (
+        s.executor.kind == "slurm"
+        and s.executor.gpus_per_run == 2
+        and s.executor.mem_gb == SweepExecutorConfig().mem_gb
+    )
 
 
 def test_the_repository_sweep_file_parses():
@@ -102,9 +120,12 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     bindir.mkdir()
     kept.mkdir()
     (bindir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bindir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {kept}/script.sh\necho "Submitted batch job 4242"\n')
+    (bindir / "sbatch").write_text(
+        f'#!/bin/sh\ncp "$1" {kept}/script.sh\necho "Submitted batch job 4242"\n'
+    )
     (bindir / "sacct").write_text(  # the queue as sacct lists it: one task running, one cancelled
-        "#!/bin/sh\nprintf 'JobID|State|NodeList\\n4242_0|RUNNING|n1\\n4242_1|CANCELLED by 0|n1\\n'\n")
+        "#!/bin/sh\nprintf 'JobID|State|NodeList\\n4242_0|RUNNING|n1\\n4242_1|CANCELLED by 0|n1\\n'\n"
+    )
     for f in bindir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
@@ -112,19 +133,36 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
 
 
 def test_slurm_job_array_script_carries_the_executor_block(fake_slurm, tmp_path):
-    cfg = SweepExecutorConfig(kind="slurm", partition="gpu", account="unlearn", gpus_per_run=2, cpus_per_run=12,
-                              mem_gb=96, timeout_min=180, array_parallelism=2, setup=["source .venv/bin/activate"],
-                              extra_sbatch={"constraint": "a100"})
+    cfg = SweepExecutorConfig(
+        kind="slurm",
+        partition="gpu",
+        account="unlearn",
+        gpus_per_run=2,
+        cpus_per_run=12,
+        mem_gb=96,
+        timeout_min=180,
+        array_parallelism=2,
+        setup=["source .venv/bin/activate"],
+        extra_sbatch={"constraint": "a100"},
+    )
     params = slurm_parameters(cfg, "study")
     assert params["gpus_per_node"] == 2 and params["partition"] == "gpu" and params["mem"] == "96GB"
     ex = make_executor(cfg, "slurm", tmp_path / "jobs", "study")
     with ex.batch():
         jobs = [ex.submit(PointJob(f"p{i}", [])) for i in range(3)]
     script = (fake_slurm / "script.sh").read_text()
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=unlearn", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --cpus-per-task=12", "#SBATCH --mem=96GB", "#SBATCH --time=180",
-                 "#SBATCH --array=0-2%2", "#SBATCH --constraint=a100", "#SBATCH --job-name=npo-study",
-                 "source .venv/bin/activate"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=unlearn",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --cpus-per-task=12",
+        "#SBATCH --mem=96GB",
+        "#SBATCH --time=180",
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --job-name=npo-study",
+        "source .venv/bin/activate",
+    ):
         assert line in script, f"{line!r} not in the sbatch script:\n{script}"
     assert "--signal=USR2@" in script  # submitit's pre-emption / timeout signal: the job requeues
     assert "submitit.core._submit" in script
@@ -136,8 +174,12 @@ def test_slurm_job_array_script_carries_the_executor_block(fake_slurm, tmp_path)
 def test_a_rerun_waits_on_jobs_still_queued_instead_of_submitting_twice(fake_slurm, tmp_path):
     from npo_lib.run.executors import active_jobs
 
-    status = {"a": {"status": "running", "job_id": "4242_0"}, "b": {"status": "submitted", "job_id": "4242_1"},
-              "c": {"status": "failed", "job_id": "4242_2"}, "d": {"status": "done"}}
+    status = {
+        "a": {"status": "running", "job_id": "4242_0"},
+        "b": {"status": "submitted", "job_id": "4242_1"},
+        "c": {"status": "failed", "job_id": "4242_2"},
+        "d": {"status": "done"},
+    }
     jobs = active_jobs(status, ["a", "b", "c", "d"], tmp_path / "jobs")
     assert list(jobs) == ["a"] and jobs["a"].job_id == "4242_0"  # b was cancelled: submitted again
 
@@ -167,25 +209,43 @@ def test_a_cancelled_job_is_interrupted_not_failed():
 
 def _world_params(world, **over) -> dict:
     return {
-        "model_path": world["model_path"], "data_path": world["data_path"], "split": "forget10", "task_id": 1,
-        "batch_size": 4, "num_epochs": 1, "lr": 1e-3, "warmup_epochs": 0, "forget_loss": "NPO+GD",
-        "eval": {"max_new_tokens": 8}, **over,
+        "model_path": world["model_path"],
+        "data_path": world["data_path"],
+        "split": "forget10",
+        "task_id": 1,
+        "batch_size": 4,
+        "num_epochs": 1,
+        "lr": 1e-3,
+        "warmup_epochs": 0,
+        "forget_loss": "NPO+GD",
+        "eval": {"max_new_tokens": 8},
+        **over,
     }
 
 
 @pytest.mark.slow
-def test_local_executor_sweep_records_jobs_goes_on_after_a_failure_and_resumes(mini_world, tmp_path, monkeypatch):
+def test_local_executor_sweep_records_jobs_goes_on_after_a_failure_and_resumes(
+    mini_world, tmp_path, monkeypatch
+):
     pytest.importorskip("submitit")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump(_world_params(mini_world)))
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(yaml.safe_dump({
-        "name": "s", "params": [str(base)], "runs_dir": str(tmp_path / "runs"), "parallel": 2,
-        "grid": {"forget_loss": ["NPO+GD", "NOPE+GD"]}, "notebooks": ["forget", "evaluation"],
-        "executor": {"kind": "local", "gpus_per_run": 1},
-    }))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "params": [str(base)],
+                "runs_dir": str(tmp_path / "runs"),
+                "parallel": 2,
+                "grid": {"forget_loss": ["NPO+GD", "NOPE+GD"]},
+                "notebooks": ["forget", "evaluation"],
+                "executor": {"kind": "local", "gpus_per_run": 1},
+            }
+        )
+    )
     res = run_sweep(spec, stream=False)
     st = res["status"]
     good, bad = st["forget_loss-NPO+GD"], st["forget_loss-NOPE+GD"]
@@ -197,13 +257,20 @@ def test_local_executor_sweep_records_jobs_goes_on_after_a_failure_and_resumes(m
     log = Path(good["stdout"])
     assert log.is_file() and "[forget_loss-NPO+GD]" in log.read_text()
     saved = json.loads((tmp_path / "runs" / "s" / "status.json").read_text())
-    assert saved["forget_loss-NOPE+GD"]["status"] == "failed" and saved["forget_loss-NPO+GD"]["job_id"] == good["job_id"]
+    assert (
+        saved["forget_loss-NOPE+GD"]["status"] == "failed"
+        and saved["forget_loss-NPO+GD"]["job_id"] == good["job_id"]
+    )
     # an interrupted point lost its evaluation: the re-run submits only what is missing
-    (tmp_path / "runs" / "s" / "forget_loss-NPO+GD" / "notebooks" / "02-evaluation.done.json").unlink()
+    (
+        tmp_path / "runs" / "s" / "forget_loss-NPO+GD" / "notebooks" / "02-evaluation.done.json"
+    ).unlink()
     again = run_sweep(spec, stream=False)["status"]
     assert [again[k]["status"] for k in again] == ["done", "failed"]
     assert again["forget_loss-NPO+GD"]["job_id"] != good["job_id"]
-    assert again["forget_loss-NPO+GD"]["seconds"] < good["seconds"]  # the forget notebook was skipped
+    assert (
+        again["forget_loss-NPO+GD"]["seconds"] < good["seconds"]
+    )  # the forget notebook was skipped
     third = run_sweep(spec, stream=False)["status"]
     assert [third[k]["status"] for k in third] == ["skipped", "failed"]
     assert "job_id" not in third["forget_loss-NPO+GD"]  # a finished point gets no job
@@ -214,7 +281,9 @@ def test_npo_sweep_executor_flag_fails_in_one_line_off_a_cluster(tmp_path, monke
     from npo_lib.cli import main as npo
 
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"name": "s", "runs_dir": str(tmp_path / "runs"), "grid": {"lr": [1e-4]}}))
+    spec.write_text(
+        yaml.safe_dump({"name": "s", "runs_dir": str(tmp_path / "runs"), "grid": {"lr": [1e-4]}})
+    )
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun: not a SLURM login node
     assert npo(["sweep", str(spec), "--executor", "slurm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

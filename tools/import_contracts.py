@@ -35,11 +35,19 @@ class PrivateNamesContract(Contract):
             tree = ast.parse(open(spec.origin, encoding="utf-8").read())
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    if node.module != module and any(node.module == p or node.module.startswith(p + ".") for p in self.packages):
-                        bad += [(module, node.module, a.name, node.lineno) for a in node.names if _private(a.name)]
+                    if node.module != module and any(
+                        node.module == p or node.module.startswith(p + ".") for p in self.packages
+                    ):
+                        bad += [
+                            (module, node.module, a.name, node.lineno)
+                            for a in node.names
+                            if _private(a.name)
+                        ]
         return ContractCheck(kept=not bad, metadata={"imports": bad})
 
     def render_broken_contract(self, check: ContractCheck) -> None:
         for importer, imported, name, line in check.metadata["imports"]:
-            output.print_error(f"{importer}:{line} imports the private name {name} from {imported}", bold=False)
+            output.print_error(
+                f"{importer}:{line} imports the private name {name} from {imported}", bold=False
+            )
             output.new_line()

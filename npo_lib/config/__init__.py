@@ -26,7 +26,23 @@ from npo_lib.config.sources import (
 from npo_lib.errors import ConfigError
 
 __all__ = [
-    "BenchmarkConfig", "Config", "ConfigError", "EvalConfig", "FinetuneConfig", "InfluenceConfig", "LoRAConfig",
-    "SelectionConfig", "StudyConfig", "TinyModelConfig", "annotated_yaml", "check_keys",
-    "load_config", "nest_keys", "parse_overrides", "read_params_file", "save_config", "split_args", "to_yaml",
+    "BenchmarkConfig",
+    "Config",
+    "ConfigError",
+    "EvalConfig",
+    "FinetuneConfig",
+    "InfluenceConfig",
+    "LoRAConfig",
+    "SelectionConfig",
+    "StudyConfig",
+    "TinyModelConfig",
+    "annotated_yaml",
+    "check_keys",
+    "load_config",
+    "nest_keys",
+    "parse_overrides",
+    "read_params_file",
+    "save_config",
+    "split_args",
+    "to_yaml",
 ]

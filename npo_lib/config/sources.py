@@ -67,7 +67,9 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is not None or get_args(tp):
-        return " | ".join("None" if a is type(None) else getattr(a, "__name__", str(a)) for a in get_args(tp))
+        return " | ".join(
+            "None" if a is type(None) else getattr(a, "__name__", str(a)) for a in get_args(tp)
+        )
     return getattr(tp, "__name__", str(tp))
 
 
@@ -84,13 +86,24 @@ def check_keys(values: Mapping[str, Any], schema: type, source: str) -> None:
             continue
         parent = key.rsplit(".", 1)[0] if "." in key else None
         if parent is not None and parent in valid and _dataclass_type(valid[parent]) is None:
-            raise ConfigError(f"{source}: key '{parent}' is a {_type_name(valid[parent])}, not a group")
+            raise ConfigError(
+                f"{source}: key '{parent}' is a {_type_name(valid[parent])}, not a group"
+            )
         close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
         if not close:  # a typo in the last part of a dotted key
             leaf = key.rsplit(".", 1)[-1]
-            close = [k for k in valid if k.rsplit(".", 1)[-1] in difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in valid], n=3, cutoff=0.6)]
+            close = [
+                k
+                for k in valid
+                if k.rsplit(".", 1)[-1]
+                in difflib.get_close_matches(
+                    leaf, [k.rsplit(".", 1)[-1] for k in valid], n=3, cutoff=0.6
+                )
+            ]
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"{source}: unknown key '{key}'{hint} (valid top-level keys: {', '.join(f.name for f in dataclasses.fields(schema))})")
+        raise ConfigError(
+            f"{source}: unknown key '{key}'{hint} (valid top-level keys: {', '.join(f.name for f in dataclasses.fields(schema))})"
+        )
 
 
 # ----------------------------------------------------------------------------- sources
@@ -108,7 +121,9 @@ def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"params file {p} must hold a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"params file {p} must hold a mapping of keys to values, got {type(data).__name__}"
+        )
     return dict(data)
 
 
@@ -133,7 +148,9 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{part}'")
+                raise ConfigError(
+                    f"override '{item}' conflicts with an earlier override of '{part}'"
+                )
         node[parts[-1]] = value
     return out
 
@@ -151,7 +168,9 @@ def nest_keys(*layers: Mapping[str, Any]) -> dict[str, Any]:
                     node[part] = {}
                 node = node[part]
             if isinstance(value, Mapping):
-                node[leaf] = nest_keys(node[leaf] if isinstance(node.get(leaf), dict) else {}, value)
+                node[leaf] = nest_keys(
+                    node[leaf] if isinstance(node.get(leaf), dict) else {}, value
+                )
             else:
                 node[leaf] = value
     return out
@@ -204,7 +223,9 @@ def load_config(
             flat = _flatten(values)
             value = flat.get(key, getattr(e, "msg", ""))
             expected = _type_name(types[key]) if key in types else "?"
-            raise ConfigError(f"{source}: key '{key}' got {value!r} ({type(value).__name__}), expected {expected}") from e
+            raise ConfigError(
+                f"{source}: key '{key}' got {value!r} ({type(value).__name__}), expected {expected}"
+            ) from e
     try:
         return OmegaConf.to_object(merged)
     except ConfigError:  # a group's __post_init__ range check
@@ -230,7 +251,12 @@ def annotated_yaml(cfg: Any, indent: int = 0) -> str:
             lines.append(f"{pad}{f.name}:  # {help_}" if help_ else f"{pad}{f.name}:")
             lines.append(annotated_yaml(value, indent + 1))
             continue
-        rendered = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip().removesuffix("...").strip()
+        rendered = (
+            yaml.safe_dump(value, default_flow_style=True, allow_unicode=True)
+            .strip()
+            .removesuffix("...")
+            .strip()
+        )
         lines.append(f"{pad}{f.name}: {rendered}" + (f"  # {help_}" if help_ else ""))
     return "\n".join(lines)
 

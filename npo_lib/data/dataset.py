@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from npo_lib.models.families import ChatTags
 
+
 class UnlearningDataset(Dataset):
     """Forget records with their views, a paired retain record and an IDK response.
 
@@ -76,7 +77,9 @@ class UnlearningDataset(Dataset):
         self.idk_responses: list[str | None] = [
             idk[idk_rng.randrange(len(idk))] if need_idk else None for _ in self.forget
         ]
-        self._encode_retain = lambda j: encode_view(self.retain[j], "retain", tokenizer, tags, max_length)
+        self._encode_retain = lambda j: encode_view(
+            self.retain[j], "retain", tokenizer, tags, max_length
+        )
         self._retain_cache: dict[int, dict[str, Any]] = {}
         self.retain_index: list[int] = []
         self.set_epoch(0)
@@ -126,7 +129,9 @@ class UnlearningDataset(Dataset):
 
     def fingerprint(self, view: str) -> str:
         """Identity of the token ids and labels of ``view`` of every forget example."""
-        return fingerprint(*((item[view]["input_ids"], item[view]["labels"]) for item in self._items))
+        return fingerprint(
+            *((item[view]["input_ids"], item[view]["labels"]) for item in self._items)
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the retain record paired with each forget record for ``epoch`` (deterministic)."""

@@ -15,7 +15,6 @@ from npo_lib.errors import DataError
 QA_FIELDS = ("question", "answer")
 
 
-
 def _lines(path: Path) -> list[str]:
     """Lines split on '\\n' only (``splitlines`` would also split on U+2028 inside text)."""
     try:

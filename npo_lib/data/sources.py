@@ -130,7 +130,11 @@ def retain_names(split: str) -> list[str]:
     forget set's complement), its ``retain{100-p}`` (retain90 for forget10), the other
     ``retainNN`` files, R-TOFU's 10 % sample ``retain10``."""
     p = _check_split(split)
-    return list(dict.fromkeys(["full", f"retain{100 - p:02d}", "retain99", "retain95", "retain90", "retain10"]))
+    return list(
+        dict.fromkeys(
+            ["full", f"retain{100 - p:02d}", "retain99", "retain95", "retain90", "retain10"]
+        )
+    )
 
 
 def holdout_names(split: str) -> list[str]:
@@ -140,7 +144,9 @@ def holdout_names(split: str) -> list[str]:
     return [f"holdout{p:02d}", "holdout"]
 
 
-def load_first(data_path: str, names: Sequence[str], what: str, required: Sequence[str] = QA_FIELDS) -> tuple[str, list[dict]]:
+def load_first(
+    data_path: str, names: Sequence[str], what: str, required: Sequence[str] = QA_FIELDS
+) -> tuple[str, list[dict]]:
     """(name, records) of the first file of ``names`` that ``data_path`` has; a DataError naming
     every name tried (and what the folder holds) when none is there."""
     errors = []
@@ -156,7 +162,9 @@ def load_first(data_path: str, names: Sequence[str], what: str, required: Sequen
     folder = _local_dir(data_path)
     held = f"; {folder} holds: {_json_files(folder)}" if folder is not None else ""
     detail = f" ({errors[-1]})" if errors else ""
-    raise DataError(f"no {what} in {data_path}: looked for {', '.join(n + '.json' for n in dict.fromkeys(names))}{held}{detail}")
+    raise DataError(
+        f"no {what} in {data_path}: looked for {', '.join(n + '.json' for n in dict.fromkeys(names))}{held}{detail}"
+    )
 
 
 def load_retain(data_path: str, split: str, task_id: int | None) -> list[dict]:
@@ -176,7 +184,11 @@ def load_holdout(data_path: str, split: str) -> list[dict]:
 def training_names() -> list[str]:
     """The QA files that together are a benchmark's training data: ``full`` alone where it exists
     (TOFU, the embedded benchmark), else the union of the forget and retain files."""
-    return ["full", *(f"forget{p:02d}" for p in (1, 5, 10)), *(f"retain{p:02d}" for p in (99, 95, 90, 10))]
+    return [
+        "full",
+        *(f"forget{p:02d}" for p in (1, 5, 10)),
+        *(f"retain{p:02d}" for p in (99, 95, 90, 10)),
+    ]
 
 
 def load_training_records(data_path: str) -> list[dict]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100  # label of prompt and padding positions (HF cross-entropy convention)
 
+
 @dataclass(frozen=True)
 class ViewSpec:
     """One row of the view table: parts after ``U q A`` in the prompt, and the target parts.

@@ -326,12 +326,17 @@ def generate_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> Path:
         files[f"{split}_perturbed.json"] = rows
     files["retain_perturbed.json"] = [r for a in retain_eval for r in qa[a["author_id"]]]
     files["holdout.json"] = [r for a in holdout for r in qa[a["author_id"]]]
-    for split, task_authors in tasks.items():  # TOFU's names: holdoutNN sized as one task, retainNN = full - forgetNN
+    for (
+        split,
+        task_authors,
+    ) in tasks.items():  # TOFU's names: holdoutNN sized as one task, retainNN = full - forgetNN
         pct = int(split.removeprefix("forget"))
         k = authors_per_task(cfg.n_authors, FORGET_SPLITS[split])
         files[f"holdout{pct:02d}.json"] = [r for a in holdout[:k] for r in qa[a["author_id"]]]
         forgotten = {a["author_id"] for group in task_authors for a in group}
-        files[f"retain{100 - pct:02d}.json"] = [r for a in training if a["author_id"] not in forgotten for r in qa[a["author_id"]]]
+        files[f"retain{100 - pct:02d}.json"] = [
+            r for a in training if a["author_id"] not in forgotten for r in qa[a["author_id"]]
+        ]
     files["real_authors_perturbed.json"] = real
     files["world_facts_perturbed.json"] = world
     files["idkcot.jsonl"] = [r["idk_cot"] for r in files["forget01.json"]]

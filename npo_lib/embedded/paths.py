@@ -17,7 +17,9 @@ from npo_lib.errors import ConfigError
 from npo_lib.models.families import get_family
 from npo_lib.utils.hashing import fingerprint, folder_fingerprint
 
-RECIPE_VERSION = "3"  # bump when the fine-tuning recipe or its bars change (part of the models' cache key)
+RECIPE_VERSION = (
+    "3"  # bump when the fine-tuning recipe or its bars change (part of the models' cache key)
+)
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,20 @@ def embedded_paths(cfg: Config) -> EmbeddedPaths:
     if cfg.data_path:
         folder = Path(cfg.data_path).expanduser()
         if not folder.is_dir():
-            raise ConfigError(f"the tiny models are made from a local data folder: data_path={cfg.data_path} is not one")
+            raise ConfigError(
+                f"the tiny models are made from a local data folder: data_path={cfg.data_path} is not one"
+            )
         bench, data_fp = folder, folder_fingerprint(folder)
     else:
         data_fp = benchmark_fingerprint(cfg.benchmark)
         bench = root / "benchmark" / data_fp
-    recipe = (cfg.tiny, cfg.max_length, cfg.finetune.check_every, cfg.finetune.patience, RECIPE_VERSION)
+    recipe = (
+        cfg.tiny,
+        cfg.max_length,
+        cfg.finetune.check_every,
+        cfg.finetune.patience,
+        RECIPE_VERSION,
+    )
     models = root / "tiny" / fingerprint(data_fp, *recipe, length=12)
     task = "all" if cfg.task_id is None else str(cfg.task_id)
     return EmbeddedPaths(
@@ -77,7 +87,9 @@ def resolve_data_path(cfg: Config) -> str:
         return cfg.data_path
     bench = embedded_paths(cfg).benchmark
     if not (bench / "meta.json").is_file():
-        raise ConfigError(f"the embedded benchmark is not prepared ({bench}); run `npo prepare` or pass data_path=...")
+        raise ConfigError(
+            f"the embedded benchmark is not prepared ({bench}); run `npo prepare` or pass data_path=..."
+        )
     return str(bench)
 
 
@@ -116,7 +128,10 @@ def resolve_retain_model_path(cfg: Config) -> tuple[str | None, str | None]:
         retain = embedded_paths(cfg).retain
         if (retain / "config.json").is_file():
             return str(retain), None
-        return None, f"the embedded retain model is not prepared ({retain}): run `npo prepare`, or pass retain_model_path=..."
+        return (
+            None,
+            f"the embedded retain model is not prepared ({retain}): run `npo prepare`, or pass retain_model_path=...",
+        )
     return None, (
         "no retain model: pass retain_model_path=<folder of a model fine-tuned without the "
         "forget set> to get forget quality and privleak"

@@ -45,7 +45,9 @@ def train_tokenizer(
     tok.post_processor = processors.Sequence(
         [
             processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+            ),
         ]
     )
     fast = PreTrainedTokenizerFast(
@@ -88,4 +90,3 @@ def corpus_texts(folder: str | Path) -> list[str]:
                 texts.extend(rec[k] for k in TEXT_FIELDS if isinstance(rec.get(k), str))
                 texts.extend(rec.get("perturbed_answer") or [])
     return texts
-

@@ -71,14 +71,27 @@ HEADLINE_METRICS: tuple[Headline, ...] = (
 def eval_identity(options: EvalConfig) -> dict[str, Any]:
     """The evaluation settings that change the numbers (a finished evaluation is reused only
     when they match); batch sizes and flattening change only the speed."""
-    out = {"max_new_tokens": options.max_new_tokens, "reasoning": options.reasoning, "metrics_version": METRICS_VERSION}
+    out = {
+        "max_new_tokens": options.max_new_tokens,
+        "reasoning": options.reasoning,
+        "metrics_version": METRICS_VERSION,
+    }
     if options.generator != "hf":  # another engine's kernels may break greedy ties differently
         out["generator"] = options.generator
     if options.mia_keep_eos:  # the default convention keeps the identity of earlier evaluations
         out["mia_keep_eos"] = True
     if options.robustness:  # an evaluation without attacks keeps its identity
-        keys = ("robustness", "relearn_steps", "relearn_fraction", "relearn_lr", "relearn_batch_size", "quant_group_size",
-                "leak_k", "leak_temperature", "attack_seed")
+        keys = (
+            "robustness",
+            "relearn_steps",
+            "relearn_fraction",
+            "relearn_lr",
+            "relearn_batch_size",
+            "quant_group_size",
+            "leak_k",
+            "leak_temperature",
+            "attack_seed",
+        )
         out["attacks"] = {k: getattr(options, k) for k in keys}
     return out
 
@@ -126,8 +139,6 @@ def load_eval_data(cfg: Config) -> EvalData:
             raise  # a holdout file that is there but malformed
         skipped["holdout"] = str(e)
     return EvalData(data_path, sets, skipped)
-
-
 
 
 def answer_prompt(record: Mapping[str, Any], tags: ChatTags, tokenizer: Any = None) -> str:
@@ -232,7 +243,9 @@ def _score_all(
     }
 
 
-def _probability_metrics(res: _Results, scores: Mapping[str, list[list[TargetScores]]], keep_eos: bool = False) -> None:
+def _probability_metrics(
+    res: _Results, scores: Mapping[str, list[list[TargetScores]]], keep_eos: bool = False
+) -> None:
     """Prob / normalised prob, truth ratio, extraction strength and exact memorisation."""
     for name in QA_SETS:
         nll = [[s.nll for s in row] for row in scores[name]]
@@ -244,13 +257,19 @@ def _probability_metrics(res: _Results, scores: Mapping[str, list[list[TargetSco
             res.put(f"{name}_prob", M.normalised_prob([n[0] for n in nll], [n[1:] for n in nll]))
             tr = M.truth_ratio([n[0] for n in nll], [n[1:] for n in nll])
         res.put(f"{name}_truth_ratio", tr)
-    flags = [M.token_stats_for(row[0], keep_eos).argmax_ok for row in scores["forget"]]  # EOS out unless eval.mia_keep_eos
+    flags = [
+        M.token_stats_for(row[0], keep_eos).argmax_ok for row in scores["forget"]
+    ]  # EOS out unless eval.mia_keep_eos
     res.put("forget_extraction_strength", M.extraction_strength(flags))
     res.put("forget_exact_memorisation", M.exact_memorisation(flags))
 
 
 def _mia_metrics(
-    res: _Results, data: EvalData, scores: Mapping[str, list[list[TargetScores]]], progress: bool, keep_eos: bool = False
+    res: _Results,
+    data: EvalData,
+    scores: Mapping[str, list[list[TargetScores]]],
+    progress: bool,
+    keep_eos: bool = False,
 ) -> None:
     """Per-item attack statistics of forget (members) and holdout (non-members), and AUCs."""
     if "holdout" not in data.sets:
@@ -262,7 +281,9 @@ def _mia_metrics(
         return
     for name in ("forget", "holdout"):
         rows, recs = [row[0] for row in scores[name]], data.sets[name]
-        bare = [M.token_stats_for(s, keep_eos) for s in rows]  # Min-K% / Min-K%++: EOS out unless eval.mia_keep_eos
+        bare = [
+            M.token_stats_for(s, keep_eos) for s in rows
+        ]  # Min-K% / Min-K%++: EOS out unless eval.mia_keep_eos
         stats = {
             "loss": [M.mia_loss(s.logprobs) for s in rows],
             "zlib": [M.mia_zlib(s.logprobs, r["answer"]) for s, r in zip(rows, recs)],
@@ -305,12 +326,24 @@ def _generate_all(
         for mode in ["default"] + (["zerothink", "lessthink"] if reasoning else []):
             lists[f"{name}_{mode}"] = [p[mode] for p in prompts]
     if engine is None:  # one pass over the batches of every list: ranks share them all
-        texts = greedy_generate_many(model, tokenizer, list(lists.values()), max_new_tokens=opt.max_new_tokens,
-                                     batch_size=opt.gen_batch_size, add_special_tokens=not tags.use_tokenizer_template,
-                                     progress=progress)
+        texts = greedy_generate_many(
+            model,
+            tokenizer,
+            list(lists.values()),
+            max_new_tokens=opt.max_new_tokens,
+            batch_size=opt.gen_batch_size,
+            add_special_tokens=not tags.use_tokenizer_template,
+            progress=progress,
+        )
     else:
-        texts = [engine.greedy(ps, max_new_tokens=opt.max_new_tokens, add_special_tokens=not tags.use_tokenizer_template)
-                 for ps in lists.values()]
+        texts = [
+            engine.greedy(
+                ps,
+                max_new_tokens=opt.max_new_tokens,
+                add_special_tokens=not tags.use_tokenizer_template,
+            )
+            for ps in lists.values()
+        ]
     return {key: dict(enumerate(t)) for key, t in zip(lists, texts, strict=True)}
 
 

@@ -31,8 +31,15 @@ def greedy_generate(
     Prompts are bucketed by token length (sorted, then cut into batches) so each batch pads
     little, then returned in input order.
     """
-    return greedy_generate_many(model, tokenizer, [prompts], max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                add_special_tokens=add_special_tokens, progress=progress)[0]
+    return greedy_generate_many(
+        model,
+        tokenizer,
+        [prompts],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        add_special_tokens=add_special_tokens,
+        progress=progress,
+    )[0]
 
 
 @torch.no_grad()
@@ -52,7 +59,16 @@ def greedy_generate_many(
     keep every rank busy."""
     batches: list[tuple[int, list[int]]] = []  # (list, prompt indices) per batch
     for k, prompts in enumerate(prompt_lists):
-        lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]] if prompts else []
+        lengths = (
+            [
+                len(ids)
+                for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens)[
+                    "input_ids"
+                ]
+            ]
+            if prompts
+            else []
+        )
         order = sorted(range(len(prompts)), key=lambda i: lengths[i])
         batches += [(k, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
     out: list[list[str]] = [[""] * len(prompts) for prompts in prompt_lists]
@@ -76,10 +92,17 @@ def greedy_generate_many(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )  # (B, T_prompt + T_new)
-        return [tokenizer.decode(row, skip_special_tokens=True) for row in gen[:, enc["input_ids"].shape[1] :]]
+        return [
+            tokenizer.decode(row, skip_special_tokens=True)
+            for row in gen[:, enc["input_ids"].shape[1] :]
+        ]
 
     try:  # under dist.sharded() each rank decodes its share of the batches
-        texts = map_shards(batches, work, progress=lambda i: tqdm(i, desc="generate", disable=not progress, leave=False))
+        texts = map_shards(
+            batches,
+            work,
+            progress=lambda i: tqdm(i, desc="generate", disable=not progress, leave=False),
+        )
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -112,23 +135,40 @@ def sample_generate(
     gen_device = model.device
     starts = list(range(0, len(prompts), batch_size))
     g = torch.Generator(device="cpu").manual_seed(seed)
-    seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for _ in starts]  # one per batch, drawn up front
+    seeds = [
+        int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for _ in starts
+    ]  # one per batch, drawn up front
 
     def work(b: int) -> list[list[str]]:
         torch.manual_seed(seeds[b])  # the batch's seed whichever rank samples it
         s = starts[b]
-        enc = tokenizer(list(prompts[s : s + batch_size]), return_tensors="pt", padding=True,
-                        add_special_tokens=add_special_tokens).to(gen_device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                             top_k=0, top_p=1.0, num_return_sequences=k,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        enc = tokenizer(
+            list(prompts[s : s + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=add_special_tokens,
+        ).to(gen_device)
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            num_return_sequences=k,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         new = gen[:, enc["input_ids"].shape[1] :]  # (B·k, T_new), k rows per prompt in order
         texts = [tokenizer.decode(row, skip_special_tokens=True) for row in new]
         return [texts[i * k : (i + 1) * k] for i in range(len(texts) // k)]
 
     try:
-        for batch in map_shards(list(range(len(starts))), work,
-                                progress=lambda i: tqdm(i, desc="sample", disable=not progress, leave=False)):
+        for batch in map_shards(
+            list(range(len(starts))),
+            work,
+            progress=lambda i: tqdm(i, desc="sample", disable=not progress, leave=False),
+        ):
             out += batch
     finally:
         tokenizer.padding_side = side
@@ -148,13 +188,24 @@ def greedy_fact_recall(
 ) -> float:
     """Share of ``records`` whose greedy answer (after the think-end tag) states ``record["fact"]``."""
     prompts = [view_text(r, "full", tags, tokenizer=tokenizer)[0] for r in records]
-    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    return fact_recall([tags.split_trace(g)[1] for g in gens], [r["fact"] for r in records])["agg_value"]
+    gens = greedy_generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return fact_recall([tags.split_trace(g)[1] for g in gens], [r["fact"] for r in records])[
+        "agg_value"
+    ]
 
 
 # ----------------------------------------------------------------------------- vLLM (optional)
 
-VLLM_GPU_MEMORY = 0.5  # share of the GPU vLLM may take: the transformers copy of the model stays loaded
+VLLM_GPU_MEMORY = (
+    0.5  # share of the GPU vLLM may take: the transformers copy of the model stays loaded
+)
 
 
 def vllm_unavailable() -> str | None:
@@ -177,35 +228,75 @@ class VllmGenerator:
 
     CHUNK = 512  # prompts per request list (the unit ranks share)
 
-    def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, *, dtype: str = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        dtype: str = "auto",
+        seed: int = 0,
+    ) -> None:
         from vllm import LLM
 
         self.tokenizer = tokenizer
-        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed,
-                       gpu_memory_utilization=VLLM_GPU_MEMORY, enforce_eager=True)
+        self.llm = LLM(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=VLLM_GPU_MEMORY,
+            enforce_eager=True,
+        )
 
-    def _run(self, prompts: Sequence[str], params: object, add_special_tokens: bool) -> list[list[str]]:
+    def _run(
+        self, prompts: Sequence[str], params: object, add_special_tokens: bool
+    ) -> list[list[str]]:
         from vllm.inputs import TokensPrompt
 
         def work(s: int) -> list[list[str]]:
-            reqs = [TokensPrompt(prompt_token_ids=self.tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"])
-                    for p in prompts[s : s + self.CHUNK]]
+            reqs = [
+                TokensPrompt(
+                    prompt_token_ids=self.tokenizer(p, add_special_tokens=add_special_tokens)[
+                        "input_ids"
+                    ]
+                )
+                for p in prompts[s : s + self.CHUNK]
+            ]
             outs = self.llm.generate(reqs, params, use_tqdm=False)
             return [[c.text for c in o.outputs] for o in outs]
 
         chunks = map_shards(list(range(0, len(prompts), self.CHUNK)), work)
         return [row for chunk in chunks for row in chunk]
 
-    def greedy(self, prompts: Sequence[str], *, max_new_tokens: int, add_special_tokens: bool = True) -> list[str]:
+    def greedy(
+        self, prompts: Sequence[str], *, max_new_tokens: int, add_special_tokens: bool = True
+    ) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, n=1, skip_special_tokens=True)
+        params = SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens, n=1, skip_special_tokens=True
+        )
         return [row[0] for row in self._run(prompts, params, add_special_tokens)]
 
-    def sample(self, prompts: Sequence[str], *, k: int, temperature: float, seed: int, max_new_tokens: int,
-               add_special_tokens: bool = True) -> list[list[str]]:
+    def sample(
+        self,
+        prompts: Sequence[str],
+        *,
+        k: int,
+        temperature: float,
+        seed: int,
+        max_new_tokens: int,
+        add_special_tokens: bool = True,
+    ) -> list[list[str]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=temperature, top_k=-1, top_p=1.0, max_tokens=max_new_tokens, n=k,
-                                seed=seed, skip_special_tokens=True)
+        params = SamplingParams(
+            temperature=temperature,
+            top_k=-1,
+            top_p=1.0,
+            max_tokens=max_new_tokens,
+            n=k,
+            seed=seed,
+            skip_special_tokens=True,
+        )
         return self._run(prompts, params, add_special_tokens)

@@ -34,7 +34,9 @@ from npo_lib.eval.scoring import score_targets
 from npo_lib.models.families import ChatTags
 from npo_lib.objectives.terms import finetune_loss
 
-LEAK_ROUGE_THRESHOLD = 0.5  # without fact fields: a sample "states" the answer at ROUGE-L recall >= 0.5
+LEAK_ROUGE_THRESHOLD = (
+    0.5  # without fact fields: a sample "states" the answer at ROUGE-L recall >= 0.5
+)
 
 
 @dataclass
@@ -48,7 +50,9 @@ class AttackContext:
     options: EvalConfig
     max_length: int | None
     progress: bool = True
-    plain: dict[str, Any] = field(default_factory=dict)  # probes of the unattacked model, shared by the attacks
+    plain: dict[str, Any] = field(
+        default_factory=dict
+    )  # probes of the unattacked model, shared by the attacks
 
 
 def plain_forget_probe(ctx: AttackContext) -> dict[str, float | None]:
@@ -63,31 +67,66 @@ def _has_facts(records: Sequence[Mapping[str, Any]]) -> bool:
     return bool(records) and all(isinstance(r.get("fact"), str) for r in records)
 
 
-def probe(ctx: AttackContext, model: Any, records: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+def probe(
+    ctx: AttackContext, model: Any, records: Sequence[Mapping[str, Any]]
+) -> dict[str, float | None]:
     """Memorisation, ROUGE-L, Prob and truth ratio of ``model`` on ``records``."""
     tags, tok, opt = ctx.tags, ctx.tokenizer, ctx.options
     prompts = [generation_prompts(r, tags, tok)["default"] for r in records]
-    gens = greedy_generate(model, tok, prompts, max_new_tokens=opt.max_new_tokens, batch_size=opt.gen_batch_size,
-                           add_special_tokens=not tags.use_tokenizer_template, progress=False)
+    gens = greedy_generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=opt.max_new_tokens,
+        batch_size=opt.gen_batch_size,
+        add_special_tokens=not tags.use_tokenizer_template,
+        progress=False,
+    )
     answers = [tags.split_trace(g)[1] for g in gens]
     refs = [r["answer"] for r in records]
     out: dict[str, float | None] = {"rouge": M.rouge_l_recall(answers, refs)["agg_value"]}
-    out["fact_recall"] = M.fact_recall(answers, [r["fact"] for r in records])["agg_value"] if _has_facts(records) else None
-    cands = [[r["answer"], r.get("paraphrased_answer") or r["answer"], *(r.get("perturbed_answer") or [])] for r in records]
-    scores = score_targets(model, tok, [answer_prompt(r, tags, tok) for r in records], cands, batch_size=opt.batch_size,
-                           add_special_tokens=not tags.use_tokenizer_template, max_length=ctx.max_length, progress=False)
+    out["fact_recall"] = (
+        M.fact_recall(answers, [r["fact"] for r in records])["agg_value"]
+        if _has_facts(records)
+        else None
+    )
+    cands = [
+        [
+            r["answer"],
+            r.get("paraphrased_answer") or r["answer"],
+            *(r.get("perturbed_answer") or []),
+        ]
+        for r in records
+    ]
+    scores = score_targets(
+        model,
+        tok,
+        [answer_prompt(r, tags, tok) for r in records],
+        cands,
+        batch_size=opt.batch_size,
+        add_special_tokens=not tags.use_tokenizer_template,
+        max_length=ctx.max_length,
+        progress=False,
+    )
     nll = [[s.nll for s in row] for row in scores]
     out["prob"] = M.answer_prob([n[0] for n in nll])["agg_value"]
     with_wrong = [n for n in nll if len(n) > 2]
-    out["truth_ratio"] = (M.truth_ratio([n[1] for n in with_wrong], [n[2:] for n in with_wrong], aggregate="closer_to_1")["agg_value"]
-                          if with_wrong else None)
+    out["truth_ratio"] = (
+        M.truth_ratio(
+            [n[1] for n in with_wrong], [n[2:] for n in with_wrong], aggregate="closer_to_1"
+        )["agg_value"]
+        if with_wrong
+        else None
+    )
     return out
 
 
 # ----------------------------------------------------------------------------- relearning
 
 
-def relearn_split(records: Sequence[Mapping[str, Any]], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def relearn_split(
+    records: Sequence[Mapping[str, Any]], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """(held, rest) indices of the forget set: a seeded ``fraction`` of its questions to relearn
     on, the rest to measure on (the same split for every model of a data set)."""
     order = list(range(len(records)))
@@ -105,15 +144,24 @@ def relearn_attack(ctx: AttackContext) -> dict[str, Any]:
     before = probe(ctx, ctx.model, measured)
     torch.manual_seed(opt.attack_seed)
     attacked = copy.deepcopy(ctx.model).train()
-    examples = encode_records([forget[i] for i in held], "full", ctx.tokenizer, ctx.tags, ctx.max_length)
+    examples = encode_records(
+        [forget[i] for i in held], "full", ctx.tokenizer, ctx.tags, ctx.max_length
+    )
     collate = ViewCollator(pad_token_id=ctx.tokenizer.pad_token_id)
-    optim = torch.optim.AdamW([p for p in attacked.parameters() if p.requires_grad], lr=opt.relearn_lr, weight_decay=0.0)
+    optim = torch.optim.AdamW(
+        [p for p in attacked.parameters() if p.requires_grad], lr=opt.relearn_lr, weight_decay=0.0
+    )
     bs = min(opt.relearn_batch_size, len(examples))
     losses = []
-    for step in tqdm(range(opt.relearn_steps), desc="relearn attack", disable=not ctx.progress, leave=False):
+    for step in tqdm(
+        range(opt.relearn_steps), desc="relearn attack", disable=not ctx.progress, leave=False
+    ):
         rows = [examples[(step * bs + j) % len(examples)] for j in range(bs)]
         batch = {k: v.to(attacked.device) for k, v in collate(rows).items()}
-        loss = finetune_loss(attacked(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        loss = finetune_loss(
+            attacked(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+            batch["labels"],
+        )
         optim.zero_grad()
         loss.backward()
         optim.step()
@@ -121,9 +169,16 @@ def relearn_attack(ctx: AttackContext) -> dict[str, Any]:
     attacked.eval()
     after = probe(ctx, attacked, measured)
     del attacked, optim
-    return {"held": len(held), "measured": len(rest), "steps": opt.relearn_steps, "lr": opt.relearn_lr,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "before": before, "after": after}
+    return {
+        "held": len(held),
+        "measured": len(rest),
+        "steps": opt.relearn_steps,
+        "lr": opt.relearn_lr,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "before": before,
+        "after": after,
+    }
 
 
 # ----------------------------------------------------------------------------- quantization
@@ -143,10 +198,14 @@ def rtn_quantize_(model: torch.nn.Module, bits: int, group_size: int) -> int:
             continue
         w = module.weight
         rows, cols = w.shape
-        g = group_size if cols % group_size == 0 else cols  # a width the groups do not divide: per row
+        g = (
+            group_size if cols % group_size == 0 else cols
+        )  # a width the groups do not divide: per row
         x = w.float().reshape(rows, cols // g, g)
         scale = (x.abs().amax(-1, keepdim=True) / qmax).clamp_min(1e-12)
-        w.copy_(((x / scale).round().clamp(-qmax - 1, qmax) * scale).reshape(rows, cols).to(w.dtype))
+        w.copy_(
+            ((x / scale).round().clamp(-qmax - 1, qmax) * scale).reshape(rows, cols).to(w.dtype)
+        )
         n += 1
     return n
 
@@ -158,8 +217,13 @@ def _quant_attack(bits: int) -> Callable[[AttackContext], dict[str, Any]]:
         layers = rtn_quantize_(attacked, bits, ctx.options.quant_group_size)
         after = probe(ctx, attacked, forget)
         del attacked
-        return {"bits": bits, "group_size": ctx.options.quant_group_size, "layers": layers,
-                "before": plain_forget_probe(ctx), "after": after}
+        return {
+            "bits": bits,
+            "group_size": ctx.options.quant_group_size,
+            "layers": layers,
+            "before": plain_forget_probe(ctx),
+            "after": after,
+        }
 
     attack.__doc__ = f"{bits}-bit round-to-nearest weight quantization of the linear layers, then the forget probe."
     return attack
@@ -173,9 +237,18 @@ def leak_at_k(ctx: AttackContext) -> dict[str, Any]:
     (its fact; ROUGE-L recall >= 0.5 without facts), next to the greedy share."""
     opt, tags, forget = ctx.options, ctx.tags, ctx.data.sets["forget"]
     prompts = [generation_prompts(r, tags, ctx.tokenizer)["default"] for r in forget]
-    samples = sample_generate(ctx.model, ctx.tokenizer, prompts, k=opt.leak_k, temperature=opt.leak_temperature,
-                              seed=opt.attack_seed, max_new_tokens=opt.max_new_tokens, batch_size=opt.gen_batch_size,
-                              add_special_tokens=not tags.use_tokenizer_template, progress=ctx.progress)
+    samples = sample_generate(
+        ctx.model,
+        ctx.tokenizer,
+        prompts,
+        k=opt.leak_k,
+        temperature=opt.leak_temperature,
+        seed=opt.attack_seed,
+        max_new_tokens=opt.max_new_tokens,
+        batch_size=opt.gen_batch_size,
+        add_special_tokens=not tags.use_tokenizer_template,
+        progress=ctx.progress,
+    )
     facts = _has_facts(forget)
 
     def states(text: str, r: Mapping[str, Any]) -> bool:
@@ -185,9 +258,16 @@ def leak_at_k(ctx: AttackContext) -> dict[str, Any]:
         return M.rouge_l_recall_one(answer, r["answer"]) >= LEAK_ROUGE_THRESHOLD
 
     hits = [any(states(s, r) for s in ss) for ss, r in zip(samples, forget, strict=True)]
-    per_sample = [sum(states(s, r) for s in ss) / len(ss) for ss, r in zip(samples, forget, strict=True)]
-    return {"k": opt.leak_k, "temperature": opt.leak_temperature, "criterion": "fact" if facts else f"rouge>={LEAK_ROUGE_THRESHOLD}",
-            "leak_at_k": sum(hits) / max(len(hits), 1), "mean_sample_rate": sum(per_sample) / max(len(per_sample), 1)}
+    per_sample = [
+        sum(states(s, r) for s in ss) / len(ss) for ss, r in zip(samples, forget, strict=True)
+    ]
+    return {
+        "k": opt.leak_k,
+        "temperature": opt.leak_temperature,
+        "criterion": "fact" if facts else f"rouge>={LEAK_ROUGE_THRESHOLD}",
+        "leak_at_k": sum(hits) / max(len(hits), 1),
+        "mean_sample_rate": sum(per_sample) / max(len(per_sample), 1),
+    }
 
 
 # ----------------------------------------------------------------------------- format shift
@@ -200,7 +280,7 @@ def blank_question(record: Mapping[str, Any]) -> str | None:
     if not isinstance(fact, str) or fact.lower() not in answer.lower():
         return None
     at = answer.lower().index(fact.lower())
-    return f"Fill in the blank: {answer[:at]}____{answer[at + len(fact):]}"
+    return f"Fill in the blank: {answer[:at]}____{answer[at + len(fact) :]}"
 
 
 def choice_question(record: Mapping[str, Any], options: Sequence[str]) -> str:
@@ -208,12 +288,21 @@ def choice_question(record: Mapping[str, Any], options: Sequence[str]) -> str:
     return f"{record['question']} Choose one of: " + " | ".join(options)
 
 
-def _option_accuracy(ctx: AttackContext, records: Sequence[Mapping[str, Any]], options: Sequence[Sequence[str]]) -> float:
+def _option_accuracy(
+    ctx: AttackContext, records: Sequence[Mapping[str, Any]], options: Sequence[Sequence[str]]
+) -> float:
     """Share of records whose answer (option 0 before shuffling) has the lowest mean NLL."""
     tok, tags = ctx.tokenizer, ctx.tags
-    scores = score_targets(ctx.model, tok, [answer_prompt(r, tags, tok) for r in records], [list(o) for o in options],
-                           batch_size=ctx.options.batch_size, add_special_tokens=not tags.use_tokenizer_template,
-                           max_length=ctx.max_length, progress=False)
+    scores = score_targets(
+        ctx.model,
+        tok,
+        [answer_prompt(r, tags, tok) for r in records],
+        [list(o) for o in options],
+        batch_size=ctx.options.batch_size,
+        add_special_tokens=not tags.use_tokenizer_template,
+        max_length=ctx.max_length,
+        progress=False,
+    )
     right = [min(range(len(row)), key=lambda j: row[j].nll) == 0 for row in scores]
     return sum(right) / max(len(right), 1)
 
@@ -227,12 +316,24 @@ def format_shift(ctx: AttackContext) -> dict[str, Any]:
     out: dict[str, Any] = {}
     blanks = [(r, q) for r in forget if (q := blank_question(r)) is not None]
     if blanks:
-        prompts = [generation_prompts({**r, "question": q}, tags, ctx.tokenizer)["default"] for r, q in blanks]
-        gens = greedy_generate(ctx.model, ctx.tokenizer, prompts, max_new_tokens=ctx.options.max_new_tokens,
-                               batch_size=ctx.options.gen_batch_size, add_special_tokens=not tags.use_tokenizer_template,
-                               progress=False)
+        prompts = [
+            generation_prompts({**r, "question": q}, tags, ctx.tokenizer)["default"]
+            for r, q in blanks
+        ]
+        gens = greedy_generate(
+            ctx.model,
+            ctx.tokenizer,
+            prompts,
+            max_new_tokens=ctx.options.max_new_tokens,
+            batch_size=ctx.options.gen_batch_size,
+            add_special_tokens=not tags.use_tokenizer_template,
+            progress=False,
+        )
         answers = [tags.split_trace(g)[1] for g in gens]
-        out["fill_in_blank"] = {"items": len(blanks), "fact_recall": M.fact_recall(answers, [r["fact"] for r, _ in blanks])["agg_value"]}
+        out["fill_in_blank"] = {
+            "items": len(blanks),
+            "fact_recall": M.fact_recall(answers, [r["fact"] for r, _ in blanks])["agg_value"],
+        }
     else:
         out["fill_in_blank"] = {"items": 0, "note": "no record names a fact its answer states"}
     mc = [r for r in forget if r.get("perturbed_answer")]
@@ -241,9 +342,12 @@ def format_shift(ctx: AttackContext) -> dict[str, Any]:
         options = [[r["answer"], *r["perturbed_answer"][:3]] for r in mc]
         shown = [rng.sample(o, len(o)) for o in options]
         shifted = [{**r, "question": choice_question(r, s)} for r, s in zip(mc, shown, strict=True)]
-        out["multiple_choice"] = {"items": len(mc), "options": max(len(o) for o in options),
-                                  "accuracy": _option_accuracy(ctx, shifted, options),
-                                  "plain_accuracy": _option_accuracy(ctx, mc, options)}
+        out["multiple_choice"] = {
+            "items": len(mc),
+            "options": max(len(o) for o in options),
+            "accuracy": _option_accuracy(ctx, shifted, options),
+            "plain_accuracy": _option_accuracy(ctx, mc, options),
+        }
     return out
 
 
@@ -255,11 +359,25 @@ class Attack:
 
 
 ATTACKS: dict[str, Attack] = {
-    "relearn": Attack("relearn", relearn_attack, "relearn on a held 20 % of the forget questions, probe the other 80 %"),
-    "quant8": Attack("quant8", _quant_attack(8), "8-bit round-to-nearest weights (linear layers), forget probe"),
-    "quant4": Attack("quant4", _quant_attack(4), "4-bit round-to-nearest weights (linear layers), forget probe"),
-    "leak_at_k": Attack("leak_at_k", leak_at_k, "k samples at temperature T per forget question: any states the fact"),
-    "format_shift": Attack("format_shift", format_shift, "forget questions as fill-in-the-blank and multiple choice"),
+    "relearn": Attack(
+        "relearn",
+        relearn_attack,
+        "relearn on a held 20 % of the forget questions, probe the other 80 %",
+    ),
+    "quant8": Attack(
+        "quant8", _quant_attack(8), "8-bit round-to-nearest weights (linear layers), forget probe"
+    ),
+    "quant4": Attack(
+        "quant4", _quant_attack(4), "4-bit round-to-nearest weights (linear layers), forget probe"
+    ),
+    "leak_at_k": Attack(
+        "leak_at_k",
+        leak_at_k,
+        "k samples at temperature T per forget question: any states the fact",
+    ),
+    "format_shift": Attack(
+        "format_shift", format_shift, "forget questions as fill-in-the-blank and multiple choice"
+    ),
 }
 
 

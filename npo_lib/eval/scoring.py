@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-
 @dataclass
 class TargetScores:
     """Teacher-forced statistics of one target's tokens (EOS included when appended)."""
@@ -62,7 +61,11 @@ def _tokenize_rows(
         raise EvalError("the tokenizer has no eos_token_id: pass append_eos=False")
     out = []
     # one batched call per kind of text: the same ids as one call per text, much less overhead
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"] if prompts else []
+    prompt_ids = (
+        tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+        if prompts
+        else []
+    )
     flat = [t for cands in targets for t in cands]
     target_ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
     for prompt, p_ids, cands in zip(prompts, prompt_ids, targets, strict=True):
@@ -173,19 +176,30 @@ def _forward_shared_prefix(
         pre_mask[b, P - len(p) :] = 1
     pre_pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)  # positions as the unpadded prompt has them
     kw: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    pre = model(input_ids=pre_ids.to(dev), attention_mask=pre_mask.to(dev), position_ids=pre_pos.to(dev),
-                use_cache=True, **kw)
+    pre = model(
+        input_ids=pre_ids.to(dev),
+        attention_mask=pre_mask.to(dev),
+        position_ids=pre_pos.to(dev),
+        use_cache=True,
+        **kw,
+    )
     rows = [(b, t) for b, (_, cands) in enumerate(items) for t in cands]
     item_of_row = torch.as_tensor([b for b, _ in rows], device=dev)  # (R,)
     labels_first = torch.as_tensor([t[0] for _, t in rows], device=dev)
-    first = _token_stats(pre.logits[:, -1][item_of_row], labels_first)  # (R, 4): each target's first token
+    first = _token_stats(
+        pre.logits[:, -1][item_of_row], labels_first
+    )  # (R, 4): each target's first token
     L = max(len(t) for _, t in rows) - 1
     rest = np.zeros((0, 4))
     row_idx: list[int] = []
     if L > 0:
-        cache = pre["cache"] if "cache" in pre else pre.past_key_values  # renamed in transformers 5.x
+        cache = (
+            pre["cache"] if "cache" in pre else pre.past_key_values
+        )  # renamed in transformers 5.x
         cache.reorder_cache(item_of_row)  # (B, ...) -> (R, ...): each candidate row gets its prompt
-        ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (R, L): targets but the last token
+        ids = torch.full(
+            (len(rows), L), pad_id, dtype=torch.long
+        )  # (R, L): targets but the last token
         mask = torch.zeros((len(rows), L), dtype=torch.long)
         pos_idx: list[int] = []
         for r, (_, t) in enumerate(rows):
@@ -196,8 +210,13 @@ def _forward_shared_prefix(
             pos_idx += range(n)
         plen = torch.as_tensor([len(items[b][0]) for b, _ in rows])
         pos = plen[:, None] + torch.arange(L)[None]  # (R, L)
-        logits = model(input_ids=ids.to(dev), attention_mask=torch.cat([pre_mask[item_of_row.cpu()], mask], 1).to(dev),
-                       position_ids=pos.to(dev), use_cache=True, **{_cache_kwarg(model): cache}).logits  # (R, L, V)
+        logits = model(
+            input_ids=ids.to(dev),
+            attention_mask=torch.cat([pre_mask[item_of_row.cpu()], mask], 1).to(dev),
+            position_ids=pos.to(dev),
+            use_cache=True,
+            **{_cache_kwarg(model): cache},
+        ).logits  # (R, L, V)
         ri, pi = torch.as_tensor(row_idx, device=dev), torch.as_tensor(pos_idx, device=dev)
         labels = torch.as_tensor([tok for _, t in rows for tok in t[1:]], device=dev)
         rest = _token_stats(logits[ri, pi], labels)
@@ -212,14 +231,19 @@ def _forward_shared_prefix(
 
 
 def _forward_items(
-    model: PreTrainedModel, encoded: Sequence[list[tuple[list[int], int]]], group: Sequence[tuple[int, int]], pad_id: int
+    model: PreTrainedModel,
+    encoded: Sequence[list[tuple[list[int], int]]],
+    group: Sequence[tuple[int, int]],
+    pad_id: int,
 ) -> list[TargetScores]:
     """:func:`_forward_shared_prefix` over the items of ``group`` (every candidate of each), in
     the group's (item, candidate) order; :func:`_forward_rows` when each item has one candidate."""
     item_ids = list(dict.fromkeys(i for i, _ in group))
     if len(item_ids) == len(group):  # one candidate per item: nothing to share, one forward
         return _forward_rows(model, [encoded[i][j] for i, j in group], pad_id)
-    items = [(encoded[i][0][0][: encoded[i][0][1]], [ids[p:] for ids, p in encoded[i]]) for i in item_ids]
+    items = [
+        (encoded[i][0][0][: encoded[i][0][1]], [ids[p:] for ids, p in encoded[i]]) for i in item_ids
+    ]
     per_item = dict(zip(item_ids, _forward_shared_prefix(model, items, pad_id), strict=True))
     return [per_item[i][j] for i, j in group]
 
@@ -283,14 +307,19 @@ def score_targets(
         shared = flatten and share_prefix
         per_group = map_shards(
             groups,
-            lambda group: _forward_items(model, encoded, group, pad_id) if shared
-            else _forward_rows(model, [encoded[i][j] for i, j in group], pad_id),
+            lambda group: (
+                _forward_items(model, encoded, group, pad_id)
+                if shared
+                else _forward_rows(model, [encoded[i][j] for i, j in group], pad_id)
+            ),
             progress=lambda idx: tqdm(idx, desc=desc, disable=not progress, leave=False),
         )
     finally:
         model.train(was_training)
     for group, scores in zip(groups, per_group, strict=True):
         for (i, j), sc in zip(group, scores, strict=True):
-            sc.eos = append_eos and encoded[i][j][0][-1] == tokenizer.eos_token_id  # not cut by max_length
+            sc.eos = (
+                append_eos and encoded[i][j][0][-1] == tokenizer.eos_token_id
+            )  # not cut by max_length
             out[i][j] = sc
     return out  # type: ignore[return-value]

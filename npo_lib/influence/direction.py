@@ -25,11 +25,14 @@ from npo_lib.influence.modules import Params, grad_only_on
 from npo_lib.influence.preconditioners import Preconditioner, per_example_gradients
 from npo_lib.objectives.primitives import token_logprobs
 
-Example = Mapping[str, Any]  # one encoded view (input_ids, labels with -100 on the prompt, prompt_len)
+Example = Mapping[
+    str, Any
+]  # one encoded view (input_ids, labels with -100 on the prompt, prompt_len)
 
 
-
-def batches(examples: Sequence[Example], batch_size: int, pad_token_id: int, device: torch.device | str) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+def batches(
+    examples: Sequence[Example], batch_size: int, pad_token_id: int, device: torch.device | str
+) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
     """(indices, padded batch) in order of length, so a batch pads little; rows map back by index."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     collate = ViewCollator(pad_token_id=pad_token_id)
@@ -39,12 +42,18 @@ def batches(examples: Sequence[Example], batch_size: int, pad_token_id: int, dev
         yield idx, {k: v.to(device) for k, v in batch.items()}
 
 
-def token_nll(model: nn.Module, batch: Mapping[str, Tensor], params: Params | None = None) -> Tensor:
+def token_nll(
+    model: nn.Module, batch: Mapping[str, Tensor], params: Params | None = None
+) -> Tensor:
     """ℓ per target token in the shifted frame ``(B, T-1)``, 0 on prompt and padding.
 
     ``params`` replaces those parameters for this call (``torch.func.functional_call``).
     """
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    kwargs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "use_cache": False,
+    }
     if params is None:
         logits = model(**kwargs).logits
     else:
@@ -59,8 +68,6 @@ def target_rows(values: Tensor, batch: Mapping[str, Tensor]) -> list[Tensor]:
     return [values[b][target[b]].detach().double().cpu() for b in range(values.shape[0])]
 
 
-
-
 class _Capture:
     """Forward hooks keeping each tracked layer's input a ``(B, T, in')`` (a ones column for
     the bias) and tensor hooks keeping its output gradient δ ``(B, T, out)``."""
@@ -73,7 +80,9 @@ class _Capture:
     def _hook(self, name: str) -> Callable:
         def hook(module: nn.Linear, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if name in self.a:
-                raise RuntimeError(f"layer {name} ran twice in one forward: shared layers are not supported")
+                raise RuntimeError(
+                    f"layer {name} ran twice in one forward: shared layers are not supported"
+                )
             a = inputs[0].detach()
             if module.bias is not None:
                 a = torch.cat([a, torch.ones_like(a[..., :1])], -1)
@@ -132,17 +141,30 @@ def mean_gradients(
                 for set_name, examples in sets.items():
                     for _, batch in batches(examples, batch_size, pad_token_id, device):
                         emb = embed(batch["input_ids"]).detach().requires_grad_(True)  # (B, T, H)
-                        logits = model(inputs_embeds=emb, attention_mask=batch["attention_mask"], use_cache=False).logits
+                        logits = model(
+                            inputs_embeds=emb,
+                            attention_mask=batch["attention_mask"],
+                            use_cache=False,
+                        ).logits
                         logp, mask = token_logprobs(logits, batch["labels"])  # (B, T-1) each
                         loss = (-(logp * mask).sum(1) / mask.sum(1).clamp_min(1)).sum()  # Σ_i L_i
                         torch.autograd.grad(loss, emb)  # fills capture.d through the tensor hooks
                         pad = batch["attention_mask"][..., None].to(logits.dtype)  # (B, T, 1)
                         n_tokens = int(batch["attention_mask"].sum())
                         for name in modules:
-                            a, d = capture.a[name] * pad, capture.d[name]  # (B, T, in'), (B, T, out)
-                            G = per_example_gradients(a, d) if k == 0 and precond.per_example else None
+                            a, d = (
+                                capture.a[name] * pad,
+                                capture.d[name],
+                            )  # (B, T, in'), (B, T, out)
+                            G = (
+                                per_example_gradients(a, d)
+                                if k == 0 and precond.per_example
+                                else None
+                            )
                             if k == 0:
-                                g = G.sum(0) if G is not None else torch.einsum("bto,bti->oi", d, a)  # (out, in')
+                                g = (
+                                    G.sum(0) if G is not None else torch.einsum("bto,bti->oi", d, a)
+                                )  # (out, in')
                                 sums[set_name][name] = sums[set_name].get(name, 0) + g
                             precond.observe(k, name, a, d, n_tokens, G)
                         capture.clear()
@@ -151,7 +173,10 @@ def mean_gradients(
     finally:
         bar.close()
         capture.remove()
-    return {set_name: {n: g / len(sets[set_name]) for n, g in per.items()} for set_name, per in sums.items()}
+    return {
+        set_name: {n: g / len(sets[set_name]) for n, g in per.items()}
+        for set_name, per in sums.items()
+    }
 
 
 def differential_direction(
@@ -170,14 +195,23 @@ def differential_direction(
     precond = preconditioner or Preconditioner()
     use_retain = len(retain) > 0 and (lam > 0 or precond.passes > 0)  # P is fitted on both sets
     sets = {"forget": forget, "retain": retain} if use_retain else {"forget": forget}
-    means = mean_gradients(model, modules, sets, preconditioner=precond, batch_size=batch_size,
-                           pad_token_id=pad_token_id, progress=progress)
+    means = mean_gradients(
+        model,
+        modules,
+        sets,
+        preconditioner=precond,
+        batch_size=batch_size,
+        pad_token_id=pad_token_id,
+        progress=progress,
+    )
     diff = {}
     for name in modules:
-        diff[name] = means["forget"][name] - lam * means["retain"][name] if lam > 0 and use_retain else means["forget"][name]
+        diff[name] = (
+            means["forget"][name] - lam * means["retain"][name]
+            if lam > 0 and use_retain
+            else means["forget"][name]
+        )
     return _from_matrix(modules, {name: precond.solve(name, g) for name, g in diff.items()})
-
-
 
 
 def _primals(model: nn.Module, tangents: Params) -> Params:
@@ -213,7 +247,9 @@ def jvp_token_scores(model: nn.Module, tangents: Params, batch: Mapping[str, Ten
     return s
 
 
-def fd_token_scores(model: nn.Module, tangents: Params, batch: Mapping[str, Tensor], h: float) -> Tensor:
+def fd_token_scores(
+    model: nn.Module, tangents: Params, batch: Mapping[str, Tensor], h: float
+) -> Tensor:
     """s ≈ (ℓ(θ + h v) − ℓ(θ − h v)) / 2h ``(B, T-1)``: two forwards, error O(h²) + rounding / h."""
     primals = _primals(model, tangents)
     with torch.no_grad():
@@ -228,7 +264,9 @@ def fd_token_scores(model: nn.Module, tangents: Params, batch: Mapping[str, Tens
 FD_EPS = {torch.float32: 3e-3, torch.float64: 1e-4}
 
 
-def fd_step(model: nn.Module, tangents: Params, batch: Mapping[str, Tensor], eps: float = 1e-3) -> float:
+def fd_step(
+    model: nn.Module, tangents: Params, batch: Mapping[str, Tensor], eps: float = 1e-3
+) -> float:
     """The step h whose largest token-loss change max_t |h s_t| on ``batch`` is ``eps`` (nats).
 
     Scale-free: a fixed h (or one relative to ‖θ‖ / ‖v‖) suits one direction and not another
@@ -264,8 +302,13 @@ def score_rows(
     h = None
     eps = fd_eps if fd_eps is not None else FD_EPS.get(next(iter(tangents.values())).dtype, 3e-3)
     n_batches = -(-len(examples) // batch_size)
-    for idx, batch in tqdm(batches(examples, batch_size, pad_token_id, device), total=n_batches,
-                           desc=f"token scores ({method})", disable=not progress, leave=False):
+    for idx, batch in tqdm(
+        batches(examples, batch_size, pad_token_id, device),
+        total=n_batches,
+        desc=f"token scores ({method})",
+        disable=not progress,
+        leave=False,
+    ):
         if method == "jvp":
             s = jvp_token_scores(model, tangents, batch)
         else:
@@ -276,17 +319,23 @@ def score_rows(
     return rows  # type: ignore[return-value]
 
 
-def autograd_token_scores(model: nn.Module, tangents: Params, example: Example, pad_token_id: int = 0) -> Tensor:
+def autograd_token_scores(
+    model: nn.Module, tangents: Params, example: Example, pad_token_id: int = 0
+) -> Tensor:
     """Reference: s_it = vᵀ ∇ℓ_it by one backward per target token (slow; tests and benchmarks)."""
     named = dict(model.named_parameters())
     params = [named[n] for n in tangents]
     device = params[0].device
-    batch = {k: v.to(device) for k, v in ViewCollator(pad_token_id=pad_token_id).pad([example]).items()}
+    batch = {
+        k: v.to(device) for k, v in ViewCollator(pad_token_id=pad_token_id).pad([example]).items()
+    }
     with grad_only_on(model, params):
         nll = token_nll(model, batch)[0]  # (T-1,)
         positions = (batch["labels"][0, 1:] != IGNORE_INDEX).nonzero().flatten().tolist()
         out = []
         for t in positions:
             grads = torch.autograd.grad(nll[t], params, retain_graph=True)
-            out.append(sum((g.double() * v.double()).sum() for g, v in zip(grads, tangents.values())))
+            out.append(
+                sum((g.double() * v.double()).sum() for g, v in zip(grads, tangents.values()))
+            )
     return torch.stack(out).cpu()

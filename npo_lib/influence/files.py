@@ -58,7 +58,9 @@ def token_manifest(dataset: Any, view: str, tokenizer: Any, tags: Any) -> list[d
     return rows
 
 
-def write_influence_files(folder: str | Path, scores: Sequence[Sequence[float]], tokens: Sequence[dict], meta: dict) -> Path:
+def write_influence_files(
+    folder: str | Path, scores: Sequence[Sequence[float]], tokens: Sequence[dict], meta: dict
+) -> Path:
     """Write the three files; ``scores[i]`` has one value per target token of example i."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,9 +80,13 @@ def read_influence_files(folder: str | Path) -> tuple[Tensor, Tensor, list[dict]
     folder = Path(folder)
     for name in (SCORES_FILE, TOKENS_FILE, META_FILE):
         if not (folder / name).is_file():
-            raise ConfigError(f"influence file not found: {folder / name} (made by `npo influence`)")
+            raise ConfigError(
+                f"influence file not found: {folder / name} (made by `npo influence`)"
+            )
     t = load_file(str(folder / SCORES_FILE))
-    tokens = [json.loads(line) for line in (folder / TOKENS_FILE).read_text().splitlines() if line.strip()]
+    tokens = [
+        json.loads(line) for line in (folder / TOKENS_FILE).read_text().splitlines() if line.strip()
+    ]
     return t["scores"], t["lengths"], tokens, json.loads((folder / META_FILE).read_text())
 
 
@@ -107,12 +113,28 @@ def load_token_weights(cfg: Config, folder: str | Path, dataset: Any, view: str)
                 "max_length? Run `npo influence` again with the same settings"
             )
     words = [word_ids(t["offsets"], t["target"]) for t in tokens]
-    selection = cfg.selection if cfg.selection.seed is not None else replace(cfg.selection, seed=cfg.seed)
+    selection = (
+        cfg.selection if cfg.selection.seed is not None else replace(cfg.selection, seed=cfg.seed)
+    )
     facts = None
     if needs_facts(selection):
         tags = get_family(cfg.model_family).tags
-        facts = fact_token_matrix([dataset.forget[i] for i in range(n)], [t["offsets"] for t in tokens], view, tags, scores.shape[1])
-    _, weights = token_weights(scores, lengths, selection, w_selected=cfg.w_selected, w_other=cfg.w_other, words=words, facts=facts)
+        facts = fact_token_matrix(
+            [dataset.forget[i] for i in range(n)],
+            [t["offsets"] for t in tokens],
+            view,
+            tags,
+            scores.shape[1],
+        )
+    _, weights = token_weights(
+        scores,
+        lengths,
+        selection,
+        w_selected=cfg.w_selected,
+        w_other=cfg.w_other,
+        words=words,
+        facts=facts,
+    )
     t_max = max(len(dataset[i][view]["input_ids"]) for i in range(n))
     out = torch.zeros(n, t_max)  # (N, T_max), unshifted label frame
     for i in range(n):

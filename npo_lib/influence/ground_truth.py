@@ -30,8 +30,12 @@ def fact_char_spans(record: Mapping[str, Any], view: str, tags: ChatTags) -> lis
     parts = get_view(view).target
     if not tags.thinks:
         parts = parts[-1:]
-    texts = {"Ts": tags.think_start or "", "Te": tags.think_end or "", "cot": record.get("cot") or "",
-             "answer": record.get("answer") or ""}
+    texts = {
+        "Ts": tags.think_start or "",
+        "Te": tags.think_end or "",
+        "cot": record.get("cot") or "",
+        "answer": record.get("answer") or "",
+    }
     spans, pos = [], 0
     for part in parts:
         for s, e in (record.get("fact_spans") or {}).get(part, []):
@@ -40,14 +44,20 @@ def fact_char_spans(record: Mapping[str, Any], view: str, tags: ChatTags) -> lis
     return spans
 
 
-def fact_token_mask(record: Mapping[str, Any], offsets: Sequence[Sequence[int]], view: str, tags: ChatTags) -> list[bool]:
+def fact_token_mask(
+    record: Mapping[str, Any], offsets: Sequence[Sequence[int]], view: str, tags: ChatTags
+) -> list[bool]:
     """Per target token (its character ``offsets`` in the target): does it overlap the fact?"""
     spans = fact_char_spans(record, view, tags)
     return [any(a < e and s < b for s, e in spans) for a, b in offsets]
 
 
 def fact_token_matrix(
-    records: Sequence[Mapping[str, Any]], offsets: Sequence[Sequence[Sequence[int]]], view: str, tags: ChatTags, width: int
+    records: Sequence[Mapping[str, Any]],
+    offsets: Sequence[Sequence[Sequence[int]]],
+    view: str,
+    tags: ChatTags,
+    width: int,
 ) -> Tensor:
     """(N, width) bool: :func:`fact_token_mask` of every record, padded with False.
 

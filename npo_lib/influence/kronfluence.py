@@ -48,12 +48,18 @@ def _nll(batch: dict[str, Tensor], model: nn.Module, sample: bool = False) -> tu
     labels = batch["labels"]
     if sample:
         with torch.no_grad():
-            drawn = torch.distributions.Categorical(logits=logits.detach().float()).sample()  # (B, T)
+            drawn = torch.distributions.Categorical(
+                logits=logits.detach().float()
+            ).sample()  # (B, T)
         labels = torch.where(labels[:, 1:] != IGNORE_INDEX, drawn[:, :-1], IGNORE_INDEX)
         labels = torch.cat([batch["labels"][:, :1], labels], 1)
     pred, target = logits[:, :-1], labels[:, 1:]
-    nll = nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
-                                      reduction="none").view(target.shape)
+    nll = nn.functional.cross_entropy(
+        pred.reshape(-1, pred.shape[-1]),
+        target.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(target.shape)
     return nll, (target != IGNORE_INDEX).to(nll.dtype)
 
 
@@ -105,24 +111,56 @@ def kronfluence_token_scores(
     t_max = max(len(e["input_ids"]) for e in [*forget, *retain])
     # one padded length for every batch, so per-token score rows line up
     loader = DataLoaderKwargs(collate_fn=ViewCollator(pad_token_id, pad_to_multiple_of=t_max).pad)
-    factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=True, activation_covariance_dtype=dtype,
-                                  gradient_covariance_dtype=dtype, per_sample_gradient_dtype=dtype, lambda_dtype=dtype)
-    score_args = ScoreArguments(damping_factor=None, compute_per_token_scores=True, score_dtype=dtype,
-                                per_sample_gradient_dtype=dtype, precondition_dtype=dtype)
+    factor_args = FactorArguments(
+        strategy="ekfac",
+        use_empirical_fisher=True,
+        activation_covariance_dtype=dtype,
+        gradient_covariance_dtype=dtype,
+        per_sample_gradient_dtype=dtype,
+        lambda_dtype=dtype,
+    )
+    score_args = ScoreArguments(
+        damping_factor=None,
+        compute_per_token_scores=True,
+        score_dtype=dtype,
+        per_sample_gradient_dtype=dtype,
+        precondition_dtype=dtype,
+    )
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")  # its torch.cuda.amp use
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning, module="kronfluence"
+        )  # its torch.cuda.amp use
         analyzer = Analyzer("npo", model, task, cpu=cpu, disable_tqdm=not progress, output_dir=out)
-        analyzer.fit_all_factors("ekfac", _Examples(forget + retain), per_device_batch_size=c.batch_size,
-                                 factor_args=factor_args, dataloader_kwargs=loader, overwrite_output_dir=True)
-        analyzer.compute_pairwise_scores("tokens", "ekfac", _Examples(forget + retain), _Examples(forget),
-                                         per_device_query_batch_size=c.batch_size, per_device_train_batch_size=c.batch_size,
-                                         score_args=score_args, dataloader_kwargs=loader, overwrite_output_dir=True)
+        analyzer.fit_all_factors(
+            "ekfac",
+            _Examples(forget + retain),
+            per_device_batch_size=c.batch_size,
+            factor_args=factor_args,
+            dataloader_kwargs=loader,
+            overwrite_output_dir=True,
+        )
+        analyzer.compute_pairwise_scores(
+            "tokens",
+            "ekfac",
+            _Examples(forget + retain),
+            _Examples(forget),
+            per_device_query_batch_size=c.batch_size,
+            per_device_train_batch_size=c.batch_size,
+            score_args=score_args,
+            dataloader_kwargs=loader,
+            overwrite_output_dir=True,
+        )
         scores = analyzer.load_pairwise_scores("tokens")["all_modules"].double().cpu()  # (Q, N, T)
     n_f = len(forget)
-    weights = torch.tensor([1 / n_f] * n_f + [-c.lam / max(len(retain), 1)] * len(retain), dtype=torch.float64)
+    weights = torch.tensor(
+        [1 / n_f] * n_f + [-c.lam / max(len(retain), 1)] * len(retain), dtype=torch.float64
+    )
     combined = torch.einsum("q,qnt->nt", weights, scores)  # (N, T)
-    info = {"tracked_modules": len(names), "kronfluence_damping": "heuristic: 0.1 x mean eigenvalue",
-            "kronfluence_position": "target token j <- position of label j minus 1"}
+    info = {
+        "tracked_modules": len(names),
+        "kronfluence_damping": "heuristic: 0.1 x mean eigenvalue",
+        "kronfluence_position": "target token j <- position of label j minus 1",
+    }
     rows = []
     for i, ex in enumerate(forget):
         p, n = ex["prompt_len"], sum(t != IGNORE_INDEX for t in ex["labels"])

@@ -25,12 +25,16 @@ def tracked_modules(model: nn.Module, which: str, last_n_layers: int = 1) -> dic
     decoder blocks (``...layers.<i>...``); ``lora``: the LoRA adapters' ``lora_A`` / ``lora_B``.
     """
     if which not in MODULE_SETS:
-        raise ConfigError(f"influence.modules '{which}' is unknown; valid: {', '.join(MODULE_SETS)}")
+        raise ConfigError(
+            f"influence.modules '{which}' is unknown; valid: {', '.join(MODULE_SETS)}"
+        )
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if which == "lora":
         chosen = {n: m for n, m in linears.items() if re.search(r"\.lora_[AB]\.", f".{n}.")}
         if not chosen:
-            raise ConfigError("influence.modules=lora: the model has no LoRA adapters (set LoRA.r > 0)")
+            raise ConfigError(
+                "influence.modules=lora: the model has no LoRA adapters (set LoRA.r > 0)"
+            )
         return chosen
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     base = {n: m for n, m in linears.items() if m is not head and "lora_" not in n}
@@ -41,11 +45,15 @@ def tracked_modules(model: nn.Module, which: str, last_n_layers: int = 1) -> dic
     else:  # last_n
         index = {n: int(m.group(1)) for n in base if (m := _LAYER.search(n))}
         if not index:
-            raise ConfigError(f"influence.modules=last_n: no '...layers.<i>...' Linear layers in {type(model).__name__}")
+            raise ConfigError(
+                f"influence.modules=last_n: no '...layers.<i>...' Linear layers in {type(model).__name__}"
+            )
         first = max(index.values()) + 1 - last_n_layers
         chosen = {n: base[n] for n, i in index.items() if i >= first}
     if not chosen:
-        raise ConfigError(f"influence.modules={which} matches no nn.Linear layer of {type(model).__name__}")
+        raise ConfigError(
+            f"influence.modules={which} matches no nn.Linear layer of {type(model).__name__}"
+        )
     return chosen
 
 

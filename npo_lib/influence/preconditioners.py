@@ -26,7 +26,15 @@ class Preconditioner:
     def __init__(self, damping: float = 1e-4) -> None:
         self.damping = damping
 
-    def observe(self, pass_index: int, name: str, a: Tensor, d: Tensor, n_tokens: int, G: Tensor | None = None) -> None:
+    def observe(
+        self,
+        pass_index: int,
+        name: str,
+        a: Tensor,
+        d: Tensor,
+        n_tokens: int,
+        G: Tensor | None = None,
+    ) -> None:
         """Accumulate one batch of one layer (padding rows of ``a`` zeroed, ``n_tokens`` real
         ones; ``G`` ``(B, out, in')`` when :attr:`per_example`)."""
 
@@ -57,7 +65,15 @@ class DiagonalFisher(Preconditioner):
         self.sq: dict[str, Tensor] = {}
         self.n: dict[str, int] = {}
 
-    def observe(self, pass_index: int, name: str, a: Tensor, d: Tensor, n_tokens: int, G: Tensor | None = None) -> None:
+    def observe(
+        self,
+        pass_index: int,
+        name: str,
+        a: Tensor,
+        d: Tensor,
+        n_tokens: int,
+        G: Tensor | None = None,
+    ) -> None:
         G = per_example_gradients(a, d) if G is None else G  # (B, out, in')
         self.sq[name] = self.sq.get(name, 0) + (G * G).sum(0).double()  # (out, in')
         self.n[name] = self.n.get(name, 0) + G.shape[0]
@@ -84,7 +100,15 @@ class KFAC(Preconditioner):
         self.basis: dict[str, tuple[Tensor, Tensor]] = {}
         self.eig: dict[str, Tensor] = {}
 
-    def observe(self, pass_index: int, name: str, a: Tensor, d: Tensor, n_tokens: int, G: Tensor | None = None) -> None:
+    def observe(
+        self,
+        pass_index: int,
+        name: str,
+        a: Tensor,
+        d: Tensor,
+        n_tokens: int,
+        G: Tensor | None = None,
+    ) -> None:
         a2, d2 = a.flatten(0, 1), d.flatten(0, 1)  # (B·T, in'), (B·T, out)
         self.A[name] = self.A.get(name, 0) + (a2.T @ a2).double()  # (in', in'), summed in float64
         self.S[name] = self.S.get(name, 0) + (d2.T @ d2).double()  # (out, out)
@@ -111,11 +135,21 @@ class EKFAC(KFAC):
 
     passes = 2
 
-    def observe(self, pass_index: int, name: str, a: Tensor, d: Tensor, n_tokens: int, G: Tensor | None = None) -> None:
+    def observe(
+        self,
+        pass_index: int,
+        name: str,
+        a: Tensor,
+        d: Tensor,
+        n_tokens: int,
+        G: Tensor | None = None,
+    ) -> None:
         if pass_index == 0:
             return super().observe(pass_index, name, a, d, n_tokens)
         QS, QA = (q.to(a.dtype) for q in self.basis[name])
-        R = per_example_gradients(a @ QA, d @ QS)  # (B, out, in') = Q_Sᵀ G_i Q_A, rotating a and δ first (cheaper)
+        R = per_example_gradients(
+            a @ QA, d @ QS
+        )  # (B, out, in') = Q_Sᵀ G_i Q_A, rotating a and δ first (cheaper)
         self.lam[name] = self.lam.get(name, 0) + (R * R).sum(0).double()
 
     def end_pass(self, pass_index: int) -> None:
@@ -137,5 +171,7 @@ PRECONDITIONERS: dict[str, type[Preconditioner]] = {
 def get_preconditioner(name: str, damping: float) -> Preconditioner:
     """A fresh preconditioner of the registered kind, or an error listing the valid names."""
     if name not in PRECONDITIONERS:
-        raise ConfigError(f"influence.preconditioner '{name}' is unknown; valid: {', '.join(PRECONDITIONERS)}")
+        raise ConfigError(
+            f"influence.preconditioner '{name}' is unknown; valid: {', '.join(PRECONDITIONERS)}"
+        )
     return PRECONDITIONERS[name](damping)

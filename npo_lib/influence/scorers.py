@@ -46,15 +46,32 @@ class ScoreContext:
 def _direction_rows(ctx: ScoreContext, precond: Preconditioner, lam: float) -> list[Tensor]:
     c = ctx.cfg
     modules = tracked_modules(ctx.model, c.modules, c.last_n_layers)
-    v = differential_direction(ctx.model, modules, ctx.forget, ctx.retain, lam=lam, preconditioner=precond,
-                               batch_size=c.batch_size, pad_token_id=ctx.pad_token_id, progress=ctx.progress)
+    v = differential_direction(
+        ctx.model,
+        modules,
+        ctx.forget,
+        ctx.retain,
+        lam=lam,
+        preconditioner=precond,
+        batch_size=c.batch_size,
+        pad_token_id=ctx.pad_token_id,
+        progress=ctx.progress,
+    )
     ctx.info.update(
         tracked_modules=len(modules),
         tracked_parameters=sum(t.numel() for t in v.values()),
         direction_norm=float(torch.sqrt(sum((t.double() ** 2).sum() for t in v.values()))),
     )
-    return score_rows(ctx.model, v, ctx.forget, method=c.method, fd_eps=c.fd_eps, batch_size=c.batch_size,
-                      pad_token_id=ctx.pad_token_id, progress=ctx.progress)
+    return score_rows(
+        ctx.model,
+        v,
+        ctx.forget,
+        method=c.method,
+        fd_eps=c.fd_eps,
+        batch_size=c.batch_size,
+        pad_token_id=ctx.pad_token_id,
+        progress=ctx.progress,
+    )
 
 
 def differential_scores(ctx: ScoreContext) -> list[Tensor]:
@@ -71,7 +88,9 @@ def gradient_dot_scores(ctx: ScoreContext) -> list[Tensor]:
 def contrast_scores(ctx: ScoreContext) -> list[Tensor]:
     """s_it = log p_target(y_it) − log p_retain(y_it): what the target knows beyond the retain model."""
     if ctx.retain_model is None:
-        raise ConfigError("influence.scorer=contrast needs a retain model: pass retain_model_path=<folder>")
+        raise ConfigError(
+            "influence.scorer=contrast needs a retain model: pass retain_model_path=<folder>"
+        )
     retain_model = ctx.retain_model()
     device = next(ctx.model.parameters()).device
     rows: list[Tensor | None] = [None] * len(ctx.forget)
@@ -87,7 +106,14 @@ def kronfluence_scores(ctx: ScoreContext) -> list[Tensor]:
     """kronfluence's per-token pairwise scores, a different quantity: see :mod:`npo_lib.influence.kronfluence`."""
     from npo_lib.influence.kronfluence import kronfluence_token_scores
 
-    rows, info = kronfluence_token_scores(ctx.model, ctx.forget, ctx.retain, ctx.cfg, pad_token_id=ctx.pad_token_id, progress=ctx.progress)
+    rows, info = kronfluence_token_scores(
+        ctx.model,
+        ctx.forget,
+        ctx.retain,
+        ctx.cfg,
+        pad_token_id=ctx.pad_token_id,
+        progress=ctx.progress,
+    )
     ctx.info.update(info)
     return rows
 
@@ -109,16 +135,35 @@ class Scorer:
 SCORERS: dict[str, Scorer] = {
     s.name: s
     for s in [
-        Scorer("differential", differential_scores,
-               "s_it = [P^-1 (g_forget - lam g_retain)]^T grad l_it, l_it = -log p(y_it | x_i, y_i,<t)",
-               uses_preconditioner=True, needs_retain_sample=True),
-        Scorer("gradient_dot", gradient_dot_scores, "s_it = g_forget^T grad l_it (identity, no retain term)"),
-        Scorer("contrast", contrast_scores, "s_it = log p_target(y_it) - log p_retain(y_it)", uses_retain_model=True),
-        Scorer("kronfluence", kronfluence_scores,
-               "kronfluence per-token pairwise score: token t's share of the train gradient (includes later "
-               "tokens' losses through attention), mean over forget queries - lam x mean over retain queries, "
-               "EK-FAC; NOT the directional derivative of l_it",
-               uses_preconditioner=True, needs_retain_sample=True, supports_lora=False, requires="kronfluence"),
+        Scorer(
+            "differential",
+            differential_scores,
+            "s_it = [P^-1 (g_forget - lam g_retain)]^T grad l_it, l_it = -log p(y_it | x_i, y_i,<t)",
+            uses_preconditioner=True,
+            needs_retain_sample=True,
+        ),
+        Scorer(
+            "gradient_dot",
+            gradient_dot_scores,
+            "s_it = g_forget^T grad l_it (identity, no retain term)",
+        ),
+        Scorer(
+            "contrast",
+            contrast_scores,
+            "s_it = log p_target(y_it) - log p_retain(y_it)",
+            uses_retain_model=True,
+        ),
+        Scorer(
+            "kronfluence",
+            kronfluence_scores,
+            "kronfluence per-token pairwise score: token t's share of the train gradient (includes later "
+            "tokens' losses through attention), mean over forget queries - lam x mean over retain queries, "
+            "EK-FAC; NOT the directional derivative of l_it",
+            uses_preconditioner=True,
+            needs_retain_sample=True,
+            supports_lora=False,
+            requires="kronfluence",
+        ),
     ]
 }
 
@@ -128,7 +173,9 @@ def get_scorer(name: str) -> Scorer:
     try:
         return SCORERS[name]
     except KeyError:
-        raise ConfigError(f"influence.scorer '{name}' is unknown; valid: {', '.join(SCORERS)}") from None
+        raise ConfigError(
+            f"influence.scorer '{name}' is unknown; valid: {', '.join(SCORERS)}"
+        ) from None
 
 
 def compute_token_scores(ctx: ScoreContext) -> list[Tensor]:

@@ -41,16 +41,22 @@ def valid_mask(lengths: Tensor, width: int) -> Tensor:
     return torch.arange(width)[None, :] < lengths[:, None]
 
 
-def top_k(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None) -> Tensor:
+def top_k(
+    scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None
+) -> Tensor:
     """The ``k`` highest-scoring tokens of every example."""
     s = scores.masked_fill(~valid, float("-inf"))  # (N, T)
-    order = torch.argsort(-s, dim=1, stable=True)[:, : min(cfg.k, s.shape[1])]  # ties: the earlier token
+    order = torch.argsort(-s, dim=1, stable=True)[
+        :, : min(cfg.k, s.shape[1])
+    ]  # ties: the earlier token
     mask = torch.zeros_like(valid)
     mask.scatter_(1, order, True)
     return mask & valid
 
 
-def top_p(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None) -> Tensor:
+def top_p(
+    scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None
+) -> Tensor:
     """The highest-scoring ``p`` % of all target tokens of the split (one global ranking)."""
     flat = scores.masked_fill(~valid, float("-inf")).flatten()
     n = max(1, round(cfg.p / 100 * int(valid.sum())))
@@ -59,12 +65,16 @@ def top_p(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | N
     return mask.view_as(valid) & valid
 
 
-def threshold(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None) -> Tensor:
+def threshold(
+    scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None
+) -> Tensor:
     """Every token scoring above ``threshold``."""
     return (scores > cfg.threshold) & valid
 
 
-def zscore(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None) -> Tensor:
+def zscore(
+    scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None
+) -> Tensor:
     """Tokens more than ``z`` standard deviations above their own example's mean score."""
     x = scores.masked_fill(~valid, 0.0)
     n = valid.sum(1, keepdim=True).clamp(min=1).double()
@@ -73,7 +83,10 @@ def zscore(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | 
     return (x > mean + cfg.z * std) & valid
 
 
-BUDGETS: dict[str, Callable[[Tensor, Tensor, SelectionConfig], Tensor]] = {"top_p": top_p, "top_k": top_k}
+BUDGETS: dict[str, Callable[[Tensor, Tensor, SelectionConfig], Tensor]] = {
+    "top_p": top_p,
+    "top_k": top_k,
+}
 
 
 def _uniform(shape: torch.Size, cfg: SelectionConfig) -> Tensor:
@@ -82,30 +95,45 @@ def _uniform(shape: torch.Size, cfg: SelectionConfig) -> Tensor:
     return torch.rand(shape, generator=gen, dtype=torch.float64)
 
 
-def random_tokens(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None) -> Tensor:
+def random_tokens(
+    scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None
+) -> Tensor:
     """Control: as many uniformly random target tokens as ``selection.budget`` selects."""
     return BUDGETS[cfg.budget](_uniform(scores.shape, cfg), valid, cfg)
 
 
-def inverse(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None) -> Tensor:
+def inverse(
+    scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None
+) -> Tensor:
     """Control: as many of the *lowest*-scoring tokens as ``selection.budget`` selects."""
     return BUDGETS[cfg.budget](-scores, valid, cfg)
 
 
-def oracle(scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None) -> Tensor:
+def oracle(
+    scores: Tensor, valid: Tensor, cfg: SelectionConfig, facts: Tensor | None = None
+) -> Tensor:
     """Control, the upper bound: the fact tokens first (random order), as many as the budget."""
     if facts is None:
-        raise ConfigError("selection.method=oracle needs the records' fact_spans (the embedded benchmark's ground truth)")
+        raise ConfigError(
+            "selection.method=oracle needs the records' fact_spans (the embedded benchmark's ground truth)"
+        )
     check_shape("fact token mask", facts, tuple(scores.shape))
-    rank = facts.to(torch.float64) + 0.5 * _uniform(scores.shape, cfg)  # facts in [1, 1.5), others in [0, 0.5)
+    rank = facts.to(torch.float64) + 0.5 * _uniform(
+        scores.shape, cfg
+    )  # facts in [1, 1.5), others in [0, 0.5)
     return BUDGETS[cfg.budget](rank, valid, cfg)
 
 
 # (scores, valid, cfg, facts) -> mask, all (N, T); facts: the ground-truth fact-token mask or None
 Selection = Callable[..., Tensor]
 SELECTIONS: dict[str, Selection] = {
-    "top_k": top_k, "top_p": top_p, "threshold": threshold, "zscore": zscore,
-    "random": random_tokens, "oracle": oracle, "inverse": inverse,
+    "top_k": top_k,
+    "top_p": top_p,
+    "threshold": threshold,
+    "zscore": zscore,
+    "random": random_tokens,
+    "oracle": oracle,
+    "inverse": inverse,
 }
 CONTROLS = ("random", "oracle", "inverse")  # the methods whose count follows ``selection.budget``
 
@@ -114,14 +142,18 @@ def get_selection(name: str) -> Selection:
     try:
         return SELECTIONS[name]
     except KeyError:
-        raise ConfigError(f"selection.method '{name}' is unknown; valid: {', '.join(SELECTIONS)}") from None
+        raise ConfigError(
+            f"selection.method '{name}' is unknown; valid: {', '.join(SELECTIONS)}"
+        ) from None
 
 
 def check_selection(cfg: SelectionConfig) -> None:
     """The method and, for a control, its budget are known names (ConfigError, one line)."""
     get_selection(cfg.method)
     if cfg.budget not in BUDGETS:
-        raise ConfigError(f"selection.budget '{cfg.budget}' is unknown; valid: {', '.join(BUDGETS)}")
+        raise ConfigError(
+            f"selection.budget '{cfg.budget}' is unknown; valid: {', '.join(BUDGETS)}"
+        )
 
 
 def needs_facts(cfg: SelectionConfig) -> bool:
@@ -129,7 +161,9 @@ def needs_facts(cfg: SelectionConfig) -> bool:
     return cfg.method == "oracle"
 
 
-def select(scores: Tensor, lengths: Tensor, cfg: SelectionConfig, facts: Tensor | None = None) -> Tensor:
+def select(
+    scores: Tensor, lengths: Tensor, cfg: SelectionConfig, facts: Tensor | None = None
+) -> Tensor:
     """(N, T) bool mask of the selected tokens, before window / word expansion.
 
     ``facts``: (N, T) bool, the ground-truth fact tokens; read by ``oracle`` only.
@@ -160,7 +194,13 @@ def word_ids(offsets: Sequence[Sequence[int]], text: str) -> list[int]:
     ids, word, prev_end = [], -1, None
     for start, end in offsets:
         piece = text[start:end]
-        starts_word = prev_end is None or start != prev_end or not piece or piece[0].isspace() or not piece.strip()
+        starts_word = (
+            prev_end is None
+            or start != prev_end
+            or not piece
+            or piece[0].isspace()
+            or not piece.strip()
+        )
         if starts_word:
             word += 1
         ids.append(word)
@@ -206,5 +246,7 @@ def token_weights(
     if cfg.soft:
         pos = scores.clamp(min=0).masked_fill(~valid, 0.0).float()
         top = pos.amax(1, keepdim=True).clamp(min=1e-12)
-        weights = torch.where(mask, w_other + (w_selected - w_other) * pos / top, torch.tensor(w_other))
+        weights = torch.where(
+            mask, w_other + (w_selected - w_other) * pos / top, torch.tensor(w_other)
+        )
     return mask, weights * valid

@@ -18,8 +18,14 @@ PRECISE_ATTENTION = "npo_eager"  # attn_implementation name of :func:`precise_ea
 
 
 def precise_eager_attention(
-    module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-    scaling: float, dropout: float = 0.0, **kwargs: Any,
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
 ) -> tuple[Tensor, Tensor]:
     """HF's eager attention with the softmax in the input dtype.
 
@@ -30,7 +36,10 @@ def precise_eager_attention(
     """
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:
-        key, value = key.repeat_interleave(n_rep, dim=1), value.repeat_interleave(n_rep, dim=1)  # (B, H, S, d)
+        key, value = (
+            key.repeat_interleave(n_rep, dim=1),
+            value.repeat_interleave(n_rep, dim=1),
+        )  # (B, H, S, d)
     weights = _scale(query @ key.transpose(2, 3), scaling)  # (B, H, T, S)
     if attention_mask is not None:
         weights = weights + attention_mask[..., : key.shape[-2]]
@@ -61,7 +70,11 @@ def precise_norms(model: nn.Module) -> int:
     """
     changed = 0
     for m in model.modules():
-        if type(m).__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon") and isinstance(getattr(m, "weight", None), Tensor):
+        if (
+            type(m).__name__.endswith("RMSNorm")
+            and hasattr(m, "variance_epsilon")
+            and isinstance(getattr(m, "weight", None), Tensor)
+        ):
             m.forward = types.MethodType(_rms_norm, m)
             changed += 1
     return changed

@@ -125,5 +125,6 @@ def get_family(name: str) -> ModelFamily:
     except KeyError:
         close = difflib.get_close_matches(name, list(FAMILIES), n=3)
         raise ConfigError(
-            f"model_family '{name}' is unknown; valid: {', '.join(FAMILIES)}" + (f" (closest: {', '.join(close)})" if close else "")
+            f"model_family '{name}' is unknown; valid: {', '.join(FAMILIES)}"
+            + (f" (closest: {', '.join(close)})" if close else "")
         ) from None

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 
 def attention_implementation(family: ModelFamily, device: str) -> str:
     """flash_attention_2 when preferred, on CUDA and installed; otherwise PyTorch sdpa."""
-    if family.prefer_flash_attention and device == "cuda" and importlib.util.find_spec("flash_attn"):
+    if (
+        family.prefer_flash_attention
+        and device == "cuda"
+        and importlib.util.find_spec("flash_attn")
+    ):
         return "flash_attention_2"
     return "sdpa"
 

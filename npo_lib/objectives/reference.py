@@ -34,7 +34,11 @@ class ReferenceLogprobs:
 
     def save(self, path: str | Path) -> None:
         with atomic_file(path) as tmp:
-            save_file({"token": self.token.contiguous(), "seq": self.seq.contiguous()}, str(tmp), metadata={"fingerprint": self.fingerprint})
+            save_file(
+                {"token": self.token.contiguous(), "seq": self.seq.contiguous()},
+                str(tmp),
+                metadata={"fingerprint": self.fingerprint},
+            )
 
     @classmethod
     def load(cls, path: str | Path, fingerprint: str) -> ReferenceLogprobs | None:
@@ -70,10 +74,14 @@ def compute_reference_logprobs(
     was_training = model.training
     model.eval()
     try:
-        for s in tqdm(range(0, n, batch_size), desc="reference log-probs", disable=not progress, leave=False):
+        for s in tqdm(
+            range(0, n, batch_size), desc="reference log-probs", disable=not progress, leave=False
+        ):
             batch = collate([dataset[i][view] for i in range(s, min(s + batch_size, n))])
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
             logp, _ = token_logprobs(logits, batch["labels"])  # (b, T-1)
             token[s : s + logp.shape[0], : logp.shape[1]] = logp.float().cpu()
     finally:

@@ -57,17 +57,16 @@ class Term:
             valid = ", ".join(VIEWS)
             raise ValueError(f"term {self.name}: view '{self.view}' is unknown; valid: {valid}")
         if self.reads not in ("logits", "hidden"):
-            raise ValueError(f"term {self.name}: reads '{self.reads}' is unknown; valid: logits, hidden")
+            raise ValueError(
+                f"term {self.name}: reads '{self.reads}' is unknown; valid: logits, hidden"
+            )
 
 
 _BETA = {"beta": "beta"}
 _NPO_VIEWS = {"": "full", "1": "full", "2": "answer", "3": "cot"}  # a plain name (GA) is view 1
 
 FORGET_TERMS: dict[str, Term] = {
-    **{
-        f"GA{k}": Term(f"GA{k}", ga_loss, v, doc=f"-CE({v} view)")
-        for k, v in _NPO_VIEWS.items()
-    },
+    **{f"GA{k}": Term(f"GA{k}", ga_loss, v, doc=f"-CE({v} view)") for k, v in _NPO_VIEWS.items()},
     **{
         f"NPO{k}": Term(
             f"NPO{k}",
@@ -102,18 +101,29 @@ FORGET_TERMS: dict[str, Term] = {
         "-(2/β) Σ_it w_it log σ(-β δ_it) / Σ_it w_it, w from token influence; Σw = 0 gives 0",
         _BETA,
     ),
-    **{
-        f"IDK{k}": Term(f"IDK{k}", finetune_loss, f"idk{k}", doc=f"CE(idk{k} view)")
-        for k in "123"
-    },
-    "WGA": Term("WGA", wga_loss, "full", doc="-mean_it(p_it^β · CE_it), p = exp(-CE) detached, β = wga_beta",
-                hparams={"beta": "wga_beta"}),
-    "SatImp": Term("SatImp", satimp_loss, "full",
-                   doc="-mean_it(p_it^β1 (1 - p_it)^β2 · CE_it), p detached, β1, β2 = satimp_beta1, satimp_beta2",
-                   hparams={"beta1": "satimp_beta1", "beta2": "satimp_beta2"}),
-    "UNDIAL": Term("UNDIAL", undial_loss, "full", ("ref_forget_logits",),
-                   "mean_it CE(softmax(z_ref - β e_y), p_θ), the frozen model's logits, β = undial_beta",
-                   {"beta": "undial_beta"}),
+    **{f"IDK{k}": Term(f"IDK{k}", finetune_loss, f"idk{k}", doc=f"CE(idk{k} view)") for k in "123"},
+    "WGA": Term(
+        "WGA",
+        wga_loss,
+        "full",
+        doc="-mean_it(p_it^β · CE_it), p = exp(-CE) detached, β = wga_beta",
+        hparams={"beta": "wga_beta"},
+    ),
+    "SatImp": Term(
+        "SatImp",
+        satimp_loss,
+        "full",
+        doc="-mean_it(p_it^β1 (1 - p_it)^β2 · CE_it), p detached, β1, β2 = satimp_beta1, satimp_beta2",
+        hparams={"beta1": "satimp_beta1", "beta2": "satimp_beta2"},
+    ),
+    "UNDIAL": Term(
+        "UNDIAL",
+        undial_loss,
+        "full",
+        ("ref_forget_logits",),
+        "mean_it CE(softmax(z_ref - β e_y), p_θ), the frozen model's logits, β = undial_beta",
+        {"beta": "undial_beta"},
+    ),
     # RMU (Li et al. 2024, WMDP). Differs from open-unlearning's RMU trainer in two places: its
     # retain term is a separate regularizer (ACT), so RMU+GD (open-unlearning's default, NLL on
     # retain) and the paper's RMU+ACT are both spelled out; and u comes from its own seeded
@@ -121,9 +131,15 @@ FORGET_TERMS: dict[str, Term] = {
     # open-unlearning's α is GradDiff's retain coefficient, whichever retain loss it weighs; here
     # α (rmu_alpha) belongs to ACT, so RMU+GD+ACT weighs GD and ACT apart (regularization_coeff
     # still multiplies every regularizer: RMU+ACT with it at 1 is the paper's RMU + α·ACT).
-    "RMU": Term("RMU", rmu_loss, "full", ("control_vec",),
-                "mean_i (1/|T_i|) Σ_t (1/d) ‖h_ℓ,it − c·u‖², h_ℓ after block rmu_layer, c = rmu_steering_coeff",
-                {"steering_coeff": "rmu_steering_coeff"}, reads="hidden"),
+    "RMU": Term(
+        "RMU",
+        rmu_loss,
+        "full",
+        ("control_vec",),
+        "mean_i (1/|T_i|) Σ_t (1/d) ‖h_ℓ,it − c·u‖², h_ℓ after block rmu_layer, c = rmu_steering_coeff",
+        {"steering_coeff": "rmu_steering_coeff"},
+        reads="hidden",
+    ),
     "FINETUNE": Term("FINETUNE", finetune_loss, "full", doc="CE(full view)"),
 }
 
@@ -284,7 +300,9 @@ def composed_loss(
     """
     if spec.regularizers and retain_labels is None:
         raise ValueError(f"loss {spec.name} has regularizers: pass retain_logits and retain_labels")
-    forget = term_value(spec.forget, forget_logits, forget_labels, hyper, hidden=forget_hidden, **extras)
+    forget = term_value(
+        spec.forget, forget_logits, forget_labels, hyper, hidden=forget_hidden, **extras
+    )
     total = hyper.forget_coeff * forget
     logs = {f"forget/{spec.forget.name}": forget.item()}
     for reg in spec.regularizers:

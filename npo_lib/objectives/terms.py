@@ -119,8 +119,12 @@ def undial_loss(logits: Tensor, labels: Tensor, ref_forget_logits: Tensor, beta:
     B, T, V = logits.shape
     target = labels[:, 1:]  # (B, T-1)
     mask = (target != IGNORE_INDEX).to(torch.promote_types(logits.dtype, torch.float32))  # (B, T-1)
-    one_hot = F.one_hot(target.clamp_min(0), V).to(mask)  # (B, T-1, V), rows of masked positions ignored below
-    teacher = (upcast(ref_forget_logits[:, :-1].detach()).to(mask) - beta * one_hot).softmax(-1)  # (B, T-1, V)
+    one_hot = F.one_hot(target.clamp_min(0), V).to(
+        mask
+    )  # (B, T-1, V), rows of masked positions ignored below
+    teacher = (upcast(ref_forget_logits[:, :-1].detach()).to(mask) - beta * one_hot).softmax(
+        -1
+    )  # (B, T-1, V)
     logq = upcast(logits[:, :-1]).log_softmax(-1)  # (B, T-1, V)
     ce_t = -(teacher * logq).sum(-1)  # (B, T-1)
     # UNDIAL = mean_it CE(softmax(z_ref,it − β·e_{y_it}), p_θ,it) over the target tokens

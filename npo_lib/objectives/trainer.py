@@ -124,7 +124,9 @@ class UnlearningTrainer(Trainer):
         return extras
 
     @torch.no_grad()
-    def reference_outputs(self, model: torch.nn.Module, batch: dict[str, Tensor], hidden: bool = False) -> Any:
+    def reference_outputs(
+        self, model: torch.nn.Module, batch: dict[str, Tensor], hidden: bool = False
+    ) -> Any:
         """The frozen model's outputs on ``batch`` (KL's and ACT's retain batch, UNDIAL's forget
         batch), with hidden states if ``hidden``: a frozen copy, or the base model with the LoRA
         adapter off (no second model in memory)."""
@@ -135,7 +137,9 @@ class UnlearningTrainer(Trainer):
             return self.ref_model(**kwargs)
         unwrapped = self.accelerator.unwrap_model(model)
         if not hasattr(unwrapped, "disable_adapter"):
-            raise ValueError("KL / UNDIAL / ACT need a reference model: pass ref_model or train with LoRA.r > 0")
+            raise ValueError(
+                "KL / UNDIAL / ACT need a reference model: pass ref_model or train with LoRA.r > 0"
+            )
         with unwrapped.disable_adapter():
             return model(**kwargs)
 
@@ -164,8 +168,11 @@ class UnlearningTrainer(Trainer):
         spec, needs = self.loss_spec, self.loss_spec.needs
         forget = inputs[spec.forget.view]
         forget_hidden = spec.forget.reads == "hidden"
-        forget_out = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"],
-                           **({"output_hidden_states": True} if forget_hidden else {}))
+        forget_out = model(
+            input_ids=forget["input_ids"],
+            attention_mask=forget["attention_mask"],
+            **({"output_hidden_states": True} if forget_hidden else {}),
+        )
         kwargs: dict[str, Any] = self._extras(inputs, forget)
         if forget_hidden:
             kwargs["forget_hidden"] = self.layer_activations(forget_out)
@@ -177,8 +184,11 @@ class UnlearningTrainer(Trainer):
         if spec.regularizers:
             retain = inputs["retain"]
             retain_hidden = any(t.reads == "hidden" for t in spec.regularizers)
-            retain_out = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"],
-                               **({"output_hidden_states": True} if retain_hidden else {}))
+            retain_out = model(
+                input_ids=retain["input_ids"],
+                attention_mask=retain["attention_mask"],
+                **({"output_hidden_states": True} if retain_hidden else {}),
+            )
             kwargs["retain_logits"] = retain_out.logits
             kwargs["retain_labels"] = retain["labels"]
             if retain_hidden:
@@ -249,5 +259,6 @@ class JsonlLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as f:
-                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
+                f.write(
+                    json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n"
+                )

@@ -34,10 +34,14 @@ def check_config(cfg: Config) -> LossSpec:
     check_influence_settings(cfg)
     negative = [i for i in cfg.rmu_trainable_layers if i < 0]
     if negative:
-        raise ConfigError(f"rmu_trainable_layers: block {negative[0]} is negative; blocks count from 0")
+        raise ConfigError(
+            f"rmu_trainable_layers: block {negative[0]} is negative; blocks count from 0"
+        )
     unknown = [a for a in cfg.eval.robustness if a not in ATTACKS]
     if unknown:
-        raise ConfigError(f"eval.robustness: unknown attack '{unknown[0]}'; valid: {', '.join(ATTACKS)}")
+        raise ConfigError(
+            f"eval.robustness: unknown attack '{unknown[0]}'; valid: {', '.join(ATTACKS)}"
+        )
     return spec
 
 
@@ -47,13 +51,21 @@ def check_influence_settings(cfg: Config) -> Scorer:
     ic = cfg.influence
     scorer = get_scorer(ic.scorer)
     if ic.preconditioner not in PRECONDITIONERS:
-        raise ConfigError(f"influence.preconditioner '{ic.preconditioner}' is unknown; valid: {', '.join(PRECONDITIONERS)}")
+        raise ConfigError(
+            f"influence.preconditioner '{ic.preconditioner}' is unknown; valid: {', '.join(PRECONDITIONERS)}"
+        )
     if ic.modules not in MODULE_SETS:
-        raise ConfigError(f"influence.modules '{ic.modules}' is unknown; valid: {', '.join(MODULE_SETS)}")
+        raise ConfigError(
+            f"influence.modules '{ic.modules}' is unknown; valid: {', '.join(MODULE_SETS)}"
+        )
     if ic.modules == "lora" and cfg.LoRA.r <= 0:
-        raise ConfigError("influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 (or another influence.modules)")
+        raise ConfigError(
+            "influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 (or another influence.modules)"
+        )
     if ic.modules == "lora" and not scorer.supports_lora:
-        raise ConfigError(f"influence.scorer={scorer.name} tracks the base model's Linear layers: use another influence.modules")
+        raise ConfigError(
+            f"influence.scorer={scorer.name} tracks the base model's Linear layers: use another influence.modules"
+        )
     if scorer.requires and importlib.util.find_spec(scorer.requires) is None:
         raise ConfigError(
             f"influence.scorer={scorer.name} needs the optional package {scorer.requires}, which is not installed: "
@@ -82,4 +94,6 @@ def check_activation_layers(cfg: Config, spec: LossSpec, model_path: str) -> Non
         )
     missing = [i for i in rmu_trainable_blocks(cfg) if i >= n]
     if missing:
-        raise ConfigError(f"rmu_trainable_layers: block {missing[0]} does not exist in the model at {model_path} ({n} blocks)")
+        raise ConfigError(
+            f"rmu_trainable_layers: block {missing[0]} does not exist in the model at {model_path} ({n} blocks)"
+        )

@@ -42,12 +42,18 @@ def find_runs(root: str | Path | Sequence[str | Path], depth: int = 3) -> list[P
         if (r / METRICS_FILE).is_file() or (r / "metrics.json").is_file():
             found.append(r)
             continue
-        below = sorted({
-            f.parent.parent for f in r.rglob(METRICS_FILE.name)
-            if f.parent.name == METRICS_FILE.parent.name and len(f.relative_to(r).parts) <= depth + 2
-        })
+        below = sorted(
+            {
+                f.parent.parent
+                for f in r.rglob(METRICS_FILE.name)
+                if f.parent.name == METRICS_FILE.parent.name
+                and len(f.relative_to(r).parts) <= depth + 2
+            }
+        )
         if not below:
-            raise ReportError(f"no evaluated runs in {r}: expected <run>/{METRICS_FILE} (run `npo eval` or `npo run`)")
+            raise ReportError(
+                f"no evaluated runs in {r}: expected <run>/{METRICS_FILE} (run `npo eval` or `npo run`)"
+            )
         found += below
     return list(dict.fromkeys(found))
 
@@ -89,7 +95,14 @@ class RunView:
 def run_views(root: str | Path | Sequence[str | Path]) -> list[RunView]:
     """Every evaluated run under ``root`` (target and retain first), with its report row."""
     runs = ordered([load_run(d) for d in find_runs(root)])
-    folders = {r.name: (r.path.parent.parent if r.path.parent.name == METRICS_FILE.parent.name else r.path.parent) for r in runs}
+    folders = {
+        r.name: (
+            r.path.parent.parent
+            if r.path.parent.name == METRICS_FILE.parent.name
+            else r.path.parent
+        )
+        for r in runs
+    }
     return [RunView(row["name"], folders[row["name"]], row) for row in rows(runs)]
 
 
@@ -100,7 +113,9 @@ def png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def sort_views(views: Sequence[RunView], key: str = "name", descending: bool = False) -> list[RunView]:
+def sort_views(
+    views: Sequence[RunView], key: str = "name", descending: bool = False
+) -> list[RunView]:
     """Views sorted by a column (``name`` or a metric key); runs without the value go last."""
     have = [v for v in views if v.row.get(key) is not None]
     missing = [v for v in views if v.row.get(key) is None]
@@ -109,13 +124,18 @@ def sort_views(views: Sequence[RunView], key: str = "name", descending: bool = F
 
 def table_html(views: Sequence[RunView]) -> str:
     """The report table as HTML; each cell keeps its raw value in ``data-value`` (for sorting)."""
-    head = "".join(f'<th data-key="{k}">{html.escape(t)}</th>' for k, t in [("name", "run"), *((m.key, m.title) for m in COLUMNS)])
+    head = "".join(
+        f'<th data-key="{k}">{html.escape(t)}</th>'
+        for k, t in [("name", "run"), *((m.key, m.title) for m in COLUMNS)]
+    )
     body = []
     for v in views:
         cells = [f'<td data-value="{html.escape(v.name)}">{html.escape(v.name)}</td>']
         for m in COLUMNS:
             x = v.row.get(m.key)
-            cells.append(f'<td data-value="{"" if x is None else x}" style="text-align:right">{m.format(x)}</td>')
+            cells.append(
+                f'<td data-value="{"" if x is None else x}" style="text-align:right">{m.format(x)}</td>'
+            )
         body.append(f'<tr data-run="{html.escape(v.name)}">{"".join(cells)}</tr>')
     return f'<table class="tnpo-report"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -127,7 +147,9 @@ TABLE_CSS = """
 """
 
 
-def heatmaps_html(tables: Sequence[TokenTable], scores: Sequence[str], limit: int | None = None) -> str:
+def heatmaps_html(
+    tables: Sequence[TokenTable], scores: Sequence[str], limit: int | None = None
+) -> str:
     """Legends and every example's rows under the clipped scale (the page's default)."""
     names = [s for s in scores if s in tables[0].scores]
     vmax = {n: shared_range(tables, n) for n in names}
@@ -150,18 +172,28 @@ class RunDashboard:
         self.sort_by = widgets.Dropdown(options=columns, value="name", description="sort by")
         self.descending = widgets.Checkbox(value=False, description="descending", indent=False)
         self.table = widgets.HTML()
-        self.scatter = widgets.Image(format="png", value=png(plot_fq_mu(fq_mu_points([v.folder for v in self.views]))))
+        self.scatter = widgets.Image(
+            format="png", value=png(plot_fq_mu(fq_mu_points([v.folder for v in self.views])))
+        )
         runs = [v.name for v in self.views]
         default = next((v.name for v in self.views if v.has_log), runs[0])
         self.run = widgets.Dropdown(options=runs, value=default, description="run")
         self.loss = widgets.Image(format="png")
         self.loss_note = widgets.HTML()
         self.tokens = widgets.VBox()
-        self.widget = widgets.VBox([
-            widgets.HTML("<b>report</b>"), widgets.HBox([self.sort_by, self.descending]), self.table,
-            widgets.HTML("<b>forget quality vs model utility</b>"), self.scatter,
-            self.run, self.loss_note, self.loss, self.tokens,
-        ])
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML("<b>report</b>"),
+                widgets.HBox([self.sort_by, self.descending]),
+                self.table,
+                widgets.HTML("<b>forget quality vs model utility</b>"),
+                self.scatter,
+                self.run,
+                self.loss_note,
+                self.loss,
+                self.tokens,
+            ]
+        )
         for w in (self.sort_by, self.descending):
             w.observe(lambda _c: self.show_table(), names="value")
         self.run.observe(lambda _c: self.show_run(), names="value")
@@ -173,7 +205,9 @@ class RunDashboard:
 
     def show_table(self) -> None:
         """Redraw the report table in the chosen order."""
-        self.table.value = f"<style>{TABLE_CSS}</style>" + table_html(sort_views(self.views, self.sort_by.value, self.descending.value))
+        self.table.value = f"<style>{TABLE_CSS}</style>" + table_html(
+            sort_views(self.views, self.sort_by.value, self.descending.value)
+        )
 
     def tables(self, name: str) -> list[TokenTable] | None:
         if name not in self._tables:
@@ -189,13 +223,17 @@ class RunDashboard:
             self.loss.layout.display = None
         else:
             self.loss.layout.display = "none"
-            self.loss_note.value = f"<i>{html.escape(v.name)}: no training log (not a forget run)</i>"
+            self.loss_note.value = (
+                f"<i>{html.escape(v.name)}: no training log (not a forget run)</i>"
+            )
         tables = self.tables(v.name)
         if tables:
             self.explorer = TokenExplorer(tables)
             self.tokens.children = [widgets.HTML("<b>tokens</b>"), self.explorer.widget]
         else:
-            self.tokens.children = [widgets.HTML(f"<i>{html.escape(v.name)}: no influence files to show tokens of</i>")]
+            self.tokens.children = [
+                widgets.HTML(f"<i>{html.escape(v.name)}: no influence files to show tokens of</i>")
+            ]
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
@@ -243,12 +281,18 @@ def write_dashboard_html(
         parts = [f"<h3>{html.escape(v.name)}</h3>"]
         if v.has_log:
             loss = base64.b64encode(png(plot_loss_terms(v.folder))).decode()
-            parts.append(f'<img class="tnpo-loss" alt="loss terms of {html.escape(v.name)}" src="data:image/png;base64,{loss}">')
+            parts.append(
+                f'<img class="tnpo-loss" alt="loss terms of {html.escape(v.name)}" src="data:image/png;base64,{loss}">'
+            )
         else:
             parts.append("<p><i>no training log (not a forget run)</i></p>")
         tables = v.token_tables()
         if tables:
-            parts.append('<div class="tnpo-view tnpo-scale-clip">' + heatmaps_html(tables, scores, examples) + "</div>")
+            parts.append(
+                '<div class="tnpo-view tnpo-scale-clip">'
+                + heatmaps_html(tables, scores, examples)
+                + "</div>"
+            )
         else:
             parts.append("<p><i>no influence files to show tokens of</i></p>")
         sections.append(f'<section data-run="{html.escape(v.name)}">{"".join(parts)}</section>')

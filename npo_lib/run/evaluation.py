@@ -115,7 +115,9 @@ def _reusable(file: Path, identity: Mapping[str, Any], progress: bool = False) -
     a saved one differs, a line saying what changed: it is computed again)."""
     saved, differ = saved_result(file, identity, keys=_REUSE_KEYS, identity_key="identity")
     if differ and progress:
-        print(f"{file}: inputs changed ({'; '.join(differ[:3])}), evaluating again", file=sys.stderr)
+        print(
+            f"{file}: inputs changed ({'; '.join(differ[:3])}), evaluating again", file=sys.stderr
+        )
     return saved
 
 
@@ -153,7 +155,9 @@ def _run(
     (their probes and samples), except the ones in :data:`RANK0_ATTACKS`.
     """
     t0 = time.perf_counter()
-    ranks = dist.world_size() if dist.ensure_process_group() else 1  # before the model picks its GPU
+    ranks = (
+        dist.world_size() if dist.ensure_process_group() else 1
+    )  # before the model picks its GPU
     tokenizer = load_tokenizer(cfg, tokenizer_path)
     model = load_model(cfg, model_path)
     check_tokenizer(model, tokenizer, model_name=model_path, tokenizer_name=tokenizer_path)
@@ -170,17 +174,31 @@ def _run(
         )
         if options.robustness:
             t1 = time.perf_counter()
-            ctx = AttackContext(model, tokenizer, get_family(cfg.model_family).tags, data, options, cfg.max_length,
-                                progress and dist.is_rank0())
+            ctx = AttackContext(
+                model,
+                tokenizer,
+                get_family(cfg.model_family).tags,
+                data,
+                options,
+                cfg.max_length,
+                progress and dist.is_rank0(),
+            )
             res["robustness"] = {}
             for name in options.robustness:
                 attack = functools.partial(run_attacks, ctx, [name])
-                res["robustness"].update(dist.on_rank0(attack) if name in RANK0_ATTACKS else attack())
+                res["robustness"].update(
+                    dist.on_rank0(attack) if name in RANK0_ATTACKS else attack()
+                )
             res["seconds"]["robustness"] = time.perf_counter() - t1
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # before the next model of the session loads
-    out = {**res, "identity": identity, "machine": machine_info(), "ranks": ranks}  # where the numbers came from
+    out = {
+        **res,
+        "identity": identity,
+        "machine": machine_info(),
+        "ranks": ranks,
+    }  # where the numbers came from
     out["seconds"] = {**res["seconds"], "total": time.perf_counter() - t0}
     if dist.is_rank0():
         atomic_write_json(file, out, indent=1)
@@ -222,22 +240,33 @@ def evaluate(
     if retain_reference == "auto":
         retain_path, why = resolve_retain_model_path(cfg)
     elif isinstance(retain_reference, str):
-        raise EvalError(f"retain_reference must be 'auto', None or a metrics mapping, got {retain_reference!r}")
+        raise EvalError(
+            f"retain_reference must be 'auto', None or a metrics mapping, got {retain_reference!r}"
+        )
     retain_fp = model_fingerprint(retain_path) if retain_path else None
     role = _role(cfg, model_fingerprint(model_path), retain_fp)
     identity = _identity(cfg, model_path, tokenizer_path, data, options, retain_path, role)
     if isinstance(retain_reference, Mapping):  # a retain model's results, already computed
-        identity["retain_model_fingerprint"] = retain_reference.get("identity", {}).get("model_fingerprint", "given")
+        identity["retain_model_fingerprint"] = retain_reference.get("identity", {}).get(
+            "model_fingerprint", "given"
+        )
     # 2. reuse a finished evaluation of the same identity
     file = Path(out_dir) / METRICS_FILE
     if not recompute and (old := _reusable(file, identity, progress)) is not None:
         return old
     # 3. compute (the retain model's own results are shared with every model's comparison)
-    run = functools.partial(_run, cfg, model_path, tokenizer_path, data, options, identity, file=file, progress=progress)
+    run = functools.partial(
+        _run, cfg, model_path, tokenizer_path, data, options, identity, file=file, progress=progress
+    )
     if isinstance(retain_reference, Mapping):
         return run(retain_reference)
     if role == "retain" and tokenizer_path == model_path:
-        res = {**retain_metrics(cfg, model_path, data, options, recompute=recompute, progress=progress), "identity": identity}
+        res = {
+            **retain_metrics(
+                cfg, model_path, data, options, recompute=recompute, progress=progress
+            ),
+            "identity": identity,
+        }
         if dist.is_rank0():
             atomic_write_json(file, res, indent=1)
         dist.barrier()
@@ -262,10 +291,17 @@ def retain_metrics(
     options = options or cfg.eval
     data = data or load_eval_data(cfg)
     identity = _identity(cfg, retain_path, retain_path, data, options, retain_path, "retain")
-    file = cfg.cache_path / "eval" / fingerprint({k: identity[k] for k in _REUSE_KEYS}, length=12) / "metrics.json"
+    file = (
+        cfg.cache_path
+        / "eval"
+        / fingerprint({k: identity[k] for k in _REUSE_KEYS}, length=12)
+        / "metrics.json"
+    )
     if not recompute and (old := _reusable(file, identity, progress)) is not None:
         return old
-    return _run(cfg, retain_path, retain_path, data, options, identity, "self", file=file, progress=progress)
+    return _run(
+        cfg, retain_path, retain_path, data, options, identity, "self", file=file, progress=progress
+    )
 
 
 def summary(result: Mapping[str, Any]) -> str:
@@ -283,4 +319,6 @@ def default_out_dir(cfg: Config, model_path: str | None = None) -> Path:
     path = Path(model_path or resolve_model_path(cfg)).expanduser()
     if path.is_dir():
         return path
-    raise EvalError(f"{path} is not a local folder: pass save_dir=... (or --out-dir) for the results")
+    raise EvalError(
+        f"{path} is not a local folder: pass save_dir=... (or --out-dir) for the results"
+    )

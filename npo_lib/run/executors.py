@@ -21,9 +21,25 @@ from npo_lib.run.steps import Step, StepResult, run_steps
 
 # SLURM / submitit states of a job that stopped without failing on its own: the point is not
 # "failed", it is re-submitted by the next `npo sweep` (its finished notebooks are skipped)
-INTERRUPTED_STATES = ("CANCELLED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "INTERRUPTED")
+INTERRUPTED_STATES = (
+    "CANCELLED",
+    "PREEMPTED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "INTERRUPTED",
+)
 # states of a SLURM job that will still run: a re-run of the sweep waits on it
-ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
+ACTIVE_STATES = (
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+)
 
 
 def visible_devices(env: str | None, device_count: int) -> list[str]:
@@ -35,7 +51,9 @@ def visible_devices(env: str | None, device_count: int) -> list[str]:
     return [str(i) for i in range(device_count)]
 
 
-def assign_devices(devices: Sequence[str], parallel: int, gpus_per_run: int) -> list[list[str] | None]:
+def assign_devices(
+    devices: Sequence[str], parallel: int, gpus_per_run: int
+) -> list[list[str] | None]:
     """Device sets of the concurrent runs of a local sweep: slot i gets the i-th block of
     ``gpus_per_run`` devices, so no two concurrent runs share a GPU.
 
@@ -54,7 +72,10 @@ def assign_devices(devices: Sequence[str], parallel: int, gpus_per_run: int) -> 
             f"sweep executor.gpus_per_run={gpus_per_run} but only {len(devices)} GPU(s) are visible "
             f"({','.join(devices)}): lower gpus_per_run"
         )
-    return [list(devices[i * gpus_per_run : (i + 1) * gpus_per_run]) for i in range(min(parallel, slots))]
+    return [
+        list(devices[i * gpus_per_run : (i + 1) * gpus_per_run])
+        for i in range(min(parallel, slots))
+    ]
 
 
 def local_device_slots(parallel: int, gpus_per_run: int) -> list[list[str] | None]:
@@ -62,7 +83,9 @@ def local_device_slots(parallel: int, gpus_per_run: int) -> list[list[str] | Non
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return assign_devices(visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), count), parallel, gpus_per_run)
+    return assign_devices(
+        visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"), count), parallel, gpus_per_run
+    )
 
 
 def cpu_threads_per_run(parallel: int, cpus: int | None, env: Mapping[str, str]) -> str | None:
@@ -77,7 +100,11 @@ def cpu_threads_per_run(parallel: int, cpus: int | None, env: Mapping[str, str])
 def point_record(results: Sequence[StepResult]) -> dict[str, Any]:
     """The status.json entry of one grid point from the results of its notebook steps."""
     failed = [r for r in results if r.status == "failed"]
-    state = "failed" if failed else ("skipped" if all(r.status == "skipped" for r in results) else "done")
+    state = (
+        "failed"
+        if failed
+        else ("skipped" if all(r.status == "skipped" for r in results) else "done")
+    )
     return {
         "status": state,
         "seconds": sum(r.seconds for r in results),
@@ -104,7 +131,11 @@ class PointJob:
     def __call__(self) -> dict[str, Any]:
         if self.devices is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
-        return point_record(run_steps(self.steps, stream=False, say=lambda s: print(f"[{self.name}] {s}", flush=True)))
+        return point_record(
+            run_steps(
+                self.steps, stream=False, say=lambda s: print(f"[{self.name}] {s}", flush=True)
+            )
+        )
 
     def checkpoint(self) -> Any:
         import submitit
@@ -135,7 +166,9 @@ def slurm_parameters(cfg: SweepExecutorConfig, name: str) -> dict[str, Any]:
     }
     if cfg.gpus_per_run:
         params["gpus_per_node"] = cfg.gpus_per_run
-    params.update({k: v for k in ("partition", "account", "qos") if (v := getattr(cfg, k)) is not None})
+    params.update(
+        {k: v for k in ("partition", "account", "qos") if (v := getattr(cfg, k)) is not None}
+    )
     if cfg.setup:
         params["setup"] = list(cfg.setup)
     if cfg.extra_sbatch:
@@ -180,7 +213,11 @@ def active_jobs(status: dict[str, Any], names: Sequence[str], folder: Path) -> d
 
 def job_record(job: Any) -> dict[str, str]:
     """Job id and log files of a submitted job (status.json keeps them per point)."""
-    return {"job_id": str(job.job_id), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+    return {
+        "job_id": str(job.job_id),
+        "stdout": str(job.paths.stdout),
+        "stderr": str(job.paths.stderr),
+    }
 
 
 def job_outcome(job: Any) -> dict[str, Any]:
@@ -192,7 +229,18 @@ def job_outcome(job: Any) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any job failure is recorded, the sweep goes on
         state = str(getattr(job, "state", "UNKNOWN"))
         if any(state.upper().startswith(s) for s in INTERRUPTED_STATES):
-            return {"status": "interrupted", "seconds": 0.0, "error": f"job {job.job_id} {state}: re-run npo sweep to resume it",
-                    "failed_step": "", "notebook": ""}
+            return {
+                "status": "interrupted",
+                "seconds": 0.0,
+                "error": f"job {job.job_id} {state}: re-run npo sweep to resume it",
+                "failed_step": "",
+                "notebook": "",
+            }
         text = "".join(traceback.format_exception_only(type(e), e)).strip()
-        return {"status": "failed", "seconds": 0.0, "error": text[-2000:], "failed_step": "job", "notebook": ""}
+        return {
+            "status": "failed",
+            "seconds": 0.0,
+            "error": text[-2000:],
+            "failed_step": "job",
+            "notebook": "",
+        }

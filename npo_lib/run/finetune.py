@@ -91,7 +91,9 @@ def check_sets(cfg: Config, data_path: str) -> dict[str, list[dict]]:
         retain = load_eval_set(data_path, "retain_perturbed")
     except DataError:  # no such set: sample the retain records instead
         pool = load_retain(data_path, cfg.split, cfg.task_id)
-        retain = random.Random(f"finetune-check:{cfg.seed}").sample(pool, min(len(forget), len(pool)))
+        retain = random.Random(f"finetune-check:{cfg.seed}").sample(
+            pool, min(len(forget), len(pool))
+        )
     return {"forget": forget, "retain": retain}
 
 
@@ -112,16 +114,32 @@ class Examples(Dataset):
 # ----------------------------------------------------------------------------- memorisation
 
 
-def memorisation(model: Any, tokenizer: Any, tags: ChatTags, records: Sequence[Mapping[str, Any]], *,
-                 max_new_tokens: int, batch_size: int = 64) -> tuple[str, float]:
+def memorisation(
+    model: Any,
+    tokenizer: Any,
+    tags: ChatTags,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> tuple[str, float]:
     """(what, value): greedy fact recall of the answers where every record names its ``fact``,
     else the mean ROUGE-L recall of the greedy answers against the records' answers."""
     from npo_lib.data.views import view_text
 
     prompts = [view_text(r, VIEW, tags, tokenizer=tokenizer)[0] for r in records]
-    answers = [tags.split_trace(g)[1] for g in greedy_generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        add_special_tokens=not tags.use_tokenizer_template, progress=False)]
+    answers = [
+        tags.split_trace(g)[1]
+        for g in greedy_generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            add_special_tokens=not tags.use_tokenizer_template,
+            progress=False,
+        )
+    ]
     if records and all(isinstance(r.get("fact"), str) for r in records):
         return "fact_recall", fact_recall(answers, [r["fact"] for r in records])["agg_value"]
     return "rouge_l_recall", rouge_l_recall(answers, [r["answer"] for r in records])["agg_value"]
@@ -154,28 +172,58 @@ class MemorisationStop(TrainerCallback):
     training once all hold ``patience`` checks in a row. Checks go to ``log.jsonl`` (rank 0),
     and a resumed run reads back the ones before its checkpoint."""
 
-    def __init__(self, criterion: StopCriterion, tokenizer: Any, tags: ChatTags, log_file: Path | None = None,
-                 progress: bool = True) -> None:
-        self.c, self.tokenizer, self.tags, self.log_file, self.progress = criterion, tokenizer, tags, log_file, progress
+    def __init__(
+        self,
+        criterion: StopCriterion,
+        tokenizer: Any,
+        tags: ChatTags,
+        log_file: Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.c, self.tokenizer, self.tags, self.log_file, self.progress = (
+            criterion,
+            tokenizer,
+            tags,
+            log_file,
+            progress,
+        )
         self.history: list[dict[str, Any]] = []
         self.stopped_epoch: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        rows = [json.loads(x) for x in self.log_file.read_text().splitlines() if x.strip()] if self.log_file and self.log_file.is_file() else []
-        self.history = [r["check"] for r in rows if "check" in r and r.get("step", 0) <= state.global_step]
+        rows = (
+            [json.loads(x) for x in self.log_file.read_text().splitlines() if x.strip()]
+            if self.log_file and self.log_file.is_file()
+            else []
+        )
+        self.history = [
+            r["check"] for r in rows if "check" in r and r.get("step", 0) <= state.global_step
+        ]
 
     def _mean_epoch_loss(self, state: Any, epoch: int) -> float | None:
-        losses = [r["loss"] for r in state.log_history if "loss" in r and epoch - 1 < r.get("epoch", 0) <= epoch]
+        losses = [
+            r["loss"]
+            for r in state.log_history
+            if "loss" in r and epoch - 1 < r.get("epoch", 0) <= epoch
+        ]
         return sum(losses) / len(losses) if losses else None
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = round(state.epoch or 0)
         if epoch % self.c.check_every:
             return
-        check: dict[str, Any] = {"epoch": epoch, "loss": self._mean_epoch_loss(state, epoch), "measured": {}}
-        passed = self.c.max_loss is None or (check["loss"] is not None and check["loss"] <= self.c.max_loss)
+        check: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": self._mean_epoch_loss(state, epoch),
+            "measured": {},
+        }
+        passed = self.c.max_loss is None or (
+            check["loss"] is not None and check["loss"] <= self.c.max_loss
+        )
         for bar in self.c.bars if passed else []:
-            what, value = memorisation(model, self.tokenizer, self.tags, bar.records, max_new_tokens=self.c.max_new_tokens)
+            what, value = memorisation(
+                model, self.tokenizer, self.tags, bar.records, max_new_tokens=self.c.max_new_tokens
+            )
             check["measured"][bar.name] = {what: value}
             if value < bar.minimum:
                 passed = False
@@ -185,11 +233,19 @@ class MemorisationStop(TrainerCallback):
         if dist.is_rank0():
             if self.log_file is not None:
                 with self.log_file.open("a") as fh:
-                    fh.write(json.dumps({"step": state.global_step, "epoch": epoch, "check": check}) + "\n")
+                    fh.write(
+                        json.dumps({"step": state.global_step, "epoch": epoch, "check": check})
+                        + "\n"
+                    )
             if self.progress:
-                shown = ", ".join(f"{n} {next(iter(m.values())):.1%}" for n, m in check["measured"].items())
-                print(f"  epoch {epoch}: loss {check['loss'] or float('nan'):.4f}{', ' + shown if shown else ''}"
-                      f"{' -> criterion met' if passed else ''}", flush=True)
+                shown = ", ".join(
+                    f"{n} {next(iter(m.values())):.1%}" for n, m in check["measured"].items()
+                )
+                print(
+                    f"  epoch {epoch}: loss {check['loss'] or float('nan'):.4f}{', ' + shown if shown else ''}"
+                    f"{' -> criterion met' if passed else ''}",
+                    flush=True,
+                )
         streak = 0
         for c in reversed(self.history):
             if not c["passed"]:
@@ -200,7 +256,9 @@ class MemorisationStop(TrainerCallback):
             control.should_training_stop = True
 
 
-def stop_criterion(cfg: Config, sets: Mapping[str, list[dict]], *, max_new_tokens: int = 256) -> StopCriterion:
+def stop_criterion(
+    cfg: Config, sets: Mapping[str, list[dict]], *, max_new_tokens: int = 256
+) -> StopCriterion:
     """The criterion ``finetune.stop_*`` asks for (the forget bar only for the target)."""
     ft = cfg.finetune
     bars = []
@@ -220,32 +278,49 @@ def finetune_dir(cfg: Config) -> Path:
         return Path(cfg.save_dir)
     ft, task = cfg.finetune, "all" if cfg.task_id is None else cfg.task_id
     lora = f"-lora{cfg.LoRA.r}" if cfg.LoRA.r else ""
-    return Path("runs") / f"finetune-{ft.model}-{cfg.model_family}-{cfg.split}-task{task}-lr{ft.lr:g}-ep{ft.num_epochs}{lora}-seed{cfg.seed}"
+    return (
+        Path("runs")
+        / f"finetune-{ft.model}-{cfg.model_family}-{cfg.split}-task{task}-lr{ft.lr:g}-ep{ft.num_epochs}{lora}-seed{cfg.seed}"
+    )
 
 
 def _zero_stage(cfg: Config) -> int:
     if not cfg.ds_config:
         return 0
-    return int(json.loads(Path(cfg.ds_config).read_text()).get("zero_optimization", {}).get("stage", 0))
+    return int(
+        json.loads(Path(cfg.ds_config).read_text()).get("zero_optimization", {}).get("stage", 0)
+    )
 
 
 def check_finetune_config(cfg: Config) -> Path:
     """Every check that needs no model; returns the run folder."""
     check_config(cfg)
     ft = cfg.finetune
-    if (ft.stop_forget_recall is not None or ft.stop_retain_recall is not None) and _zero_stage(cfg) == 3:
-        raise ConfigError("finetune.stop_*_recall decodes with the whole model on each rank: not under ZeRO-3 "
-                          "(use finetune.stop_loss, or ZeRO-2)")
+    if (ft.stop_forget_recall is not None or ft.stop_retain_recall is not None) and _zero_stage(
+        cfg
+    ) == 3:
+        raise ConfigError(
+            "finetune.stop_*_recall decodes with the whole model on each rank: not under ZeRO-3 "
+            "(use finetune.stop_loss, or ZeRO-2)"
+        )
     if cfg.LoRA.r > 0 and not cfg.save_merged:
-        print("npo finetune: LoRA without save_merged=true saves the adapter only; unlearning needs model_path of a "
-              "merged model", flush=True)
+        print(
+            "npo finetune: LoRA without save_merged=true saves the adapter only; unlearning needs model_path of a "
+            "merged model",
+            flush=True,
+        )
     out = finetune_dir(cfg)
     check_run_folder(out, cfg)
     return out
 
 
-def run_finetune(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = True,
-                 check_max_new_tokens: int = 256) -> dict[str, Any]:
+def run_finetune(
+    cfg: Config,
+    *,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+    check_max_new_tokens: int = 256,
+) -> dict[str, Any]:
     """Fine-tune ``model_path`` (or the family's hub id) into ``finetune_dir(cfg)``; returns
     ``result.json``: steps, epochs trained, whether the stop criterion ended it, the checks, and
     the memorisation report of the saved model (forget split and retain check set)."""
@@ -266,48 +341,93 @@ def run_finetune(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool =
         save_config(cfg, out / "config.yaml")
     tokenizer = load_tokenizer(cfg, model_path)
     examples = encode_records(records, VIEW, tokenizer, family.tags, cfg.max_length)
-    examples += encode_records(zerothink_copies(records, cfg.finetune.zerothink_fraction), VIEW, tokenizer, family.tags, cfg.max_length)
-    args = training_arguments(cfg, out, len(examples), family.gradient_checkpointing, TrainSettings.for_finetune(cfg), group_by_length=True)
+    examples += encode_records(
+        zerothink_copies(records, cfg.finetune.zerothink_fraction),
+        VIEW,
+        tokenizer,
+        family.tags,
+        cfg.max_length,
+    )
+    args = training_arguments(
+        cfg,
+        out,
+        len(examples),
+        family.gradient_checkpointing,
+        TrainSettings.for_finetune(cfg),
+        group_by_length=True,
+    )
     args.disable_tqdm = args.disable_tqdm or not progress
     model = load_model(cfg, model_path, device=args.device.type)
     if cfg.LoRA.r > 0:
         model = apply_lora(model, cfg.LoRA)
     if args.gradient_checkpointing:
         model.config.use_cache = False
-    stop = MemorisationStop(stop_criterion(cfg, sets, max_new_tokens=check_max_new_tokens), tokenizer, family.tags,
-                            out / "log.jsonl", progress)
+    stop = MemorisationStop(
+        stop_criterion(cfg, sets, max_new_tokens=check_max_new_tokens),
+        tokenizer,
+        family.tags,
+        out / "log.jsonl",
+        progress,
+    )
     from npo_lib.data.dataset import ViewCollator
 
     trainer = UnlearningTrainer(
-        model=model, args=args, train_dataset=Examples(examples), data_collator=ViewCollator(pad_token_id=tokenizer.pad_token_id),
-        processing_class=tokenizer, callbacks=[*callbacks, *([stop] if stop.c else [])], loss_spec=parse_loss("FINETUNE"),
-        hyper=LossHyper.from_config(cfg), log_file=out / "log.jsonl",
+        model=model,
+        args=args,
+        train_dataset=Examples(examples),
+        data_collator=ViewCollator(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[*callbacks, *([stop] if stop.c else [])],
+        loss_spec=parse_loss("FINETUNE"),
+        hyper=LossHyper.from_config(cfg),
+        log_file=out / "log.jsonl",
     )
     ckpt_dir = Path(args.output_dir)
     resume_from = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
     train_out = trainer.train(resume_from_checkpoint=resume_from)
     saved = save_trained(cfg, trainer, tokenizer, out)
     result: dict[str, Any] = {
-        "run_dir": str(out), "model": cfg.finetune.model, "model_path": model_path, "data_path": data_path,
-        "saved_model": str(saved) if saved else None, "n_records": len(records), "n_examples": len(examples),
+        "run_dir": str(out),
+        "model": cfg.finetune.model,
+        "model_path": model_path,
+        "data_path": data_path,
+        "saved_model": str(saved) if saved else None,
+        "n_records": len(records),
+        "n_examples": len(examples),
         "check_sets": {name: len(recs) for name, recs in sets.items()},
-        "steps": train_out.global_step, "epochs": round(trainer.state.epoch or 0), "max_epochs": cfg.finetune.num_epochs,
-        "stopped_early": stop.stopped_epoch is not None, "checks": stop.history, "train_loss": float(train_out.training_loss),
-        "train_seconds": float(train_out.metrics.get("train_runtime", 0.0)), "resumed_from": resume_from,
-        "world_size": dist.world_size(), "machine": machine_info(),
+        "steps": train_out.global_step,
+        "epochs": round(trainer.state.epoch or 0),
+        "max_epochs": cfg.finetune.num_epochs,
+        "stopped_early": stop.stopped_epoch is not None,
+        "checks": stop.history,
+        "train_loss": float(train_out.training_loss),
+        "train_seconds": float(train_out.metrics.get("train_runtime", 0.0)),
+        "resumed_from": resume_from,
+        "world_size": dist.world_size(),
+        "machine": machine_info(),
     }
     end_partitioned_loading()
     if dist.is_rank0():
         if saved is not None:
-            result["memorisation"] = memorisation_report(cfg, saved, sets, max_new_tokens=check_max_new_tokens)
+            result["memorisation"] = memorisation_report(
+                cfg, saved, sets, max_new_tokens=check_max_new_tokens
+            )
         result["seconds"] = time.perf_counter() - t0
         atomic_write_json(out / RESULT_FILE, result)
         if progress:
-            print(json.dumps({k: v for k, v in result.items() if k not in ("checks", "machine")}, indent=2, default=str))
+            print(
+                json.dumps(
+                    {k: v for k, v in result.items() if k not in ("checks", "machine")},
+                    indent=2,
+                    default=str,
+                )
+            )
     return result
 
 
-def memorisation_report(cfg: Config, model_dir: Path, sets: Mapping[str, list[dict]], *, max_new_tokens: int) -> dict[str, dict[str, float]]:
+def memorisation_report(
+    cfg: Config, model_dir: Path, sets: Mapping[str, list[dict]], *, max_new_tokens: int
+) -> dict[str, dict[str, float]]:
     """Memorisation of the saved model on each check set, e.g. ``{"forget": {"fact_recall": 1.0}}``."""
     tags = get_family(cfg.model_family).tags
     tokenizer = load_tokenizer(cfg, str(model_dir))
@@ -338,5 +458,8 @@ def check_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 def memorisation_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The saved model's memorisation report as rows (set, measure, value, records)."""
     counts = result.get("check_sets", {})
-    return [{"set": name, "measure": what, "value": value, "records": counts.get(name)}
-            for name, m in result.get("memorisation", {}).items() for what, value in m.items()]
+    return [
+        {"set": name, "measure": what, "value": value, "records": counts.get(name)}
+        for name, m in result.get("memorisation", {}).items()
+        for what, value in m.items()
+    ]

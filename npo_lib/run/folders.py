@@ -45,9 +45,18 @@ def check_run_folder(out: Path, cfg: Config) -> None:
     first files, possibly before another rank gets here, and its error ends the whole job.
     """
     if (out / RESULT_FILE).is_file() and not cfg.overwrite:
-        raise ConfigError(f"run folder {out} holds a finished run: pass overwrite=true to replace it, or another save_dir")
-    if dist.is_rank0() and out.is_dir() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
-        raise ConfigError(f"run folder {out} holds an unfinished run: pass resume=true to continue it or overwrite=true to start again")
+        raise ConfigError(
+            f"run folder {out} holds a finished run: pass overwrite=true to replace it, or another save_dir"
+        )
+    if (
+        dist.is_rank0()
+        and out.is_dir()
+        and any(out.iterdir())
+        and not (cfg.resume or cfg.overwrite)
+    ):
+        raise ConfigError(
+            f"run folder {out} holds an unfinished run: pass resume=true to continue it or overwrite=true to start again"
+        )
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -60,7 +69,9 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def identity_differences(saved: Mapping[str, Any], identity: Mapping[str, Any], keys: Sequence[str] | None = None) -> list[str]:
+def identity_differences(
+    saved: Mapping[str, Any], identity: Mapping[str, Any], keys: Sequence[str] | None = None
+) -> list[str]:
     """``key: old -> new`` for every (dotted, nested) key of ``identity`` (or of ``keys``) whose
     saved value differs."""
     chosen = {k: identity[k] for k in keys} if keys is not None else dict(identity)
@@ -69,8 +80,13 @@ def identity_differences(saved: Mapping[str, Any], identity: Mapping[str, Any], 
     return [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
 
 
-def saved_result(file: Path, identity: Mapping[str, Any], *, keys: Sequence[str] | None = None,
-                 identity_key: str | None = None) -> tuple[dict | None, list[str]]:
+def saved_result(
+    file: Path,
+    identity: Mapping[str, Any],
+    *,
+    keys: Sequence[str] | None = None,
+    identity_key: str | None = None,
+) -> tuple[dict | None, list[str]]:
     """(the saved JSON, []) when ``file`` exists and its identity (``file[identity_key]``, or the
     file itself) matches ``identity`` on ``keys``; (None, the differences) otherwise ([] when there
     is no readable file)."""

@@ -91,7 +91,14 @@ def reference_model(cfg: Config, path: str, trainer: Any):
     return ref
 
 
-def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_path: str, callbacks: Sequence[Any] = ()):
+def build_trainer(
+    cfg: Config,
+    spec: LossSpec,
+    out: Path,
+    model_path: str,
+    data_path: str,
+    callbacks: Sequence[Any] = (),
+):
     """(trainer, tokenizer, dataset) of a forget run: data, model (LoRA), cached reference,
     INFLUENCE's token weights, for KL / UNDIAL / ACT without LoRA a frozen reference model and,
     for RMU / ACT, only the chosen blocks trainable."""
@@ -104,10 +111,19 @@ def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_
     tokenizer = load_tokenizer(cfg, model_path)
     view = spec.forget.view
     dataset = UnlearningDataset.from_files(
-        data_path, cfg.split, cfg.task_id, tokenizer, family.tags, views=(view,),
-        with_retain=bool(spec.regularizers), max_length=cfg.max_length, seed=cfg.seed,
+        data_path,
+        cfg.split,
+        cfg.task_id,
+        tokenizer,
+        family.tags,
+        views=(view,),
+        with_retain=bool(spec.regularizers),
+        max_length=cfg.max_length,
+        seed=cfg.seed,
     )
-    args = training_arguments(cfg, out, len(dataset), family.gradient_checkpointing, TrainSettings.for_forget(cfg))  # before the model: ZeRO-3 init
+    args = training_arguments(
+        cfg, out, len(dataset), family.gradient_checkpointing, TrainSettings.for_forget(cfg)
+    )  # before the model: ZeRO-3 init
     model = load_model(cfg, model_path, device=args.device.type)
     if cfg.LoRA.r > 0:
         model = apply_lora(model, cfg.LoRA)
@@ -116,7 +132,11 @@ def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_
     if args.gradient_checkpointing:
         model.config.use_cache = False
     ref_key = fingerprint(model_path, dataset.fingerprint(view), view, cfg.LoRA.r)
-    weights = load_token_weights(cfg, influence_files(cfg), dataset, view) if "token_weights" in spec.needs else None
+    weights = (
+        load_token_weights(cfg, influence_files(cfg), dataset, view)
+        if "token_weights" in spec.needs
+        else None
+    )
     trainer = UnlearningTrainer(
         model=model,
         args=args,
@@ -139,7 +159,9 @@ def build_trainer(cfg: Config, spec: LossSpec, out: Path, model_path: str, data_
     return trainer, tokenizer, dataset
 
 
-def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = True) -> dict[str, Any]:
+def run_forget(
+    cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = True
+) -> dict[str, Any]:
     """Unlearn ``cfg.split`` / ``cfg.task_id`` from the model with ``cfg.forget_loss``."""
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -147,7 +169,9 @@ def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = T
     t0 = time.perf_counter()
     model_path, data_path = resolve_model_path(cfg), resolve_data_path(cfg)
     if cfg.overwrite and out.exists() and dist.is_rank0():
-        for item in out.iterdir():  # notebooks/: the step runner's executed notebooks (this one being written)
+        for item in (
+            out.iterdir()
+        ):  # notebooks/: the step runner's executed notebooks (this one being written)
             if item.name != NOTEBOOKS_DIR:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +197,9 @@ def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = T
     }
     if trainer.is_world_process_zero():
         if "fact" in dataset.forget[0] and not trainer.is_deepspeed_enabled:
-            result["fact_recall"] = quick_fact_recall(cfg, trainer.accelerator.unwrap_model(trainer.model), tokenizer, data_path)
+            result["fact_recall"] = quick_fact_recall(
+                cfg, trainer.accelerator.unwrap_model(trainer.model), tokenizer, data_path
+            )
         atomic_write_json(out / RESULT_FILE, result)
         if progress:
             print(json.dumps(result, indent=2))
@@ -183,5 +209,10 @@ def run_forget(cfg: Config, *, callbacks: Sequence[Any] = (), progress: bool = T
 def quick_fact_recall(cfg: Config, model: Any, tokenizer: Any, data_path: str) -> dict[str, float]:
     """Greedy-answer fact recall on the forget set and the retain-eval set (embedded data)."""
     tags = get_family(cfg.model_family).tags
-    sets = {"forget": load_forget(data_path, cfg.split, cfg.task_id), "retain": load_eval_set(data_path, "retain_perturbed")}
-    return {name: greedy_fact_recall(model, tokenizer, records, tags) for name, records in sets.items()}
+    sets = {
+        "forget": load_forget(data_path, cfg.split, cfg.task_id),
+        "retain": load_eval_set(data_path, "retain_perturbed"),
+    }
+    return {
+        name: greedy_fact_recall(model, tokenizer, records, tags) for name, records in sets.items()
+    }

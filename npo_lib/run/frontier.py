@@ -79,25 +79,47 @@ class Tradeoff:
 
 
 TRADEOFFS: dict[str, Tradeoff] = {
-    "fq_mu": Tradeoff("fq_mu", "model_utility", "forget_quality", True, True, "forget quality at matched model utility"),
-    "recall": Tradeoff("recall", "retain_fact_recall", "forget_fact_recall", False, False,
-                       "forget fact recall at matched retain fact recall"),
+    "fq_mu": Tradeoff(
+        "fq_mu",
+        "model_utility",
+        "forget_quality",
+        True,
+        True,
+        "forget quality at matched model utility",
+    ),
+    "recall": Tradeoff(
+        "recall",
+        "retain_fact_recall",
+        "forget_fact_recall",
+        False,
+        False,
+        "forget fact recall at matched retain fact recall",
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- frontier
 
 
-def pareto_frontier(points: Iterable[tuple[float, float]], tradeoff: Tradeoff) -> list[tuple[float, float]]:
+def pareto_frontier(
+    points: Iterable[tuple[float, float]], tradeoff: Tradeoff
+) -> list[tuple[float, float]]:
     """The non-dominated (utility, forget) points, by utility ascending.
 
     A point is dominated when another keeps at least its utility and forgets at least as well,
     one of them strictly. Along the result the forgetting gets strictly worse as utility grows.
     """
-    pts = sorted({(float(u), float(f)) for u, f in points}, key=lambda p: (-p[0], -tradeoff.goodness(p[1])))
+    pts = sorted(
+        {(float(u), float(f)) for u, f in points}, key=lambda p: (-p[0], -tradeoff.goodness(p[1]))
+    )
     out: list[tuple[float, float]] = []
     best = -math.inf
-    for u, f in pts:  # utility descending: keep a point only if it forgets better than every higher-utility one
+    for (
+        u,
+        f,
+    ) in (
+        pts
+    ):  # utility descending: keep a point only if it forgets better than every higher-utility one
         g = tradeoff.goodness(f)
         if g > best:
             out.append((u, f))
@@ -114,7 +136,13 @@ class Reading:
     level: float
 
 
-def read_at(frontier: Sequence[tuple[float, float]], level: float, tradeoff: Tradeoff, *, crossed: bool = False) -> Reading:
+def read_at(
+    frontier: Sequence[tuple[float, float]],
+    level: float,
+    tradeoff: Tradeoff,
+    *,
+    crossed: bool = False,
+) -> Reading:
     """Forgetting at utility ``level`` on a frontier (utility ascending), never extrapolated.
 
     ``crossed``: some run (not on the frontier) fell below the level. With no frontier point
@@ -154,12 +182,16 @@ def by_method(results: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     return out
 
 
-def seed_readings(results: Sequence[RunResult], level: float, tradeoff: Tradeoff) -> dict[int, Reading]:
+def seed_readings(
+    results: Sequence[RunResult], level: float, tradeoff: Tradeoff
+) -> dict[int, Reading]:
     """Per seed: the frontier of that seed's runs read at ``level``."""
     out = {}
     for s in sorted({r.seed for r in results}):
         pts = points_of([r for r in results if r.seed == s], tradeoff)
-        out[s] = read_at(pareto_frontier(pts, tradeoff), level, tradeoff, crossed=any(u < level for u, _ in pts))
+        out[s] = read_at(
+            pareto_frontier(pts, tradeoff), level, tradeoff, crossed=any(u < level for u, _ in pts)
+        )
     return out
 
 
@@ -178,8 +210,14 @@ class Summary:
     values: tuple[float, ...] = ()
 
 
-def mean_interval(values: Sequence[float], *, log: bool = False, confidence: float = 0.95,
-                  n_resamples: int = 2000, seed: int = 0) -> Summary:
+def mean_interval(
+    values: Sequence[float],
+    *,
+    log: bool = False,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Summary:
     """Mean (geometric when ``log``) and bootstrap interval of the mean over ``values``."""
     vals = [float(v) for v in values]
     if not vals:
@@ -195,8 +233,15 @@ def mean_interval(values: Sequence[float], *, log: bool = False, confidence: flo
         return Summary(mean, mean, mean, len(vals), values=tuple(vals))
     from scipy.stats import bootstrap
 
-    res = bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile",
-                    random_state=np.random.default_rng(seed), vectorized=True)
+    res = bootstrap(
+        (x,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+        vectorized=True,
+    )
     ci = res.confidence_interval
     return Summary(mean, back(float(ci.low)), back(float(ci.high)), len(vals), values=tuple(vals))
 
@@ -213,15 +258,22 @@ def summarise(readings: Mapping[int, Reading], tradeoff: Tradeoff) -> Summary:
     return Summary(s.mean, s.low, s.high, s.n, status, s.values)
 
 
-def at_matched_utility(results: Sequence[RunResult], level: float, tradeoff: Tradeoff) -> dict[str, Summary]:
+def at_matched_utility(
+    results: Sequence[RunResult], level: float, tradeoff: Tradeoff
+) -> dict[str, Summary]:
     """Per method: its forgetting at utility ``level`` (mean over seeds, interval, status)."""
-    return {m: summarise(seed_readings(rs, level, tradeoff), tradeoff) for m, rs in by_method(results).items()}
+    return {
+        m: summarise(seed_readings(rs, level, tradeoff), tradeoff)
+        for m, rs in by_method(results).items()
+    }
 
 
 # ----------------------------------------------------------------------------- settings
 
 
-def setting_means(results: Sequence[RunResult], metric: str) -> dict[tuple[tuple[str, Any], ...], float]:
+def setting_means(
+    results: Sequence[RunResult], metric: str
+) -> dict[tuple[tuple[str, Any], ...], float]:
     """Mean of ``metric`` over the seeds of every setting that has it."""
     groups: dict[tuple[tuple[str, Any], ...], list[float]] = {}
     for r in results:
@@ -231,7 +283,9 @@ def setting_means(results: Sequence[RunResult], metric: str) -> dict[tuple[tuple
     return {k: statistics.fmean(v) for k, v in groups.items()}
 
 
-def matched_setting(results: Sequence[RunResult], level: float, tradeoff: Tradeoff) -> tuple[tuple[str, Any], ...] | None:
+def matched_setting(
+    results: Sequence[RunResult], level: float, tradeoff: Tradeoff
+) -> tuple[tuple[str, Any], ...] | None:
     """The setting a method is judged at: of the settings whose seed-mean utility keeps
     ``level``, the one that forgets best (seed means); None when none keeps it."""
     mu = setting_means(results, tradeoff.utility)
@@ -240,9 +294,17 @@ def matched_setting(results: Sequence[RunResult], level: float, tradeoff: Tradeo
     return max(keep, key=lambda s: (tradeoff.goodness(fg[s]), -mu[s])) if keep else None
 
 
-def metric_at(results: Sequence[RunResult], setting: tuple[tuple[str, Any], ...], metric: str, *, log: bool = False) -> Summary:
+def metric_at(
+    results: Sequence[RunResult],
+    setting: tuple[tuple[str, Any], ...],
+    metric: str,
+    *,
+    log: bool = False,
+) -> Summary:
     """``metric`` over the seeds of one setting: mean and bootstrap interval."""
-    return mean_interval([v for r in results if r.setting == setting and (v := r.get(metric)) is not None], log=log)
+    return mean_interval(
+        [v for r in results if r.setting == setting and (v := r.get(metric)) is not None], log=log
+    )
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -263,9 +325,14 @@ def compare(a: Summary, b: Summary, tradeoff: Tradeoff) -> Comparison:
         if s.mean is None or s.status == NOT_REACHED:
             return Comparison("not comparable", f"the {who} method never keeps the utility level")
         if s.status == NOT_CROSSED:
-            return Comparison("not comparable", f"the {who} method's grid never crossed the utility level (a bound, not a reading)")
+            return Comparison(
+                "not comparable",
+                f"the {who} method's grid never crossed the utility level (a bound, not a reading)",
+            )
         if s.low is None or s.high is None:
-            return Comparison("not comparable", f"the {who} method has fewer than 2 seeds at the level")
+            return Comparison(
+                "not comparable", f"the {who} method has fewer than 2 seeds at the level"
+            )
     ga_lo, ga_hi = sorted((tradeoff.goodness(a.low), tradeoff.goodness(a.high)))
     gb_lo, gb_hi = sorted((tradeoff.goodness(b.low), tradeoff.goodness(b.high)))
     if ga_lo > gb_hi:
@@ -291,7 +358,11 @@ class Axis:
         """The next value up (or down); None past ``limit`` or when rounding leaves it unchanged."""
         nxt = value / self.factor if down else value * self.factor
         nxt = int(round(nxt)) if self.integer else float(f"{nxt:.6g}")
-        if nxt == value or (not down and self.limit is not None and nxt > self.limit) or (self.integer and nxt < 1):
+        if (
+            nxt == value
+            or (not down and self.limit is not None and nxt > self.limit)
+            or (self.integer and nxt < 1)
+        ):
             return None
         return nxt
 
@@ -309,41 +380,72 @@ class Proposal:
     reason: str
 
 
-def _with(setting: tuple[tuple[str, Any], ...], key: str, value: Any) -> tuple[tuple[str, Any], ...]:
+def _with(
+    setting: tuple[tuple[str, Any], ...], key: str, value: Any
+) -> tuple[tuple[str, Any], ...]:
     d = dict(setting)
     d[key] = value
     return tuple(d.items())
 
 
-def _seed_brackets(results: Sequence[RunResult], mu: Mapping[tuple[tuple[str, Any], ...], float], floor: float,
-                   seeds: Sequence[int], utility: str, axes: Sequence[Axis]) -> list[tuple[tuple[tuple[str, Any], ...], int, str]]:
+def _seed_brackets(
+    results: Sequence[RunResult],
+    mu: Mapping[tuple[tuple[str, Any], ...], float],
+    floor: float,
+    seeds: Sequence[int],
+    utility: str,
+    axes: Sequence[Axis],
+) -> list[tuple[tuple[tuple[str, Any], ...], int, str]]:
     """(setting, seed, why) for each seed whose own runs all fall on one side of the floor: the
     setting nearest (by seed-mean utility ``mu``) on the other side that it has not run, so that
     every seed's frontier brackets the floor (seeds differ in utility). Where the seed has run
     every such setting, its own edge setting is stepped one step further along each axis."""
     out = []
     for seed in seeds:
-        mine = {r.setting: r.get(utility) for r in results if r.seed == seed and r.get(utility) is not None}
+        mine = {
+            r.setting: r.get(utility)
+            for r in results
+            if r.seed == seed and r.get(utility) is not None
+        }
         for direction, pick in (("above", max), ("below", min)) if mine else ():
             if any((u >= floor) == (direction == "above") for u in mine.values()):
                 continue
             why = f"seed {seed}: no point of its own {direction} the floor {floor:.3f}"
             edge = pick(mu[s] for s in mine if s in mu)  # this seed's weakest (strongest) setting
-            others = [s for s in mu if s not in mine and (mu[s] > edge if direction == "above" else mu[s] < edge)]
+            others = [
+                s
+                for s in mu
+                if s not in mine and (mu[s] > edge if direction == "above" else mu[s] < edge)
+            ]
             if others:
                 out.append((min(others, key=lambda s: abs(mu[s] - edge)), seed, why))
                 continue
-            last = pick(mine, key=lambda s: mine[s])  # its own weakest (strongest) run: step past it
+            last = pick(
+                mine, key=lambda s: mine[s]
+            )  # its own weakest (strongest) run: step past it
             for ax in axes:
                 value = dict(last).get(ax.key)
                 nxt = None if value is None else ax.step(float(value), down=direction == "above")
                 if nxt is not None:
-                    out.append((_with(last, ax.key, nxt), seed, f"{why}; {ax.key} {'/' if direction == 'above' else 'x'}{ax.factor:g}"))
+                    out.append(
+                        (
+                            _with(last, ax.key, nxt),
+                            seed,
+                            f"{why}; {ax.key} {'/' if direction == 'above' else 'x'}{ax.factor:g}",
+                        )
+                    )
     return out
 
 
-def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis], seeds: Sequence[int], *,
-                 near: float = 0.01, utility: str = "model_utility") -> list[Proposal]:
+def propose_next(
+    results: Sequence[RunResult],
+    floor: float,
+    axes: Sequence[Axis],
+    seeds: Sequence[int],
+    *,
+    near: float = 0.01,
+    utility: str = "model_utility",
+) -> list[Proposal]:
     """The next points of one method's grid (``results`` all of one method).
 
     * Floor not crossed (every setting's seed-mean utility >= ``floor``): step the strongest
@@ -385,8 +487,11 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
                 value = dict(strongest).get(ax.key)
                 nxt = None if value is None else ax.step(float(value))
                 if nxt is not None:
-                    add(_with(strongest, ax.key, nxt), scout,
-                        f"scout: strongest setting keeps utility {above[strongest]:.3f} >= floor {floor:.3f}; {ax.key} x{ax.factor:g}")
+                    add(
+                        _with(strongest, ax.key, nxt),
+                        scout,
+                        f"scout: strongest setting keeps utility {above[strongest]:.3f} >= floor {floor:.3f}; {ax.key} x{ax.factor:g}",
+                    )
             if out:
                 break
         return list(out.values())
@@ -397,12 +502,24 @@ def propose_next(results: Sequence[RunResult], floor: float, axes: Sequence[Axis
             value = dict(b).get(ax.key)
             prev = None if value is None else ax.step(float(value), down=True)
             if prev is not None:
-                add(_with(b, ax.key, prev), scout,
-                    f"scout: weakest setting has utility {mu[b]:.3f} < floor {floor:.3f}; {ax.key} /{ax.factor:g}")
-    for s in dict.fromkeys([b, *([a] if a else []), *(s for s, u in mu.items() if abs(u - floor) <= near)]):
+                add(
+                    _with(b, ax.key, prev),
+                    scout,
+                    f"scout: weakest setting has utility {mu[b]:.3f} < floor {floor:.3f}; {ax.key} /{ax.factor:g}",
+                )
+    for s in dict.fromkeys(
+        [b, *([a] if a else []), *(s for s, u in mu.items() if abs(u - floor) <= near)]
+    ):
         add(s, all_seeds, f"at the floor: utility {mu[s]:.3f} vs {floor:.3f}")
-    if utility == TRADEOFFS["fq_mu"].utility and (m := matched_setting(results, floor, TRADEOFFS["fq_mu"])) is not None:
-        add(m, all_seeds, "the matched setting (best forget quality keeping the floor): the attacks are read there")
+    if (
+        utility == TRADEOFFS["fq_mu"].utility
+        and (m := matched_setting(results, floor, TRADEOFFS["fq_mu"])) is not None
+    ):
+        add(
+            m,
+            all_seeds,
+            "the matched setting (best forget quality keeping the floor): the attacks are read there",
+        )
     for setting, seed, reason in _seed_brackets(results, mu, floor, all_seeds, utility, axes):
         add(setting, (seed,), reason)
     if a is not None and mu[a] - mu[b] > 2 * near:

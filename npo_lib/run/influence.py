@@ -62,7 +62,9 @@ def check_influence_config(cfg: Config) -> Path:
     if scorer.uses_retain_model:
         path, why = resolve_retain_model_path(cfg)
         if path is None:
-            raise ConfigError(f"influence.scorer={scorer.name} needs a retain model (fine-tuned without the forget set): {why}")
+            raise ConfigError(
+                f"influence.scorer={scorer.name} needs a retain model (fine-tuned without the forget set): {why}"
+            )
     return influence_files(cfg)
 
 
@@ -90,7 +92,11 @@ class InfluenceInputs:
         records = self.dataset.forget
         if not all("fact_spans" in r for r in records):
             return None
-        return [m for i, r in enumerate(records) for m in fact_token_mask(r, self.forget[i]["target_offsets"], self.view, self.tags)]
+        return [
+            m
+            for i, r in enumerate(records)
+            for m in fact_token_mask(r, self.forget[i]["target_offsets"], self.view, self.tags)
+        ]
 
 
 def load_inputs(cfg: Config, *, with_retain_sample: bool | None = None) -> InfluenceInputs:
@@ -99,10 +105,20 @@ def load_inputs(cfg: Config, *, with_retain_sample: bool | None = None) -> Influ
     model_path, data_path = resolve_model_path(cfg), resolve_data_path(cfg)
     tokenizer = load_tokenizer(cfg, model_path)
     tags = get_family(cfg.model_family).tags
-    dataset = UnlearningDataset.from_files(data_path, cfg.split, cfg.task_id, tokenizer, tags,
-                                           views=(INFLUENCE_VIEW,), max_length=cfg.max_length, seed=cfg.seed)
+    dataset = UnlearningDataset.from_files(
+        data_path,
+        cfg.split,
+        cfg.task_id,
+        tokenizer,
+        tags,
+        views=(INFLUENCE_VIEW,),
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+    )
     retain: list[dict] = []
-    if with_retain_sample or (with_retain_sample is None and SCORERS[cfg.influence.scorer].needs_retain_sample):
+    if with_retain_sample or (
+        with_retain_sample is None and SCORERS[cfg.influence.scorer].needs_retain_sample
+    ):
         records = load_retain(data_path, cfg.split, cfg.task_id)
         n = min(cfg.influence.retain_samples or len(dataset), len(records))
         sample = random.Random(f"influence-retain:{cfg.seed}").sample(records, n)
@@ -114,7 +130,11 @@ def influence_identity(cfg: Config, inputs: InfluenceInputs) -> dict[str, Any]:
     """What makes two score files the same numbers (compared to reuse a finished folder)."""
     ic = cfg.influence
     scorer = SCORERS[ic.scorer]
-    params = {k: v for k, v in dataclasses.asdict(ic).items() if k not in ("scorer", "preconditioner", "batch_size")}
+    params = {
+        k: v
+        for k, v in dataclasses.asdict(ic).items()
+        if k not in ("scorer", "preconditioner", "batch_size")
+    }
     retain = resolve_retain_model_path(cfg)[0] if scorer.uses_retain_model else None
     return {
         "model": inputs.model_path,
@@ -128,7 +148,11 @@ def influence_identity(cfg: Config, inputs: InfluenceInputs) -> dict[str, Any]:
         "scorer": ic.scorer,
         "quantity": scorer.quantity,
         "preconditioner": ic.preconditioner if scorer.uses_preconditioner else None,
-        "parameters": {**params, "seed": cfg.seed, "LoRA.r": cfg.LoRA.r if ic.modules == "lora" else 0},
+        "parameters": {
+            **params,
+            "seed": cfg.seed,
+            "LoRA.r": cfg.LoRA.r if ic.modules == "lora" else 0,
+        },
         "retain_model": retain,
         "retain_model_fingerprint": model_fingerprint(retain) if retain else None,
     }
@@ -166,7 +190,9 @@ def load_scoring_model(cfg: Config, path: str):
     from npo_lib.models.attention import precise_norms, register_precise_attention
 
     dtype = getattr(torch, cfg.influence.dtype)
-    model = load_model(cfg, path, device=default_device(), attn_implementation=register_precise_attention()).to(dtype)
+    model = load_model(
+        cfg, path, device=default_device(), attn_implementation=register_precise_attention()
+    ).to(dtype)
     precise_norms(model)
     if cfg.influence.modules == "lora":
         torch.manual_seed(cfg.seed)  # lora_A's random init enters the scores: keep it seeded
@@ -174,7 +200,13 @@ def load_scoring_model(cfg: Config, path: str):
     return model.eval()
 
 
-def score_context(cfg: Config, model: Any, inputs: InfluenceInputs, progress: bool, retain_cache: dict | None = None) -> ScoreContext:
+def score_context(
+    cfg: Config,
+    model: Any,
+    inputs: InfluenceInputs,
+    progress: bool,
+    retain_cache: dict | None = None,
+) -> ScoreContext:
     """What the scorer reads; the retain model (contrast) loads on first use, kept in ``retain_cache``."""
     cache = {} if retain_cache is None else retain_cache
 
@@ -182,12 +214,23 @@ def score_context(cfg: Config, model: Any, inputs: InfluenceInputs, progress: bo
         if "model" not in cache:
             path, why = resolve_retain_model_path(cfg)
             if path is None:
-                raise ConfigError(f"influence.scorer={cfg.influence.scorer} needs a retain model: {why}")
-            cache["model"] = load_scoring_model(dataclasses.replace(cfg, LoRA=dataclasses.replace(cfg.LoRA, r=0)), path)
+                raise ConfigError(
+                    f"influence.scorer={cfg.influence.scorer} needs a retain model: {why}"
+                )
+            cache["model"] = load_scoring_model(
+                dataclasses.replace(cfg, LoRA=dataclasses.replace(cfg.LoRA, r=0)), path
+            )
         return cache["model"]
 
-    return ScoreContext(model, inputs.forget, inputs.retain, cfg.influence, inputs.tokenizer.pad_token_id,
-                        retain_model, progress)
+    return ScoreContext(
+        model,
+        inputs.forget,
+        inputs.retain,
+        cfg.influence,
+        inputs.tokenizer.pad_token_id,
+        retain_model,
+        progress,
+    )
 
 
 def run_influence(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -226,7 +269,12 @@ def run_influence(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         "info": ctx.info,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_influence_files(folder, [r.tolist() for r in rows], token_manifest(inputs.dataset, inputs.view, inputs.tokenizer, inputs.tags), meta)
+    write_influence_files(
+        folder,
+        [r.tolist() for r in rows],
+        token_manifest(inputs.dataset, inputs.view, inputs.tokenizer, inputs.tags),
+        meta,
+    )
     summary = {"folder": str(folder), "reused": False, **{k: meta[k] for k in keys}}
     if progress:
         print(json.dumps(summary, indent=2))
@@ -246,7 +294,9 @@ def default_combos() -> list[tuple[str, str | None]]:
     return combos
 
 
-def auroc_table(cfg: Config, combos: Sequence[tuple[str, str | None]] | None = None, *, progress: bool = True) -> list[dict[str, Any]]:
+def auroc_table(
+    cfg: Config, combos: Sequence[tuple[str, str | None]] | None = None, *, progress: bool = True
+) -> list[dict[str, Any]]:
     """AUROC of each (scorer, preconditioner)'s scores against the fact-token mask, one model load.
 
     Rows: ``scorer``, ``preconditioner``, ``auroc``, ``seconds``, ``note`` (why a row was skipped).
@@ -258,15 +308,24 @@ def auroc_table(cfg: Config, combos: Sequence[tuple[str, str | None]] | None = N
     inputs = load_inputs(cfg, with_retain_sample=True)
     mask = inputs.fact_mask()
     if mask is None:
-        raise ConfigError(f"the forget records of {inputs.data_path} have no fact_spans: the AUROC needs the embedded benchmark")
+        raise ConfigError(
+            f"the forget records of {inputs.data_path} have no fact_spans: the AUROC needs the embedded benchmark"
+        )
     model = load_scoring_model(cfg, inputs.model_path)
     retain_cache: dict = {}
     rows = []
     for scorer, pre in combos or default_combos():
-        ic = dataclasses.replace(cfg.influence, scorer=scorer, preconditioner=pre or cfg.influence.preconditioner)
+        ic = dataclasses.replace(
+            cfg.influence, scorer=scorer, preconditioner=pre or cfg.influence.preconditioner
+        )
         c = dataclasses.replace(cfg, influence=ic)
-        row: dict[str, Any] = {"scorer": scorer, "preconditioner": pre if SCORERS[scorer].uses_preconditioner else None,
-                               "auroc": None, "seconds": None, "note": ""}
+        row: dict[str, Any] = {
+            "scorer": scorer,
+            "preconditioner": pre if SCORERS[scorer].uses_preconditioner else None,
+            "auroc": None,
+            "seconds": None,
+            "note": "",
+        }
         try:
             check_influence_config(c)
         except ConfigError as e:
@@ -279,7 +338,10 @@ def auroc_table(cfg: Config, combos: Sequence[tuple[str, str | None]] | None = N
         row["auroc"] = auroc(torch.cat(scores), mask)
         rows.append(row)
         if progress:
-            print(f"  {scorer} {row['preconditioner'] or '-'}: AUROC {row['auroc']:.3f} ({row['seconds']} s)", file=sys.stderr)
+            print(
+                f"  {scorer} {row['preconditioner'] or '-'}: AUROC {row['auroc']:.3f} ({row['seconds']} s)",
+                file=sys.stderr,
+            )
     return rows
 
 
@@ -288,5 +350,7 @@ def format_auroc_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| scorer | preconditioner | AUROC (fact tokens) | seconds |", "|---|---|---|---|"]
     for r in rows:
         value = f"{r['auroc']:.3f}" if r["auroc"] is not None else f"skipped: {r['note']}"
-        lines.append(f"| {r['scorer']} | {r['preconditioner'] or '-'} | {value} | {r['seconds'] if r['seconds'] is not None else '-'} |")
+        lines.append(
+            f"| {r['scorer']} | {r['preconditioner'] or '-'} | {value} | {r['seconds'] if r['seconds'] is not None else '-'} |"
+        )
     return "\n".join(lines)

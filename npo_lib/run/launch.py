@@ -33,11 +33,28 @@ def launcher_command(nproc: int, script: Path, port: int) -> list[str]:
     bindir = Path(sys.executable).parent
     ds = shutil.which("deepspeed", path=str(bindir)) or shutil.which("deepspeed")
     if ds:
-        return [ds, "--num_gpus", str(nproc), "--master_port", str(port), "--no_python", "--no_local_rank", str(script)]
+        return [
+            ds,
+            "--num_gpus",
+            str(nproc),
+            "--master_port",
+            str(port),
+            "--no_python",
+            "--no_local_rank",
+            str(script),
+        ]
     torchrun = shutil.which("torchrun", path=str(bindir)) or shutil.which("torchrun")
     if not torchrun:
         raise ConfigError("npo launch needs DeepSpeed's `deepspeed` or torch's `torchrun` on PATH")
-    return [torchrun, "--nproc_per_node", str(nproc), "--master_port", str(port), "--no-python", str(script)]
+    return [
+        torchrun,
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(port),
+        "--no-python",
+        str(script),
+    ]
 
 
 def launch(
@@ -59,11 +76,16 @@ def launch(
     """
     nb = notebook_path(notebook)
     params = dict(parameters or {})
-    cfg = load_config(files=list(params_files), overrides={k: v for k, v in params.items() if k != "config_files"})  # fails early
+    cfg = load_config(
+        files=list(params_files), overrides={k: v for k, v in params.items() if k != "config_files"}
+    )  # fails early
     out = Path(output) if output else run_dir(cfg) / "notebooks" / nb.name
     ranks = out.parent / "ranks"
     ranks.mkdir(parents=True, exist_ok=True)
-    merged: dict[str, Any] = {"config_files": [str(Path(p).resolve()) for p in params_files], **params}
+    merged: dict[str, Any] = {
+        "config_files": [str(Path(p).resolve()) for p in params_files],
+        **params,
+    }
     params_file = out.with_name(out.stem + PARAMS_SUFFIX)
     params_file.write_text(yaml.safe_dump(merged, sort_keys=False))
     papermill = papermill_command(nb, "OUT", params_file, progress_bar=False)
@@ -79,10 +101,18 @@ def launch(
     script.chmod(0o755)
     t0 = time.perf_counter()
     try:
-        rc = subprocess.run(launcher_command(nproc, script, port), env={**kernel_env(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).returncode
+        rc = subprocess.run(
+            launcher_command(nproc, script, port),
+            env={**kernel_env(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+        ).returncode
     finally:
         script.unlink(missing_ok=True)
-    result: dict[str, Any] = {"returncode": rc, "output": str(out), "ranks": str(ranks), "seconds": time.perf_counter() - t0}
+    result: dict[str, Any] = {
+        "returncode": rc,
+        "output": str(out),
+        "ranks": str(ranks),
+        "seconds": time.perf_counter() - t0,
+    }
     if rc != 0:
         errors = {}
         for r in range(nproc):
@@ -91,5 +121,10 @@ def launch(
             if "PapermillExecutionError" in text or "Error" in text:
                 errors[r] = error_summary(text)
         first = min(errors) if errors else None
-        result.update(failed_rank=first, error=errors.get(first, f"launcher exited with {rc}; logs in {ranks}") if first is not None else f"launcher exited with {rc}; logs in {ranks}")
+        result.update(
+            failed_rank=first,
+            error=errors.get(first, f"launcher exited with {rc}; logs in {ranks}")
+            if first is not None
+            else f"launcher exited with {rc}; logs in {ranks}",
+        )
     return result

@@ -35,7 +35,11 @@ def injected_parameters(ns: Mapping[str, Any], declared: Iterable[str] = ()) -> 
     for name, value in ns.items():
         if name.startswith("_") or name in skip:
             continue
-        if isinstance(value, types.ModuleType) or inspect.isroutine(value) or inspect.isclass(value):
+        if (
+            isinstance(value, types.ModuleType)
+            or inspect.isroutine(value)
+            or inspect.isclass(value)
+        ):
             continue
         out[name] = value
     return out
@@ -61,10 +65,14 @@ def config_from_namespace(
         check_config(cfg)
         return cfg
     except ConfigError as e:
-        raise ConfigError(f"notebook parameters: {e} (the notebook's own parameters: {', '.join(declared) or 'none'})") from e
+        raise ConfigError(
+            f"notebook parameters: {e} (the notebook's own parameters: {', '.join(declared) or 'none'})"
+        ) from e
 
 
-def _one_line(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> list[str]:
+def _one_line(
+    shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None
+) -> list[str]:
     shell.showtraceback((etype, value, tb), exception_only=True)  # "ConfigError: <message>"
     return []
 

@@ -35,15 +35,16 @@ class PipelineSpec:
     name: str = "demo"
     params: list[str] = field(default_factory=list)  # config params files for every step
     config: dict[str, Any] = field(default_factory=dict)  # config keys for every step
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> config keys of its forget run
-    visualize: str | None = None  # method whose unlearned model the heatmaps compare; default: first INFLUENCE one
+    methods: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # method -> config keys of its forget run
+    visualize: str | None = (
+        None  # method whose unlearned model the heatmaps compare; default: first INFLUENCE one
+    )
     runs_dir: str = "runs"
     # config keys of the two fine-tuning runs (`npo finetune`, e.g. {finetune: {lr: 1e-5}}); set, the
     # pipeline first fine-tunes target and retain from model_path (a hub base) and unlearns those
     finetune: dict[str, Any] | None = None
-
-
-
 
 
 def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str, Path]]:
@@ -52,12 +53,27 @@ def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str
     over = dict(spec.finetune or {})
     cfg = spec_config(spec, over)
     if cfg.LoRA.r > 0 and not cfg.save_merged:
-        raise ConfigError(f"pipeline '{spec.name}': finetune with LoRA needs save_merged: true (unlearning reads a merged model)")
+        raise ConfigError(
+            f"pipeline '{spec.name}': finetune with LoRA needs save_merged: true (unlearning reads a merged model)"
+        )
     steps, models = [], {}
     for role in ("target", "retain"):
         run = root / f"finetune-{role}"
-        params = {**over, "finetune": {**dict(spec.config.get("finetune") or {}), **dict(over.get("finetune") or {}), "model": role}, "save_dir": str(run)}
-        step = Step(f"finetune {role}", notebook_path("finetune"), step_params(spec, params), root / "notebooks" / f"00-finetune-{role}.ipynb")
+        params = {
+            **over,
+            "finetune": {
+                **dict(spec.config.get("finetune") or {}),
+                **dict(over.get("finetune") or {}),
+                "model": role,
+            },
+            "save_dir": str(run),
+        }
+        step = Step(
+            f"finetune {role}",
+            notebook_path("finetune"),
+            step_params(spec, params),
+            root / "notebooks" / f"00-finetune-{role}.ipynb",
+        )
         step.runtime.update(forget_mode(step))
         steps.append(step)
         models[role] = run / "model"
@@ -67,23 +83,33 @@ def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str
 def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
     """The steps of the main pipeline and the folders the report compares (name -> folder)."""
     if not spec.methods:
-        raise ConfigError(f"pipeline '{spec.name}': no methods to compare (methods: {{name: {{forget_loss: ...}}}})")
+        raise ConfigError(
+            f"pipeline '{spec.name}': no methods to compare (methods: {{name: {{forget_loss: ...}}}})"
+        )
     root = Path(spec.runs_dir) / spec.name
     nbdir = root / "notebooks"
     infl = root / "influence"
     base = spec_config(spec)
     embedded = base.model_family == "tiny" and not base.model_path
-    cfgs = {m: spec_config(spec, {**o, "influence_dir": str(infl)}) for m, o in spec.methods.items()}
-    needs_influence = [m for m, c in cfgs.items() if "token_weights" in parse_loss(c.forget_loss).needs]
+    cfgs = {
+        m: spec_config(spec, {**o, "influence_dir": str(infl)}) for m, o in spec.methods.items()
+    }
+    needs_influence = [
+        m for m, c in cfgs.items() if "token_weights" in parse_loss(c.forget_loss).needs
+    ]
     vis = spec.visualize or (needs_influence[0] if needs_influence else None)
     if vis is not None and vis not in spec.methods:
-        raise ConfigError(f"pipeline '{spec.name}': visualize={vis} is not one of the methods ({', '.join(spec.methods)})")
+        raise ConfigError(
+            f"pipeline '{spec.name}': visualize={vis} is not one of the methods ({', '.join(spec.methods)})"
+        )
 
     steps: list[Step] = []
     up: list[Step] = []
     models: dict[str, Path] = {}  # role -> model folder the evaluations of target and retain read
     if embedded:
-        prep = Step("prepare", notebook_path("prepare"), step_params(spec, {}), nbdir / "01-prepare.ipynb")
+        prep = Step(
+            "prepare", notebook_path("prepare"), step_params(spec, {}), nbdir / "01-prepare.ipynb"
+        )
         steps.append(prep)
         up = [prep]
         paths = embedded_paths(base)
@@ -91,40 +117,85 @@ def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
     elif spec.finetune is not None:
         up, models = finetune_steps(spec, root)
         steps += up
-        spec = dataclasses.replace(spec, config={**spec.config, "model_path": str(models["target"]),
-                                                  "retain_model_path": str(models["retain"])})
+        spec = dataclasses.replace(
+            spec,
+            config={
+                **spec.config,
+                "model_path": str(models["target"]),
+                "retain_model_path": str(models["retain"]),
+            },
+        )
     influence = None
     if needs_influence:
-        influence = Step("influence", notebook_path("influence"), step_params(spec, {"influence_dir": str(infl)}),
-                         nbdir / "02-influence.ipynb", deps=list(up))
+        influence = Step(
+            "influence",
+            notebook_path("influence"),
+            step_params(spec, {"influence_dir": str(infl)}),
+            nbdir / "02-influence.ipynb",
+            deps=list(up),
+        )
         steps.append(influence)
     folders: dict[str, Path] = {}
     evals: list[Step] = []
     for role, model_dir in models.items():
         folders[role] = root / role
-        evals.append(Step(f"evaluate {role}", notebook_path("evaluation"),
-                          step_params(spec, {"eval_model_path": str(model_dir), "eval_out_dir": str(root / role)}),
-                          nbdir / f"04-evaluation-{role}.ipynb", deps=list(up)))
+        evals.append(
+            Step(
+                f"evaluate {role}",
+                notebook_path("evaluation"),
+                step_params(
+                    spec, {"eval_model_path": str(model_dir), "eval_out_dir": str(root / role)}
+                ),
+                nbdir / f"04-evaluation-{role}.ipynb",
+                deps=list(up),
+            )
+        )
     forgets: dict[str, Step] = {}
     for m, over in spec.methods.items():
         run = root / m
         folders[m] = run
         deps = list(up) + ([influence] if m in needs_influence and influence else [])
-        forgets[m] = Step(f"forget {m}", notebook_path("forget"),
-                          step_params(spec, {**over, "influence_dir": str(infl), "save_dir": str(run)}),
-                          nbdir / f"03-forget-{m}.ipynb", deps=deps)
-        evals.append(Step(f"evaluate {m}", notebook_path("evaluation"),
-                          step_params(spec, {**over, "eval_model_path": str(run / "model"), "eval_out_dir": str(run)}),
-                          nbdir / f"04-evaluation-{m}.ipynb", deps=[forgets[m]]))
+        forgets[m] = Step(
+            f"forget {m}",
+            notebook_path("forget"),
+            step_params(spec, {**over, "influence_dir": str(infl), "save_dir": str(run)}),
+            nbdir / f"03-forget-{m}.ipynb",
+            deps=deps,
+        )
+        evals.append(
+            Step(
+                f"evaluate {m}",
+                notebook_path("evaluation"),
+                step_params(
+                    spec, {**over, "eval_model_path": str(run / "model"), "eval_out_dir": str(run)}
+                ),
+                nbdir / f"04-evaluation-{m}.ipynb",
+                deps=[forgets[m]],
+            )
+        )
     steps += list(forgets.values()) + evals
     if vis is not None and influence is not None:
-        steps.append(Step("token visualisation", notebook_path("token_visualization"),
-                          step_params(spec, {**spec.methods[vis], "influence_dir": str(infl),
-                                              "unlearned_model_path": str(root / vis / "model"),
-                                              "heatmap_file": str(root / "heatmaps.html"),
-                                              "compare_runs": [str(f) for f in folders.values()]}),
-                          nbdir / "05-token_visualization.ipynb", deps=[influence, forgets[vis], *evals]))
-    for s in forgets.values():  # a re-run replaces the stale finished run; an interrupted one resumes
+        steps.append(
+            Step(
+                "token visualisation",
+                notebook_path("token_visualization"),
+                step_params(
+                    spec,
+                    {
+                        **spec.methods[vis],
+                        "influence_dir": str(infl),
+                        "unlearned_model_path": str(root / vis / "model"),
+                        "heatmap_file": str(root / "heatmaps.html"),
+                        "compare_runs": [str(f) for f in folders.values()],
+                    },
+                ),
+                nbdir / "05-token_visualization.ipynb",
+                deps=[influence, forgets[vis], *evals],
+            )
+        )
+    for (
+        s
+    ) in forgets.values():  # a re-run replaces the stale finished run; an interrupted one resumes
         s.runtime.update(forget_mode(s))
     return steps, folders
 
@@ -136,7 +207,11 @@ def run_pipeline(spec_file: str | os.PathLike, *, stream: bool = True) -> dict[s
     steps, folders = pipeline_steps(spec)
     root = Path(spec.runs_dir) / spec.name
     results = run_steps(steps, stream=stream)
-    summary: dict[str, Any] = {"name": spec.name, "steps": [asdict(r) for r in results], "ok": all(r.status != "failed" for r in results)}
+    summary: dict[str, Any] = {
+        "name": spec.name,
+        "steps": [asdict(r) for r in results],
+        "ok": all(r.status != "failed" for r in results),
+    }
     if summary["ok"]:
         table, csv_path = report([folders[k] for k in folders], root / "report.csv")
         atomic_write_text(root / "report.md", table + "\n")
@@ -144,8 +219,14 @@ def run_pipeline(spec_file: str | os.PathLike, *, stream: bool = True) -> dict[s
         heatmaps = root / "heatmaps.html"
         if heatmaps.is_file():
             summary["heatmaps"] = str(heatmaps.resolve())
-        dashboard = write_dashboard_html([folders[k] for k in folders], root / "dashboard.html", title=f"{spec.name}: run dashboard")
-        summary["dashboard"] = str(dashboard.resolve())  # the report, FQ-MU plot, loss curves, heatmaps; one file
+        dashboard = write_dashboard_html(
+            [folders[k] for k in folders],
+            root / "dashboard.html",
+            title=f"{spec.name}: run dashboard",
+        )
+        summary["dashboard"] = str(
+            dashboard.resolve()
+        )  # the report, FQ-MU plot, loss curves, heatmaps; one file
     summary["seconds"] = time.perf_counter() - t0
     atomic_write_json(root / "pipeline.json", summary)
     return summary

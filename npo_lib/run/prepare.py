@@ -41,9 +41,16 @@ from npo_lib.run.finetune import finished, run_finetune
 from npo_lib.utils.io import atomic_dir, atomic_write_json, read_json
 from npo_lib.utils.machine import machine_info
 
-EXTRA_SETS = ("real_authors_perturbed", "world_facts_perturbed")  # a random-init model must learn them too
-CHECK_MAX_NEW_TOKENS = 96  # greedy tokens per check: the generated traces are short (others: max_length)
-TINY_LOGGING_STEPS = 10  # a log line every 10 steps (every step costs ~15 % of a tiny model's training time)
+EXTRA_SETS = (
+    "real_authors_perturbed",
+    "world_facts_perturbed",
+)  # a random-init model must learn them too
+CHECK_MAX_NEW_TOKENS = (
+    96  # greedy tokens per check: the generated traces are short (others: max_length)
+)
+TINY_LOGGING_STEPS = (
+    10  # a log line every 10 steps (every step costs ~15 % of a tiny model's training time)
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,9 @@ class MemorisationBars:
     target_retain_recall: float = 0.95  # ... and >= 38 of 40 retain-set facts
     retain_forget_recall: float = 0.10  # the retain model states <= 4 of 40 forget facts
     retain_retain_recall: float = 0.95  # ... yet >= 38 of 40 retain-set facts
-    target_forget_quality: float = 0.01  # KS p-value of the target's forget truth ratios vs the retain model's
+    target_forget_quality: float = (
+        0.01  # KS p-value of the target's forget truth ratios vs the retain model's
+    )
 
 
 BARS = MemorisationBars()
@@ -74,9 +83,15 @@ class PrepareSummary:
     n_train_retain: int
     n_forget: int
     n_retain_eval: int
-    recall: dict[str, dict[str, float]]  # model -> set -> memorisation (fact recall, or ROUGE-L recall)
-    measure: str = "fact_recall"  # what recall holds: fact_recall, or rouge_l_recall on data without facts
-    forget_quality: dict[str, float | None] = field(default_factory=dict)  # model -> KS p-value vs the retain model
+    recall: dict[
+        str, dict[str, float]
+    ]  # model -> set -> memorisation (fact recall, or ROUGE-L recall)
+    measure: str = (
+        "fact_recall"  # what recall holds: fact_recall, or rouge_l_recall on data without facts
+    )
+    forget_quality: dict[str, float | None] = field(
+        default_factory=dict
+    )  # model -> KS p-value vs the retain model
     epochs: dict[str, int | None] = field(default_factory=dict)  # model -> epochs trained
     max_epochs: int = 0  # the epoch budget (tiny.max_epochs)
     enforced: bool = True  # the bars are enforced (the generated benchmark), else reported
@@ -93,17 +108,39 @@ class PrepareSummary:
         return [
             (f"target forget {what}", r["target"]["forget"], ">=", b.target_forget_recall, budget),
             (f"target retain {what}", r["target"]["retain"], ">=", b.target_retain_recall, budget),
-            (f"retain-model forget {what}", r["retain"]["forget"], "<=", b.retain_forget_recall,
-             "the retain model states facts it never saw: check the benchmark's forget / retain split"),
-            (f"retain-model retain {what}", r["retain"]["retain"], ">=", b.retain_retain_recall, budget),
-            ("target forget quality", float("nan") if target_fq is None else target_fq, "<", b.target_forget_quality,
-             "raise finetune.patience (keep training after the recall bars hold) or tiny.zerothink_fraction"),
+            (
+                f"retain-model forget {what}",
+                r["retain"]["forget"],
+                "<=",
+                b.retain_forget_recall,
+                "the retain model states facts it never saw: check the benchmark's forget / retain split",
+            ),
+            (
+                f"retain-model retain {what}",
+                r["retain"]["retain"],
+                ">=",
+                b.retain_retain_recall,
+                budget,
+            ),
+            (
+                "target forget quality",
+                float("nan") if target_fq is None else target_fq,
+                "<",
+                b.target_forget_quality,
+                "raise finetune.patience (keep training after the recall bars hold) or tiny.zerothink_fraction",
+            ),
         ]
 
     @property
     def passed(self) -> dict[str, bool]:
-        ops = {">=": lambda v, lim: v >= lim, "<=": lambda v, lim: v <= lim, "<": lambda v, lim: v < lim}
-        return {f"{name} {op} {_fmt(name, lim)}": ops[op](v, lim) for name, v, op, lim, _ in self.bars()}
+        ops = {
+            ">=": lambda v, lim: v >= lim,
+            "<=": lambda v, lim: v <= lim,
+            "<": lambda v, lim: v < lim,
+        }
+        return {
+            f"{name} {op} {_fmt(name, lim)}": ops[op](v, lim) for name, v, op, lim, _ in self.bars()
+        }
 
     def failures(self) -> list[str]:
         """One line per missed bar: the bar, the measured value and the setting to change."""
@@ -130,7 +167,11 @@ class PrepareSummary:
                 for m in ("target", "retain")
             ),
         ]
-        mark = ("ok", "FAIL") if self.enforced else ("ok", "below (reported, not enforced on your data)")
+        mark = (
+            ("ok", "FAIL")
+            if self.enforced
+            else ("ok", "below (reported, not enforced on your data)")
+        )
         lines += [f"[{mark[0] if ok else mark[1]}] {name}" for name, ok in self.passed.items()]
         if self.machine:
             lines.append("machine: " + ", ".join(f"{k} {v}" for k, v in self.machine.items()))
@@ -176,10 +217,16 @@ def ensure_base(cfg: Config, paths: EmbeddedPaths, tokenizer: Any) -> None:
         return
     t = cfg.tiny
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-        num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-        num_key_value_heads=t.num_key_value_heads, max_position_embeddings=t.max_position_embeddings,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        max_position_embeddings=t.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(t.seed)
@@ -197,16 +244,35 @@ def tiny_finetune_config(cfg: Config, paths: EmbeddedPaths, role: str, data_path
     extras = [name for name in EXTRA_SETS if _has_set(data_path, name)]
     retain_bar = BARS.target_retain_recall if role == "target" else BARS.retain_retain_recall
     ft = dataclasses.replace(
-        cfg.finetune, model=role, lr=t.lr, num_epochs=t.max_epochs, batch_size=t.batch_size,
-        effective_batch_size=t.batch_size, warmup_epochs=0.05 * t.max_epochs, weight_decay=0.0,
-        zerothink_fraction=t.zerothink_fraction, extra_sets=extras, stop_loss=None,
-        stop_forget_recall=BARS.target_forget_recall, stop_retain_recall=retain_bar,
+        cfg.finetune,
+        model=role,
+        lr=t.lr,
+        num_epochs=t.max_epochs,
+        batch_size=t.batch_size,
+        effective_batch_size=t.batch_size,
+        warmup_epochs=0.05 * t.max_epochs,
+        weight_decay=0.0,
+        zerothink_fraction=t.zerothink_fraction,
+        extra_sets=extras,
+        stop_loss=None,
+        stop_forget_recall=BARS.target_forget_recall,
+        stop_retain_recall=retain_bar,
     )
     run = paths.target_run if role == "target" else paths.retain_run
     return dataclasses.replace(
-        cfg, model_path=str(paths.base), data_path=data_path, save_dir=str(run), resume=True, overwrite=False,
-        seed=t.seed, finetune=ft, LoRA=dataclasses.replace(cfg.LoRA, r=0), ds_config=None, save_steps=0,
-        report_to="none", logging_steps=TINY_LOGGING_STEPS,
+        cfg,
+        model_path=str(paths.base),
+        data_path=data_path,
+        save_dir=str(run),
+        resume=True,
+        overwrite=False,
+        seed=t.seed,
+        finetune=ft,
+        LoRA=dataclasses.replace(cfg.LoRA, r=0),
+        ds_config=None,
+        save_steps=0,
+        report_to="none",
+        logging_steps=TINY_LOGGING_STEPS,
     )
 
 
@@ -218,7 +284,9 @@ def _has_set(data_path: str, name: str) -> bool:
     return True
 
 
-def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, role: str, data_path: str, *, progress: bool = True) -> dict:
+def ensure_finetuned(
+    cfg: Config, paths: EmbeddedPaths, role: str, data_path: str, *, progress: bool = True
+) -> dict:
     """The finished fine-tuning run of ``role`` (trained now unless the cache has it); its
     checkpoints are dropped once the model is saved (the cache keeps the model)."""
     run = paths.target_run if role == "target" else paths.retain_run
@@ -227,9 +295,16 @@ def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, role: str, data_path: st
         done["reused"] = True
         return done
     # a user's traces may be long (R-TOFU's run to hundreds of tokens): decode up to max_length
-    new_tokens = CHECK_MAX_NEW_TOKENS if cfg.data_path is None else min(cfg.max_length, cfg.tiny.max_position_embeddings)
-    result = run_finetune(tiny_finetune_config(cfg, paths, role, data_path), progress=progress,
-                          check_max_new_tokens=new_tokens)
+    new_tokens = (
+        CHECK_MAX_NEW_TOKENS
+        if cfg.data_path is None
+        else min(cfg.max_length, cfg.tiny.max_position_embeddings)
+    )
+    result = run_finetune(
+        tiny_finetune_config(cfg, paths, role, data_path),
+        progress=progress,
+        check_max_new_tokens=new_tokens,
+    )
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
     return result
 
@@ -237,7 +312,9 @@ def ensure_finetuned(cfg: Config, paths: EmbeddedPaths, role: str, data_path: st
 def truth_ratios(cfg: Config, model_dir: Path, perturbed: list[dict]) -> dict:
     """The saved model's per-item forget truth ratios (TOFU's scoring: after an empty think block)."""
     model = load_model(cfg, str(model_dir)).eval()
-    return forget_truth_ratio(model, load_tokenizer(cfg, str(model_dir)), get_family(cfg.model_family).tags, perturbed)
+    return forget_truth_ratio(
+        model, load_tokenizer(cfg, str(model_dir)), get_family(cfg.model_family).tags, perturbed
+    )
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -247,8 +324,10 @@ def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
     """Make (or reuse) every embedded artefact for ``cfg`` and measure every bar."""
     check_config(cfg)
     if get_family(cfg.model_family).hub_id is not None or cfg.model_path:
-        raise ConfigError("npo prepare makes the tiny models: use model_family=tiny without model_path "
-                          "(data_path=DIR makes them on your own data; `npo finetune` fine-tunes a hub model)")
+        raise ConfigError(
+            "npo prepare makes the tiny models: use model_family=tiny without model_path "
+            "(data_path=DIR makes them on your own data; `npo finetune` fine-tunes a hub model)"
+        )
     t0 = time.perf_counter()
     paths = embedded_paths(cfg)
     generated = cfg.data_path is None
@@ -280,13 +359,21 @@ def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
     measure = next(iter(report["target"]["forget"])) if report["target"] else "fact_recall"
     counts = results["target"]["check_sets"]
     summary = PrepareSummary(
-        paths={"data": str(paths.benchmark), "tokenizer": str(paths.tokenizer), "base": str(paths.base),
-               "target": str(paths.target), "retain": str(paths.retain)},
+        paths={
+            "data": str(paths.benchmark),
+            "tokenizer": str(paths.tokenizer),
+            "base": str(paths.base),
+            "target": str(paths.target),
+            "retain": str(paths.retain),
+        },
         n_train_target=results["target"]["n_records"],
         n_train_retain=results["retain"]["n_records"],
         n_forget=counts["forget"],
         n_retain_eval=counts["retain"],
-        recall={role: {name: next(iter(v.values())) for name, v in report[role].items()} for role in report},
+        recall={
+            role: {name: next(iter(v.values())) for name, v in report[role].items()}
+            for role in report
+        },
         measure=measure,
         forget_quality=fq,
         epochs={role: results[role].get("epochs") for role in results},

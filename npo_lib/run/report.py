@@ -61,7 +61,9 @@ def fq_mu_points(run_dirs: Sequence[str | Path]) -> list[FqMuPoint]:
     points = []
     for run in ordered([load_run(d) for d in run_dirs]):
         agg = run.metrics["aggregates"]
-        points.append(FqMuPoint(run.name, agg.get("forget_quality"), agg.get("model_utility"), role=run.role))
+        points.append(
+            FqMuPoint(run.name, agg.get("forget_quality"), agg.get("model_utility"), role=run.role)
+        )
     return points
 
 
@@ -99,9 +101,7 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         w = csv.writer(fh)
         w.writerow(["run", *(m.key for m in COLUMNS)])
         for row in table:
-            w.writerow(
-                [row["name"], *("" if row[m.key] is None else row[m.key] for m in COLUMNS)]
-            )
+            w.writerow([row["name"], *("" if row[m.key] is None else row[m.key] for m in COLUMNS)])
     return p
 
 
@@ -122,7 +122,11 @@ def _attack_value(result: Mapping[str, Any] | None, path: tuple[str, ...]) -> fl
     for key in path:
         if not isinstance(v, Mapping):
             return None
-        v = (v.get("fact_recall") if v.get("fact_recall") is not None else v.get("rouge")) if key == "recall" else v.get(key)
+        v = (
+            (v.get("fact_recall") if v.get("fact_recall") is not None else v.get("rouge"))
+            if key == "recall"
+            else v.get(key)
+        )
     return v if isinstance(v, (int, float)) else None
 
 
@@ -131,8 +135,15 @@ def robustness_table(runs: Sequence[Run]) -> str | None:
     runs = [r for r in ordered(runs) if r.metrics.get("robustness")]
     if not runs:
         return None
-    cols = [c for c, (a, _, _) in ROBUSTNESS_COLUMNS.items() if any(a in r.metrics["robustness"] for r in runs)]
-    lines = ["| run | " + " | ".join(cols) + " |", "|" + "|".join(["---", *["---:"] * len(cols)]) + "|"]
+    cols = [
+        c
+        for c, (a, _, _) in ROBUSTNESS_COLUMNS.items()
+        if any(a in r.metrics["robustness"] for r in runs)
+    ]
+    lines = [
+        "| run | " + " | ".join(cols) + " |",
+        "|" + "|".join(["---", *["---:"] * len(cols)]) + "|",
+    ]
     for r in runs:
         cells = []
         for c in cols:
@@ -146,8 +157,12 @@ def robustness_table(runs: Sequence[Run]) -> str | None:
 def machines(runs: Sequence[Run]) -> str:
     """Where the numbers came from: the distinct kernel paths / torch versions of the runs'
     evaluations (other CPUs round differently, so a figure names its machine)."""
-    seen = list(dict.fromkeys(machine_line(r.metrics["machine"]) for r in runs if r.metrics.get("machine")))
-    return "measured on: " + ("; ".join(seen) if seen else "unrecorded (evaluations before machine records)")
+    seen = list(
+        dict.fromkeys(machine_line(r.metrics["machine"]) for r in runs if r.metrics.get("machine"))
+    )
+    return "measured on: " + (
+        "; ".join(seen) if seen else "unrecorded (evaluations before machine records)"
+    )
 
 
 def report(run_dirs: Sequence[str | Path], csv_path: str | Path | None = None) -> tuple[str, Path]:
@@ -159,5 +174,7 @@ def report(run_dirs: Sequence[str | Path], csv_path: str | Path | None = None) -
     table = rows(runs)
     out = write_csv(table, csv_path or runs[0].path.parent / "report.csv")
     attacks = robustness_table(runs)
-    text = markdown_table(table) + (f"\n\nattacks (eval.robustness):\n\n{attacks}" if attacks else "")
+    text = markdown_table(table) + (
+        f"\n\nattacks (eval.robustness):\n\n{attacks}" if attacks else ""
+    )
     return f"{text}\n\n{machines(runs)}", out

@@ -29,9 +29,24 @@ from npo_lib.run.notebook import trust_notebook
 from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
 
-NOTEBOOKS_DIR = Path(str(importlib.resources.files("npo_lib"))) / "notebooks"  # package data: found after `pip install .` too
-NOTEBOOKS = ("prepare", "finetune", "influence", "forget", "evaluation", "token_visualization", "dashboard")
-DONE_SUFFIX, FAILED_SUFFIX, PARAMS_SUFFIX, LOG_SUFFIX = ".done.json", ".failed.json", ".params.yaml", ".log"
+NOTEBOOKS_DIR = (
+    Path(str(importlib.resources.files("npo_lib"))) / "notebooks"
+)  # package data: found after `pip install .` too
+NOTEBOOKS = (
+    "prepare",
+    "finetune",
+    "influence",
+    "forget",
+    "evaluation",
+    "token_visualization",
+    "dashboard",
+)
+DONE_SUFFIX, FAILED_SUFFIX, PARAMS_SUFFIX, LOG_SUFFIX = (
+    ".done.json",
+    ".failed.json",
+    ".params.yaml",
+    ".log",
+)
 
 
 def notebook_path(name: str | os.PathLike) -> Path:
@@ -42,18 +57,31 @@ def notebook_path(name: str | os.PathLike) -> Path:
             raise ConfigError(f"notebook not found: {p}")
         return p
     if str(name) not in NOTEBOOKS:
-        raise ConfigError(f"unknown notebook '{name}'; valid: {', '.join(NOTEBOOKS)} or a path to an .ipynb")
+        raise ConfigError(
+            f"unknown notebook '{name}'; valid: {', '.join(NOTEBOOKS)} or a path to an .ipynb"
+        )
     return NOTEBOOKS_DIR / f"{name}.ipynb"
 
 
-def papermill_command(notebook: Path, output: Path | str, params_file: Path, *, progress_bar: bool = True) -> list[str]:
+def papermill_command(
+    notebook: Path, output: Path | str, params_file: Path, *, progress_bar: bool = True
+) -> list[str]:
     """The papermill command line of one execution: this interpreter, the python3 kernel, the
     current folder as the notebook's working folder."""
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(output), "-f", str(params_file),
-           "--cwd", os.getcwd(), "--kernel", "python3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(notebook),
+        str(output),
+        "-f",
+        str(params_file),
+        "--cwd",
+        os.getcwd(),
+        "--kernel",
+        "python3",
+    ]
     return cmd if progress_bar else [*cmd, "--no-progress-bar"]
-
-
 
 
 @dataclass
@@ -74,7 +102,9 @@ class Step:
     params: dict[str, Any]
     output: Path
     deps: list[Step] = field(default_factory=list)
-    runtime: dict[str, Any] = field(default_factory=dict)  # passed to the notebook, not part of the key
+    runtime: dict[str, Any] = field(
+        default_factory=dict
+    )  # passed to the notebook, not part of the key
 
     @property
     def key(self) -> str:
@@ -105,7 +135,11 @@ class Step:
 def kernel_env() -> dict[str, str]:
     """The kernel runs this interpreter: its bin folder first on PATH."""
     bindir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def error_summary(log_tail: str) -> str:
@@ -132,7 +166,12 @@ def execute(step: Step, *, stream: bool = True) -> StepResult:
     t0 = time.perf_counter()
     tail: collections.deque[bytes] = collections.deque(maxlen=400)
     with open(step.side_file(LOG_SUFFIX), "wb") as log:
-        proc = subprocess.Popen(step.command(params_file), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=kernel_env())
+        proc = subprocess.Popen(
+            step.command(params_file),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=kernel_env(),
+        )
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
             log.write(chunk)
@@ -144,10 +183,14 @@ def execute(step: Step, *, stream: bool = True) -> StepResult:
     seconds = time.perf_counter() - t0
     if rc == 0:
         trust_notebook(step.output)  # JupyterLab then draws its saved widgets without a kernel
-        atomic_write_json(step.done_file, {"key": step.key, "seconds": seconds, "params": step.params})
+        atomic_write_json(
+            step.done_file, {"key": step.key, "seconds": seconds, "params": step.params}
+        )
         return StepResult(step.name, "done", seconds, str(step.output))
     error = error_summary(b"".join(tail).decode(errors="replace")) or f"papermill exited with {rc}"
-    atomic_write_json(step.side_file(FAILED_SUFFIX), {"key": step.key, "returncode": rc, "error": error})
+    atomic_write_json(
+        step.side_file(FAILED_SUFFIX), {"key": step.key, "returncode": rc, "error": error}
+    )
     return StepResult(step.name, "failed", seconds, str(step.output), error)
 
 
@@ -166,7 +209,9 @@ def run_steps(steps: Sequence[Step], *, stream: bool = True, say: Any = print) -
         results.append(res)
         say(f"{head}: {res.status} in {res.seconds:.1f} s")
         if res.status == "failed":
-            say(f"{head} failed; executed notebook with the failing cell: {res.output}\n{res.error}")
+            say(
+                f"{head} failed; executed notebook with the failing cell: {res.output}\n{res.error}"
+            )
             break
     return results
 
@@ -177,7 +222,9 @@ def read_spec(path: str | os.PathLike, schema: type) -> Any:
     valid = {f for f in schema.__dataclass_fields__}
     unknown = sorted(set(values) - valid)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+        )
     spec = schema(**values)
     for p in spec.params:
         if not Path(p).is_file():
@@ -203,13 +250,19 @@ def step_params(spec: Spec, extra: Mapping[str, Any]) -> dict[str, Any]:
     """A notebook's papermill parameters: params files (by path) plus config keys and its own,
     nested (a dotted grid key such as ``selection.method`` is no Python name: it is passed as
     ``selection={"method": ...}``, merged key by key with the config's ``selection``)."""
-    return {"config_files": [str(Path(p).resolve()) for p in spec.params], **nest_keys(spec.config, extra)}
+    return {
+        "config_files": [str(Path(p).resolve()) for p in spec.params],
+        **nest_keys(spec.config, extra),
+    }
 
 
 def forget_mode(step: Step) -> dict[str, bool]:
     """``overwrite`` when the run folder holds a finished run this step did not record (of other
     inputs, or one stopped after training but before its step was marked done), else ``resume``."""
-    finished = step.last_success() is not None or (Path(str(step.params.get("save_dir", ""))) / RESULT_FILE).is_file()
-    return {"overwrite": True, "resume": False} if finished else {"overwrite": False, "resume": True}
-
-
+    finished = (
+        step.last_success() is not None
+        or (Path(str(step.params.get("save_dir", ""))) / RESULT_FILE).is_file()
+    )
+    return (
+        {"overwrite": True, "resume": False} if finished else {"overwrite": False, "resume": True}
+    )

@@ -130,26 +130,46 @@ def _pm(s: Setting, m: str, fmt: str) -> str:
     return "–" if mean is None else f"{fmt.format(mean)} ± {fmt.format(std or 0.0)}"
 
 
-def markdown(settings: Sequence[Setting], keys: Sequence[str], refs: Mapping[str, Mapping[str, Any]], mu_fraction: float) -> str:
+def markdown(
+    settings: Sequence[Setting],
+    keys: Sequence[str],
+    refs: Mapping[str, Mapping[str, Any]],
+    mu_fraction: float,
+) -> str:
     """The study's markdown: settings table, reference rows, best per method, the claim."""
     head = [*keys, "seeds", *METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, agg in refs.items():
-        cells = [name, *[""] * (len(keys) - 1), "–", *("–" if agg.get(m) is None else FORMATS[m].format(agg[m]) for m in METRICS)]
+        cells = [
+            name,
+            *[""] * (len(keys) - 1),
+            "–",
+            *("–" if agg.get(m) is None else FORMATS[m].format(agg[m]) for m in METRICS),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     for s in settings:
-        lines.append("| " + " | ".join([*map(str, s.key), str(len(s.runs)), *(_pm(s, m, FORMATS[m]) for m in METRICS)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [*map(str, s.key), str(len(s.runs)), *(_pm(s, m, FORMATS[m]) for m in METRICS)]
+            )
+            + " |"
+        )
     floor = utility_floor(refs, mu_fraction)
     out = ["\n".join(lines)]
     if floor is not None:
         best = best_per_method(settings, floor)
-        out.append(f"\nBest setting per method with mean model utility >= {mu_fraction:g} x target ({floor:.3f}):\n")
+        out.append(
+            f"\nBest setting per method with mean model utility >= {mu_fraction:g} x target ({floor:.3f}):\n"
+        )
         out.append("| method | setting | forget quality | model utility |\n|---|---|---|---|")
         for method, s in best.items():
             if s is None:
                 out.append(f"| {method} | none keeps the utility | – | – |")
             else:
-                out.append(f"| {method} | {', '.join(f'{k}={v}' for k, v in zip(keys[1:], s.key[1:]))} | {_pm(s, 'forget_quality', '{:.2g}')} | {_pm(s, 'model_utility', '{:.3f}')} |")
+                out.append(
+                    f"| {method} | {', '.join(f'{k}={v}' for k, v in zip(keys[1:], s.key[1:]))} | {_pm(s, 'forget_quality', '{:.2g}')} | {_pm(s, 'model_utility', '{:.3f}')} |"
+                )
         out.append("\n" + claim_text(best))
     return "\n".join(out)
 
@@ -158,7 +178,11 @@ def claim_text(best: Mapping[str, Setting | None]) -> str:
     """Whether INFLUENCE+GD beats NPO+GD on forget quality under the utility constraint."""
     a, b = best.get("INFLUENCE+GD"), best.get("NPO+GD")
     if a is None or b is None:
-        return "Claim not testable: " + ", ".join(m for m, s in (("INFLUENCE+GD", a), ("NPO+GD", b)) if s is None) + " keeps no setting above the utility floor."
+        return (
+            "Claim not testable: "
+            + ", ".join(m for m, s in (("INFLUENCE+GD", a), ("NPO+GD", b)) if s is None)
+            + " keeps no setting above the utility floor."
+        )
     fa, fb = a.mean("forget_quality") or 0.0, b.mean("forget_quality") or 0.0
     verdict = "holds" if fa > fb else "does not hold"
     ratio = f" ({fa / fb:.3g}x)" if fb > 0 and not math.isinf(fa / fb) else ""
@@ -168,7 +192,10 @@ def claim_text(best: Mapping[str, Setting | None]) -> str:
 def _references(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
     """Target and retain aggregates for the sweep's config (evaluated once, then cached)."""
     run = next(r for r in run_dirs if (r / "config.yaml").is_file())
-    cfg = load_config(files=[run / "config.yaml"], overrides={"save_dir": None, "resume": False, "overwrite": False})
+    cfg = load_config(
+        files=[run / "config.yaml"],
+        overrides={"save_dir": None, "resume": False, "overwrite": False},
+    )
     if not uses_embedded(cfg) or cfg.model_path:
         return {}
     paths = embedded_paths(cfg)
@@ -188,7 +215,9 @@ def _references(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
 # adaptive search's next points and the study plan's sweeps come from npo_lib.run.study_plan.
 
 ROBUST_METRIC = "fact_recall"  # what the attacks' forget probe reports per set
-REGAIN = 0.10  # an attack that raises the mean forget fact recall this much: the forgetting came back
+REGAIN = (
+    0.10  # an attack that raises the mean forget fact recall this much: the forgetting came back
+)
 
 
 def regained(before: Summary, after: Summary) -> bool:
@@ -211,7 +240,11 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
     """A run's ``metrics.json`` as flat numbers: the aggregates, and every attack's probe as
     ``<attack>.<before|after>.<probe metric>`` (e.g. ``relearn.after.fact_recall``)."""
-    out: dict[str, float | None] = {k: v for k, v in (metrics.get("aggregates") or {}).items() if isinstance(v, (int, float)) or v is None}
+    out: dict[str, float | None] = {
+        k: v
+        for k, v in (metrics.get("aggregates") or {}).items()
+        if isinstance(v, (int, float)) or v is None
+    }
     for attack, res in (metrics.get("robustness") or {}).items():
         for phase in ("before", "after"):
             for k, v in (res.get(phase) or {}).items():
@@ -239,15 +272,25 @@ def method_label(cfg: Mapping[str, Any], keys: Sequence[str], defaults: Mapping[
         if k in cfg and cfg[k] != defaults.get(k):
             leaf = k.split(".")[-1]
             value = format(cfg[k], "g") if isinstance(cfg[k], float) else str(cfg[k])
-            parts.append(value if leaf in ("method", "scorer", "preconditioner", "budget") else f"{leaf}={value}")
+            parts.append(
+                value
+                if leaf in ("method", "scorer", "preconditioner", "budget")
+                else f"{leaf}={value}"
+            )
     return " ".join(parts)
 
 
-def benchmark_label(cfg: Mapping[str, Any], keys: Sequence[str], defaults: Mapping[str, Any]) -> str:
+def benchmark_label(
+    cfg: Mapping[str, Any], keys: Sequence[str], defaults: Mapping[str, Any]
+) -> str:
     """``embedded (n_authors 60, seed 1)``; other data: its ``data_path``."""
     if cfg.get("data_path"):
         return str(cfg["data_path"])
-    return "embedded (" + ", ".join(f"{k.split('.')[-1]} {cfg.get(k, defaults.get(k))}" for k in keys) + ")"
+    return (
+        "embedded ("
+        + ", ".join(f"{k.split('.')[-1]} {cfg.get(k, defaults.get(k))}" for k in keys)
+        + ")"
+    )
 
 
 ATTACKS_DIR = "attacks"  # <run>/attacks/eval/metrics.json: the run evaluated again under the attacks (npo study --run)
@@ -264,10 +307,20 @@ def load_results(run_dirs: Sequence[Path], study: StudyConfig) -> dict[str, list
         cfg = flatten(_run_config(run))
         setting = tuple((k, cfg.get(k, defaults.get(k))) for k in study.strength_keys)
         metrics = run_metrics(json.loads((run / METRICS_FILE).read_text()))
-        if (attacked := run / ATTACKS_DIR / METRICS_FILE).is_file():  # the attacks' probes only: "<attack>.<phase>.<metric>"
-            metrics.update({k: v for k, v in run_metrics(json.loads(attacked.read_text())).items() if "." in k})
-        res = RunResult(method_label(cfg, study.method_keys, defaults), int(cfg.get("seed", defaults.get("seed", 0)) or 0),
-                        setting, metrics, run.name, cfg)
+        if (
+            attacked := run / ATTACKS_DIR / METRICS_FILE
+        ).is_file():  # the attacks' probes only: "<attack>.<phase>.<metric>"
+            metrics.update(
+                {k: v for k, v in run_metrics(json.loads(attacked.read_text())).items() if "." in k}
+            )
+        res = RunResult(
+            method_label(cfg, study.method_keys, defaults),
+            int(cfg.get("seed", defaults.get("seed", 0)) or 0),
+            setting,
+            metrics,
+            run.name,
+            cfg,
+        )
         out.setdefault(benchmark_label(cfg, study.benchmark_keys, defaults), []).append(res)
     return out
 
@@ -303,16 +356,28 @@ class BenchmarkStudy:
         return next((r for r in self.rows if r.method == method), None)
 
 
-def analyse(name: str, results: Sequence[RunResult], refs: Mapping[str, Mapping[str, Any]], study: StudyConfig) -> BenchmarkStudy:
+def analyse(
+    name: str,
+    results: Sequence[RunResult],
+    refs: Mapping[str, Mapping[str, Any]],
+    study: StudyConfig,
+) -> BenchmarkStudy:
     """Frontier readings of every method at both utility levels of both trade-offs, the matched
     setting (FQ vs MU, main level) and the attacks' forget fact recall there."""
     target = refs.get("target", {})
     fractions = (study.mu_fraction, study.strict_fraction)
-    levels = {(t.name, f): f * target[t.utility] for t in TRADEOFFS.values() for f in fractions
-              if target.get(t.utility) is not None}
+    levels = {
+        (t.name, f): f * target[t.utility]
+        for t in TRADEOFFS.values()
+        for f in fractions
+        if target.get(t.utility) is not None
+    }
     rows = []
     for method, rs in by_method(results).items():
-        readings = {key: summarise(seed_readings(rs, level, TRADEOFFS[key[0]]), TRADEOFFS[key[0]]) for key, level in levels.items()}
+        readings = {
+            key: summarise(seed_readings(rs, level, TRADEOFFS[key[0]]), TRADEOFFS[key[0]])
+            for key, level in levels.items()
+        }
         main = levels.get(("fq_mu", study.mu_fraction))
         setting = matched_setting(rs, main, TRADEOFFS["fq_mu"]) if main is not None else None
         robust = {}
@@ -339,7 +404,11 @@ def fmt_summary(s: Summary | None, fmt: str = "{:.2g}") -> str:
 
 
 def _setting_text(setting: tuple[tuple[str, Any], ...] | None) -> str:
-    return "–" if setting is None else ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in setting)
+    return (
+        "–"
+        if setting is None
+        else ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in setting)
+    )
 
 
 def _is_selection_variant(method: str, claim: str) -> bool:
@@ -365,23 +434,51 @@ def verdict(b: BenchmarkStudy, study: StudyConfig) -> str:
             continue
         c = compare(claim.readings[key], r.readings[key], tr)
         (better if c.outcome == "better" else not_shown).append(
-            rival if c.outcome == "better" else f"{rival} ({c.outcome}: {c.why}; {fmt_summary(r.readings[key])})")
-    head = (f"At model utility {level:.3f} ({study.mu_fraction:g} x target), {study.claim}'s forget quality is "
-            f"{fmt_summary(claim.readings[key])}")
-    parts.append(head + (f"; higher than {', '.join(better)} with non-overlapping 95 % intervals" if better else "")
-                 + (f"; not shown against {', '.join(not_shown)}" if not_shown else "") + ".")
+            rival
+            if c.outcome == "better"
+            else f"{rival} ({c.outcome}: {c.why}; {fmt_summary(r.readings[key])})"
+        )
+    head = (
+        f"At model utility {level:.3f} ({study.mu_fraction:g} x target), {study.claim}'s forget quality is "
+        f"{fmt_summary(claim.readings[key])}"
+    )
+    parts.append(
+        head
+        + (
+            f"; higher than {', '.join(better)} with non-overlapping 95 % intervals"
+            if better
+            else ""
+        )
+        + (f"; not shown against {', '.join(not_shown)}" if not_shown else "")
+        + "."
+    )
     robust = []
     for attack in study.attacks:
         mine = claim.robust.get(attack)
         if mine is None:
             robust.append(f"{attack}: not measured")
             continue
-        lower = [rv for rv in study.rivals if (r := b.row(rv)) and attack in r.robust
-                 and compare(mine[1], r.robust[attack][1], TRADEOFFS["recall"]).outcome == "better"]
+        lower = [
+            rv
+            for rv in study.rivals
+            if (r := b.row(rv))
+            and attack in r.robust
+            and compare(mine[1], r.robust[attack][1], TRADEOFFS["recall"]).outcome == "better"
+        ]
         back = [r.method for r in b.rows if attack in r.robust and regained(*r.robust[attack])]
-        robust.append(f"{attack}: {study.claim}'s forget fact recall {fmt_summary(mine[0], '{:.2f}')} -> {fmt_summary(mine[1], '{:.2f}')}"
-                      + (f", lower than {', '.join(lower)} (separated intervals)" if lower else ", not shown lower than any rival")
-                      + (f"; forgetting comes back (recall +{REGAIN:g} or more) for {', '.join(back)}" if back else ""))
+        robust.append(
+            f"{attack}: {study.claim}'s forget fact recall {fmt_summary(mine[0], '{:.2f}')} -> {fmt_summary(mine[1], '{:.2f}')}"
+            + (
+                f", lower than {', '.join(lower)} (separated intervals)"
+                if lower
+                else ", not shown lower than any rival"
+            )
+            + (
+                f"; forgetting comes back (recall +{REGAIN:g} or more) for {', '.join(back)}"
+                if back
+                else ""
+            )
+        )
     parts.append("After the attacks, at each method's matched setting: " + "; ".join(robust) + ".")
     controls = []
     for name in ("random", "inverse", "oracle"):
@@ -393,13 +490,24 @@ def verdict(b: BenchmarkStudy, study: StudyConfig) -> str:
         controls.append(f"vs {name} {fmt_summary(r.readings[key])}: {c.outcome}")
     parts.append("Influence selection (same token count) " + "; ".join(controls) + ".")
     full, tnpo = b.row(f"{study.claim} p=100"), b.row("TNPO+GD")
-    if full is not None and tnpo is not None:  # the same loss: a check of the pipeline, not of the method
-        parts.append(f"Check: at p = 100 % {study.claim} reads {fmt_summary(full.readings[key])}, TNPO+GD "
-                     f"{fmt_summary(tnpo.readings[key])} (the same loss).")
+    if (
+        full is not None and tnpo is not None
+    ):  # the same loss: a check of the pipeline, not of the method
+        parts.append(
+            f"Check: at p = 100 % {study.claim} reads {fmt_summary(full.readings[key])}, TNPO+GD "
+            f"{fmt_summary(tnpo.readings[key])} (the same loss)."
+        )
     return " ".join(parts)
 
 
-TABLE_HEAD = ("method", "FQ @ {a}", "FQ @ {b}", "forget recall @ {a} RR", "forget recall @ {b} RR", "matched setting")
+TABLE_HEAD = (
+    "method",
+    "FQ @ {a}",
+    "FQ @ {b}",
+    "forget recall @ {a} RR",
+    "forget recall @ {b} RR",
+    "matched setting",
+)
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -413,34 +521,63 @@ def benchmark_markdown(b: BenchmarkStudy, study: StudyConfig) -> str:
     lines = [f"## {b.name}", ""]
     if t:
         r = b.refs.get("retain", {})
-        lines.append(f"Target: model utility {_num(t.get('model_utility'), '{:.3f}')}, forget quality "
-                     f"{_num(t.get('forget_quality'), '{:.2g}')}, retain fact recall {_num(t.get('retain_fact_recall'), '{:.2f}')}; "
-                     f"retain model: model utility {_num(r.get('model_utility'), '{:.3f}')}, forget quality {_num(r.get('forget_quality'), '{:.2g}')}. "
-                     f"Levels: model utility {', '.join(f'{b.levels[(n, f)]:.3f}' for n, f in b.levels if n == 'fq_mu')}, "
-                     f"retain fact recall {', '.join(f'{b.levels[(n, f)]:.2f}' for n, f in b.levels if n == 'recall')} "
-                     f"({a:g} and {s:g} x target). Cells: mean over seeds [bootstrap 95 % interval]; FQ geometric mean.")
+        lines.append(
+            f"Target: model utility {_num(t.get('model_utility'), '{:.3f}')}, forget quality "
+            f"{_num(t.get('forget_quality'), '{:.2g}')}, retain fact recall {_num(t.get('retain_fact_recall'), '{:.2f}')}; "
+            f"retain model: model utility {_num(r.get('model_utility'), '{:.3f}')}, forget quality {_num(r.get('forget_quality'), '{:.2g}')}. "
+            f"Levels: model utility {', '.join(f'{b.levels[(n, f)]:.3f}' for n, f in b.levels if n == 'fq_mu')}, "
+            f"retain fact recall {', '.join(f'{b.levels[(n, f)]:.2f}' for n, f in b.levels if n == 'recall')} "
+            f"({a:g} and {s:g} x target). Cells: mean over seeds [bootstrap 95 % interval]; FQ geometric mean."
+        )
         lines.append("")
 
     def table(rows: Sequence[MethodRow]) -> list[str]:
-        head = [*(h.format(a=f"{a:g}", b=f"{s:g}") for h in TABLE_HEAD), *(f"{x}: forget recall before -> after" for x in study.attacks), "seeds"]
+        head = [
+            *(h.format(a=f"{a:g}", b=f"{s:g}") for h in TABLE_HEAD),
+            *(f"{x}: forget recall before -> after" for x in study.attacks),
+            "seeds",
+        ]
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
             attacked = [r.robust.get(x) for x in study.attacks]
-            out.append("| " + " | ".join([
-                r.method,
-                *(fmt_summary(r.readings.get(k)) for k in (("fq_mu", a), ("fq_mu", s))),
-                *(fmt_summary(r.readings.get(k), "{:.2f}") for k in (("recall", a), ("recall", s))),
-                _setting_text(r.setting),
-                *("–" if x is None else f"{fmt_summary(x[0], '{:.2f}')} -> {fmt_summary(x[1], '{:.2f}')}" for x in attacked),
-                str(r.seeds),
-            ]) + " |")
+            out.append(
+                "| "
+                + " | ".join(
+                    [
+                        r.method,
+                        *(fmt_summary(r.readings.get(k)) for k in (("fq_mu", a), ("fq_mu", s))),
+                        *(
+                            fmt_summary(r.readings.get(k), "{:.2f}")
+                            for k in (("recall", a), ("recall", s))
+                        ),
+                        _setting_text(r.setting),
+                        *(
+                            "–"
+                            if x is None
+                            else f"{fmt_summary(x[0], '{:.2f}')} -> {fmt_summary(x[1], '{:.2f}')}"
+                            for x in attacked
+                        ),
+                        str(r.seeds),
+                    ]
+                )
+                + " |"
+            )
         return out
 
-    methods = [r for r in b.rows if not _is_selection_variant(r.method, study.claim) or r.method == study.claim]
+    methods = [
+        r
+        for r in b.rows
+        if not _is_selection_variant(r.method, study.claim) or r.method == study.claim
+    ]
     variants = [r for r in b.rows if _is_selection_variant(r.method, study.claim)]
     lines += ["### Methods at matched utility", "", *table(methods), ""]
     if len(variants) > 1:
-        lines += [f"### Selection controls of {study.claim} (same token count, loss and weights)", "", *table(variants), ""]
+        lines += [
+            f"### Selection controls of {study.claim} (same token count, loss and weights)",
+            "",
+            *table(variants),
+            "",
+        ]
     lines += ["**Verdict.** " + verdict(b, study), ""]
     return "\n".join(lines)
 
@@ -467,15 +604,38 @@ def study_csv_rows(studies: Sequence[BenchmarkStudy]) -> list[dict[str, Any]]:
     for b in studies:
         for r in b.rows:
             for (tname, frac), s in r.readings.items():
-                rows.append({"benchmark": b.name, "method": r.method, "quantity": TRADEOFFS[tname].forget,
-                             "at": f"{TRADEOFFS[tname].utility} >= {frac:g} x target", "level": b.levels[(tname, frac)],
-                             "mean": s.mean, "low": s.low, "high": s.high, "status": s.status, "seeds": s.n,
-                             "setting": _setting_text(r.setting)})
+                rows.append(
+                    {
+                        "benchmark": b.name,
+                        "method": r.method,
+                        "quantity": TRADEOFFS[tname].forget,
+                        "at": f"{TRADEOFFS[tname].utility} >= {frac:g} x target",
+                        "level": b.levels[(tname, frac)],
+                        "mean": s.mean,
+                        "low": s.low,
+                        "high": s.high,
+                        "status": s.status,
+                        "seeds": s.n,
+                        "setting": _setting_text(r.setting),
+                    }
+                )
             for attack, (before, after) in r.robust.items():
                 for phase, s in (("before", before), ("after", after)):
-                    rows.append({"benchmark": b.name, "method": r.method, "quantity": f"{attack}.{phase}.{ROBUST_METRIC}",
-                                 "at": "matched setting", "level": None, "mean": s.mean, "low": s.low, "high": s.high,
-                                 "status": "", "seeds": s.n, "setting": _setting_text(r.setting)})
+                    rows.append(
+                        {
+                            "benchmark": b.name,
+                            "method": r.method,
+                            "quantity": f"{attack}.{phase}.{ROBUST_METRIC}",
+                            "at": "matched setting",
+                            "level": None,
+                            "mean": s.mean,
+                            "low": s.low,
+                            "high": s.high,
+                            "status": "",
+                            "seeds": s.n,
+                            "setting": _setting_text(r.setting),
+                        }
+                    )
     return rows
 
 
@@ -488,7 +648,11 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _interval(s: Summary | None) -> Interval:
-    return Interval(None, status=NOT_REACHED) if s is None else Interval(s.mean, s.low, s.high, s.status)
+    return (
+        Interval(None, status=NOT_REACHED)
+        if s is None
+        else Interval(s.mean, s.low, s.high, s.status)
+    )
 
 
 def frontier_panels(studies: Sequence[BenchmarkStudy], study: StudyConfig) -> list[Panel]:
@@ -503,28 +667,61 @@ def frontier_panels(studies: Sequence[BenchmarkStudy], study: StudyConfig) -> li
                 rs = [x for x in b.results if x.method == r.method]
                 mu, fg = setting_means(rs, t.utility), setting_means(rs, t.forget)
                 front = pareto_frontier([(mu[k], fg[k]) for k in mu if k in fg], t)
-                curves.append(FrontierCurve(r.method, front, points_of(rs, t),
-                                            {b.levels[(n, f)]: _interval(s) for (n, f), s in r.readings.items() if n == t.name}))
-            refs = {role: (agg[t.utility], agg[t.forget]) for role, agg in b.refs.items()
-                    if agg.get(t.utility) is not None and agg.get(t.forget) is not None}
-            panels.append(Panel(f"{b.name}\n{t.label}", t.utility.replace("_", " "), t.forget.replace("_", " "), curves,
-                                log_y=t.log, references=refs, levels=[v for (n, _), v in b.levels.items() if n == t.name]))
+                curves.append(
+                    FrontierCurve(
+                        r.method,
+                        front,
+                        points_of(rs, t),
+                        {
+                            b.levels[(n, f)]: _interval(s)
+                            for (n, f), s in r.readings.items()
+                            if n == t.name
+                        },
+                    )
+                )
+            refs = {
+                role: (agg[t.utility], agg[t.forget])
+                for role, agg in b.refs.items()
+                if agg.get(t.utility) is not None and agg.get(t.forget) is not None
+            }
+            panels.append(
+                Panel(
+                    f"{b.name}\n{t.label}",
+                    t.utility.replace("_", " "),
+                    t.forget.replace("_", " "),
+                    curves,
+                    log_y=t.log,
+                    references=refs,
+                    levels=[v for (n, _), v in b.levels.items() if n == t.name],
+                )
+            )
     return panels
 
 
-def selection_groups(studies: Sequence[BenchmarkStudy], study: StudyConfig) -> dict[str, dict[str, Interval]]:
+def selection_groups(
+    studies: Sequence[BenchmarkStudy], study: StudyConfig
+) -> dict[str, dict[str, Interval]]:
     """Per benchmark: the claim method's selection variants, read at the main FQ level."""
     key = ("fq_mu", study.mu_fraction)
-    return {f"{b.name}: FQ @ {study.mu_fraction:g} x target MU": {r.method: _interval(r.readings.get(key)) for r in b.rows
-                                                                  if _is_selection_variant(r.method, study.claim)}
-            for b in studies}
+    return {
+        f"{b.name}: FQ @ {study.mu_fraction:g} x target MU": {
+            r.method: _interval(r.readings.get(key))
+            for r in b.rows
+            if _is_selection_variant(r.method, study.claim)
+        }
+        for b in studies
+    }
 
 
 def run_folders(root: Path) -> list[Path]:
     """A sweep's run folders (the reference evaluations ``_target`` / ``_retain`` left out)."""
     if not root.is_dir():
         raise ReportError(f"sweep folder not found: {root}")
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_") and (p / "config.yaml").is_file())
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith("_") and (p / "config.yaml").is_file()
+    )
 
 
 def run_time_line(root: Path) -> str | None:
@@ -533,16 +730,28 @@ def run_time_line(root: Path) -> str | None:
     if not file.is_file():
         return None
     status = json.loads(file.read_text())
-    secs = [float(v["seconds"]) for k, v in status.items() if not k.startswith("_") and isinstance(v, dict)
-            and v.get("status") == "done" and v.get("seconds")]
+    secs = [
+        float(v["seconds"])
+        for k, v in status.items()
+        if not k.startswith("_")
+        and isinstance(v, dict)
+        and v.get("status") == "done"
+        and v.get("seconds")
+    ]
     if not secs:
         return None
     return f"{root}: {len(secs)} runs, {statistics.fmean(secs):.0f} s per run ({sum(secs) / 3600:.2g} h of run time)"
 
 
-def write_study(sweep_dir: str | Path | Sequence[str | Path], out: str | Path, study: StudyConfig, *,
-                references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]] | None = None,
-                overwrite: bool = True) -> dict[str, Any]:
+def write_study(
+    sweep_dir: str | Path | Sequence[str | Path],
+    out: str | Path,
+    study: StudyConfig,
+    *,
+    references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]]
+    | None = None,
+    overwrite: bool = True,
+) -> dict[str, Any]:
     """Write study.md, study.csv, study_settings.csv, study_frontier.png, study_selection.png
     for one or more sweep folders (e.g. one per benchmark); returns their paths and the markdown.
 
@@ -550,7 +759,9 @@ def write_study(sweep_dir: str | Path | Sequence[str | Path], out: str | Path, s
     evaluated beside the runs, cached). ``overwrite=False`` refuses an ``--out`` that already
     holds a study.md.
     """
-    roots = [Path(sweep_dir)] if isinstance(sweep_dir, (str, Path)) else [Path(p) for p in sweep_dir]
+    roots = (
+        [Path(sweep_dir)] if isinstance(sweep_dir, (str, Path)) else [Path(p) for p in sweep_dir]
+    )
     benches: dict[str, list[RunResult]] = {}
     where: dict[str, Path] = {}
     for root in roots:
@@ -565,23 +776,43 @@ def write_study(sweep_dir: str | Path | Sequence[str | Path], out: str | Path, s
     refs_of = references or references_for
     studies = [analyse(name, rs, refs_of(rs, where[name]), study) for name, rs in benches.items()]
     cost = [line for root in roots if (line := run_time_line(root))]
-    text = "\n".join(["# Method study: frontiers at matched utility", "", *(benchmark_markdown(b, study) for b in studies),
-                      *(["## Cost", "", *(f"- {c}" for c in cost), ""] if cost else [])])
+    text = "\n".join(
+        [
+            "# Method study: frontiers at matched utility",
+            "",
+            *(benchmark_markdown(b, study) for b in studies),
+            *(["## Cost", "", *(f"- {c}" for c in cost), ""] if cost else []),
+        ]
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.md").write_text(text + "\n")
     _write_csv(out / "study.csv", study_csv_rows(studies))
-    _write_csv(out / "study_settings.csv", [{"benchmark": b.name, **row} for b in studies for row in settings_rows(b.results)])
+    _write_csv(
+        out / "study_settings.csv",
+        [{"benchmark": b.name, **row} for b in studies for row in settings_rows(b.results)],
+    )
     plot_frontiers(frontier_panels(studies, study), path=out / "study_frontier.png")
     groups = selection_groups(studies, study)
-    paths = {"markdown": text, "md": str(out / "study.md"), "csv": str(out / "study.csv"),
-             "settings_csv": str(out / "study_settings.csv"), "frontier": str(out / "study_frontier.png")}
+    paths = {
+        "markdown": text,
+        "md": str(out / "study.md"),
+        "csv": str(out / "study.csv"),
+        "settings_csv": str(out / "study_settings.csv"),
+        "frontier": str(out / "study_frontier.png"),
+    }
     if any(len(g) > 1 for g in groups.values()):
-        plot_selection(groups, xlabel="forget quality at matched model utility", path=out / "study_selection.png")
+        plot_selection(
+            groups,
+            xlabel="forget quality at matched model utility",
+            path=out / "study_selection.png",
+        )
         paths["selection"] = str(out / "study_selection.png")
     return {**paths, "studies": studies}
 
 
-def references_file(path: str | Path) -> Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]]:
+def references_file(
+    path: str | Path,
+) -> Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]]:
     """``references`` for :func:`write_study` from a JSON file ``{"target": {...}, "retain": {...}}``
     of aggregates (or ``{benchmark: {"target": ..., "retain": ...}}``), instead of evaluating them."""
     file = Path(path)
@@ -594,7 +825,9 @@ def references_file(path: str | Path) -> Callable[[Sequence[RunResult], Path], M
             return data
         name = benchmark_label(runs[0].config, StudyConfig().benchmark_keys, config_defaults())
         if name not in data:
-            raise ReportError(f"{file} has no references for benchmark '{name}'; it has {', '.join(data)}")
+            raise ReportError(
+                f"{file} has no references for benchmark '{name}'; it has {', '.join(data)}"
+            )
         return data[name]
 
     return refs

@@ -40,8 +40,15 @@ from npo_lib.utils.io import atomic_write_text
 
 def _axes(study: StudyConfig) -> list[Axis]:
     defaults = config_defaults()
-    return [Axis(k, study.factor, limit=float(lim), integer=isinstance(defaults.get(k), int) and not isinstance(defaults.get(k), bool))
-            for k, lim in zip(study.strength_keys, study.limits)]
+    return [
+        Axis(
+            k,
+            study.factor,
+            limit=float(lim),
+            integer=isinstance(defaults.get(k), int) and not isinstance(defaults.get(k), bool),
+        )
+        for k, lim in zip(study.strength_keys, study.limits)
+    ]
 
 
 def _spec_values(spec: Any) -> dict[str, Any]:
@@ -51,27 +58,39 @@ def _spec_values(spec: Any) -> dict[str, Any]:
 
 def _next_file(out_dir: Path, stem: str, tag: str = "next") -> Path:
     """``<stem>-<tag>-NN.yaml``, numbered after the highest one already there (none is overwritten)."""
-    taken = [int(m.group(1)) for p in out_dir.glob(f"{stem}-{tag}-*.yaml") if (m := re.match(rf"{re.escape(stem)}-{tag}-(\d+)", p.name))]
+    taken = [
+        int(m.group(1))
+        for p in out_dir.glob(f"{stem}-{tag}-*.yaml")
+        if (m := re.match(rf"{re.escape(stem)}-{tag}-(\d+)", p.name))
+    ]
     return out_dir / f"{stem}-{tag}-{max(taken, default=0) + 1:02d}.yaml"
 
 
-def _grid_values(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]) -> dict[str, list[Any]]:
+def _grid_values(
+    grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]],
+) -> dict[str, list[Any]]:
     """Config key -> every value it takes in a grid (or in any grid of a list), keys in order."""
     out: dict[str, list[Any]] = {}
-    for g in ([grid] if isinstance(grid, Mapping) else grid):
+    for g in [grid] if isinstance(grid, Mapping) else grid:
         for k, vs in g.items():
             out.setdefault(k, []).extend(v for v in vs if v not in out[k])
     return out
 
 
-def proposal_grid(spec: Any, proposal: Proposal, example: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, list[Any]]:
+def proposal_grid(
+    spec: Any, proposal: Proposal, example: Mapping[str, Any], base: Mapping[str, Any]
+) -> dict[str, list[Any]]:
     """The grid of one proposed point, in the sweep's key order so its run folder gets the same
     name as a grid point would: the sweep's grid keys (method keys from ``example``, the run the
     method was seen in), then strength keys outside the grid whose value differs from the sweep's."""
     setting = dict(proposal.setting)
     grid: dict[str, list[Any]] = {}
     for k in _grid_values(spec.grid):
-        grid[k] = list(proposal.seeds) if k == "seed" else [setting[k] if k in setting else example.get(k, base.get(k))]
+        grid[k] = (
+            list(proposal.seeds)
+            if k == "seed"
+            else [setting[k] if k in setting else example.get(k, base.get(k))]
+        )
     for k, v in setting.items():
         if k not in grid and v != base.get(k):
             grid[k] = [v]
@@ -85,8 +104,14 @@ def _norm(v: Any) -> Any:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
-def extend_sweep(spec_file: str | Path, out_dir: str | Path | None, study: StudyConfig, *,
-                 references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, Any]:
+def extend_sweep(
+    spec_file: str | Path,
+    out_dir: str | Path | None,
+    study: StudyConfig,
+    *,
+    references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]]
+    | None = None,
+) -> dict[str, Any]:
     """``npo study --extend SWEEP.yaml``: the adaptive frontier search's next round.
 
     Reads the sweep's finished runs (only the methods its grid holds), reads the utility floor
@@ -101,16 +126,28 @@ def extend_sweep(spec_file: str | Path, out_dir: str | Path | None, study: Study
     base = _spec_values(spec)
     # this sweep's runs: its grid's values, and every other method key at the sweep's own value
     values = _grid_values(spec.grid)
-    fixed = {k: {_norm(x) for x in v} for k, v in values.items() if k != "seed" and k not in study.strength_keys}
+    fixed = {
+        k: {_norm(x) for x in v}
+        for k, v in values.items()
+        if k != "seed" and k not in study.strength_keys
+    }
     fixed.update({k: {_norm(base.get(k))} for k in study.method_keys if k not in values})
-    results = [r for rs in load_results(run_folders(root), study).values() for r in rs
-               if all(_norm(r.config.get(k, base.get(k))) in vals for k, vals in fixed.items())]
+    results = [
+        r
+        for rs in load_results(run_folders(root), study).values()
+        for r in rs
+        if all(_norm(r.config.get(k, base.get(k))) in vals for k, vals in fixed.items())
+    ]
     if not results:
-        raise ReportError(f"no evaluated runs of {spec_file} in {root}: run `npo sweep {spec_file}` first")
+        raise ReportError(
+            f"no evaluated runs of {spec_file} in {root}: run `npo sweep {spec_file}` first"
+        )
     refs = (references or references_for)(results, root)
     target_mu = refs.get("target", {}).get("model_utility")
     if target_mu is None:
-        raise ReportError(f"{root}: no target model utility to set the floor (the search needs the embedded benchmark's target)")
+        raise ReportError(
+            f"{root}: no target model utility to set the floor (the search needs the embedded benchmark's target)"
+        )
     floor = study.mu_fraction * target_mu
     out = Path(out_dir) if out_dir is not None else Path(spec_file).parent
     grids, heads, proposals = [], [], []
@@ -120,15 +157,34 @@ def extend_sweep(spec_file: str | Path, out_dir: str | Path | None, study: Study
             grid = proposal_grid(spec, p, example, base)
             grids.append(grid)
             heads.append(f"# {method}: {p.reason}")
-            proposals.append({"method": method, "setting": dict(p.setting), "seeds": list(p.seeds), "reason": p.reason,
-                              "runs": [point_name(pt) for pt in grid_points(grid)]})
+            proposals.append(
+                {
+                    "method": method,
+                    "setting": dict(p.setting),
+                    "seeds": list(p.seeds),
+                    "reason": p.reason,
+                    "runs": [point_name(pt) for pt in grid_points(grid)],
+                }
+            )
     files = []
     if grids:
         out.mkdir(parents=True, exist_ok=True)
         file = _next_file(out, Path(spec_file).stem.split("-next-")[0])
-        body = {"name": spec.name, "runs_dir": spec.runs_dir, "params": spec.params, "config": spec.config,
-                "setup": spec.setup, "notebooks": spec.notebooks, "parallel": spec.parallel, "grid": grids}
-        head = f"# next round of `npo study --extend {spec_file}`, a grid per proposed point:\n" + "\n".join(heads) + "\n"
+        body = {
+            "name": spec.name,
+            "runs_dir": spec.runs_dir,
+            "params": spec.params,
+            "config": spec.config,
+            "setup": spec.setup,
+            "notebooks": spec.notebooks,
+            "parallel": spec.parallel,
+            "grid": grids,
+        }
+        head = (
+            f"# next round of `npo study --extend {spec_file}`, a grid per proposed point:\n"
+            + "\n".join(heads)
+            + "\n"
+        )
         atomic_write_text(file, head + yaml.safe_dump(body, sort_keys=False))
         files.append(str(file))
         for prop in proposals:
@@ -158,16 +214,25 @@ class StudyPlan:
     seeds: list[int] = field(default_factory=lambda: [0])
     benchmarks: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": {}})
     blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    study: dict[str, Any] = field(default_factory=dict)  # study.* settings of this plan (search axes, seeds, ...)
+    study: dict[str, Any] = field(
+        default_factory=dict
+    )  # study.* settings of this plan (search axes, seeds, ...)
 
 
-def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+def plan_sweeps(
+    plan: StudyPlan, blocks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """``<name>-<benchmark>-<block>`` -> the sweep file's content (grid: the block's, then seed);
     ``blocks`` / ``benchmarks``: only these (default all)."""
-    for what, names, valid in (("block", blocks, plan.blocks), ("benchmark", benchmarks, plan.benchmarks)):
+    for what, names, valid in (
+        ("block", blocks, plan.blocks),
+        ("benchmark", benchmarks, plan.benchmarks),
+    ):
         unknown = [b for b in (names or []) if b not in valid]
         if unknown:
-            raise ReportError(f"study plan: unknown {what} '{unknown[0]}'; valid: {', '.join(valid)}")
+            raise ReportError(
+                f"study plan: unknown {what} '{unknown[0]}'; valid: {', '.join(valid)}"
+            )
     out = {}
     for block, body in plan.blocks.items():
         if blocks and block not in blocks:
@@ -175,26 +240,54 @@ def plan_sweeps(plan: StudyPlan, blocks: Sequence[str] | None = None, benchmarks
         own = "grid" in body
         unknown = sorted(set(body) - {"grid", "config", "benchmarks"}) if own else []
         if unknown:
-            raise ReportError(f"study plan block '{block}': unknown key(s) {', '.join(unknown)}; valid: grid, config, benchmarks")
+            raise ReportError(
+                f"study plan block '{block}': unknown key(s) {', '.join(unknown)}; valid: grid, config, benchmarks"
+            )
         grid = body["grid"] if own else body
-        missing = [b for b in (body.get("benchmarks") or []) if b not in plan.benchmarks] if own else []
+        missing = (
+            [b for b in (body.get("benchmarks") or []) if b not in plan.benchmarks] if own else []
+        )
         if missing:
-            raise ReportError(f"study plan block '{block}': unknown benchmark '{missing[0]}'; valid: {', '.join(plan.benchmarks)}")
+            raise ReportError(
+                f"study plan block '{block}': unknown benchmark '{missing[0]}'; valid: {', '.join(plan.benchmarks)}"
+            )
         for bench, extra in plan.benchmarks.items():
-            if (own and body.get("benchmarks") and bench not in body["benchmarks"]) or (benchmarks and bench not in benchmarks):
+            if (own and body.get("benchmarks") and bench not in body["benchmarks"]) or (
+                benchmarks and bench not in benchmarks
+            ):
                 continue
-            config = nest_keys(plan.config, extra, body.get("config") or {}) if own else nest_keys(plan.config, extra)
-            name = f"{plan.name}-{bench}-{block}" if own and body.get("config") else f"{plan.name}-{bench}"
+            config = (
+                nest_keys(plan.config, extra, body.get("config") or {})
+                if own
+                else nest_keys(plan.config, extra)
+            )
+            name = (
+                f"{plan.name}-{bench}-{block}"
+                if own and body.get("config")
+                else f"{plan.name}-{bench}"
+            )
             out[f"{plan.name}-{bench}-{block}"] = {
-                "name": name, "runs_dir": plan.runs_dir, "params": list(plan.params),
-                "config": config, "setup": list(plan.setup), "notebooks": list(plan.notebooks),
-                "parallel": plan.parallel, "grid": {**grid, "seed": list(plan.seeds)},
+                "name": name,
+                "runs_dir": plan.runs_dir,
+                "params": list(plan.params),
+                "config": config,
+                "setup": list(plan.setup),
+                "notebooks": list(plan.notebooks),
+                "parallel": plan.parallel,
+                "grid": {**grid, "seed": list(plan.seeds)},
             }
     return out
 
 
-def plan_study(plan_file: str | Path, out_dir: str | Path | None = None, *, overwrite: bool = False, reuse: bool = False,
-               blocks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None) -> list[Path]:
+def plan_study(
+    plan_file: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    reuse: bool = False,
+    blocks: Sequence[str] | None = None,
+    benchmarks: Sequence[str] | None = None,
+) -> list[Path]:
     """``npo study --plan PLAN.yaml [--out DIR]``: write the starting sweep files (default into
     ``<runs_dir>/<name>-plan``), each checked (every grid point's config) before anything runs.
     An existing file is an error unless ``overwrite``, or ``reuse`` and it holds the same sweep
@@ -211,15 +304,22 @@ def plan_study(plan_file: str | Path, out_dir: str | Path | None = None, *, over
         if file.exists() and not overwrite:
             if reuse and yaml.safe_load(file.read_text()) == body:
                 continue
-            raise ReportError(f"{file} exists" + (" and differs from the plan" if reuse else "") + ": remove it or choose another --out")
-        files.append((file, f"# from {plan_file}: `npo sweep {file}`, then `npo study --extend {file}` until it proposes nothing\n"
-                            + yaml.safe_dump(body, sort_keys=False)))
+            raise ReportError(
+                f"{file} exists"
+                + (" and differs from the plan" if reuse else "")
+                + ": remove it or choose another --out"
+            )
+        files.append(
+            (
+                file,
+                f"# from {plan_file}: `npo sweep {file}`, then `npo study --extend {file}` until it proposes nothing\n"
+                + yaml.safe_dump(body, sort_keys=False),
+            )
+        )
     out.mkdir(parents=True, exist_ok=True)
     for file, text in files:
         atomic_write_text(file, text)
     return [out / f"{stem}.yaml" for stem in sweeps]
-
-
 
 
 def merge_round(files: Sequence[str | Path], out_file: Path) -> list[Path]:
@@ -237,15 +337,28 @@ def merge_round(files: Sequence[str | Path], out_file: Path) -> list[Path]:
     out = []
     for i, (body, grids) in enumerate(groups.values()):
         file = out_file if i == 0 else out_file.with_name(f"{out_file.stem}-{i}{out_file.suffix}")
-        atomic_write_text(file, f"# {len(grids)} proposed points of the round, from {', '.join(map(str, files))}\n"
-                          + yaml.safe_dump({**body, "grid": grids}, sort_keys=False))
+        atomic_write_text(
+            file,
+            f"# {len(grids)} proposed points of the round, from {', '.join(map(str, files))}\n"
+            + yaml.safe_dump({**body, "grid": grids}, sort_keys=False),
+        )
         out.append(file)
     return out
 
 
-def run_study(plan_file: str | Path, study: StudyConfig, *, out: str | Path | None = None, parallel: int | None = None,
-              blocks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None, max_rounds: int = 12, sweep: Callable[..., Mapping[str, Any]] | None = None,
-              write: Callable[..., Mapping[str, Any]] | None = None, attack: Callable[..., Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def run_study(
+    plan_file: str | Path,
+    study: StudyConfig,
+    *,
+    out: str | Path | None = None,
+    parallel: int | None = None,
+    blocks: Sequence[str] | None = None,
+    benchmarks: Sequence[str] | None = None,
+    max_rounds: int = 12,
+    sweep: Callable[..., Mapping[str, Any]] | None = None,
+    write: Callable[..., Mapping[str, Any]] | None = None,
+    attack: Callable[..., Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """``npo study --run PLAN.yaml``: the whole study, resumable.
 
     For each sweep folder of the plan (a benchmark, or a block with its own config), in the
@@ -278,33 +391,59 @@ def run_study(plan_file: str | Path, study: StudyConfig, *, out: str | Path | No
         t["wall"] += float(res["seconds"])
         tried.update(n for n, _ in ran)
         if t["runs"]:
-            print(f"study {res['name']}: {int(t['runs'])} runs so far, {t['seconds'] / t['runs']:.0f} s per run, "
-                  f"{t['wall'] / t['runs']:.0f} s wall per run with {parallel or yaml.safe_load(file.read_text()).get('parallel', 1)} at a time", flush=True)
+            print(
+                f"study {res['name']}: {int(t['runs'])} runs so far, {t['seconds'] / t['runs']:.0f} s per run, "
+                f"{t['wall'] / t['runs']:.0f} s wall per run with {parallel or yaml.safe_load(file.read_text()).get('parallel', 1)} at a time",
+                flush=True,
+            )
 
     for name, files in folders.items():
         tried: set[str] = set()
         for f in files:
             run(f, tried)
         for r in range(1, max_rounds + 1):
-            proposed = [res for f in files if (res := extend_sweep(f, plan_dir / "next", study))["files"]]
+            proposed = [
+                res for f in files if (res := extend_sweep(f, plan_dir / "next", study))["files"]
+            ]
             runs = {n for res in proposed for p in res["proposals"] for n in p["runs"]}
             if not proposed:
-                print(f"study {name}: every method's frontier around the floor is complete or at its limits", flush=True)
+                print(
+                    f"study {name}: every method's frontier around the floor is complete or at its limits",
+                    flush=True,
+                )
                 break
             if runs <= tried:
-                print(f"study {name}: round {r} proposes only runs that already ran here and did not finish ({', '.join(sorted(runs))}); stopping", flush=True)
+                print(
+                    f"study {name}: round {r} proposes only runs that already ran here and did not finish ({', '.join(sorted(runs))}); stopping",
+                    flush=True,
+                )
                 break
-            print(f"study {name}: round {r}: {len(runs)} runs for {len({p['method'] for res in proposed for p in res['proposals']})} methods", flush=True)
-            merged = merge_round([f for res in proposed for f in res["files"]], _next_file(plan_dir / "next", name, "round"))
+            print(
+                f"study {name}: round {r}: {len(runs)} runs for {len({p['method'] for res in proposed for p in res['proposals']})} methods",
+                flush=True,
+            )
+            merged = merge_round(
+                [f for res in proposed for f in res["files"]],
+                _next_file(plan_dir / "next", name, "round"),
+            )
             for f in merged:
                 run(f, tried)
         else:
-            print(f"study {name}: stopped after {max_rounds} rounds; `npo study --run {plan_file}` continues the search", flush=True)
+            print(
+                f"study {name}: stopped after {max_rounds} rounds; `npo study --run {plan_file}` continues the search",
+                flush=True,
+            )
         if study.attacks:
             res = attack(Path(plan.runs_dir) / name, study, parallel=parallel or plan.parallel)
-            print(f"study {name}: attacks at the matched settings: {res['done']} runs attacked, {res['skipped']} already were, "
-                  f"{len(res['failed'])} failed" + (f" ({', '.join(res['failed'])})" if res["failed"] else ""), flush=True)
-    result = dict(write([Path(plan.runs_dir) / n for n in folders], out if out is not None else "docs", study))
+            print(
+                f"study {name}: attacks at the matched settings: {res['done']} runs attacked, {res['skipped']} already were, "
+                f"{len(res['failed'])} failed"
+                + (f" ({', '.join(res['failed'])})" if res["failed"] else ""),
+                flush=True,
+            )
+    result = dict(
+        write([Path(plan.runs_dir) / n for n in folders], out if out is not None else "docs", study)
+    )
     result["timing"] = timing
     return result
 
@@ -324,8 +463,13 @@ def _sweep_points(root: Path) -> tuple[SweepSpec | None, dict[str, dict[str, Any
     return (specs[0] if specs else None), points
 
 
-def matched_attack_steps(root: str | Path, study: StudyConfig, *,
-                         references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]] | None = None) -> list[list[Step]]:
+def matched_attack_steps(
+    root: str | Path,
+    study: StudyConfig,
+    *,
+    references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]]
+    | None = None,
+) -> list[list[Step]]:
     """The steps that attack each method's matched setting in sweep folder ``root``, one list
     per run (every seed there): the run's own setup and forget steps (unchanged, so skipped) and
     the evaluation notebook again with ``eval.robustness = study.attacks``, writing into
@@ -339,13 +483,20 @@ def matched_attack_steps(root: str | Path, study: StudyConfig, *,
     for bench, results in load_results(run_folders(root), study).items():
         b = analyse(bench, results, (references or references_for)(results, root), study)
         for row in b.rows:
-            for r in (r for r in results if row.setting is not None and r.method == row.method and r.setting == row.setting):
+            for r in (
+                r
+                for r in results
+                if row.setting is not None and r.method == row.method and r.setting == row.setting
+            ):
                 point = points.get(r.name)
                 if point is None:
                     continue
                 one = {**asdict(spec), "grid": {k: [v] for k, v in point.items()}}
                 setup, runs, _ = sweep_steps(SweepSpec(**one))
-                forget, evaluation = runs[r.name][0], sweep_steps(SweepSpec(**{**one, "config": attacked}))[1][r.name][-1]
+                forget, evaluation = (
+                    runs[r.name][0],
+                    sweep_steps(SweepSpec(**{**one, "config": attacked}))[1][r.name][-1],
+                )
                 evaluation.name = f"{r.name}: attacks"
                 evaluation.params.update(eval_out_dir=str(root / r.name / ATTACKS_DIR))
                 evaluation.output = root / r.name / ATTACKS_DIR / "notebooks" / "evaluation.ipynb"
@@ -354,8 +505,14 @@ def matched_attack_steps(root: str | Path, study: StudyConfig, *,
     return out
 
 
-def attack_matched(root: str | Path, study: StudyConfig, *, parallel: int = 1,
-                   references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]] | None = None) -> dict[str, Any]:
+def attack_matched(
+    root: str | Path,
+    study: StudyConfig,
+    *,
+    parallel: int = 1,
+    references: Callable[[Sequence[RunResult], Path], Mapping[str, Mapping[str, Any]]]
+    | None = None,
+) -> dict[str, Any]:
     """Run :func:`matched_attack_steps` (``parallel`` runs at a time); a run already attacked
     is skipped, so the attacks run only where the verdict is read, not on every point of the
     search. Returns ``{"done", "skipped", "failed"}`` (failed: run names)."""
@@ -363,8 +520,13 @@ def attack_matched(root: str | Path, study: StudyConfig, *, parallel: int = 1,
     todo = [st for st in steps if not st[-1].is_current()]
     failed: list[str] = []
     on_cpus = local_device_slots(1, 1)[0] is None  # with GPUs the threads are not what they share
-    with cpu_share(str(root), min(parallel, len(todo)), on_cpus), ThreadPoolExecutor(max(1, parallel)) as pool:
-        for st, results in zip(todo, pool.map(lambda st: run_steps(st, stream=False), todo), strict=True):
+    with (
+        cpu_share(str(root), min(parallel, len(todo)), on_cpus),
+        ThreadPoolExecutor(max(1, parallel)) as pool,
+    ):
+        for st, results in zip(
+            todo, pool.map(lambda st: run_steps(st, stream=False), todo), strict=True
+        ):
             if any(x.status == "failed" for x in results):
                 failed.append(st[-1].name.split(":")[0])
     return {"done": len(todo) - len(failed), "skipped": len(steps) - len(todo), "failed": failed}

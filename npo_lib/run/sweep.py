@@ -50,8 +50,12 @@ class SweepSpec:
     name: str = "sweep"
     params: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = field(default_factory=dict)  # config key -> values; or a list of such grids (their union)
-    setup: list[str] = field(default_factory=list)  # notebooks run once before the grid (prepare, influence)
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]] = field(
+        default_factory=dict
+    )  # config key -> values; or a list of such grids (their union)
+    setup: list[str] = field(
+        default_factory=list
+    )  # notebooks run once before the grid (prepare, influence)
     notebooks: list[str] = field(default_factory=lambda: ["forget", "evaluation"])  # per grid point
     parallel: int = 1  # grid points executed at a time
     runs_dir: str = "runs"
@@ -62,7 +66,9 @@ class SweepSpec:
             valid = {f.name for f in fields(SweepExecutorConfig)}
             unknown = sorted(set(self.executor) - valid)
             if unknown:
-                raise ConfigError(f"sweep {self.name}: unknown executor key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+                raise ConfigError(
+                    f"sweep {self.name}: unknown executor key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+                )
             self.executor = SweepExecutorConfig(**self.executor)
 
 
@@ -71,7 +77,9 @@ def _slug(value: Any) -> str:
     return "".join(c if c.isalnum() or c in "+-._" else "_" for c in s)
 
 
-def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]]) -> list[dict[str, Any]]:
+def grid_points(
+    grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]],
+) -> list[dict[str, Any]]:
     """Every combination of the grid's values, in the file's order. A list of grids gives the
     union of their points, in order, each point once (``npo study --extend`` writes one file per
     round this way, so all of a round's points run ``parallel`` at a time)."""
@@ -79,17 +87,23 @@ def grid_points(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequen
         out: dict[str, dict[str, Any]] = {}
         for i, g in enumerate(grid):
             if not isinstance(g, Mapping):
-                raise ConfigError(f"sweep grid: entry {i} of the list must be a mapping of config key -> values, got {g!r}")
+                raise ConfigError(
+                    f"sweep grid: entry {i} of the list must be a mapping of config key -> values, got {g!r}"
+                )
             for pt in grid_points(g):
                 out.setdefault(point_name(pt), pt)
         return list(out.values())
     if not isinstance(grid, Mapping):
-        raise ConfigError(f"sweep grid must be a mapping of config key -> values (or a list of them), got {grid!r}")
+        raise ConfigError(
+            f"sweep grid must be a mapping of config key -> values (or a list of them), got {grid!r}"
+        )
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"sweep grid: '{k}' must be a non-empty list of values, got {v!r}")
     keys = list(grid)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
+    return [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))
+    ]
 
 
 def point_name(point: Mapping[str, Any]) -> str:
@@ -105,7 +119,15 @@ def sweep_steps(spec: SweepSpec) -> tuple[list[Step], dict[str, list[Step]], Pat
     setup: list[Step] = []
     for i, nb in enumerate(spec.setup, 1):
         extra = {"influence_dir": str(infl)} if nb == "influence" else {}
-        setup.append(Step(nb, notebook_path(nb), step_params(spec, extra), root / "notebooks" / f"{i:02d}-{nb}.ipynb", deps=list(setup)))
+        setup.append(
+            Step(
+                nb,
+                notebook_path(nb),
+                step_params(spec, extra),
+                root / "notebooks" / f"{i:02d}-{nb}.ipynb",
+                deps=list(setup),
+            )
+        )
     runs: dict[str, list[Step]] = {}
     for point in grid_points(spec.grid):
         name, run = point_name(point), root / point_name(point)
@@ -118,8 +140,18 @@ def sweep_steps(spec: SweepSpec) -> tuple[list[Step], dict[str, list[Step]], Pat
             elif nb == "evaluation":
                 extra.update(eval_model_path=str(run / "model"), eval_out_dir=str(run))
             elif nb == "token_visualization":
-                extra.update(unlearned_model_path=str(run / "model"), heatmap_file=str(run / "heatmaps.html"))
-            steps.append(Step(f"{name}: {nb}", notebook_path(nb), step_params(spec, extra), run / "notebooks" / f"{i:02d}-{nb}.ipynb", deps=[*setup, *steps]))
+                extra.update(
+                    unlearned_model_path=str(run / "model"), heatmap_file=str(run / "heatmaps.html")
+                )
+            steps.append(
+                Step(
+                    f"{name}: {nb}",
+                    notebook_path(nb),
+                    step_params(spec, extra),
+                    run / "notebooks" / f"{i:02d}-{nb}.ipynb",
+                    deps=[*setup, *steps],
+                )
+            )
             if nb == "forget":
                 steps[-1].runtime.update(forget_mode(steps[-1]))
         runs[name] = steps
@@ -130,7 +162,9 @@ _NOT_RUN = {"seconds": 0.0, "error": "", "failed_step": "", "notebook": ""}
 Say = Callable[[str, dict[str, Any]], None]  # (point name, its status entry): record it
 
 
-def _run_threads(runs: Mapping[str, list[Step]], order: Sequence[str], n: int, stream: bool, done: Say) -> None:
+def _run_threads(
+    runs: Mapping[str, list[Step]], order: Sequence[str], n: int, stream: bool, done: Say
+) -> None:
     """Today's pool: ``n`` points at a time as threads of this process."""
 
     def one(name: str) -> tuple[str, dict[str, Any]]:
@@ -142,8 +176,14 @@ def _run_threads(runs: Mapping[str, list[Step]], order: Sequence[str], n: int, s
             done(name, rec)
 
 
-def _run_local(runs: Mapping[str, list[Step]], order: Sequence[str], slots: list[list[str] | None],
-               executor: Any, started: Say, done: Say) -> None:
+def _run_local(
+    runs: Mapping[str, list[Step]],
+    order: Sequence[str],
+    slots: list[list[str] | None],
+    executor: Any,
+    started: Say,
+    done: Say,
+) -> None:
     """One submitit process per point, ``len(slots)`` at a time, each with its own device set
     (a thread per slot submits and waits; submitit runs, pickles and logs the jobs)."""
     free: queue.Queue[list[str] | None] = queue.Queue()
@@ -167,8 +207,14 @@ def _run_local(runs: Mapping[str, list[Step]], order: Sequence[str], slots: list
             done(name, rec)
 
 
-def _run_slurm(runs: Mapping[str, list[Step]], order: Sequence[str], executor: Any, status: Mapping[str, Any],
-               started: Say, done: Say) -> None:
+def _run_slurm(
+    runs: Mapping[str, list[Step]],
+    order: Sequence[str],
+    executor: Any,
+    status: Mapping[str, Any],
+    started: Say,
+    done: Say,
+) -> None:
     """One SLURM job array, a task per point (``array_parallelism`` at a time); waits for it.
     Points whose job from an earlier run is still queued or running are waited on, not resubmitted."""
     import submitit
@@ -186,7 +232,9 @@ def _run_slurm(runs: Mapping[str, list[Step]], order: Sequence[str], executor: A
         done(names[job.job_id], {**job_outcome(job), **job_record(job)})
 
 
-def _run_setup(setup: list[Step], executor: Any, devices: list[str] | None, stream: bool, started: Say) -> dict[str, Any]:
+def _run_setup(
+    setup: list[Step], executor: Any, devices: list[str] | None, stream: bool, started: Say
+) -> dict[str, Any]:
     """The setup notebooks here (thread executor, or nothing left to do), else as one job."""
     if executor is None or all(s.is_current() for s in setup):
         return point_record(run_steps(setup, stream=stream))
@@ -203,7 +251,10 @@ def cpu_share(name: str, n: int, on_cpus: bool) -> Iterator[None]:
     threads = cpu_threads_per_run(n, os.cpu_count(), os.environ) if on_cpus else None
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = threads
-        print(f"sweep {name}: {n} runs at a time on {os.cpu_count()} CPUs: OMP_NUM_THREADS={threads} each", flush=True)
+        print(
+            f"sweep {name}: {n} runs at a time on {os.cpu_count()} CPUs: OMP_NUM_THREADS={threads} each",
+            flush=True,
+        )
     try:
         yield
     finally:
@@ -243,11 +294,21 @@ def run_sweep(
     slots = local_device_slots(n, spec.executor.gpus_per_run) if kind != "slurm" else []
     if kind == "thread" and len(slots) > 1 and slots[0] is not None:
         if importlib.util.find_spec("submitit") is None:
-            print(f"sweep {spec.name}: {len(slots)} threads share the GPUs; pip install -e '.[cluster]' gives each run its own", flush=True)
+            print(
+                f"sweep {spec.name}: {len(slots)} threads share the GPUs; pip install -e '.[cluster]' gives each run its own",
+                flush=True,
+            )
         else:
-            print(f"sweep {spec.name}: {len(slots)} runs at a time on GPUs: each a local job pinned to its own ({slots[0]!r}, ...)", flush=True)
+            print(
+                f"sweep {spec.name}: {len(slots)} runs at a time on GPUs: each a local job pinned to its own ({slots[0]!r}, ...)",
+                flush=True,
+            )
             kind = "local"
-    sub = make_executor(spec.executor, kind, Path(spec.executor.folder or root / "jobs"), spec.name) if kind != "thread" else None
+    sub = (
+        make_executor(spec.executor, kind, Path(spec.executor.folder or root / "jobs"), spec.name)
+        if kind != "thread"
+        else None
+    )
 
     def record(name: str, rec: dict[str, Any]) -> None:
         with lock:
@@ -258,7 +319,13 @@ def run_sweep(
     setup_rec = _run_setup(setup, sub, slots[0] if slots else None, stream, record)
     if setup_rec["status"] in ("failed", "interrupted"):
         record("_setup", setup_rec)
-        return {"name": spec.name, "ok": False, "status": status, "executor": kind, "seconds": time.perf_counter() - t0}
+        return {
+            "name": spec.name,
+            "ok": False,
+            "status": status,
+            "executor": kind,
+            "seconds": time.perf_counter() - t0,
+        }
     status.pop("_setup", None)
     # 2. the grid points: finished ones are skipped without a job
     order = list(runs)
@@ -272,9 +339,14 @@ def run_sweep(
         record(name, rec)
         why = ""
         if rec["status"] in ("failed", "interrupted"):
-            why = f" ({rec['failed_step']}: {rec['error'].splitlines()[-1] if rec['error'] else ''})"
+            why = (
+                f" ({rec['failed_step']}: {rec['error'].splitlines()[-1] if rec['error'] else ''})"
+            )
         took = f" in {rec['seconds']:.0f} s" if rec.get("seconds") else ""
-        print(f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{took}{why}", flush=True)
+        print(
+            f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{took}{why}",
+            flush=True,
+        )
 
     with cpu_share(spec.name, min(n, len(pending)), kind != "slurm" and slots[0] is None):
         if kind == "thread":
@@ -283,8 +355,18 @@ def run_sweep(
             _run_local(runs, pending, slots, sub, record, done)
         else:
             _run_slurm(runs, pending, sub, status, record, done)
-    finished = [root / name for name in order if status[name]["status"] in ("done", "skipped") and (root / name / "eval" / "metrics.json").is_file()]
-    out: dict[str, Any] = {"name": spec.name, "status": {k: status[k] for k in order}, "executor": kind, "ok": all(status[k]["status"] in ("done", "skipped") for k in order)}
+    finished = [
+        root / name
+        for name in order
+        if status[name]["status"] in ("done", "skipped")
+        and (root / name / "eval" / "metrics.json").is_file()
+    ]
+    out: dict[str, Any] = {
+        "name": spec.name,
+        "status": {k: status[k] for k in order},
+        "executor": kind,
+        "ok": all(status[k]["status"] in ("done", "skipped") for k in order),
+    }
     if finished:
         table, csv_path = report(finished, root / "report.csv")
         atomic_write_text(root / "report.md", table + "\n")

@@ -29,19 +29,43 @@ class TrainSettings:
 
     @classmethod
     def for_forget(cls, cfg: Config) -> TrainSettings:
-        return cls(cfg.lr, cfg.num_epochs, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.warmup_epochs,
-                   cfg.weight_decay, cfg.seed)
+        return cls(
+            cfg.lr,
+            cfg.num_epochs,
+            cfg.batch_size,
+            cfg.gradient_accumulation_steps,
+            cfg.warmup_epochs,
+            cfg.weight_decay,
+            cfg.seed,
+        )
 
     @classmethod
     def for_finetune(cls, cfg: Config) -> TrainSettings:
         """``finetune.*``; the accumulation makes ``effective_batch_size`` over every rank."""
         ft = cfg.finetune
-        accumulate = max(1, math.ceil(ft.effective_batch_size / (ft.batch_size * dist.world_size())))
-        return cls(ft.lr, ft.num_epochs, ft.batch_size, accumulate, ft.warmup_epochs, ft.weight_decay, cfg.seed)
+        accumulate = max(
+            1, math.ceil(ft.effective_batch_size / (ft.batch_size * dist.world_size()))
+        )
+        return cls(
+            ft.lr,
+            ft.num_epochs,
+            ft.batch_size,
+            accumulate,
+            ft.warmup_epochs,
+            ft.weight_decay,
+            cfg.seed,
+        )
 
 
-def training_arguments(cfg: Config, out: Path, n_examples: int, family_gc: bool, s: TrainSettings, *,
-                       group_by_length: bool = False):
+def training_arguments(
+    cfg: Config,
+    out: Path,
+    n_examples: int,
+    family_gc: bool,
+    s: TrainSettings,
+    *,
+    group_by_length: bool = False,
+):
     """HF ``TrainingArguments``: AdamW, linear warm-up then decay, a checkpoint every epoch (or
     every ``save_steps``), bf16 on a GPU that has it, gloo between CPU ranks. Under ZeRO-3 the
     DeepSpeed process group is started first: ``from_pretrained`` partitions the weights.
@@ -54,7 +78,10 @@ def training_arguments(cfg: Config, out: Path, n_examples: int, family_gc: bool,
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    steps_per_epoch = max(1, math.ceil(n_examples / (s.batch_size * s.gradient_accumulation_steps * dist.world_size())))
+    steps_per_epoch = max(
+        1,
+        math.ceil(n_examples / (s.batch_size * s.gradient_accumulation_steps * dist.world_size())),
+    )
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=s.batch_size,
@@ -73,7 +100,9 @@ def training_arguments(cfg: Config, out: Path, n_examples: int, family_gc: bool,
         data_seed=s.seed,
         use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=family_gc if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
+        gradient_checkpointing=family_gc
+        if cfg.gradient_checkpointing is None
+        else cfg.gradient_checkpointing,
         deepspeed=cfg.ds_config,
         ddp_backend="gloo" if not cuda and dist.world_size() > 1 else None,
         remove_unused_columns=False,
@@ -91,7 +120,9 @@ def rmu_trainable_blocks(cfg: Config) -> list[int]:
     return list(range(max(0, cfg.rmu_layer - 2), cfg.rmu_layer + 1))
 
 
-_BLOCK_PARAM = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")  # "...layers.<i>.<path inside the block>"
+_BLOCK_PARAM = re.compile(
+    r"(?:^|\.)layers\.(\d+)\.(.+)$"
+)  # "...layers.<i>.<path inside the block>"
 
 
 def train_only_blocks(model: Any, blocks: Sequence[int], modules: Sequence[str]) -> list[str]:
@@ -106,8 +137,13 @@ def train_only_blocks(model: Any, blocks: Sequence[int], modules: Sequence[str])
     kept: list[str] = []
     for name, p in model.named_parameters():
         m = _BLOCK_PARAM.search(name)
-        inside = m is not None and int(m.group(1)) in blocks and (
-            not modules or any(m.group(2) == mod or m.group(2).startswith(mod + ".") for mod in modules)
+        inside = (
+            m is not None
+            and int(m.group(1)) in blocks
+            and (
+                not modules
+                or any(m.group(2) == mod or m.group(2).startswith(mod + ".") for mod in modules)
+            )
         )
         if not inside:
             p.requires_grad_(False)

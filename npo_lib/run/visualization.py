@@ -28,12 +28,24 @@ def token_tables(
     folder = Path(influence_dir) if influence_dir else influence_files(cfg)
     inputs = load_inputs(cfg, with_retain_sample=False)
     tables = tables_from_influence(
-        folder, inputs.dataset.forget, tags=inputs.tags, view=INFLUENCE_VIEW,
-        selection=cfg.selection, w_selected=cfg.w_selected, w_other=cfg.w_other,
+        folder,
+        inputs.dataset.forget,
+        tags=inputs.tags,
+        view=INFLUENCE_VIEW,
+        selection=cfg.selection,
+        w_selected=cfg.w_selected,
+        w_other=cfg.w_other,
     )
     if unlearned_model_path is not None:
         target = load_model(cfg, inputs.model_path).eval()
         unlearned = load_model(cfg, str(unlearned_model_path)).eval()
-        rows = delta_logprobs(target, unlearned, inputs.dataset, INFLUENCE_VIEW, pad_token_id=inputs.tokenizer.pad_token_id, progress=progress)
+        rows = delta_logprobs(
+            target,
+            unlearned,
+            inputs.dataset,
+            INFLUENCE_VIEW,
+            pad_token_id=inputs.tokenizer.pad_token_id,
+            progress=progress,
+        )
         add_score(tables, "delta_logp", rows)
     return tables

@@ -36,7 +36,11 @@ def fingerprint(*parts: Any, length: int = 16) -> str:
     JSON (dataclasses as dicts, keys sorted, unknown types by ``str``), separated by NUL."""
     h = hashlib.sha256()
     for p in parts:
-        h.update(p if isinstance(p, bytes) else json.dumps(_plain(p), sort_keys=True, default=str, ensure_ascii=False).encode())
+        h.update(
+            p
+            if isinstance(p, bytes)
+            else json.dumps(_plain(p), sort_keys=True, default=str, ensure_ascii=False).encode()
+        )
         h.update(b"\0")
     return h.hexdigest()[:length]
 

@@ -46,7 +46,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
     """``obj`` as JSON (non-ASCII kept, unknown types by ``str``), written atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n"
+    )
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:

@@ -35,4 +35,6 @@ def machine_line(info: dict[str, str] | None = None) -> str:
     i = info or machine_info()
     extra = "".join(f", {k}={i[k]}" for k in KERNEL_ENV if k in i)
     gpu = f", GPU {i['gpu']}" if "gpu" in i else ""
-    return f"CPU kernels {i['cpu_capability']}, torch {i['torch']}, {i['threads']} threads{gpu}{extra}"
+    return (
+        f"CPU kernels {i['cpu_capability']}, torch {i['torch']}, {i['threads']} threads{gpu}{extra}"
+    )

@@ -76,7 +76,12 @@ class LineProgress(tqdm_std.tqdm):
 def _launched_by_papermill() -> bool:
     """Whether this process's parent is papermill (a kernel it started)."""
     try:
-        cmd = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmd = (
+            Path(f"/proc/{os.getppid()}/cmdline")
+            .read_bytes()
+            .replace(b"\0", b" ")
+            .decode(errors="replace")
+        )
     except OSError:
         try:
             import psutil  # other systems, where installed
@@ -92,7 +97,9 @@ def progress_mode(mode: str = "auto") -> str:
     if mode == "auto":
         mode = os.environ.get(PROGRESS_ENV) or ("lines" if _launched_by_papermill() else "bar")
     if mode not in PROGRESS_MODES:
-        raise ValueError(f"progress mode '{mode}' is unknown; valid: auto, {', '.join(PROGRESS_MODES)}")
+        raise ValueError(
+            f"progress mode '{mode}' is unknown; valid: auto, {', '.join(PROGRESS_MODES)}"
+        )
     return mode
 
 
@@ -101,7 +108,11 @@ def _off(*args: Any, **kwargs: Any) -> tqdm_std.tqdm:
 
 
 # mode -> the class (or factory) the kernel's tqdm.auto should hand out; None keeps tqdm's choice
-PROGRESS_MODES: dict[str, Callable[..., Any] | None] = {"bar": None, "lines": LineProgress, "off": _off}
+PROGRESS_MODES: dict[str, Callable[..., Any] | None] = {
+    "bar": None,
+    "lines": LineProgress,
+    "off": _off,
+}
 _ORIGINAL: dict[str, Any] = {}
 
 

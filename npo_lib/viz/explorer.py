@@ -50,27 +50,43 @@ class TokenExplorer:
         common = [s for s in self.tables[0].scores if all(s in t.scores for t in self.tables)]
         self.score_names = list(scores) if scores is not None else common
         if not self.score_names:
-            raise ValueError("the tables share no score row: add one (tables_from_influence, add_score)")
+            raise ValueError(
+                "the tables share no score row: add one (tables_from_influence, add_score)"
+            )
         self.vmax = {s: shared_range(self.tables, s, percentile) for s in self.score_names}
         first = self.vmax[self.score_names[0]]
         self.example = widgets.Dropdown(
-            options=[(f"#{t.index}: {t.question[:70]}", i) for i, t in enumerate(self.tables)], value=0,
+            options=[(f"#{t.index}: {t.question[:70]}", i) for i, t in enumerate(self.tables)],
+            value=0,
             description="example",
         )
         self.score = widgets.ToggleButtons(
-            options=[(score_label(s), s) for s in self.score_names], value=self.score_names[0], description="score"
+            options=[(score_label(s), s) for s in self.score_names],
+            value=self.score_names[0],
+            description="score",
         )
         self.scale = widgets.ToggleButtons(
-            options=[(v.label, k) for k, v in SCALES.items()], value=scale, description="scale",
+            options=[(v.label, k) for k, v in SCALES.items()],
+            value=scale,
+            description="scale",
             tooltips=[v.help for v in SCALES.values()],
         )
         self.threshold = widgets.FloatSlider(
-            value=min(threshold, first), min=0.0, max=first, step=first / 100, description="|value| ≥",
-            readout_format=".3g", continuous_update=False,
+            value=min(threshold, first),
+            min=0.0,
+            max=first,
+            step=first / 100,
+            description="|value| ≥",
+            readout_format=".3g",
+            continuous_update=False,
         )
-        self.compact = widgets.Checkbox(value=compact, description="compact: one line per example", indent=False)
+        self.compact = widgets.Checkbox(
+            value=compact, description="compact: one line per example", indent=False
+        )
         self.html = widgets.HTML()
-        self.widget = widgets.VBox([self.example, self.score, self.scale, self.threshold, self.compact, self.html])
+        self.widget = widgets.VBox(
+            [self.example, self.score, self.scale, self.threshold, self.compact, self.html]
+        )
         self.score.observe(self._on_score, names="value")
         for w in (self.example, self.threshold, self.scale, self.compact):
             w.observe(lambda _change: self.render(), names="value")
@@ -85,8 +101,13 @@ class TokenExplorer:
     def render(self) -> str:
         """Redraw the HTML for the current choice; returns it."""
         name, scale = self.score.value, self.scale.value
-        kw = {"threshold": self.threshold.value, "vmax": self.vmax[name], "scales": (scale,), "percentile": self.percentile,
-              "gamma": self.gamma}
+        kw = {
+            "threshold": self.threshold.value,
+            "vmax": self.vmax[name],
+            "scales": (scale,),
+            "percentile": self.percentile,
+            "gamma": self.gamma,
+        }
         if self.compact.value:
             body = "".join(render_example(t, name, **kw) for t in self.tables)
         else:

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-
 def new_figure(**kw: Any) -> Figure:
     """A matplotlib Figure not attached to pyplot (no global state, safe in threads and kernels)."""
     return require("matplotlib.figure").Figure(**kw)
@@ -50,7 +49,12 @@ def plot_loss_terms(run_dir: str | Path, path: str | Path | None = None) -> Figu
     for name in terms:
         pts = [(r["step"], r[name]) for r in rows if isinstance(r.get(name), int | float)]
         if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=name, lw=2 if name == "loss" else 1.2)
+            ax.plot(
+                *zip(*pts),
+                marker="." if len(pts) < 30 else None,
+                label=name,
+                lw=2 if name == "loss" else 1.2,
+            )
     ax.set(xlabel="step", ylabel="loss term", title=f"loss terms: {Path(run_dir).name}")
     ax.axhline(0, color="#999", lw=0.6)
     ax.legend(fontsize="small")
@@ -105,15 +109,34 @@ def plot_fq_mu(
             continue
         y = max(p.forget_quality, 1e-300)
         if p.role in ROLE_STYLE:
-            ax.scatter([p.model_utility], [y], label=p.role if p.role not in labelled else None, **ROLE_STYLE[p.role])
+            ax.scatter(
+                [p.model_utility],
+                [y],
+                label=p.role if p.role not in labelled else None,
+                **ROLE_STYLE[p.role],
+            )
             labelled.add(p.role)
         else:
             g = p.group or "runs"
-            ax.errorbar([p.model_utility], [y], xerr=[p.mu_err] if p.mu_err else None, fmt="o", color=colours[g],
-                        label=g if g not in labelled else None, alpha=0.85, capsize=2)
+            ax.errorbar(
+                [p.model_utility],
+                [y],
+                xerr=[p.mu_err] if p.mu_err else None,
+                fmt="o",
+                color=colours[g],
+                label=g if g not in labelled else None,
+                alpha=0.85,
+                capsize=2,
+            )
             labelled.add(g)
         if annotate:
-            ax.annotate(p.name, (p.model_utility, y), textcoords="offset points", xytext=(5, 4), fontsize="x-small")
+            ax.annotate(
+                p.name,
+                (p.model_utility, y),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize="x-small",
+            )
     if floor is not None:
         ax.axvline(floor, color="0.5", ls="--", lw=1, label=floor_label)
     ax.set_yscale("log")
@@ -121,23 +144,44 @@ def plot_fq_mu(
     if labelled or floor is not None:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if missing:
-        fig.text(0.01, -0.02, "no forget quality / utility: " + ", ".join(missing), fontsize="small")
+        fig.text(
+            0.01, -0.02, "no forget quality / utility: " + ", ".join(missing), fontsize="small"
+        )
     return save_figure(fig, path)
 
 
 def plot_score_distributions(
-    tables: Sequence[TokenTable], score: str = "influence", *, bins: int = 40, path: str | Path | None = None
+    tables: Sequence[TokenTable],
+    score: str = "influence",
+    *,
+    bins: int = 40,
+    path: str | Path | None = None,
 ) -> Figure:
     """Histograms (densities, shared bins) of ``score`` on fact tokens and on the other tokens."""
     values = np.concatenate([t.scores[score] for t in tables]) if tables else np.zeros(0)
-    fact = np.concatenate([np.asarray(t.fact, dtype=bool) for t in tables]) if tables else np.zeros(0, bool)
+    fact = (
+        np.concatenate([np.asarray(t.fact, dtype=bool) for t in tables])
+        if tables
+        else np.zeros(0, bool)
+    )
     edges = np.histogram_bin_edges(values, bins=bins) if values.size else bins
     fig = new_figure(figsize=(6, 3.8))
     ax = fig.subplots()
     for name, sel, col in (("fact tokens", fact, "tab:red"), ("other tokens", ~fact, "tab:blue")):
         if sel.any():
             v = values[sel]
-            ax.hist(v, bins=edges, density=True, alpha=0.55, color=col, label=f"{name} (n={v.size}, mean {v.mean():.3g})")
-    ax.set(xlabel=score_label(score), ylabel="density", title=f"{score_label(score)}: fact vs other tokens")
+            ax.hist(
+                v,
+                bins=edges,
+                density=True,
+                alpha=0.55,
+                color=col,
+                label=f"{name} (n={v.size}, mean {v.mean():.3g})",
+            )
+    ax.set(
+        xlabel=score_label(score),
+        ylabel="density",
+        title=f"{score_label(score)}: fact vs other tokens",
+    )
     ax.legend(fontsize="small")
     return save_figure(fig, path)

@@ -41,13 +41,17 @@ DEFAULT_GAMMA = 0.5  # exponent of the power map |x|^γ (the schema's viz.gamma)
 INK_SWITCH = 0.6  # |x| above which the token's text turns white
 
 
-def clip_value(values: Iterable[float] | np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> float:
+def clip_value(
+    values: Iterable[float] | np.ndarray, percentile: float = DEFAULT_PERCENTILE
+) -> float:
     """The ``percentile``-th percentile of the finite, non-zero |values| (1 when there are none).
 
     Zeros are left out so that a sparse row (most tokens 0) still gets the range of its non-zero
     tokens; ``percentile=100`` is the plain max |value|.
     """
-    a = np.abs(np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64))
+    a = np.abs(
+        np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64)
+    )
     a = a[np.isfinite(a) & (a > 0)]
     if not a.size:
         return 1.0
@@ -55,7 +59,9 @@ def clip_value(values: Iterable[float] | np.ndarray, percentile: float = DEFAULT
     return top if top > 0 else 1.0
 
 
-def score_range(tables: Iterable[TokenTable], score: str, percentile: float = DEFAULT_PERCENTILE) -> float:
+def score_range(
+    tables: Iterable[TokenTable], score: str, percentile: float = DEFAULT_PERCENTILE
+) -> float:
     """The shared symmetric colour range c of ``score`` over ``tables``: the ``percentile``-th
     percentile of its non-zero |values| (:func:`clip_value`; 100 gives the max |value|)."""
     rows = [t.scores[score] for t in tables if len(t) and score in t.scores]
@@ -67,15 +73,21 @@ def power_map(values: np.ndarray, c: float, gamma: float = DEFAULT_GAMMA) -> np.
     return np.sign(values) * np.minimum(np.abs(values) / c, 1.0) ** gamma
 
 
-def _positions_clip(values: np.ndarray, shared: float, percentile: float, gamma: float) -> np.ndarray:
+def _positions_clip(
+    values: np.ndarray, shared: float, percentile: float, gamma: float
+) -> np.ndarray:
     return power_map(values, shared, gamma)
 
 
-def _positions_example(values: np.ndarray, shared: float, percentile: float, gamma: float) -> np.ndarray:
+def _positions_example(
+    values: np.ndarray, shared: float, percentile: float, gamma: float
+) -> np.ndarray:
     return power_map(values, clip_value(values, percentile), gamma)
 
 
-def _positions_rank(values: np.ndarray, shared: float, percentile: float, gamma: float) -> np.ndarray:
+def _positions_rank(
+    values: np.ndarray, shared: float, percentile: float, gamma: float
+) -> np.ndarray:
     a = np.abs(np.nan_to_num(values))
     nonzero = a > 0
     out = np.zeros_like(a)
@@ -96,9 +108,19 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    "clip": Scale("clipped", "(s / c)^γ, c = a percentile of |s| over all examples (examples compare)", _positions_clip),
-    "example": Scale("per example", "(s / c_i)^γ, c_i = the same percentile inside each example", _positions_example),
-    "rank": Scale("rank", "sign(s) · rank(|s|) / n inside each example (order only)", _positions_rank),
+    "clip": Scale(
+        "clipped",
+        "(s / c)^γ, c = a percentile of |s| over all examples (examples compare)",
+        _positions_clip,
+    ),
+    "example": Scale(
+        "per example",
+        "(s / c_i)^γ, c_i = the same percentile inside each example",
+        _positions_example,
+    ),
+    "rank": Scale(
+        "rank", "sign(s) · rank(|s|) / n inside each example (order only)", _positions_rank
+    ),
 }
 
 
@@ -110,7 +132,11 @@ def check_scale(name: str) -> Scale:
 
 
 def positions(
-    table: TokenTable, score: str, scale: str, shared: float, percentile: float = DEFAULT_PERCENTILE,
+    table: TokenTable,
+    score: str,
+    scale: str,
+    shared: float,
+    percentile: float = DEFAULT_PERCENTILE,
     gamma: float = DEFAULT_GAMMA,
 ) -> np.ndarray:
     """Colour positions x ∈ [−1, 1] of ``table``'s ``score`` row under ``scale``; a selection row
@@ -121,7 +147,9 @@ def positions(
     return check_scale(scale).positions(values, shared, percentile, gamma)
 
 
-def shared_range(tables: Iterable[TokenTable], score: str, percentile: float = DEFAULT_PERCENTILE) -> float:
+def shared_range(
+    tables: Iterable[TokenTable], score: str, percentile: float = DEFAULT_PERCENTILE
+) -> float:
     """c of ``score``: its clip percentile, or for a selection row its max weight."""
     return score_range(tables, score, 100.0 if is_selection(score) else percentile)
 
@@ -173,21 +201,31 @@ COMPACT_RULES: tuple[tuple[str, str], ...] = (
     (".tnpo-idx", "display: inline; font: 80% monospace; color: #555; min-width: 3em;"),
     (".tnpo-row", "display: none;"),
     (".tnpo-row.tnpo-first", "display: block; flex: 1; min-width: 0;"),
-    (".tnpo-tokens", "white-space: nowrap; overflow: hidden; text-overflow: ellipsis; line-height: 1.5;"),
+    (
+        ".tnpo-tokens",
+        "white-space: nowrap; overflow: hidden; text-overflow: ellipsis; line-height: 1.5;",
+    ),
 )
 
 
 def compact_css(scope: str) -> str:
     """:data:`COMPACT_RULES` under the selector ``scope``."""
     return "\n".join(
-        ", ".join(f"{scope} {s.strip()}" for s in sel.split(",")) + f" {{ {body} }}" for sel, body in COMPACT_RULES
+        ", ".join(f"{scope} {s.strip()}" for s in sel.split(",")) + f" {{ {body} }}"
+        for sel, body in COMPACT_RULES
     )
 
 
-def _token_span(table: TokenTable, i: int, score: str, threshold: float, xs: Mapping[str, np.ndarray]) -> str:
+def _token_span(
+    table: TokenTable, i: int, score: str, threshold: float, xs: Mapping[str, np.ndarray]
+) -> str:
     value = float(table.scores[score][i])
     s, e = table.offsets[i]
-    classes = ["tnpo-tok"] + (["tnpo-fact"] if table.fact[i] else []) + (["tnpo-special"] if e <= s else [])
+    classes = (
+        ["tnpo-tok"]
+        + (["tnpo-fact"] if table.fact[i] else [])
+        + (["tnpo-special"] if e <= s else [])
+    )
     title = f"{score_label(score)}: {value:.4g}" + (" · fact token" if table.fact[i] else "")
     style = ""
     if abs(value) >= threshold and value != 0:
@@ -221,7 +259,9 @@ def render_tokens(
     zeros stay uncoloured.
     """
     if score not in table.scores:
-        raise KeyError(f"example {table.index} has no score '{score}'; it has: {', '.join(table.scores) or 'none'}")
+        raise KeyError(
+            f"example {table.index} has no score '{score}'; it has: {', '.join(table.scores) or 'none'}"
+        )
     shared = vmax if vmax is not None else shared_range([table], score, percentile)
     xs = {name: positions(table, score, name, shared, percentile, gamma) for name in scales}
     parts, cursor = [], 0
@@ -257,19 +297,48 @@ def render_example(
     raw value in the ``title`` (hover), fact tokens outlined, tokens with ``|value| < threshold``
     left uncoloured; a selection row also says how many tokens are trained on."""
     names = [score] if isinstance(score, str) else list(score)
-    head = f'<div class="tnpo-q">#{table.index} · {html.escape(table.question)}</div>' if header else ""
+    head = (
+        f'<div class="tnpo-q">#{table.index} · {html.escape(table.question)}</div>'
+        if header
+        else ""
+    )
     idx = f'<span class="tnpo-idx" title="{html.escape(table.question)}">#{table.index}</span>'
     body = []
     for k, name in enumerate(names):
         v = vmax.get(name) if isinstance(vmax, Mapping) else vmax
-        count = f'<span class="tnpo-count">{selection_count(table, name)}</span>' if is_selection(name) else ""
-        label = f'<div class="tnpo-score">{html.escape(score_label(name))}{count}</div>' if len(names) > 1 or count else ""
-        tokens = render_tokens(table, name, threshold=threshold, vmax=v, scales=scales, percentile=percentile, gamma=gamma)
-        body.append(f'<div class="tnpo-row{" tnpo-first" if k == 0 else ""}" data-score="{html.escape(name)}">{label}{tokens}</div>')
+        count = (
+            f'<span class="tnpo-count">{selection_count(table, name)}</span>'
+            if is_selection(name)
+            else ""
+        )
+        label = (
+            f'<div class="tnpo-score">{html.escape(score_label(name))}{count}</div>'
+            if len(names) > 1 or count
+            else ""
+        )
+        tokens = render_tokens(
+            table,
+            name,
+            threshold=threshold,
+            vmax=v,
+            scales=scales,
+            percentile=percentile,
+            gamma=gamma,
+        )
+        body.append(
+            f'<div class="tnpo-row{" tnpo-first" if k == 0 else ""}" data-score="{html.escape(name)}">{label}{tokens}</div>'
+        )
     return f'<div class="tnpo-example" data-index="{table.index}">{head}{idx}{"".join(body)}</div>'
 
 
-def legend_html(score: str, vmax: float, steps: int = 11, *, scale: str = "clip", percentile: float = DEFAULT_PERCENTILE) -> str:
+def legend_html(
+    score: str,
+    vmax: float,
+    steps: int = 11,
+    *,
+    scale: str = "clip",
+    percentile: float = DEFAULT_PERCENTILE,
+) -> str:
     """A colour bar and its end values, and the fact-outline key.
 
     Under ``clip`` the ends are ∓c (values beyond saturate); a selection row runs 0 to its max
@@ -297,19 +366,32 @@ def _controls(scales: Sequence[str]) -> tuple[str, str]:
     inputs, labels, rules = [], [], []
     for i, s in enumerate(scales):
         checked = " checked" if i == 0 else ""
-        inputs.append(f'<input type="radio" name="tnpo-scale" id="tnpo-scale-{s}" value="{s}"{checked} hidden>')
-        labels.append(f'<label for="tnpo-scale-{s}" title="{html.escape(SCALES[s].help)}">'
-                      f"{html.escape(SCALES[s].label)}</label>")
-        rules.append(f"#tnpo-scale-{s}:checked ~ .tnpo-main .tnpo-tok {{ background-color: var(--bg-{s}); "
-                     f"color: var(--fg-{s}, #111); }}")
-        rules.append(f"#tnpo-scale-{s}:checked ~ .tnpo-controls label[for=tnpo-scale-{s}] {{ font-weight: 700; "
-                     "text-decoration: underline; }")
-        rules.append(f"#tnpo-scale-{s}:checked ~ .tnpo-main .tnpo-legends > div:not([data-scale={s}]) {{ display: none; }}")
+        inputs.append(
+            f'<input type="radio" name="tnpo-scale" id="tnpo-scale-{s}" value="{s}"{checked} hidden>'
+        )
+        labels.append(
+            f'<label for="tnpo-scale-{s}" title="{html.escape(SCALES[s].help)}">'
+            f"{html.escape(SCALES[s].label)}</label>"
+        )
+        rules.append(
+            f"#tnpo-scale-{s}:checked ~ .tnpo-main .tnpo-tok {{ background-color: var(--bg-{s}); "
+            f"color: var(--fg-{s}, #111); }}"
+        )
+        rules.append(
+            f"#tnpo-scale-{s}:checked ~ .tnpo-controls label[for=tnpo-scale-{s}] {{ font-weight: 700; "
+            "text-decoration: underline; }"
+        )
+        rules.append(
+            f"#tnpo-scale-{s}:checked ~ .tnpo-main .tnpo-legends > div:not([data-scale={s}]) {{ display: none; }}"
+        )
     inputs.append('<input type="checkbox" id="tnpo-compact" hidden>')
-    rules.append("#tnpo-compact:checked ~ .tnpo-controls label[for=tnpo-compact] { font-weight: 700; text-decoration: underline; }")
+    rules.append(
+        "#tnpo-compact:checked ~ .tnpo-controls label[for=tnpo-compact] { font-weight: 700; text-decoration: underline; }"
+    )
     rules.append(compact_css("#tnpo-compact:checked ~ .tnpo-main"))
     controls = (
-        '<div class="tnpo-controls">scale: ' + " · ".join(labels)
+        '<div class="tnpo-controls">scale: '
+        + " · ".join(labels)
         + ' &nbsp;|&nbsp; <label for="tnpo-compact" title="one line per example, the first score row">'
         + "compact (one line per example)</label></div>"
     )
@@ -343,12 +425,19 @@ def write_heatmap_page(
         + "</div>"
         for s in scales
     )
-    note = (
-        f"{len(tables)} examples · hover a token for its raw value · outlined: fact tokens"
-        + (f" · |value| &lt; {threshold:.3g} left white" if threshold > 0 else "")
+    note = f"{len(tables)} examples · hover a token for its raw value · outlined: fact tokens" + (
+        f" · |value| &lt; {threshold:.3g} left white" if threshold > 0 else ""
     )
     examples = "\n".join(
-        render_example(t, names, threshold=threshold, vmax=vmax, scales=scales, percentile=percentile, gamma=gamma)
+        render_example(
+            t,
+            names,
+            threshold=threshold,
+            vmax=vmax,
+            scales=scales,
+            percentile=percentile,
+            gamma=gamma,
+        )
         for t in tables
     )
     controls, rules = _controls(scales)

@@ -48,7 +48,9 @@ class Panel:
     ylabel: str
     curves: list[FrontierCurve]
     log_y: bool = False
-    references: dict[str, tuple[float, float]] = field(default_factory=dict)  # target / retain -> (x, y)
+    references: dict[str, tuple[float, float]] = field(
+        default_factory=dict
+    )  # target / retain -> (x, y)
     levels: list[float] = field(default_factory=list)
 
 
@@ -61,7 +63,9 @@ def _err(iv: Interval) -> tuple[list[float], list[float]] | None:
     return [max(iv.mean - iv.low, 0.0)], [max(iv.high - iv.mean, 0.0)]
 
 
-def plot_frontiers(panels: Sequence[Panel], *, ncols: int = 2, path: str | Path | None = None) -> Figure:
+def plot_frontiers(
+    panels: Sequence[Panel], *, ncols: int = 2, path: str | Path | None = None
+) -> Figure:
     """One axis per panel: every run (faint), each method's frontier (line), its readings at the
     utility levels (error bars: 95 % interval over seeds; hollow: a bound, the grid never
     crossed the level), the target and retain models, the levels (dotted)."""
@@ -82,7 +86,9 @@ def plot_frontiers(panels: Sequence[Panel], *, ncols: int = 2, path: str | Path 
                     continue
                 err = _err(iv)
                 face = color if iv.status == "interpolated" else "none"
-                ax.errorbar([level], [iv.mean], yerr=err, fmt="o", ms=6, color=color, mfc=face, capsize=3)
+                ax.errorbar(
+                    [level], [iv.mean], yerr=err, fmt="o", ms=6, color=color, mfc=face, capsize=3
+                )
         for role, (x, y) in panel.references.items():
             marker, color = REFERENCE_STYLE.get(role, ("s", "grey"))
             ax.scatter([x], [y], marker=marker, s=120, color=color, zorder=5, label=role)
@@ -93,14 +99,19 @@ def plot_frontiers(panels: Sequence[Panel], *, ncols: int = 2, path: str | Path 
         ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2, loc="best")
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def plot_selection(groups: Mapping[str, Mapping[str, Interval]], *, xlabel: str, log_x: bool = True,
-                   path: str | Path | None = None) -> Figure:
+def plot_selection(
+    groups: Mapping[str, Mapping[str, Interval]],
+    *,
+    xlabel: str,
+    log_x: bool = True,
+    path: str | Path | None = None,
+) -> Figure:
     """The selection controls: per benchmark (one axis each), one row per selection (influence
     top-p at each share, random, oracle, inverse, ...), its reading at matched utility with the
     95 % interval; hollow markers are bounds, missing rows never kept the utility."""
@@ -113,7 +124,15 @@ def plot_selection(groups: Mapping[str, Mapping[str, Interval]], *, xlabel: str,
         for y, label in enumerate(labels):
             iv = items[label]
             if iv.mean is None:
-                ax.text(0.02, y, "not reached", transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="grey")
+                ax.text(
+                    0.02,
+                    y,
+                    "not reached",
+                    transform=ax.get_yaxis_transform(),
+                    va="center",
+                    fontsize=8,
+                    color="grey",
+                )
                 continue
             err = _err(iv)
             face = "tab:blue" if iv.status == "interpolated" else "none"

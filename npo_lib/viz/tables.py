@@ -24,6 +24,7 @@ from npo_lib.objectives.reference import ReferenceLogprobs, compute_reference_lo
 if TYPE_CHECKING:
     from npo_lib.models.families import ChatTags
 
+
 @dataclass(frozen=True)
 class ScoreSpec:
     """How a score row is named in legends, hover titles and axes."""
@@ -35,8 +36,12 @@ class ScoreSpec:
 
 # Score rows the builders of this module make; other names work too (labelled by their name).
 SCORES: dict[str, ScoreSpec] = {
-    "influence": ScoreSpec("influence score", "the scorer's per-token influence (influence folder)"),
-    "weight": ScoreSpec("selection weight", "the INFLUENCE loss's token weight after selection", selection=True),
+    "influence": ScoreSpec(
+        "influence score", "the scorer's per-token influence (influence folder)"
+    ),
+    "weight": ScoreSpec(
+        "selection weight", "the INFLUENCE loss's token weight after selection", selection=True
+    ),
     "delta_logp": ScoreSpec("Δ log p (unlearned − target)", "change of the token's log-prob"),
 }
 
@@ -48,8 +53,6 @@ def score_label(name: str) -> str:
 def is_selection(name: str) -> bool:
     """Whether the row ``name`` holds a loss's token weights (the tokens actually trained on)."""
     return name in SCORES and SCORES[name].selection
-
-
 
 
 # Byte-level BPE markers of raw token pieces, shown as the characters they stand for.
@@ -129,8 +132,12 @@ def table_from_row(
     text, raw = row["target"], list(row["tokens"])
     offsets = [tuple(o) for o in row["offsets"]] or [(0, 0)] * len(raw)  # slow tokenizers: none
     if record is not None and tags is None:
-        raise ValueError("a fact mask needs the family's chat tags: pass tags=get_family(cfg.model_family).tags")
-    fact = fact_token_mask(record, offsets, view, tags) if record is not None else [False] * len(raw)
+        raise ValueError(
+            "a fact mask needs the family's chat tags: pass tags=get_family(cfg.model_family).tags"
+        )
+    fact = (
+        fact_token_mask(record, offsets, view, tags) if record is not None else [False] * len(raw)
+    )
     return TokenTable(
         index=int(row["index"]),
         question=row.get("question", ""),
@@ -142,7 +149,9 @@ def table_from_row(
     )
 
 
-def _check_records(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]] | None, where: str) -> None:
+def _check_records(
+    rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]] | None, where: str
+) -> None:
     if records is None:
         return
     if len(records) != len(rows):
@@ -178,9 +187,13 @@ def tables_from_influence(
     weights = None
     if selection is not None:
         if w_selected is None or w_other is None:
-            raise ValueError("a selection needs its weights: pass w_selected=cfg.w_selected, w_other=cfg.w_other")
+            raise ValueError(
+                "a selection needs its weights: pass w_selected=cfg.w_selected, w_other=cfg.w_other"
+            )
         words = [word_ids(r["offsets"], r["target"]) for r in rows]
-        _, weights = token_weights(scores, lengths, selection, w_selected=w_selected, w_other=w_other, words=words)
+        _, weights = token_weights(
+            scores, lengths, selection, w_selected=w_selected, w_other=w_other, words=words
+        )
     tables = []
     for i, row in enumerate(rows):
         n = int(lengths[i])
@@ -192,11 +205,15 @@ def tables_from_influence(
     return tables
 
 
-def tables_from_dataset(dataset: Any, tokenizer: Any, tags: ChatTags, view: str = "full") -> list[TokenTable]:
+def tables_from_dataset(
+    dataset: Any, tokenizer: Any, tags: ChatTags, view: str = "full"
+) -> list[TokenTable]:
     """Tables (no scores yet) of every forget example of an
     :class:`~npo_lib.data.dataset.UnlearningDataset` under ``view``, with fact masks from its records."""
     rows = token_manifest(dataset, view, tokenizer, tags)
-    return [table_from_row(row, rec, view=view, tags=tags) for row, rec in zip(rows, dataset.forget)]
+    return [
+        table_from_row(row, rec, view=view, tags=tags) for row, rec in zip(rows, dataset.forget)
+    ]
 
 
 def add_score(tables: Sequence[TokenTable], name: str, rows: Sequence[Any]) -> list[TokenTable]:
@@ -206,8 +223,6 @@ def add_score(tables: Sequence[TokenTable], name: str, rows: Sequence[Any]) -> l
     for t, r in zip(tables, rows):
         t.add(name, r)
     return list(tables)
-
-
 
 
 def reference_rows(ref: ReferenceLogprobs, dataset: Any, view: str = "full") -> list[np.ndarray]:
@@ -222,11 +237,23 @@ def reference_rows(ref: ReferenceLogprobs, dataset: Any, view: str = "full") -> 
 
 
 def target_logprobs(
-    model: Any, dataset: Any, view: str = "full", *, pad_token_id: int, batch_size: int = 8, progress: bool = False
+    model: Any,
+    dataset: Any,
+    view: str = "full",
+    *,
+    pad_token_id: int,
+    batch_size: int = 8,
+    progress: bool = False,
 ) -> list[np.ndarray]:
     """Per forget example, ``log p_model`` of each target token (batched, no grad)."""
     ref = compute_reference_logprobs(
-        model, dataset, view, pad_token_id=pad_token_id, batch_size=batch_size, fingerprint="", progress=progress
+        model,
+        dataset,
+        view,
+        pad_token_id=pad_token_id,
+        batch_size=batch_size,
+        fingerprint="",
+        progress=progress,
     )
     return reference_rows(ref, dataset, view)
 
