@@ -48,7 +48,7 @@ def main() -> int:
     over = [f"cache_dir={args.cache}"] if args.cache else []
     cfg = load_config([str(ROOT / "params/tiny_forget.yaml"), *over])
     if args.model is None:
-        from npo_lib.run.prepare import prepare
+        from npo_lib.commands.prepare import prepare
 
         prepare(cfg, progress=False).raise_if_failed()
     path = args.model or resolve_model_path(cfg)

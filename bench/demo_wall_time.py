@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from npo_lib.run.pipeline import run_pipeline  # noqa: E402
+from npo_lib.workflow.pipeline import run_pipeline  # noqa: E402
 
 BUDGET_S = 600.0
 

@@ -101,7 +101,7 @@ def _load(args: argparse.Namespace, cache: str) -> tuple:
         [str(ROOT / "params/tiny_quick.yaml"), f"cache_dir={cache}", f"dtype={args.dtype}"]
     )
     if not (embedded_paths(cfg).retain / "config.json").is_file():
-        from npo_lib.run.prepare import prepare
+        from npo_lib.commands.prepare import prepare
 
         print(f"preparing tiny_quick into {cache} ...")
         prepare(cfg, progress=False)

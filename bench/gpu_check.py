@@ -383,8 +383,8 @@ def section_forget(
     from npo_lib.data.dataset import ViewCollator
     from npo_lib.models.lora import apply_lora
     from npo_lib.objectives.registry import LossHyper, parse_loss
-    from npo_lib.objectives.trainer import UnlearningTrainer
-    from npo_lib.run.training import TrainSettings, training_arguments
+    from npo_lib.training.arguments import TrainSettings, training_arguments
+    from npo_lib.training.trainer import UnlearningTrainer
 
     device = device_of(a)
     gc = gradient_checkpointing(a, shape)
@@ -758,10 +758,10 @@ def _zero3_world(
     """Benchmark files with traces joined to ~seq-len tokens, and a saved random model + tokenizer."""
     import torch
 
+    from npo_lib.commands.prepare import ensure_benchmark, ensure_tokenizer
     from npo_lib.config import load_config
     from npo_lib.data.records import read_records
     from npo_lib.embedded.paths import embedded_paths
-    from npo_lib.run.prepare import ensure_benchmark, ensure_tokenizer
 
     cfg = load_config([f"cache_dir={work / 'cache'}"])
     paths = embedded_paths(cfg)
@@ -881,9 +881,9 @@ def zero3_worker(a: argparse.Namespace) -> None:
     """Inside the DeepSpeed launcher: run_forget on the saved model, timing its optimizer steps."""
     import torch
 
+    from npo_lib.commands.forget import run_forget
     from npo_lib.config import load_config
-    from npo_lib.objectives.trainer import UnlearningTrainer
-    from npo_lib.run.forget import run_forget
+    from npo_lib.training.trainer import UnlearningTrainer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = SHAPES[a.shape]

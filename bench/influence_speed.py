@@ -34,9 +34,9 @@ TOKENS = 128  # target tokens of the row compared with the per-token loop
 
 def world(cache: str | None, model_path: str | None) -> tuple[object, str]:
     """(config, model folder): the prepared target, else the random base (made in seconds)."""
+    from npo_lib.commands.prepare import ensure_base, ensure_benchmark, ensure_tokenizer
     from npo_lib.config import load_config
     from npo_lib.embedded.paths import embedded_paths
-    from npo_lib.run.prepare import ensure_base, ensure_benchmark, ensure_tokenizer
 
     cfg = load_config([f"cache_dir={cache}"] if cache else [])
     paths = embedded_paths(cfg)
@@ -76,8 +76,8 @@ def training_epoch(cfg, model_path: str, batch_size: int, epochs: int = 4) -> fl
     """Fastest steady-state epoch (2 to ``epochs``) of `npo forget` with NPO on the forget split."""
     from transformers import TrainerCallback
 
+    from npo_lib.commands.forget import run_forget
     from npo_lib.config import load_config
-    from npo_lib.run.forget import run_forget
 
     class Epochs(TrainerCallback):
         seconds: list[float] = []
@@ -133,6 +133,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    from npo_lib.commands.influence import load_inputs, load_scoring_model, score_context
     from npo_lib.influence.direction import (
         autograd_token_scores,
         differential_direction,
@@ -140,7 +141,6 @@ def main() -> int:
     )
     from npo_lib.influence.modules import tracked_modules
     from npo_lib.influence.scorers import compute_token_scores
-    from npo_lib.run.influence import load_inputs, load_scoring_model, score_context
 
     base, model_path = world(args.cache, args.model_path)
     cfg = dataclasses.replace(

@@ -34,9 +34,9 @@ def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
     """The embedded benchmark + tokenizer (no fine-tuning needed) and a random Llama of that size."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from npo_lib.commands.prepare import ensure_benchmark, ensure_tokenizer
     from npo_lib.config import load_config
     from npo_lib.embedded.paths import embedded_paths
-    from npo_lib.run.prepare import ensure_benchmark, ensure_tokenizer
 
     cfg = load_config([f"cache_dir={cache}"])
     paths = embedded_paths(cfg)
@@ -64,11 +64,11 @@ def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
 
 def run_mode(mode: str, loss: str, model_path: str, data_path: str, out: Path) -> dict:
     """One epoch of ``loss`` with the reference ``mode``; returns times, losses, peak memory."""
+    from npo_lib.commands.forget import run_forget
     from npo_lib.config import load_config
     from npo_lib.models.loading import load_model
     from npo_lib.objectives.primitives import token_logprobs
-    from npo_lib.objectives.trainer import UnlearningTrainer
-    from npo_lib.run.forget import run_forget
+    from npo_lib.training.trainer import UnlearningTrainer
 
     cfg = load_config(
         [

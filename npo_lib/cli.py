@@ -33,7 +33,7 @@ from npo_lib.errors import UserError
 
 def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
     """The tiny models of the generated benchmark (or of ``data_path=DIR``): tokenizer, target, retain."""
-    from npo_lib.run.prepare import prepare
+    from npo_lib.commands.prepare import prepare
 
     summary = prepare(cfg)
     print()
@@ -57,7 +57,7 @@ def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
 
 def cmd_finetune(cfg: Config, opts: argparse.Namespace) -> int:
     """Fine-tune the target or the retain model (also ``python -m npo_lib.finetune``)."""
-    from npo_lib.run.finetune import run_finetune
+    from npo_lib.commands.finetune import run_finetune
 
     run_finetune(cfg)
     return 0
@@ -65,7 +65,7 @@ def cmd_finetune(cfg: Config, opts: argparse.Namespace) -> int:
 
 def cmd_forget(cfg: Config, opts: argparse.Namespace) -> int:
     """Unlearn the forget split with ``forget_loss`` (also ``python -m npo_lib.forget``)."""
-    from npo_lib.run.forget import run_forget
+    from npo_lib.commands.forget import run_forget
 
     run_forget(cfg)
     return 0
@@ -75,7 +75,7 @@ def cmd_eval(cfg: Config, opts: argparse.Namespace) -> int:
     """TOFU / R-TOFU / privacy metrics of ``model_path`` (default: the embedded target)."""
     import dataclasses
 
-    from npo_lib.run.evaluation import METRICS_FILE, default_out_dir, evaluate, summary
+    from npo_lib.commands.evaluation import METRICS_FILE, default_out_dir, evaluate, summary
     from npo_lib.utils.dist import is_rank0
 
     if opts.retain_model_path:
@@ -100,7 +100,7 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_influence(cfg: Config, opts: argparse.Namespace) -> int:
     """Per-token influence scores of the forget split (also ``python -m npo_lib.compute_influence``)."""
-    from npo_lib.run.influence import auroc_table, format_auroc_table, run_influence
+    from npo_lib.commands.influence import auroc_table, format_auroc_table, run_influence
 
     if opts.auroc_table:
         print(format_auroc_table(auroc_table(cfg)))
@@ -168,13 +168,13 @@ def cmd_losses(opts: argparse.Namespace) -> int:
 
 
 def cmd_report(opts: argparse.Namespace) -> int:
-    from npo_lib.run.report import report
+    from npo_lib.viz.report import report
 
     table, out = report(opts.run_dirs, opts.csv)
     print(table)
     print(f"\nCSV: {out}")
     if opts.html:
-        from npo_lib.run.dashboard import write_dashboard_html
+        from npo_lib.viz.dashboard import write_dashboard_html
 
         print(f"HTML: {write_dashboard_html(opts.run_dirs, opts.html).resolve()}")
     return 0
@@ -182,7 +182,7 @@ def cmd_report(opts: argparse.Namespace) -> int:
 
 def cmd_run(opts: argparse.Namespace) -> int:
     """``npo run PIPELINE.yaml``: print the report table, the heatmap page and the wall time."""
-    from npo_lib.run.pipeline import run_pipeline
+    from npo_lib.workflow.pipeline import run_pipeline
 
     res = run_pipeline(opts.spec)
     if res.get("report"):
@@ -201,7 +201,7 @@ def cmd_run(opts: argparse.Namespace) -> int:
 
 
 def cmd_sweep(opts: argparse.Namespace) -> int:
-    from npo_lib.run.sweep import run_sweep
+    from npo_lib.workflow.sweep import run_sweep
 
     res = run_sweep(opts.spec, parallel=opts.parallel, executor=opts.executor)
     if res.get("report"):
@@ -218,7 +218,7 @@ def cmd_sweep(opts: argparse.Namespace) -> int:
 def cmd_launch(opts: argparse.Namespace) -> int:
     import yaml
 
-    from npo_lib.run.launch import launch
+    from npo_lib.workflow.launch import launch
 
     params = {k: yaml.safe_load(v) for k, v in opts.parameter}
     res = launch(
@@ -237,9 +237,9 @@ def cmd_launch(opts: argparse.Namespace) -> int:
 
 
 def cmd_study(opts: argparse.Namespace) -> int:
-    from npo_lib.run.steps import read_spec
-    from npo_lib.run.study import write_study
-    from npo_lib.run.study_plan import StudyPlan, extend_sweep, plan_study, run_study
+    from npo_lib.study.plan import StudyPlan, extend_sweep, plan_study, run_study
+    from npo_lib.study.study import write_study
+    from npo_lib.workflow.steps import read_spec
 
     args = list(opts.args)
     if opts.sweep_dir is not None and (
@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(opts: argparse.Namespace) -> int:
-    from npo_lib.run.checks import check_config
+    from npo_lib.commands.checks import check_config
 
     if opts.command in SPEC_COMMANDS:
         return SPEC_COMMANDS[opts.command](opts)

@@ -1,7 +1,7 @@
 """``python -m npo_lib.compute_influence [params.yaml ...] [key=value ...]``: the seed scripts' form of ``npo influence``.
 
 An entry point like the ``npo`` console script (it sits above the CLI); the work is done in
-:mod:`npo_lib.run`.
+:mod:`npo_lib.commands`.
 """
 
 from __future__ import annotations

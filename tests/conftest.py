@@ -91,8 +91,8 @@ def prepared_embedded(tmp_path_factory):
     The embedded default itself (about 2.5 minutes on 2 cores): the target and retain models
     the evaluation, influence and pipeline tests measure.
     """
+    from npo_lib.commands.prepare import prepare
     from npo_lib.config import load_config
-    from npo_lib.run.prepare import prepare
 
     cache = tmp_path_factory.mktemp("embedded_cache")
     cfg = load_config([f"cache_dir={cache}"])

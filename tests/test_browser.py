@@ -83,8 +83,8 @@ def browser() -> Iterator:
 def pipeline(mini_world, tmp_path_factory) -> Iterator[Path]:
     """``runs/small`` of an executed pipeline and an executed dashboard notebook, trusted in a
     Jupyter data folder of its own (``$JUPYTER_DATA_DIR``, the lab server's too)."""
-    from npo_lib.run.pipeline import run_pipeline
-    from npo_lib.run.steps import Step, notebook_path, run_steps
+    from npo_lib.workflow.pipeline import run_pipeline
+    from npo_lib.workflow.steps import Step, notebook_path, run_steps
 
     _chromium()
     tmp = tmp_path_factory.mktemp("browser")

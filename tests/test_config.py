@@ -70,7 +70,7 @@ def test_missing_params_file_names_path(tmp_path):
 
 
 def test_value_checks_before_any_model_loads():
-    from npo_lib.run.checks import check_config
+    from npo_lib.commands.checks import check_config
 
     with pytest.raises(ConfigError, match="model_family 'llama9'.*valid"):
         check_config(load_config(["model_family=llama9"]))

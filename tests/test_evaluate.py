@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from npo_lib.cli import main as npo
+from npo_lib.commands.evaluation import METRICS_FILE, evaluate
 from npo_lib.config import EvalConfig, load_config
 from npo_lib.errors import DataError, EvalError
 from npo_lib.eval.compute import answer_prompt, load_eval_data
@@ -19,8 +20,7 @@ from npo_lib.eval.generation import greedy_generate
 from npo_lib.eval.scoring import score_targets
 from npo_lib.models.families import get_family
 from npo_lib.models.loading import check_tokenizer
-from npo_lib.run.evaluation import METRICS_FILE, evaluate
-from npo_lib.run.report import load_run, report
+from npo_lib.viz.report import load_run, report
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = get_family("tiny").tags
@@ -204,7 +204,7 @@ def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, caps
     assert ref["aggregates"]["forget_quality"] == 1.0 and ref["aggregates"]["privleak"] == 0.0
 
     # reuse: same identity -> no computation; recompute=True computes again
-    import npo_lib.run.evaluation as E
+    import npo_lib.commands.evaluation as E
 
     def boom(*a, **k):
         raise AssertionError("recomputed")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
+from npo_lib.commands.finetune import check_finetune_config, run_finetune
 from npo_lib.config import load_config
 from npo_lib.errors import ConfigError
-from npo_lib.run.finetune import check_finetune_config, run_finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,8 +59,8 @@ class _Interrupt(TrainerCallback):
 
 
 def test_target_trains_on_everything_retain_without_the_forget_task(mini_world, tmp_path):
+    from npo_lib.commands.finetune import training_records
     from npo_lib.data.sources import load_forget
-    from npo_lib.run.finetune import training_records
 
     cfg = _cfg(mini_world, tmp_path / "t", "finetune.extra_sets=[world_facts_perturbed]")
     target = training_records(cfg, mini_world["data_path"])

@@ -14,9 +14,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from npo_lib.commands.forget import check_forget_config, run_forget
 from npo_lib.config import load_config
 from npo_lib.errors import ConfigError
-from npo_lib.run.forget import check_forget_config, run_forget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,7 @@ class _Poison(TrainerCallback):
 def test_non_finite_loss_names_step_and_term_and_keeps_checkpoint(mini_world, tmp_path):
     run = tmp_path / "run"
     cfg = _cfg(mini_world, run, "forget_loss=NPO+GD", "num_epochs=2", "save_steps=1")
-    from npo_lib.objectives.trainer import NonFiniteLossError
+    from npo_lib.training.trainer import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match=r"step 3: forget/NPO=nan.*checkpoint-2"):
         run_forget(cfg, callbacks=[_Poison()], progress=False)
@@ -214,8 +214,8 @@ def test_kl_reference_stays_the_model_before_unlearning(mini_world, tmp_path, lo
     step 1, and after the updates it still gives the original model's logits, not the trained one's."""
     from transformers import AutoModelForCausalLM
 
-    from npo_lib.run.forget import build_trainer
-    from npo_lib.run.training import save_trained
+    from npo_lib.commands.forget import build_trainer
+    from npo_lib.training.arguments import save_trained
 
     cfg = _cfg(
         mini_world,
@@ -331,7 +331,7 @@ def _fact_scores(world, task: int, folder: Path) -> list[list[float]]:
 def _forget_logit_grads(world, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """|∂ loss / ∂ logits| per position (B, T-1) of one batch of the whole forget task, the token
     weights of its next-token labels (B, T-1) and its target mask (B, T-1)."""
-    from npo_lib.run.forget import build_trainer
+    from npo_lib.commands.forget import build_trainer
 
     out, spec = check_forget_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -478,7 +478,7 @@ def test_rmu_trains_only_the_chosen_blocks_full_and_under_lora(
 
 def test_rmu_layer_is_checked_before_any_model_loads(mini_world, tmp_path):
     """The mini model has 2 blocks: ℓ = 1 is the last (HF returns it normed), ℓ = 0 is valid."""
-    from npo_lib.run.forget import build_trainer
+    from npo_lib.commands.forget import build_trainer
 
     for over, match in (
         (("rmu_layer=1",), r"rmu_layer=1: .* 2 decoder blocks"),

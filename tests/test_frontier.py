@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from npo_lib.run.frontier import (
+from npo_lib.study.frontier import (
     INTERPOLATED,
     NOT_CROSSED,
     NOT_REACHED,

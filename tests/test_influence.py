@@ -12,6 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from npo_lib.commands.influence import (
+    auroc_table,
+    check_influence_config,
+    format_auroc_table,
+    load_inputs,
+    load_scoring_model,
+    run_influence,
+)
 from npo_lib.config import load_config
 from npo_lib.errors import ConfigError
 from npo_lib.influence.direction import (
@@ -24,14 +32,6 @@ from npo_lib.influence.ground_truth import auroc, fact_token_mask
 from npo_lib.influence.modules import module_params, tracked_modules
 from npo_lib.influence.preconditioners import EKFAC, KFAC, PRECONDITIONERS, DiagonalFisher
 from npo_lib.influence.scorers import SCORERS, ScoreContext, compute_token_scores
-from npo_lib.run.influence import (
-    auroc_table,
-    check_influence_config,
-    format_auroc_table,
-    load_inputs,
-    load_scoring_model,
-    run_influence,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,7 +313,7 @@ def test_auroc_rank_definition():
 
 
 def test_config_errors_come_before_any_model_loads(mini_world, tmp_path, monkeypatch):
-    import npo_lib.run.influence as run_influence_module
+    import npo_lib.commands.influence as run_influence_module
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded")
@@ -365,7 +365,7 @@ def test_config_errors_come_before_any_model_loads(mini_world, tmp_path, monkeyp
 
 
 def test_files_feed_the_influence_loss_and_are_reused_or_refused(mini_world, tmp_path, monkeypatch):
-    import npo_lib.run.influence as compute_influence
+    import npo_lib.commands.influence as compute_influence
     from npo_lib.influence.files import read_influence_files
 
     folder = tmp_path / "influence"
@@ -451,7 +451,7 @@ def test_npo_influence_cli_and_module_entry(mini_world, tmp_path):
 
 
 def test_check_returns_the_forget_runs_influence_folder(mini_world, tmp_path):
-    from npo_lib.run.folders import influence_files
+    from npo_lib.commands.folders import influence_files
 
     cfg = _cfg(mini_world, f"save_dir={tmp_path / 'runs' / 'x'}")
     assert check_influence_config(cfg) == influence_files(cfg) == tmp_path / "runs" / "influence"

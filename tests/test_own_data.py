@@ -19,9 +19,9 @@ def _suite_on(cfg, tmp_path: Path, forget_loss: str = "INFLUENCE+GD") -> dict:
     """influence -> forget -> eval of the unlearned model on ``cfg``'s data; the eval result."""
     import dataclasses
 
-    from npo_lib.run.evaluation import evaluate
-    from npo_lib.run.forget import run_forget
-    from npo_lib.run.influence import run_influence
+    from npo_lib.commands.evaluation import evaluate
+    from npo_lib.commands.forget import run_forget
+    from npo_lib.commands.influence import run_influence
 
     cfg = dataclasses.replace(
         cfg,
@@ -41,8 +41,8 @@ def test_prepare_on_another_benchmark_memorises_and_the_suite_runs_on_it(tmp_pat
     """Fictitious companies, TOFU layout: no traces, no facts (ROUGE-L recall), holdout10.json."""
     import other_benchmark
 
-    from npo_lib.run.evaluation import evaluate
-    from npo_lib.run.prepare import prepare
+    from npo_lib.commands.evaluation import evaluate
+    from npo_lib.commands.prepare import prepare
 
     folder = other_benchmark.generate(tmp_path / "companies", n_companies=20, n_holdout=2)
     # 100 QA: batches of 8 (not the default 32) give the optimizer steps a small set needs
@@ -94,7 +94,7 @@ def test_prepare_on_another_benchmark_memorises_and_the_suite_runs_on_it(tmp_pat
 def test_prepare_on_the_real_rtofu_files_then_influence_forget_eval(rtofu_dir, tmp_path):
     """Real R-TOFU text with its reasoning traces (forget01 with tasks, retain10): a small budget,
     so the bars are reported, not reached; every step after prepare runs on those models."""
-    from npo_lib.run.prepare import prepare
+    from npo_lib.commands.prepare import prepare
 
     cfg = load_config(
         files=["params/tiny_forget.yaml"],

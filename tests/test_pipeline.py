@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from npo_lib.errors import ConfigError
-from npo_lib.run.notebook import config_from_namespace, injected_parameters
-from npo_lib.run.steps import NOTEBOOKS, Step, notebook_path, run_steps
-from npo_lib.run.sweep import grid_points, point_name, run_sweep
+from npo_lib.workflow.notebook import config_from_namespace, injected_parameters
+from npo_lib.workflow.steps import NOTEBOOKS, Step, notebook_path, run_steps
+from npo_lib.workflow.sweep import grid_points, point_name, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def test_a_dotted_grid_key_reaches_the_notebook_as_a_nested_parameter(tmp_path):
     into the parameters cell (a NameError); it goes in as ``selection={...}``, merged with the
     sweep config's ``selection``."""
     from npo_lib.config import nest_keys
-    from npo_lib.run.sweep import SweepSpec, sweep_steps
+    from npo_lib.workflow.sweep import SweepSpec, sweep_steps
 
     spec = SweepSpec(
         name="s",
@@ -115,15 +115,15 @@ def test_grid_points_and_run_names():
 
 
 def test_spec_errors_name_the_key_before_any_notebook_runs(tmp_path):
-    from npo_lib.run.pipeline import PipelineSpec
-    from npo_lib.run.steps import read_spec
-    from npo_lib.run.sweep import sweep_steps
+    from npo_lib.workflow.pipeline import PipelineSpec
+    from npo_lib.workflow.steps import read_spec
+    from npo_lib.workflow.sweep import sweep_steps
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmethod: {a: {forget_loss: NPO+GD}}\n")
     with pytest.raises(ConfigError, match="unknown key.*method.*valid:.*methods"):
         read_spec(bad, PipelineSpec)
-    from npo_lib.run.sweep import SweepSpec
+    from npo_lib.workflow.sweep import SweepSpec
 
     bad.write_text("name: x\nconfig: {num_epoch: 2}\ngrid: {lr: [1.0e-4]}\n")
     with pytest.raises(ConfigError, match="num_epoch"):
@@ -357,7 +357,7 @@ def test_launch_runs_the_forget_notebook_on_two_ranks(mini_world, tmp_path):
 def test_npo_run_pipeline_end_to_end_and_skips_unchanged_steps(
     prepared_embedded, tmp_path, monkeypatch
 ):
-    from npo_lib.run.pipeline import run_pipeline
+    from npo_lib.workflow.pipeline import run_pipeline
 
     cfg, _ = prepared_embedded
     monkeypatch.chdir(tmp_path)
@@ -446,7 +446,7 @@ def test_finetune_notebook_runs_headless_and_records_the_memorisation_report(min
 
 
 def test_a_pipeline_with_a_finetune_block_unlearns_the_models_it_fine_tunes(mini_world, tmp_path):
-    from npo_lib.run.pipeline import PipelineSpec, pipeline_steps
+    from npo_lib.workflow.pipeline import PipelineSpec, pipeline_steps
 
     spec = PipelineSpec(
         name="hub",
@@ -476,7 +476,7 @@ def test_a_pipeline_with_a_finetune_block_unlearns_the_models_it_fine_tunes(mini
 def test_a_run_stopped_after_training_but_before_its_step_was_recorded_is_trained_again(tmp_path):
     """Killed between the forget notebook's last cell and the step's done record: the folder
     holds result.json that no step vouches for, so the re-run overwrites instead of refusing."""
-    from npo_lib.run.steps import Step, forget_mode, notebook_path
+    from npo_lib.workflow.steps import Step, forget_mode, notebook_path
 
     run = tmp_path / "run"
     step = Step(

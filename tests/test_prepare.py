@@ -42,9 +42,9 @@ def test_cli_bad_key_fails_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_prepare_memorises_and_is_reused(prepared_embedded):
+    from npo_lib.commands.prepare import prepare
     from npo_lib.embedded.paths import resolve_model_path
     from npo_lib.models.loading import load_model, load_tokenizer
-    from npo_lib.run.prepare import prepare
 
     cfg, s = prepared_embedded
     print(s.table())
@@ -92,7 +92,7 @@ def test_prepare_memorises_and_is_reused(prepared_embedded):
 
 
 def test_a_missed_bar_names_the_bar_the_value_and_what_to_raise():
-    from npo_lib.run.prepare import PrepareError, PrepareSummary
+    from npo_lib.commands.prepare import PrepareError, PrepareSummary
 
     s = PrepareSummary(
         paths={},

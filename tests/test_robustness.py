@@ -55,7 +55,7 @@ def test_relearn_split_is_seeded_disjoint_and_covers_the_set():
 
 
 def test_an_unknown_attack_is_named_before_any_model_loads():
-    from npo_lib.run.checks import check_config
+    from npo_lib.commands.checks import check_config
 
     with pytest.raises(
         ConfigError, match=r"eval.robustness: unknown attack 'quant3'; valid: relearn, quant8"
@@ -64,7 +64,7 @@ def test_an_unknown_attack_is_named_before_any_model_loads():
 
 
 def test_every_attack_runs_on_a_copy_and_is_cached(mini_world, tmp_path):
-    from npo_lib.run.evaluation import evaluate
+    from npo_lib.commands.evaluation import evaluate
     from npo_lib.utils.hashing import model_fingerprint
 
     cfg = load_config(
@@ -132,7 +132,7 @@ def test_format_shift_questions():
 def test_npo_report_adds_a_table_of_the_attacks(tmp_path):
     import json
 
-    from npo_lib.run.report import report
+    from npo_lib.viz.report import report
 
     def write(name: str, role: str, robustness: dict | None) -> str:
         folder = tmp_path / name / "eval"

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from npo_lib.run.study import best_per_method, claim_text, collect, markdown
+from npo_lib.study.study import best_per_method, claim_text, collect, markdown
 
 
 def _run(root, name, loss, lr, seed, fq, mu):
@@ -121,7 +121,7 @@ def _fair_sweep(root):
 
 def test_fair_study_reads_frontiers_and_writes_every_output(tmp_path):
     from npo_lib.config import StudyConfig
-    from npo_lib.run.study import write_study
+    from npo_lib.study.study import write_study
 
     _fair_sweep(tmp_path / "sweep")
     for s in range(3):  # p = 100 % and TNPO: the same loss, so the same runs
@@ -206,7 +206,7 @@ def test_fair_study_reads_frontiers_and_writes_every_output(tmp_path):
 
 def test_old_sweeps_without_attacks_or_selection_still_report(tmp_path):
     from npo_lib.config import StudyConfig
-    from npo_lib.run.study import write_study
+    from npo_lib.study.study import write_study
 
     for s in range(2):
         _run(tmp_path / "old", f"a{s}", "NPO+GD", 1e-4, s, 0.02, 0.80)
@@ -226,7 +226,7 @@ def test_old_sweeps_without_attacks_or_selection_still_report(tmp_path):
 
 
 def _sweep_run(root, point, mu, fq=0.01):
-    from npo_lib.run.sweep import point_name
+    from npo_lib.workflow.sweep import point_name
 
     d = root / point_name(point)
     (d / "eval").mkdir(parents=True)
@@ -242,8 +242,8 @@ def _sweep_run(root, point, mu, fq=0.01):
 
 def test_extend_writes_the_next_points_as_sweep_files_that_reuse_run_folders(tmp_path):
     from npo_lib.config import StudyConfig
-    from npo_lib.run.study_plan import extend_sweep
-    from npo_lib.run.sweep import SweepSpec, grid_points, point_name, read_spec
+    from npo_lib.study.plan import extend_sweep
+    from npo_lib.workflow.sweep import SweepSpec, grid_points, point_name, read_spec
 
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(
@@ -316,8 +316,8 @@ def test_extend_writes_the_next_points_as_sweep_files_that_reuse_run_folders(tmp
 
 def test_a_grid_list_is_the_union_of_its_grids_and_a_round_merges_into_one_sweep(tmp_path):
     from npo_lib.errors import ConfigError
-    from npo_lib.run.study_plan import merge_round
-    from npo_lib.run.sweep import grid_points, point_name
+    from npo_lib.study.plan import merge_round
+    from npo_lib.workflow.sweep import grid_points, point_name
 
     pts = grid_points(
         [
@@ -358,9 +358,9 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
     crossed, gives the settings at the floor every seed, writes the study, and a second call
     runs nothing new."""
     from npo_lib.config import StudyConfig
-    from npo_lib.run import study_plan
-    from npo_lib.run.study_plan import run_study
-    from npo_lib.run.sweep import SweepSpec, grid_points, point_name, read_spec
+    from npo_lib.study import plan as study_plan
+    from npo_lib.study.plan import run_study
+    from npo_lib.workflow.sweep import SweepSpec, grid_points, point_name, read_spec
 
     monkeypatch.setattr(
         study_plan, "references_for", lambda runs, root: REFS
@@ -429,8 +429,8 @@ def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folde
     tmp_path, monkeypatch
 ):
     from npo_lib.config import StudyConfig
-    from npo_lib.run.study_plan import matched_attack_steps
-    from npo_lib.run.sweep import SweepSpec, read_spec, sweep_steps
+    from npo_lib.study.plan import matched_attack_steps
+    from npo_lib.workflow.sweep import SweepSpec, read_spec, sweep_steps
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "s-plan").mkdir(parents=True)
@@ -471,7 +471,7 @@ def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folde
         and not attack.is_current()
     )
     # the study reads the attacks from there, the run's own aggregates stay
-    from npo_lib.run.study import load_results, run_folders
+    from npo_lib.study.study import load_results, run_folders
 
     attacked = tmp_path / "runs" / "s" / "forget_loss-NPO+GD_lr-0.0002_seed-0" / "attacks" / "eval"
     attacked.mkdir(parents=True)
@@ -495,8 +495,8 @@ def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folde
 
 
 def test_the_fair_study_plan_loads_and_every_point_passes_the_config_checks(tmp_path):
-    from npo_lib.run.study_plan import StudyPlan, plan_study, plan_sweeps
-    from npo_lib.run.sweep import SweepSpec, grid_points, read_spec
+    from npo_lib.study.plan import StudyPlan, plan_study, plan_sweeps
+    from npo_lib.workflow.sweep import SweepSpec, grid_points, read_spec
 
     plan = read_spec("params/study_fair.yaml", StudyPlan)
     files = plan_study("params/study_fair.yaml", tmp_path)  # checks every point's config
@@ -547,7 +547,7 @@ def test_study_notebook_renders_a_finished_sweep(tmp_path):
     """The notebook, headless under papermill, renders study.md and both figures."""
     import nbformat
 
-    from npo_lib.run.steps import NOTEBOOKS_DIR, Step, run_steps
+    from npo_lib.workflow.steps import NOTEBOOKS_DIR, Step, run_steps
 
     _fair_sweep(tmp_path / "sweep")
     (tmp_path / "refs.json").write_text(json.dumps(REFS))

@@ -12,7 +12,7 @@ import yaml
 
 from npo_lib.config.schema import SweepExecutorConfig
 from npo_lib.errors import ConfigError
-from npo_lib.run.executors import (
+from npo_lib.workflow.executors import (
     PointJob,
     assign_devices,
     job_outcome,
@@ -21,8 +21,8 @@ from npo_lib.run.executors import (
     slurm_parameters,
     visible_devices,
 )
-from npo_lib.run.steps import read_spec
-from npo_lib.run.sweep import SweepSpec, run_sweep
+from npo_lib.workflow.steps import read_spec
+from npo_lib.workflow.sweep import SweepSpec, run_sweep
 
 # ----------------------------------------------------------------------------- GPU sets
 
@@ -54,7 +54,7 @@ def test_without_gpus_or_with_gpus_per_run_0_runs_are_not_pinned():
 
 
 def test_runs_sharing_the_cpus_get_an_even_share_of_threads_unless_the_user_chose():
-    from npo_lib.run.executors import cpu_threads_per_run
+    from npo_lib.workflow.executors import cpu_threads_per_run
 
     assert (
         cpu_threads_per_run(2, 2, {}) == "1"
@@ -172,7 +172,7 @@ def test_slurm_job_array_script_carries_the_executor_block(fake_slurm, tmp_path)
 
 
 def test_a_rerun_waits_on_jobs_still_queued_instead_of_submitting_twice(fake_slurm, tmp_path):
-    from npo_lib.run.executors import active_jobs
+    from npo_lib.workflow.executors import active_jobs
 
     status = {
         "a": {"status": "running", "job_id": "4242_0"},

@@ -392,7 +392,7 @@ def test_figures_from_logs_metrics_and_tables(tmp_path):
         metrics("ga", "run", None, 0.3),
         metrics("tgt", "target", 1e-6, 0.6),
     ]
-    from npo_lib.run.report import fq_mu_points
+    from npo_lib.viz.report import fq_mu_points
 
     points = [*fq_mu_points(runs), figures.FqMuPoint("ret", 1.0, 0.55, role="retain")]
     fig = figures.plot_fq_mu(points, floor=0.5, path=tmp_path / "fqmu.png")
@@ -525,7 +525,7 @@ def _fake_runs(root: Path) -> Path:
 
 def test_dashboard_html_sorts_picks_runs_and_embeds_figures(tmp_path):
     from npo_lib.errors import ReportError
-    from npo_lib.run import dashboard as D
+    from npo_lib.viz import dashboard as D
 
     root = _fake_runs(tmp_path / "runs" / "demo")
     views = D.run_views(root)
@@ -563,7 +563,7 @@ def test_dashboard_widgets_follow_the_sort_and_the_run(tmp_path, world, influenc
     import ipywidgets as W
 
     from npo_lib.config import load_config, save_config
-    from npo_lib.run.dashboard import RunDashboard
+    from npo_lib.viz.dashboard import RunDashboard
 
     root = _fake_runs(tmp_path / "runs")
     tok, _, _ = world
@@ -630,14 +630,14 @@ def test_a_user_error_in_a_kernel_is_one_line_a_bug_keeps_its_traceback():
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
 
-    from npo_lib.run.notebook import brief_user_errors
+    from npo_lib.workflow.notebook import brief_user_errors
 
     shell = InteractiveShell.instance()
     try:
         assert brief_user_errors()
         with capture_output() as cap:
             res = shell.run_cell(
-                "from npo_lib.run.notebook import config_from_namespace\n"
+                "from npo_lib.workflow.notebook import config_from_namespace\n"
                 "config_from_namespace({'lr': -1.0, 'num_epoch': 2})"
             )
         assert res.error_in_exec is not None and type(res.error_in_exec).__name__ == "ConfigError"

@@ -18,6 +18,18 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+def absolute_module(importer: str, node: ast.ImportFrom, is_package: bool) -> str | None:
+    """The module an ``ImportFrom`` names, relative ones (``from ._x import y``) resolved
+    against the importing module, as Python resolves them (PEP 328)."""
+    if node.level == 0:
+        return node.module
+    parts = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+    if not base:
+        return None
+    return ".".join([*base, node.module] if node.module else base)
+
+
 class PrivateNamesContract(Contract):
     """Modules under ``packages`` import no private name from another module."""
 
@@ -27,23 +39,27 @@ class PrivateNamesContract(Contract):
     def check(self, graph, verbose: bool) -> ContractCheck:
         bad = []
         for module in sorted(graph.modules):
-            if not any(module == p or module.startswith(p + ".") for p in self.packages):
+            if not self._inside(module):
                 continue
             spec = importlib.util.find_spec(module)
             if spec is None or not spec.origin or not spec.origin.endswith(".py"):
                 continue
+            is_package = spec.origin.endswith("__init__.py")
             tree = ast.parse(open(spec.origin, encoding="utf-8").read())
             for node in ast.walk(tree):
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    if node.module != module and any(
-                        node.module == p or node.module.startswith(p + ".") for p in self.packages
-                    ):
-                        bad += [
-                            (module, node.module, a.name, node.lineno)
-                            for a in node.names
-                            if _private(a.name)
-                        ]
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                imported = absolute_module(module, node, is_package)
+                if imported and imported != module and self._inside(imported):
+                    bad += [
+                        (module, imported, a.name, node.lineno)
+                        for a in node.names
+                        if _private(a.name)
+                    ]
         return ContractCheck(kept=not bad, metadata={"imports": bad})
+
+    def _inside(self, module: str) -> bool:
+        return any(module == p or module.startswith(p + ".") for p in self.packages)
 
     def render_broken_contract(self, check: ContractCheck) -> None:
         for importer, imported, name, line in check.metadata["imports"]:

@@ -4,7 +4,7 @@
 ``influence``, ``eval``, ``study``) nest as dotted keys (``LoRA.r=8``). Help texts use the
 papers' symbols; ``npo <command> --print-config`` shows them beside the resolved values. The
 checks here need nothing but the values (types, ranges); names that a registry owns (families,
-losses, scorers, selection methods) are checked by :func:`npo_lib.run.checks.check_config`,
+losses, scorers, selection methods) are checked by :func:`npo_lib.commands.checks.check_config`,
 also before any model loads.
 """
 

@@ -1,1 +1,1 @@
-"""Objectives: token statistics, the loss terms, their registry, the cached reference, the trainer."""
+"""Objectives: token statistics, the loss terms, their registry and the cached reference."""

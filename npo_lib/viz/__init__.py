@@ -1,1 +1,2 @@
-"""Visualisation: token tables, HTML heatmaps, the ipywidgets explorer, run figures."""
+"""Visualisation: token tables, HTML heatmaps, the ipywidgets explorer, run figures, the report
+table and the run dashboard."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from npo_lib.commands.folders import influence_files
+from npo_lib.commands.influence import INFLUENCE_VIEW, load_inputs
 from npo_lib.config import Config
 from npo_lib.models.loading import load_model
-from npo_lib.run.folders import influence_files
-from npo_lib.run.influence import INFLUENCE_VIEW, load_inputs
 from npo_lib.viz.tables import TokenTable, add_score, delta_logprobs, tables_from_influence
 
 

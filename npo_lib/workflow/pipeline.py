@@ -14,9 +14,10 @@ from typing import Any
 from npo_lib.embedded.paths import embedded_paths
 from npo_lib.errors import ConfigError
 from npo_lib.objectives.registry import parse_loss
-from npo_lib.run.dashboard import write_dashboard_html
-from npo_lib.run.report import report
-from npo_lib.run.steps import (
+from npo_lib.utils.io import atomic_write_json, atomic_write_text
+from npo_lib.viz.dashboard import write_dashboard_html
+from npo_lib.viz.report import report
+from npo_lib.workflow.steps import (
     Step,
     forget_mode,
     notebook_path,
@@ -25,7 +26,6 @@ from npo_lib.run.steps import (
     spec_config,
     step_params,
 )
-from npo_lib.utils.io import atomic_write_json, atomic_write_text
 
 
 @dataclass

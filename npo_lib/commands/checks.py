@@ -22,7 +22,7 @@ from npo_lib.influence.scorers import Scorer, get_scorer
 from npo_lib.influence.selection import check_selection
 from npo_lib.models.families import get_family
 from npo_lib.objectives.registry import LossSpec, parse_loss
-from npo_lib.run.training import rmu_trainable_blocks
+from npo_lib.training.arguments import rmu_trainable_blocks
 
 
 def check_config(cfg: Config) -> LossSpec:

@@ -1,6 +1,6 @@
 """``npo study SWEEP_DIR...``: the method comparison of finished sweeps, at matched utility.
 
-Every evaluated run becomes a :class:`~npo_lib.run.frontier.RunResult`: its method (the
+Every evaluated run becomes a :class:`~npo_lib.study.frontier.RunResult`: its method (the
 objective, plus the selection / influence settings that differ from the defaults, e.g.
 ``INFLUENCE+GD random``), its strength setting (``study.strength_keys``: lr, epochs,
 forget_coeff), its seed, its benchmark (``study.benchmark_keys``). The target and retain models
@@ -15,7 +15,7 @@ are evaluated once per benchmark as the reference points. Written into ``--out``
 * ``study_frontier.png`` (frontiers with intervals, target and retain marked),
   ``study_selection.png`` (the selection controls).
 
-The adaptive search, the plan and ``npo study --run`` live in :mod:`npo_lib.run.study_plan`;
+The adaptive search, the plan and ``npo study --run`` live in :mod:`npo_lib.study.plan`;
 the first study's grid-point functions (``collect``, ``best_per_method``, ``markdown``) remain.
 """
 
@@ -32,13 +32,14 @@ from typing import Any
 
 import yaml
 
+from npo_lib.commands.evaluation import METRICS_FILE, evaluate
 from npo_lib.config import Config, StudyConfig, load_config
 from npo_lib.embedded.paths import embedded_paths, uses_embedded
 from npo_lib.errors import ReportError
 from npo_lib.eval.compute import HEADLINE_METRICS
 from npo_lib.objectives.registry import parse_loss
-from npo_lib.run.evaluation import METRICS_FILE, evaluate
-from npo_lib.run.frontier import (
+from npo_lib.study.figures import FrontierCurve, Interval, Panel, plot_frontiers, plot_selection
+from npo_lib.study.frontier import (
     NOT_CROSSED,
     NOT_REACHED,
     TRADEOFFS,
@@ -54,7 +55,6 @@ from npo_lib.run.frontier import (
     setting_means,
     summarise,
 )
-from npo_lib.viz.study_figures import FrontierCurve, Interval, Panel, plot_frontiers, plot_selection
 
 METRICS = tuple(m.key for m in HEADLINE_METRICS)
 FORMATS = {m.key: m.fmt for m in HEADLINE_METRICS}
@@ -208,11 +208,11 @@ def _references(run_dirs: Sequence[Path]) -> dict[str, dict[str, Any]]:
 
 # ============================================================================= the fair study
 #
-# Methods are compared on their frontiers at matched utility (npo_lib.run.frontier), per
+# Methods are compared on their frontiers at matched utility (npo_lib.study.frontier), per
 # benchmark, with the selection controls of INFLUENCE beside them and the robustness attacks at
 # each method's matched setting. ``write_study`` writes study.md / study.csv /
 # study_frontier.png / study_selection.png (and study_settings.csv, every grid point); the
-# adaptive search's next points and the study plan's sweeps come from npo_lib.run.study_plan.
+# adaptive search's next points and the study plan's sweeps come from npo_lib.study.plan.
 
 ROBUST_METRIC = "fact_recall"  # what the attacks' forget probe reports per set
 REGAIN = (

@@ -5,7 +5,7 @@ the user's own data folder (``data_path=DIR``).
    ``fact_spans``), or take the folder;
 2. train a byte-level BPE tokenizer on its text;
 3. initialise one Llama-architecture model from a ``LlamaConfig`` (``base``), shared by both;
-4. fine-tune ``target`` and ``retain`` from ``base`` through :func:`npo_lib.run.finetune.run_finetune`
+4. fine-tune ``target`` and ``retain`` from ``base`` through :func:`npo_lib.commands.finetune.run_finetune`
    (``npo finetune``, the tiny recipe of ``tiny.*``), each until its memorisation bars hold
    (checked every ``finetune.check_every`` epochs, at most ``tiny.max_epochs``);
 5. check every bar of :class:`MemorisationBars` on the saved models: the target must state the
@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npo_lib.commands.checks import check_config
+from npo_lib.commands.finetune import finished, run_finetune
 from npo_lib.config import Config
 from npo_lib.data.sources import load_eval_set, load_perturbed
 from npo_lib.embedded.benchmark import generate_benchmark
@@ -36,8 +38,6 @@ from npo_lib.eval import metrics as M
 from npo_lib.eval.compute import forget_truth_ratio
 from npo_lib.models.families import get_family
 from npo_lib.models.loading import load_model, load_tokenizer
-from npo_lib.run.checks import check_config
-from npo_lib.run.finetune import finished, run_finetune
 from npo_lib.utils.io import atomic_dir, atomic_write_json, read_json
 from npo_lib.utils.machine import machine_info
 

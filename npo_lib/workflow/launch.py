@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
+from npo_lib.commands.folders import run_dir
 from npo_lib.config import load_config
 from npo_lib.errors import ConfigError
-from npo_lib.run.folders import run_dir
-from npo_lib.run.steps import (
+from npo_lib.workflow.steps import (
     PARAMS_SUFFIX,
     error_summary,
     kernel_env,

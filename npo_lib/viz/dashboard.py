@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from npo_lib.commands.evaluation import METRICS_FILE
+from npo_lib.commands.folders import influence_files
 from npo_lib.config import Config, load_config
 from npo_lib.errors import ReportError
-from npo_lib.run.evaluation import METRICS_FILE
-from npo_lib.run.folders import influence_files
-from npo_lib.run.report import COLUMNS, fq_mu_points, load_run, ordered, rows
 from npo_lib.utils.io import atomic_write_text
 from npo_lib.utils.optional import require
 from npo_lib.viz.explorer import TokenExplorer
 from npo_lib.viz.figures import plot_fq_mu, plot_loss_terms
 from npo_lib.viz.render import CSS, SCALES, legend_html, render_example, shared_range
+from npo_lib.viz.report import COLUMNS, fq_mu_points, load_run, ordered, rows
 from npo_lib.viz.tables import TokenTable
 
 
@@ -87,7 +87,7 @@ class RunView:
         folder = Path(cfg.influence_dir) if cfg.influence_dir else influence_files(cfg)
         if not (folder / "scores.safetensors").is_file():
             return None
-        from npo_lib.run.visualization import token_tables
+        from npo_lib.viz.run_tables import token_tables
 
         return token_tables(cfg, folder, progress=False)
 

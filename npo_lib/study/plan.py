@@ -1,7 +1,7 @@
 """The adaptive frontier search and the study plan (``npo study --extend`` / ``--plan``).
 
 ``extend_sweep`` writes the next sweep files of the adaptive frontier search
-(:func:`npo_lib.run.frontier.propose_next`): a method whose utility is still above the floor is
+(:func:`npo_lib.study.frontier.propose_next`): a method whose utility is still above the floor is
 pushed further along its strength keys, one seed each; around the floor every seed runs.
 ``plan_study`` writes the sweep files that start a study from its plan
 (``params/study_fair.yaml``): every benchmark x block of methods, each point's config checked
@@ -21,10 +21,8 @@ import yaml
 
 from npo_lib.config import StudyConfig, nest_keys
 from npo_lib.errors import ReportError
-from npo_lib.run.executors import local_device_slots
-from npo_lib.run.frontier import Axis, Proposal, RunResult, by_method, propose_next
-from npo_lib.run.steps import Step, read_spec, run_steps, spec_config
-from npo_lib.run.study import (
+from npo_lib.study.frontier import Axis, Proposal, RunResult, by_method, propose_next
+from npo_lib.study.study import (
     ATTACKS_DIR,
     analyse,
     config_defaults,
@@ -34,8 +32,17 @@ from npo_lib.run.study import (
     run_folders,
     write_study,
 )
-from npo_lib.run.sweep import SweepSpec, cpu_share, grid_points, point_name, run_sweep, sweep_steps
 from npo_lib.utils.io import atomic_write_text
+from npo_lib.workflow.executors import local_device_slots
+from npo_lib.workflow.steps import Step, read_spec, run_steps, spec_config
+from npo_lib.workflow.sweep import (
+    SweepSpec,
+    cpu_share,
+    grid_points,
+    point_name,
+    run_sweep,
+    sweep_steps,
+)
 
 
 def _axes(study: StudyConfig) -> list[Axis]:
@@ -366,7 +373,7 @@ def run_study(
     and sweep the round's points together (:func:`merge_round`), until no method proposes a
     point, a round proposes only points that already failed here, or ``max_rounds``; then the
     attacks run at each method's matched setting (:func:`attack_matched`). Then the study of
-    every folder goes to ``out`` (:func:`npo_lib.run.study.write_study`). ``blocks`` /
+    every folder goes to ``out`` (:func:`npo_lib.study.study.write_study`). ``blocks`` /
     ``benchmarks``: only these of the plan.
     Interrupted, it continues where it stopped: the starting files are reused, finished runs
     are skipped, and the search resumes from the runs on disk. Prints the time per run.

@@ -15,9 +15,9 @@ import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from npo_lib.commands.checks import check_config
 from npo_lib.config import Config, load_config
 from npo_lib.errors import ConfigError, UserError
-from npo_lib.run.checks import check_config
 from npo_lib.utils.progress import use_progress
 
 # Names IPython itself puts into a kernel's namespace.

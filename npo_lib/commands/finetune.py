@@ -28,6 +28,8 @@ from typing import Any
 from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
+from npo_lib.commands.checks import check_config
+from npo_lib.commands.folders import RESULT_FILE, check_run_folder
 from npo_lib.config import Config, save_config
 from npo_lib.data.sources import load_eval_set, load_forget, load_retain, load_training_records
 from npo_lib.data.views import encode_records
@@ -39,9 +41,7 @@ from npo_lib.models.families import ChatTags, get_family
 from npo_lib.models.loading import load_model, load_tokenizer
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper, parse_loss
-from npo_lib.run.checks import check_config
-from npo_lib.run.folders import RESULT_FILE, check_run_folder
-from npo_lib.run.training import (
+from npo_lib.training.arguments import (
     TrainSettings,
     end_partitioned_loading,
     save_trained,
@@ -326,7 +326,7 @@ def run_finetune(
     the memorisation report of the saved model (forget split and retain check set)."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from npo_lib.objectives.trainer import UnlearningTrainer
+    from npo_lib.training.trainer import UnlearningTrainer
 
     out = check_finetune_config(cfg)
     t0 = time.perf_counter()

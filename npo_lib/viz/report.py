@@ -1,6 +1,6 @@
 """``npo report RUN_DIR...``: compare evaluated runs in one markdown table (and a CSV).
 
-Each run folder holds ``eval/metrics.json`` (written by :func:`npo_lib.run.evaluation.evaluate`); a
+Each run folder holds ``eval/metrics.json`` (written by :func:`npo_lib.commands.evaluation.evaluate`); a
 folder holding ``metrics.json`` itself (the cached retain evaluation) or the file's own path
 works too. Rows of the target and the retain model come first, then the runs in the given order.
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from npo_lib.commands.evaluation import METRICS_FILE
 from npo_lib.errors import ReportError
 from npo_lib.eval.compute import HEADLINE_METRICS
-from npo_lib.run.evaluation import METRICS_FILE
 from npo_lib.utils.machine import machine_line
 from npo_lib.viz.figures import FqMuPoint
 

@@ -16,6 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from npo_lib.commands.checks import check_activation_layers, check_config
+from npo_lib.commands.folders import (
+    NOTEBOOKS_DIR,
+    RESULT_FILE,
+    check_run_folder,
+    influence_files,
+    run_dir,
+)
 from npo_lib.config import Config, save_config
 from npo_lib.data.dataset import UnlearningDataset, ViewCollator
 from npo_lib.data.sources import load_eval_set, load_forget
@@ -27,15 +35,7 @@ from npo_lib.models.families import get_family
 from npo_lib.models.loading import load_model, load_tokenizer
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper, LossSpec
-from npo_lib.run.checks import check_activation_layers, check_config
-from npo_lib.run.folders import (
-    NOTEBOOKS_DIR,
-    RESULT_FILE,
-    check_run_folder,
-    influence_files,
-    run_dir,
-)
-from npo_lib.run.training import (
+from npo_lib.training.arguments import (
     TrainSettings,
     rmu_trainable_blocks,
     save_trained,
@@ -104,7 +104,7 @@ def build_trainer(
     for RMU / ACT, only the chosen blocks trainable."""
     from npo_lib.influence.files import load_token_weights
     from npo_lib.objectives.reference import ReferenceLogprobs
-    from npo_lib.objectives.trainer import UnlearningTrainer
+    from npo_lib.training.trainer import UnlearningTrainer
 
     check_activation_layers(cfg, spec, model_path)
     family = get_family(cfg.model_family)

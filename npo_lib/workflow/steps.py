@@ -21,13 +21,13 @@ from typing import Any, Protocol
 
 import yaml
 
+from npo_lib.commands.checks import check_config
+from npo_lib.commands.folders import RESULT_FILE
 from npo_lib.config import Config, load_config, nest_keys, read_params_file
 from npo_lib.errors import ConfigError
-from npo_lib.run.checks import check_config
-from npo_lib.run.folders import RESULT_FILE
-from npo_lib.run.notebook import trust_notebook
 from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
+from npo_lib.workflow.notebook import trust_notebook
 
 NOTEBOOKS_DIR = (
     Path(str(importlib.resources.files("npo_lib"))) / "notebooks"

@@ -20,7 +20,9 @@ from typing import Any
 from npo_lib.config import check_keys
 from npo_lib.config.schema import SweepExecutorConfig
 from npo_lib.errors import ConfigError
-from npo_lib.run.executors import (
+from npo_lib.utils.io import atomic_write_json, atomic_write_text
+from npo_lib.viz.report import report
+from npo_lib.workflow.executors import (
     PointJob,
     active_jobs,
     cpu_threads_per_run,
@@ -30,8 +32,7 @@ from npo_lib.run.executors import (
     make_executor,
     point_record,
 )
-from npo_lib.run.report import report
-from npo_lib.run.steps import (
+from npo_lib.workflow.steps import (
     Step,
     forget_mode,
     notebook_path,
@@ -40,7 +41,6 @@ from npo_lib.run.steps import (
     spec_config,
     step_params,
 )
-from npo_lib.utils.io import atomic_write_json, atomic_write_text
 
 
 @dataclass

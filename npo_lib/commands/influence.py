@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from npo_lib.commands.checks import check_config, check_influence_settings
+from npo_lib.commands.folders import influence_files, saved_result
 from npo_lib.config import Config
 from npo_lib.data.dataset import UnlearningDataset
 from npo_lib.data.sources import load_retain
@@ -48,8 +50,6 @@ from npo_lib.models.families import get_family
 from npo_lib.models.loading import default_device, load_model, load_tokenizer
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import FORGET_TERMS
-from npo_lib.run.checks import check_config, check_influence_settings
-from npo_lib.run.folders import influence_files, saved_result
 from npo_lib.utils.hashing import model_fingerprint
 
 INFLUENCE_VIEW = FORGET_TERMS["INFLUENCE"].view  # the view the scores must align with

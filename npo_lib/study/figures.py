@@ -1,6 +1,6 @@
 """The method study's figures: frontiers at matched utility and the selection controls.
 
-Plain data in (the run layer computes the frontiers, see ``npo_lib.run.frontier``), a matplotlib
+Plain data in (the run layer computes the frontiers, see ``npo_lib.study.frontier``), a matplotlib
 ``Figure`` out (no pyplot state), saved as PNG when a path is given.
 """
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from npo_lib.commands.checks import check_config
+from npo_lib.commands.folders import saved_result
 from npo_lib.config import Config, EvalConfig
 from npo_lib.embedded.paths import (
     embedded_paths,
@@ -38,8 +40,6 @@ from npo_lib.models.loading import (
     load_tokenizer,
     resolve_dtype,
 )
-from npo_lib.run.checks import check_config
-from npo_lib.run.folders import saved_result
 from npo_lib.utils import dist
 from npo_lib.utils.hashing import fingerprint, model_fingerprint
 from npo_lib.utils.io import atomic_write_json

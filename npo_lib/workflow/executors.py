@@ -17,7 +17,7 @@ from typing import Any
 
 from npo_lib.config.schema import SweepExecutorConfig
 from npo_lib.errors import ConfigError
-from npo_lib.run.steps import Step, StepResult, run_steps
+from npo_lib.workflow.steps import Step, StepResult, run_steps
 
 # SLURM / submitit states of a job that stopped without failing on its own: the point is not
 # "failed", it is re-submitted by the next `npo sweep` (its finished notebooks are skipped)
