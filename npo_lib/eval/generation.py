@@ -3,16 +3,73 @@ across ranks under ``dist.sharded()``), greedy fact recall, and the optional vLL
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from npo_lib.config import EvalConfig
 from npo_lib.data.views import view_text
 from npo_lib.eval.metrics import fact_recall
 from npo_lib.models.families import ChatTags
 from npo_lib.utils.dist import map_shards
+
+# The defaults of `npo eval` (the schema's eval.max_new_tokens and eval.gen_batch_size).
+MAX_NEW_TOKENS: int = EvalConfig.max_new_tokens
+GEN_BATCH_SIZE: int = EvalConfig.gen_batch_size
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@contextmanager
+def _decoding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
+    """Left padding (generation continues from the right edge) and eval mode, both restored."""
+    side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"
+    model.eval()
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
+def _shared(items: list[T], work: Callable[[T], R], desc: str, progress: bool) -> list[R]:
+    """``work`` of every item; under ``dist.sharded()`` each rank does its share."""
+
+    def bar(i: Iterable[int]) -> Iterable[int]:
+        return tqdm(i, desc=desc, disable=not progress, leave=False)
+
+    return map_shards(items, work, progress=bar)
+
+
+def length_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_lists: Sequence[Sequence[str]],
+    batch_size: int,
+    add_special_tokens: bool,
+) -> list[tuple[int, list[int]]]:
+    """(list, prompt indices) per batch: each list's prompts sorted by token length, then cut into
+    batches of ``batch_size``, so a batch pads little; no batch mixes two lists."""
+    batches: list[tuple[int, list[int]]] = []
+    for k, prompts in enumerate(prompt_lists):
+        if not prompts:
+            continue
+        ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        batches += [(k, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
+    return batches
+
+
+def _decode_new(
+    tokenizer: PreTrainedTokenizerBase, gen: torch.Tensor, prompt_len: int
+) -> list[str]:
+    """The generated continuation of each row (prompt cut off, special tokens stripped)."""
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in gen[:, prompt_len:]]
 
 
 @torch.no_grad()
@@ -21,8 +78,8 @@ def greedy_generate(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     *,
-    max_new_tokens: int = 200,
-    batch_size: int = 32,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = GEN_BATCH_SIZE,
     add_special_tokens: bool = True,
     progress: bool = True,
 ) -> list[str]:
@@ -48,8 +105,8 @@ def greedy_generate_many(
     tokenizer: PreTrainedTokenizerBase,
     prompt_lists: Sequence[Sequence[str]],
     *,
-    max_new_tokens: int = 200,
-    batch_size: int = 32,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = GEN_BATCH_SIZE,
     add_special_tokens: bool = True,
     progress: bool = True,
 ) -> list[list[str]]:
@@ -57,25 +114,7 @@ def greedy_generate_many(
     list's prompts share their batches with no other list's) and decoded in one pass: under
     ``dist.sharded()`` the ranks share the batches of all lists, so several short lists still
     keep every rank busy."""
-    batches: list[tuple[int, list[int]]] = []  # (list, prompt indices) per batch
-    for k, prompts in enumerate(prompt_lists):
-        lengths = (
-            [
-                len(ids)
-                for ids in tokenizer(list(prompts), add_special_tokens=add_special_tokens)[
-                    "input_ids"
-                ]
-            ]
-            if prompts
-            else []
-        )
-        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-        batches += [(k, order[s : s + batch_size]) for s in range(0, len(order), batch_size)]
-    out: list[list[str]] = [[""] * len(prompts) for prompts in prompt_lists]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge
-    was_training = model.training
-    model.eval()
+    batches = length_batches(tokenizer, prompt_lists, batch_size, add_special_tokens)
 
     def work(batch: tuple[int, list[int]]) -> list[str]:
         k, idx = batch
@@ -92,26 +131,18 @@ def greedy_generate_many(
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )  # (B, T_prompt + T_new)
-        return [
-            tokenizer.decode(row, skip_special_tokens=True)
-            for row in gen[:, enc["input_ids"].shape[1] :]
-        ]
+        return _decode_new(tokenizer, gen, enc["input_ids"].shape[1])
 
-    try:  # under dist.sharded() each rank decodes its share of the batches
-        texts = map_shards(
-            batches,
-            work,
-            progress=lambda i: tqdm(i, desc="generate", disable=not progress, leave=False),
-        )
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
+    with _decoding(model, tokenizer):
+        texts = _shared(batches, work, "generate", progress)
+    out: list[list[str]] = [[""] * len(prompts) for prompts in prompt_lists]
     for (k, idx), batch in zip(batches, texts, strict=True):
         for i, text in zip(idx, batch, strict=True):
             out[k][i] = text
     return out
 
 
+@torch.no_grad()
 def sample_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -120,34 +151,27 @@ def sample_generate(
     k: int,
     temperature: float,
     seed: int,
-    max_new_tokens: int = 200,
-    batch_size: int = 32,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = GEN_BATCH_SIZE,
     add_special_tokens: bool = True,
     progress: bool = True,
 ) -> list[list[str]]:
     """``k`` continuations per prompt sampled at ``temperature`` from the full distribution (no
     top-k / top-p), seeded: the same seed gives the same samples on the same machine."""
-    out: list[list[str]] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    was_training = model.training
-    model.eval()
-    gen_device = model.device
     starts = list(range(0, len(prompts), batch_size))
     g = torch.Generator(device="cpu").manual_seed(seed)
-    seeds = [
-        int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for _ in starts
-    ]  # one per batch, drawn up front
+    # one seed per batch, drawn up front: a batch samples the same whichever rank takes it
+    seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for _ in starts]
 
     def work(b: int) -> list[list[str]]:
-        torch.manual_seed(seeds[b])  # the batch's seed whichever rank samples it
+        torch.manual_seed(seeds[b])
         s = starts[b]
         enc = tokenizer(
             list(prompts[s : s + batch_size]),
             return_tensors="pt",
             padding=True,
             add_special_tokens=add_special_tokens,
-        ).to(gen_device)
+        ).to(model.device)
         gen = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
@@ -158,22 +182,13 @@ def sample_generate(
             num_return_sequences=k,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
-        )
-        new = gen[:, enc["input_ids"].shape[1] :]  # (B·k, T_new), k rows per prompt in order
-        texts = [tokenizer.decode(row, skip_special_tokens=True) for row in new]
+        )  # (B·k, T_prompt + T_new), k rows per prompt in order
+        texts = _decode_new(tokenizer, gen, enc["input_ids"].shape[1])
         return [texts[i * k : (i + 1) * k] for i in range(len(texts) // k)]
 
-    try:
-        for batch in map_shards(
-            list(range(len(starts))),
-            work,
-            progress=lambda i: tqdm(i, desc="sample", disable=not progress, leave=False),
-        ):
-            out += batch
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out
+    with _decoding(model, tokenizer):
+        batches = _shared(list(range(len(starts))), work, "sample", progress)
+    return [row for batch in batches for row in batch]
 
 
 def greedy_fact_recall(
@@ -186,7 +201,8 @@ def greedy_fact_recall(
     batch_size: int = 64,
     progress: bool = False,
 ) -> float:
-    """Share of ``records`` whose greedy answer (after the think-end tag) states ``record["fact"]``."""
+    """Share of ``records`` whose greedy answer (after the think-end tag) states
+    ``record["fact"]``."""
     prompts = [view_text(r, "full", tags, tokenizer=tokenizer)[0] for r in records]
     gens = greedy_generate(
         model,

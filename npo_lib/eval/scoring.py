@@ -18,11 +18,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from npo_lib.config import EvalConfig
 from npo_lib.errors import EvalError
 from npo_lib.utils.dist import map_shards
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+SCORE_BATCH_SIZE: int = EvalConfig.batch_size  # items per forward (the schema's eval.batch_size)
 
 
 @dataclass
@@ -158,68 +161,89 @@ def _split_rows(stats: np.ndarray, counts: Sequence[int]) -> list[TargetScores]:
     return out
 
 
+def _prefix_forward(
+    model: PreTrainedModel, prompts: Sequence[list[int]], pad_id: int
+) -> tuple[Any, torch.Tensor]:
+    """One left-padded forward over ``prompts`` (positions as the unpadded prompt has them),
+    filling the KV cache; returns its output (the last position's logits) and the mask (B, P)."""
+    B, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)  # (B, P), left-padded
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, P - len(p) :] = torch.as_tensor(p)
+        mask[b, P - len(p) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    kw: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    dev = model.device
+    out = model(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        position_ids=pos.to(dev),
+        use_cache=True,
+        **kw,
+    )
+    return out, mask
+
+
+def _continuation_stats(
+    model: PreTrainedModel,
+    pre: Any,
+    pre_mask: torch.Tensor,
+    prompt_lens: Sequence[int],
+    rows: Sequence[tuple[int, list[int]]],
+    pad_id: int,
+) -> np.ndarray:
+    """(N, 4) statistics of every target token after the first, rows (item, target) in order:
+    the prompts' KV cache repeated per row, then one right-padded forward over the targets
+    (their last token is only predicted, never fed)."""
+    L = max(len(t) for _, t in rows) - 1
+    if L <= 0:
+        return np.zeros((0, 4))
+    dev = model.device
+    item_of_row = torch.as_tensor([b for b, _ in rows])  # (R,)
+    cache = pre["cache"] if "cache" in pre else pre.past_key_values  # renamed in transformers 5
+    cache.reorder_cache(item_of_row.to(dev))  # (B, ...) -> (R, ...): each row gets its prompt
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (R, L): targets but the last
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    row_idx: list[int] = []
+    pos_idx: list[int] = []
+    for r, (_, t) in enumerate(rows):
+        n = len(t) - 1
+        ids[r, :n] = torch.as_tensor(t[:-1])
+        mask[r, :n] = 1
+        row_idx += [r] * n
+        pos_idx += range(n)
+    plen = torch.as_tensor([prompt_lens[b] for b, _ in rows])
+    pos = plen[:, None] + torch.arange(L)[None]  # (R, L)
+    logits = model(
+        input_ids=ids.to(dev),
+        attention_mask=torch.cat([pre_mask[item_of_row], mask], 1).to(dev),
+        position_ids=pos.to(dev),
+        use_cache=True,
+        **{_cache_kwarg(model): cache},
+    ).logits  # (R, L, V)
+    ri, pi = torch.as_tensor(row_idx, device=dev), torch.as_tensor(pos_idx, device=dev)
+    labels = torch.as_tensor([tok for _, t in rows for tok in t[1:]], device=dev)
+    return _token_stats(logits[ri, pi], labels)
+
+
 @torch.no_grad()
 def _forward_shared_prefix(
     model: PreTrainedModel, items: Sequence[tuple[list[int], list[list[int]]]], pad_id: int
 ) -> list[list[TargetScores]]:
     """Statistics of every candidate target of every (prompt, candidates) item, the prompt run
     once per item: a left-padded prefix forward fills the KV cache, which is repeated for each
-    candidate row, then one right-padded forward over the targets (their last token is only
-    predicted, never fed). Same numbers as :func:`_forward_rows` up to float rounding, with the
-    prompt's layers computed once instead of once per candidate."""
-    dev = model.device
-    B, P = len(items), max(len(p) for p, _ in items)
-    pre_ids = torch.full((B, P), pad_id, dtype=torch.long)  # (B, P), left-padded
-    pre_mask = torch.zeros((B, P), dtype=torch.long)
-    for b, (p, _) in enumerate(items):
-        pre_ids[b, P - len(p) :] = torch.as_tensor(p)
-        pre_mask[b, P - len(p) :] = 1
-    pre_pos = (pre_mask.cumsum(-1) - 1).clamp_min(0)  # positions as the unpadded prompt has them
-    kw: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
-    pre = model(
-        input_ids=pre_ids.to(dev),
-        attention_mask=pre_mask.to(dev),
-        position_ids=pre_pos.to(dev),
-        use_cache=True,
-        **kw,
-    )
+    candidate row, then one right-padded forward over the targets. Same numbers as
+    :func:`_forward_rows` up to float rounding, with the prompt's layers computed once instead
+    of once per candidate."""
+    pre, pre_mask = _prefix_forward(model, [p for p, _ in items], pad_id)
     rows = [(b, t) for b, (_, cands) in enumerate(items) for t in cands]
-    item_of_row = torch.as_tensor([b for b, _ in rows], device=dev)  # (R,)
-    labels_first = torch.as_tensor([t[0] for _, t in rows], device=dev)
-    first = _token_stats(
-        pre.logits[:, -1][item_of_row], labels_first
-    )  # (R, 4): each target's first token
-    L = max(len(t) for _, t in rows) - 1
-    rest = np.zeros((0, 4))
-    row_idx: list[int] = []
-    if L > 0:
-        cache = (
-            pre["cache"] if "cache" in pre else pre.past_key_values
-        )  # renamed in transformers 5.x
-        cache.reorder_cache(item_of_row)  # (B, ...) -> (R, ...): each candidate row gets its prompt
-        ids = torch.full(
-            (len(rows), L), pad_id, dtype=torch.long
-        )  # (R, L): targets but the last token
-        mask = torch.zeros((len(rows), L), dtype=torch.long)
-        pos_idx: list[int] = []
-        for r, (_, t) in enumerate(rows):
-            n = len(t) - 1
-            ids[r, :n] = torch.as_tensor(t[:-1])
-            mask[r, :n] = 1
-            row_idx += [r] * n
-            pos_idx += range(n)
-        plen = torch.as_tensor([len(items[b][0]) for b, _ in rows])
-        pos = plen[:, None] + torch.arange(L)[None]  # (R, L)
-        logits = model(
-            input_ids=ids.to(dev),
-            attention_mask=torch.cat([pre_mask[item_of_row.cpu()], mask], 1).to(dev),
-            position_ids=pos.to(dev),
-            use_cache=True,
-            **{_cache_kwarg(model): cache},
-        ).logits  # (R, L, V)
-        ri, pi = torch.as_tensor(row_idx, device=dev), torch.as_tensor(pos_idx, device=dev)
-        labels = torch.as_tensor([tok for _, t in rows for tok in t[1:]], device=dev)
-        rest = _token_stats(logits[ri, pi], labels)
+    item_of_row = torch.as_tensor([b for b, _ in rows], device=model.device)  # (R,)
+    labels_first = torch.as_tensor([t[0] for _, t in rows], device=model.device)
+    # (R, 4): each target's first token, predicted by its prompt's last position
+    first = _token_stats(pre.logits[:, -1][item_of_row], labels_first)
+    lens = [len(p) for p, _ in items]
+    rest = _continuation_stats(model, pre, pre_mask, lens, rows, pad_id)
     out: list[list[TargetScores]] = [[] for _ in items]
     start = 0
     for r, (b, t) in enumerate(rows):
@@ -248,6 +272,25 @@ def _forward_items(
     return [per_item[i][j] for i, j in group]
 
 
+def _batches(
+    encoded: Sequence[list[tuple[list[int], int]]], batch_size: int, flatten: bool
+) -> list[list[tuple[int, int]]]:
+    """The (item, candidate) keys of each forward: ``flatten``: items sorted by length (longest
+    first), ``batch_size`` items with all their candidates; else ``batch_size`` rows in order."""
+    if flatten:
+        order = sorted(
+            range(len(encoded)), key=lambda i: -max((len(r[0]) for r in encoded[i]), default=0)
+        )
+        groups = [
+            [(i, j) for i in order[s : s + batch_size] for j in range(len(encoded[i]))]
+            for s in range(0, len(order), batch_size)
+        ]
+    else:
+        keys = [(i, j) for i, rows in enumerate(encoded) for j in range(len(rows))]
+        groups = [keys[s : s + batch_size] for s in range(0, len(keys), batch_size)]
+    return [g for g in groups if g]
+
+
 @torch.no_grad()
 def score_targets(
     model: PreTrainedModel,
@@ -255,8 +298,8 @@ def score_targets(
     prompts: Sequence[str],
     targets: Sequence[Sequence[str]],
     *,
-    batch_size: int = 8,
-    flatten: bool = True,
+    batch_size: int = SCORE_BATCH_SIZE,
+    flatten: bool = EvalConfig.flatten,
     share_prefix: bool = True,
     append_eos: bool = True,
     add_special_tokens: bool = True,
@@ -288,38 +331,38 @@ def score_targets(
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    keys = [(i, j) for i, rows in enumerate(encoded) for j in range(len(rows))]
-    if flatten:
-        order = sorted(
-            range(len(encoded)), key=lambda i: -max((len(r[0]) for r in encoded[i]), default=0)
-        )
-        groups = [
-            [(i, j) for i in order[s : s + batch_size] for j in range(len(encoded[i]))]
-            for s in range(0, len(order), batch_size)
-        ]
-    else:
-        groups = [keys[s : s + batch_size] for s in range(0, len(keys), batch_size)]
-    groups = [g for g in groups if g]
-    out: list[list[TargetScores | None]] = [[None] * len(rows) for rows in encoded]
+    groups = _batches(encoded, batch_size, flatten)
+
+    def work(group: list[tuple[int, int]]) -> list[TargetScores]:
+        if flatten and share_prefix:
+            return _forward_items(model, encoded, group, pad_id)
+        return _forward_rows(model, [encoded[i][j] for i, j in group], pad_id)
+
     was_training = model.training
     model.eval()
     try:  # under dist.sharded() each rank forwards its share of the batches, then all are gathered
-        shared = flatten and share_prefix
         per_group = map_shards(
             groups,
-            lambda group: (
-                _forward_items(model, encoded, group, pad_id)
-                if shared
-                else _forward_rows(model, [encoded[i][j] for i, j in group], pad_id)
-            ),
+            work,
             progress=lambda idx: tqdm(idx, desc=desc, disable=not progress, leave=False),
         )
     finally:
         model.train(was_training)
+    eos_id = tokenizer.eos_token_id if append_eos else None
+    return _in_input_order(encoded, groups, per_group, eos_id)
+
+
+def _in_input_order(
+    encoded: Sequence[list[tuple[list[int], int]]],
+    groups: Sequence[list[tuple[int, int]]],
+    per_group: Sequence[list[TargetScores]],
+    eos_id: int | None,
+) -> list[list[TargetScores]]:
+    """The batches' scores back in (item, candidate) order, each marked when its last token is
+    the appended EOS (``eos_id``; None: none was appended), which max_length may have cut."""
+    out: list[list[TargetScores | None]] = [[None] * len(rows) for rows in encoded]
     for group, scores in zip(groups, per_group, strict=True):
         for (i, j), sc in zip(group, scores, strict=True):
-            sc.eos = (
-                append_eos and encoded[i][j][0][-1] == tokenizer.eos_token_id
-            )  # not cut by max_length
+            sc.eos = eos_id is not None and encoded[i][j][0][-1] == eos_id
             out[i][j] = sc
     return out  # type: ignore[return-value]

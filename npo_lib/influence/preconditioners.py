@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from npo_lib.config import InfluenceConfig
 from npo_lib.errors import ConfigError
+
+DAMPING: float = InfluenceConfig.damping  # the schema's influence.damping
 
 
 class Preconditioner:
@@ -23,7 +26,7 @@ class Preconditioner:
     passes = 0  # data passes that fit it
     per_example = False  # wants the per-example gradients G_i of the first pass
 
-    def __init__(self, damping: float = 1e-4) -> None:
+    def __init__(self, damping: float = DAMPING) -> None:
         self.damping = damping
 
     def observe(
@@ -60,7 +63,7 @@ class DiagonalFisher(Preconditioner):
     passes = 1
     per_example = True
 
-    def __init__(self, damping: float = 1e-4) -> None:
+    def __init__(self, damping: float = DAMPING) -> None:
         super().__init__(damping)
         self.sq: dict[str, Tensor] = {}
         self.n: dict[str, int] = {}
@@ -91,7 +94,7 @@ class KFAC(Preconditioner):
 
     passes = 1
 
-    def __init__(self, damping: float = 1e-4) -> None:
+    def __init__(self, damping: float = DAMPING) -> None:
         super().__init__(damping)
         self.A: dict[str, Tensor] = {}
         self.S: dict[str, Tensor] = {}
@@ -147,9 +150,8 @@ class EKFAC(KFAC):
         if pass_index == 0:
             return super().observe(pass_index, name, a, d, n_tokens)
         QS, QA = (q.to(a.dtype) for q in self.basis[name])
-        R = per_example_gradients(
-            a @ QA, d @ QS
-        )  # (B, out, in') = Q_Sᵀ G_i Q_A, rotating a and δ first (cheaper)
+        # (B, out, in') = Q_Sᵀ G_i Q_A, rotating a and δ first (cheaper)
+        R = per_example_gradients(a @ QA, d @ QS)
         self.lam[name] = self.lam.get(name, 0) + (R * R).sum(0).double()
 
     def end_pass(self, pass_index: int) -> None:

@@ -31,13 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+from npo_lib.config import Config
 from npo_lib.utils.io import atomic_write_text
 from npo_lib.utils.optional import require
 from npo_lib.viz.tables import TokenTable, is_selection, score_label
 
 CMAP = "RdBu_r"  # diverging: blue below 0, white at 0, red above
-DEFAULT_PERCENTILE = 99.0  # the clip scale's percentile of |s| (the schema's viz.clip_percentile)
-DEFAULT_GAMMA = 0.5  # exponent of the power map |x|^γ (the schema's viz.gamma)
+VIZ_DEFAULTS = Config().viz  # the schema's viz.* defaults
+DEFAULT_PERCENTILE: float = VIZ_DEFAULTS.clip_percentile  # the clip scale's percentile of |s|
+DEFAULT_GAMMA: float = VIZ_DEFAULTS.gamma  # exponent of the power map |x|^γ
+DEFAULT_SCALE: str = VIZ_DEFAULTS.scale  # the scale shown first
 INK_SWITCH = 0.6  # |x| above which the token's text turns white
 
 
@@ -100,11 +103,12 @@ def _positions_rank(
 @dataclass(frozen=True)
 class Scale:
     """A colour scale: maps one example's raw row (the shared clip c, the percentile, γ) to
-    positions x ∈ [−1, 1]."""
+    positions x ∈ [−1, 1]; ``ends`` gives its legend's two end labels from (c, percentile)."""
 
     label: str
     help: str
     positions: Callable[[np.ndarray, float, float, float], np.ndarray]
+    ends: Callable[[float, float], tuple[str, str]]
 
 
 SCALES: dict[str, Scale] = {
@@ -112,14 +116,19 @@ SCALES: dict[str, Scale] = {
         "clipped",
         "(s / c)^γ, c = a percentile of |s| over all examples (examples compare)",
         _positions_clip,
+        lambda c, pct: (f"≤ {-c:.3g}", f"≥ {c:.3g} (p{pct:g} of |s|; 0 white)"),
     ),
     "example": Scale(
         "per example",
         "(s / c_i)^γ, c_i = the same percentile inside each example",
         _positions_example,
+        lambda c, pct: (f"−p{pct:g} of the example", f"+p{pct:g}"),
     ),
     "rank": Scale(
-        "rank", "sign(s) · rank(|s|) / n inside each example (order only)", _positions_rank
+        "rank",
+        "sign(s) · rank(|s|) / n inside each example (order only)",
+        _positions_rank,
+        lambda c, pct: ("−top rank", "+top rank"),
     ),
 }
 
@@ -180,17 +189,20 @@ CSS = """
 .tnpo-count { color: #777; font-size: 90%; margin-left: .6em; }
 .tnpo-idx { display: none; }
 .tnpo-tokens { white-space: pre-wrap; font-family: monospace; line-height: 1.9; }
-.tnpo-tok { border-radius: 2px; background-color: var(--bg-clip); color: var(--fg-clip, #111); }
-.tnpo-scale-example .tnpo-tok { background-color: var(--bg-example); color: var(--fg-example, #111); }
-.tnpo-scale-rank .tnpo-tok { background-color: var(--bg-rank); color: var(--fg-rank, #111); }
+.tnpo-tok { border-radius: 2px; }
 .tnpo-tok.tnpo-special { font-style: italic; }
 .tnpo-tok.tnpo-fact { outline: 2px solid #111; outline-offset: -1px; }
-.tnpo-legend { display: flex; align-items: center; gap: .5em; font-size: 80%; font-family: sans-serif; }
+.tnpo-legend {
+  display: flex; align-items: center; gap: .5em; font-size: 80%; font-family: sans-serif; }
 .tnpo-bar { width: 220px; height: 12px; border: 1px solid #999; }
 .tnpo-factkey { outline: 2px solid #111; padding: 0 .3em; font-family: monospace; }
 .tnpo-controls { font-family: sans-serif; font-size: 90%; margin: .4em 0 1em 0; }
 .tnpo-controls label { cursor: pointer; }
-"""
+""" + "".join(  # each scale's colours under its class, the default scale's without one
+    f"{'' if name == DEFAULT_SCALE else f'.tnpo-scale-{name} '}.tnpo-tok {{ "
+    f"background-color: var(--bg-{name}); color: var(--fg-{name}, #111); }}\n"
+    for name in sorted(SCALES, key=lambda n: n != DEFAULT_SCALE)
+)
 
 # The compact mode (one line per example: its index, then its first score row), as
 # (selector, declarations): under a ``.tnpo-compact`` container (the explorer) or, in the static
@@ -236,8 +248,8 @@ def _token_span(
                 props.append(f"--fg-{name}:#fff")
         style = f' style="{";".join(props)}"'
     return (
-        f'<span class="{" ".join(classes)}" data-value="{value:.6g}" title="{html.escape(title)}"{style}>'
-        f"{html.escape(table.tokens[i])}</span>"
+        f'<span class="{" ".join(classes)}" data-value="{value:.6g}" '
+        f'title="{html.escape(title)}"{style}>{html.escape(table.tokens[i])}</span>'
     )
 
 
@@ -247,21 +259,20 @@ def render_tokens(
     *,
     threshold: float = 0.0,
     vmax: float | None = None,
-    scales: Sequence[str] = ("clip",),
+    scales: Sequence[str] = (DEFAULT_SCALE,),
     percentile: float = DEFAULT_PERCENTILE,
     gamma: float = DEFAULT_GAMMA,
 ) -> str:
     """The target text as coloured token spans; text between token spans stays plain.
 
     Each coloured span holds its colour under every scale of ``scales`` as ``--bg-<scale>``; the
-    enclosing ``tnpo-scale-<scale>`` class (default: clip) picks one. ``vmax`` is the shared c
-    (default: this example's own :func:`shared_range`). Tokens with ``|value| < threshold`` and
-    zeros stay uncoloured.
+    enclosing ``tnpo-scale-<scale>`` class (default: :data:`DEFAULT_SCALE`) picks one. ``vmax``
+    is the shared c (default: this example's own :func:`shared_range`). Tokens with
+    ``|value| < threshold`` and zeros stay uncoloured.
     """
     if score not in table.scores:
-        raise KeyError(
-            f"example {table.index} has no score '{score}'; it has: {', '.join(table.scores) or 'none'}"
-        )
+        have = ", ".join(table.scores) or "none"
+        raise KeyError(f"example {table.index} has no score '{score}'; it has: {have}")
     shared = vmax if vmax is not None else shared_range([table], score, percentile)
     xs = {name: positions(table, score, name, shared, percentile, gamma) for name in scales}
     parts, cursor = [], 0
@@ -288,7 +299,7 @@ def render_example(
     threshold: float = 0.0,
     vmax: float | Mapping[str, float] | None = None,
     header: bool = True,
-    scales: Sequence[str] = ("clip",),
+    scales: Sequence[str] = (DEFAULT_SCALE,),
     percentile: float = DEFAULT_PERCENTILE,
     gamma: float = DEFAULT_GAMMA,
 ) -> str:
@@ -325,8 +336,9 @@ def render_example(
             percentile=percentile,
             gamma=gamma,
         )
+        first = " tnpo-first" if k == 0 else ""
         body.append(
-            f'<div class="tnpo-row{" tnpo-first" if k == 0 else ""}" data-score="{html.escape(name)}">{label}{tokens}</div>'
+            f'<div class="tnpo-row{first}" data-score="{html.escape(name)}">{label}{tokens}</div>'
         )
     return f'<div class="tnpo-example" data-index="{table.index}">{head}{idx}{"".join(body)}</div>'
 
@@ -336,7 +348,7 @@ def legend_html(
     vmax: float,
     steps: int = 11,
     *,
-    scale: str = "clip",
+    scale: str = DEFAULT_SCALE,
     percentile: float = DEFAULT_PERCENTILE,
 ) -> str:
     """A colour bar and its end values, and the fact-outline key.
@@ -347,12 +359,8 @@ def legend_html(
     if is_selection(score):
         lo, hi = "0", f"{vmax:.3g}"
         stops = ", ".join(position_colour(x) for x in np.linspace(0.0, 1.0, steps))
-    elif scale == "clip":
-        lo, hi = f"≤ {-vmax:.3g}", f"≥ {vmax:.3g} (p{percentile:g} of |s|; 0 white)"
-    elif scale == "example":
-        lo, hi = f"−p{percentile:g} of the example", f"+p{percentile:g}"
     else:
-        lo, hi = "−top rank", "+top rank"
+        lo, hi = check_scale(scale).ends(vmax, percentile)
     return (
         f'<div class="tnpo-legend"><span>{html.escape(score_label(score))}</span>'
         f"<span>{html.escape(lo)}</span>"
@@ -367,7 +375,8 @@ def _controls(scales: Sequence[str]) -> tuple[str, str]:
     for i, s in enumerate(scales):
         checked = " checked" if i == 0 else ""
         inputs.append(
-            f'<input type="radio" name="tnpo-scale" id="tnpo-scale-{s}" value="{s}"{checked} hidden>'
+            f'<input type="radio" name="tnpo-scale" id="tnpo-scale-{s}" value="{s}"{checked} '
+            "hidden>"
         )
         labels.append(
             f'<label for="tnpo-scale-{s}" title="{html.escape(SCALES[s].help)}">'
@@ -378,21 +387,24 @@ def _controls(scales: Sequence[str]) -> tuple[str, str]:
             f"color: var(--fg-{s}, #111); }}"
         )
         rules.append(
-            f"#tnpo-scale-{s}:checked ~ .tnpo-controls label[for=tnpo-scale-{s}] {{ font-weight: 700; "
-            "text-decoration: underline; }"
+            f"#tnpo-scale-{s}:checked ~ .tnpo-controls label[for=tnpo-scale-{s}] "
+            "{ font-weight: 700; text-decoration: underline; }"
         )
         rules.append(
-            f"#tnpo-scale-{s}:checked ~ .tnpo-main .tnpo-legends > div:not([data-scale={s}]) {{ display: none; }}"
+            f"#tnpo-scale-{s}:checked ~ .tnpo-main .tnpo-legends > "
+            f"div:not([data-scale={s}]) {{ display: none; }}"
         )
     inputs.append('<input type="checkbox" id="tnpo-compact" hidden>')
     rules.append(
-        "#tnpo-compact:checked ~ .tnpo-controls label[for=tnpo-compact] { font-weight: 700; text-decoration: underline; }"
+        "#tnpo-compact:checked ~ .tnpo-controls label[for=tnpo-compact] "
+        "{ font-weight: 700; text-decoration: underline; }"
     )
     rules.append(compact_css("#tnpo-compact:checked ~ .tnpo-main"))
     controls = (
         '<div class="tnpo-controls">scale: '
         + " · ".join(labels)
-        + ' &nbsp;|&nbsp; <label for="tnpo-compact" title="one line per example, the first score row">'
+        + ' &nbsp;|&nbsp; <label for="tnpo-compact" '
+        + 'title="one line per example, the first score row">'
         + "compact (one line per example)</label></div>"
     )
     return "".join(inputs) + controls, "\n".join(rules)
@@ -411,9 +423,9 @@ def write_heatmap_page(
 ) -> Path:
     """A self-contained HTML page of every example's heatmap (no kernel, no JavaScript).
 
-    One clip c per score over all examples (so examples compare), a legend per score, each example
-    under its question; hover a token for its raw value. Radio buttons switch the scale (clipped,
-    per example, rank), a checkbox the compact mode. Returns the path written.
+    One clip c per score over all examples (so examples compare), a legend per score, each
+    example under its question; hover a token for its raw value. Radio buttons switch the scale
+    (clipped, per example, rank), a checkbox the compact mode. Returns the path written.
     """
     names = [score] if isinstance(score, str) else list(score)
     for s in scales:
@@ -446,6 +458,7 @@ def write_heatmap_page(
         f"<title>{html.escape(title)}</title><style>{CSS}\n{rules}</style></head>\n"
         f'<body><h1 style="font-family:sans-serif">{html.escape(title)}</h1>{controls}'
         f'<div class="tnpo-main"><div class="tnpo-legends">{legends}</div>'
-        f'<p style="font-family:sans-serif;color:#555">{note}</p>\n{examples}\n</div></body></html>\n'
+        f'<p style="font-family:sans-serif;color:#555">{note}</p>\n{examples}\n'
+        "</div></body></html>\n"
     )
     return atomic_write_text(path, page)
