@@ -173,6 +173,9 @@ def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, caps
     ):  # fmt: skip
         assert agg[key] is not None, key
     assert 0 <= agg["forget_quality"] <= 1 and 0 <= agg["model_utility"] <= 1
+    from npo_lib.eval.registry import METRICS
+
+    assert set(agg) <= set(METRICS), set(agg) - set(METRICS)  # every number is registered
     data = load_eval_data(cfg)
     counts = {k: len(v) for k, v in data.sets.items()}
     assert res["counts"] == counts and counts["holdout"] > 0
@@ -226,7 +229,7 @@ def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, caps
     assert r["identity"]["role"] == "retain" and r["aggregates"]["forget_quality"] == 1.0
     table, csv_path = report([tmp_path / "run", tmp_path / "retain_run"], tmp_path / "r.csv")
     lines = table.splitlines()
-    assert lines[0].startswith("| run | forget quality | model utility")
+    assert lines[0].startswith("| run | forget quality ↑ | model utility ↑")
     assert lines[2].startswith("| retain (retain_run)") and lines[3].startswith("| run |")
     assert csv_path.read_text().splitlines()[0].startswith("run,forget_quality,model_utility")
     assert load_run(tmp_path / "run").metrics == res

@@ -7,12 +7,12 @@ import math
 
 import pytest
 
+from npo_lib.study.adaptive import Axis, propose_next
 from npo_lib.study.frontier import (
     INTERPOLATED,
     NOT_CROSSED,
     NOT_REACHED,
     TRADEOFFS,
-    Axis,
     Reading,
     RunResult,
     Summary,
@@ -22,7 +22,6 @@ from npo_lib.study.frontier import (
     mean_interval,
     metric_at,
     pareto_frontier,
-    propose_next,
     read_at,
     summarise,
 )
@@ -77,7 +76,8 @@ def test_seed_means_are_geometric_for_fq_with_a_bootstrap_interval():
 
 
 def test_methods_read_at_matched_utility_over_seeds():
-    # per seed two points around MU 0.74; FQ 1 at 0.70 and 10^-(seed+1) at 0.78 -> 10^-(seed+1)/2 at 0.74
+    # per seed two points around MU 0.74; FQ 1 at 0.70 and 10^-(seed+1) at 0.78
+    # -> 10^-(seed+1)/2 at 0.74
     runs = [
         r
         for s in range(3)
@@ -222,7 +222,8 @@ def test_the_matched_setting_gets_every_seed_even_far_from_the_floor():
 
 
 def test_a_seed_that_ran_every_setting_without_crossing_steps_past_its_own_strongest():
-    # lr 4e-4 crosses the floor on the seed mean, but seed 2 keeps 0.73 there and has run every setting
+    # lr 4e-4 crosses the floor on the seed mean, but seed 2 keeps 0.73 there and has run every
+    # setting
     runs = [
         *(_r("A", s, lr, mu, 0.01) for s in (0, 1) for lr, mu in ((2e-4, 0.76), (4e-4, 0.66))),
         _r("A", 2, 2e-4, 0.78, 0.01),

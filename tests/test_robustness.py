@@ -163,7 +163,7 @@ def test_npo_report_adds_a_table_of_the_attacks(tmp_path):
     head, row = [
         line for line in text.splitlines() if line.startswith("| run") or line.startswith("| npo")
     ][-2:]
-    assert head == "| run | relearn: held-out recall before | after relearning | leak@k |"
+    assert head == "| run | relearn: held-out recall before ↓ | after relearning ↓ | leak@k ↓ |"
     assert row == "| npo | 50.0% | 75.0% | 25.0% |"
 
 

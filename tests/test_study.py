@@ -176,12 +176,12 @@ def test_fair_study_reads_frontiers_and_writes_every_output(tmp_path):
     assert "higher than NPO+GD, TNPO+GD with non-overlapping 95 % intervals" in text
     assert "WGA+GD (not run)" in text and "vs random" in text
     assert (
-        "forgetting comes back (recall +0.1 or more) for INFLUENCE+GD, INFLUENCE+GD random, INFLUENCE+GD p=100, "
-        "NPO+GD, TNPO+GD"
+        "forgetting comes back (recall +0.1 or more) for INFLUENCE+GD, INFLUENCE+GD random, "
+        "INFLUENCE+GD p=100, NPO+GD, TNPO+GD"
     ) in text  # 0.1 -> 0.5
     assert (
-        "Check: at p = 100 % INFLUENCE+GD reads 0.0032 [0.0031, 0.0032], TNPO+GD 0.0032 [0.0031, 0.0032]"
-        in text
+        "Check: at p = 100 % INFLUENCE+GD reads 0.0032 [0.0031, 0.0032], "
+        "TNPO+GD 0.0032 [0.0031, 0.0032]" in text
     )
     rows = list(csv.DictReader((tmp_path / "out" / "study.csv").open()))
     fq = {
@@ -358,13 +358,9 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
     crossed, gives the settings at the floor every seed, writes the study, and a second call
     runs nothing new."""
     from npo_lib.config import StudyConfig
-    from npo_lib.study import plan as study_plan
     from npo_lib.study.plan import run_study
     from npo_lib.workflow.sweep import SweepSpec, grid_points, point_name, read_spec
 
-    monkeypatch.setattr(
-        study_plan, "references_for", lambda runs, root: REFS
-    )  # no target model to evaluate
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plan.yaml").write_text(
         yaml.safe_dump(
@@ -400,10 +396,11 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
         study,
         out=tmp_path / "out",
         sweep=sweep,
-        write=lambda roots, out, st: {"roots": [str(r) for r in roots]},
-        attack=lambda root, st, parallel: (
+        write=lambda roots, out, st, **kw: {"roots": [str(r) for r in roots]},
+        attack=lambda root, st, **kw: (
             attacked.append(str(root)) or {"done": 3, "skipped": 0, "failed": []}
         ),
+        references=lambda runs, root: REFS,  # no target model to evaluate
     )
     assert attacked == ["runs/st-default"]
     assert res["roots"] == ["runs/st-default"] and res["timing"]["st-default"]["runs"] == len(ran)
@@ -419,8 +416,9 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
         tmp_path / "plan.yaml",
         study,
         sweep=sweep,
-        write=lambda roots, out, st: {},
-        attack=lambda root, st, parallel: {"done": 0, "skipped": 3, "failed": []},
+        write=lambda roots, out, st, **kw: {},
+        attack=lambda root, st, **kw: {"done": 0, "skipped": 3, "failed": []},
+        references=lambda runs, root: REFS,
     )
     assert len(ran) == n  # resumed: nothing new to run
 

@@ -106,7 +106,7 @@ def test_tables_from_influence_read_as_the_target_text(world, influence_dir):
         np.testing.assert_allclose(t.scores["influence"], scores[i, :n].double().numpy())
         np.testing.assert_allclose(t.scores["weight"], weights[i, :n].double().numpy())
         assert t.fact == [s == 1.0 for s in t.scores["influence"]]
-        # byte-level pieces are shown as the text they cover: no 'Ġ', and the tokens spell the target
+        # byte-level pieces are shown as the text they cover: no 'Ġ', the tokens spell the target
         assert "".join(t.tokens[:-1]) == t.target and not any("Ġ" in x for x in t.tokens)
         assert t.tokens[-1] == "<|eos|>" and t.offsets[-1] == (len(t.target), len(t.target))
     with pytest.raises(ValueError, match="other split or task"):
@@ -180,7 +180,8 @@ def test_example_html_colours_escapes_and_outlines():
     assert t.tokens == ["Ann", " <b>", "won", "</b>", " the", " Prize", ".", "<|eos|>"]
     out = render.render_example(t, "influence", threshold=0.1, vmax=2.0)
     spans = re.findall(
-        r'<span class="([^"]*)" data-value="([^"]*)" title="([^"]*)"( style="[^"]*")?>([^<]*)</span>',
+        r'<span class="([^"]*)" data-value="([^"]*)" title="([^"]*)"'
+        r'( style="[^"]*")?>([^<]*)</span>',
         out,
     )
     assert [s[4] for s in spans] == [
@@ -442,7 +443,8 @@ def test_static_page_renders_in_headless_chromium(world, influence_dir, tmp_path
     binary = _chromium()
     if binary is None:
         pytest.skip(
-            f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); `apt-get install chromium` (.ci/run does)"
+            f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
+            "`apt-get install chromium` (.ci/run does)"
         )
     _, tags, ds = world
     tables = T.tables_from_influence(influence_dir, ds.forget, tags=tags)[:3]
@@ -453,7 +455,8 @@ def test_static_page_renders_in_headless_chromium(world, influence_dir, tmp_path
     # 1. the DOM Chromium builds holds one coloured span per token over the threshold
     dom = _headless(binary, url, "--dump-dom", profile=tmp_path / "profile-dom").stdout
     coloured = re.findall(
-        r'<span class="tnpo-tok[^"]*" data-value="[^"]*" title="[^"]*" style="--bg-clip:#[0-9a-f]{6}',
+        r'<span class="tnpo-tok[^"]*" data-value="[^"]*" title="[^"]*" '
+        r'style="--bg-clip:#[0-9a-f]{6}',
         dom,
     )
     expected = sum(int(np.sum(np.abs(t.scores["influence"]) >= 0.05)) for t in tables)
@@ -485,7 +488,7 @@ def test_static_page_renders_in_headless_chromium(world, influence_dir, tmp_path
         assert close.sum() > 200, f"few pixels of {hexcol} in the screenshot ({close.sum()})"
 
 
-# ----------------------------------------------------------------------------- dashboard, progress, errors
+# ------------------------------------------------------------------- dashboard, progress, errors
 
 
 def _fake_runs(root: Path) -> Path:

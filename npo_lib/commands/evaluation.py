@@ -24,13 +24,8 @@ from npo_lib.embedded.paths import (
     uses_embedded,
 )
 from npo_lib.errors import EvalError
-from npo_lib.eval.compute import (
-    HEADLINE_METRICS,
-    EvalData,
-    compute_metrics,
-    eval_identity,
-    load_eval_data,
-)
+from npo_lib.eval.compute import EvalData, compute_metrics, eval_identity, load_eval_data
+from npo_lib.eval.registry import metrics_for
 from npo_lib.eval.robustness import AttackContext, run_attacks
 from npo_lib.models.families import get_family
 from npo_lib.models.loading import (
@@ -305,9 +300,14 @@ def retain_metrics(
 
 
 def summary(result: Mapping[str, Any]) -> str:
-    """The headline numbers of a metrics.json, one per line, then its notes."""
+    """The numbers the report shows (the metric registry's report view) of a metrics.json, one
+    per line with their direction, then its notes."""
     agg = result["aggregates"]
-    lines = [f"  {m.key:<22} {m.format(agg.get(m.key))}" for m in HEADLINE_METRICS if m.key in agg]
+    lines = [
+        f"  {m.key:<22} {m.format(agg.get(m.key)):>10}  {m.label}"
+        for m in metrics_for("report")
+        if m.key in agg
+    ]
     lines += [f"  note: {k}: {v}" for k, v in result.get("notes", {}).items()]
     return "\n".join(lines)
 

@@ -27,7 +27,18 @@ from npo_lib.embedded.paths import resolve_data_path
 from npo_lib.errors import DataError
 from npo_lib.eval import metrics as M
 from npo_lib.eval.generation import VllmGenerator, greedy_generate_many, vllm_unavailable
-from npo_lib.eval.scoring import TargetScores, score_targets
+from npo_lib.eval.registry import (
+    FORGET_QUALITY,
+    MIA_ATTACKS,
+    MODEL_UTILITY,
+    PRIVLEAK,
+    PRIVLEAK_ATTACK,
+    QA_SETS,
+    mia_auc_key,
+    privleak_key,
+    set_key,
+)
+from npo_lib.eval.scoring import SCORE_BATCH_SIZE, TargetScores, score_targets
 from npo_lib.models.families import ChatTags
 from npo_lib.utils.hashing import fingerprint
 
@@ -35,37 +46,11 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 METRICS_VERSION = "2"  # bump when a metric's definition changes (part of the reuse identity)
-QA_SETS = ("forget", "retain", "real_authors", "world_facts")
 SET_FILES = {  # evaluation set -> file stem (forget: "<split>_perturbed")
     "retain": "retain_perturbed",
     "real_authors": "real_authors_perturbed",
     "world_facts": "world_facts_perturbed",
 }
-MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
-HEADLINE_PRIVLEAK = "min_k"  # privleak's attack (open-unlearning's TOFU setting)
-
-
-@dataclass(frozen=True)
-class Headline:
-    """A headline metric: its aggregate key, its column title and how its value prints."""
-
-    key: str
-    title: str
-    fmt: str
-
-    def format(self, value: float | None) -> str:
-        return "–" if value is None else self.fmt.format(value)
-
-
-# The numbers a comparison shows first, in order (report tables, the eval summary, the study).
-HEADLINE_METRICS: tuple[Headline, ...] = (
-    Headline("forget_quality", "forget quality", "{:.3g}"),
-    Headline("model_utility", "model utility", "{:.3f}"),
-    Headline("forget_fact_recall", "forget fact recall", "{:.1%}"),
-    Headline("retain_fact_recall", "retain fact recall", "{:.1%}"),
-    Headline("forget_rouge", "forget ROUGE", "{:.3f}"),
-    Headline("privleak", "privleak", "{:.1f}"),
-)
 
 
 def eval_identity(options: EvalConfig) -> dict[str, Any]:
@@ -166,7 +151,7 @@ def forget_truth_ratio(
     tags: ChatTags,
     records: Sequence[Mapping[str, Any]],
     *,
-    batch_size: int = 8,
+    batch_size: int = SCORE_BATCH_SIZE,
     max_length: int | None = None,
 ) -> dict:
     """Per-item truth ratios of ``records`` (``<split>_perturbed``: paraphrased vs perturbed
@@ -250,18 +235,18 @@ def _probability_metrics(
     for name in QA_SETS:
         nll = [[s.nll for s in row] for row in scores[name]]
         if name in ("forget", "retain"):  # candidates: answer, paraphrase, perturbed...
-            res.put(f"{name}_prob", M.answer_prob([n[0] for n in nll]))
+            res.put(set_key(name, "prob"), M.answer_prob([n[0] for n in nll]))
             agg = "closer_to_1" if name == "forget" else "true_better"
             tr = M.truth_ratio([n[1] for n in nll], [n[2:] for n in nll], aggregate=agg)
         else:  # candidates: answer, perturbed...
-            res.put(f"{name}_prob", M.normalised_prob([n[0] for n in nll], [n[1:] for n in nll]))
+            prob = M.normalised_prob([n[0] for n in nll], [n[1:] for n in nll])
+            res.put(set_key(name, "prob"), prob)
             tr = M.truth_ratio([n[0] for n in nll], [n[1:] for n in nll])
-        res.put(f"{name}_truth_ratio", tr)
-    flags = [
-        M.token_stats_for(row[0], keep_eos).argmax_ok for row in scores["forget"]
-    ]  # EOS out unless eval.mia_keep_eos
-    res.put("forget_extraction_strength", M.extraction_strength(flags))
-    res.put("forget_exact_memorisation", M.exact_memorisation(flags))
+        res.put(set_key(name, "truth_ratio"), tr)
+    # EOS out unless eval.mia_keep_eos
+    flags = [M.token_stats_for(row[0], keep_eos).argmax_ok for row in scores["forget"]]
+    res.put(set_key("forget", "extraction_strength"), M.extraction_strength(flags))
+    res.put(set_key("forget", "exact_memorisation"), M.exact_memorisation(flags))
 
 
 def _mia_metrics(
@@ -294,7 +279,7 @@ def _mia_metrics(
             res.per_item[f"{name}_mia_{a}"] = M.by_index(stats[a])
     for a in MIA_ATTACKS:
         pi = res.per_item
-        res.put(f"mia_{a}_auc", M.mia_auc(pi[f"forget_mia_{a}"], pi[f"holdout_mia_{a}"]))
+        res.put(mia_auc_key(a), M.mia_auc(pi[f"forget_mia_{a}"], pi[f"holdout_mia_{a}"]))
 
 
 def _generate_all(
@@ -309,8 +294,8 @@ def _generate_all(
     """Greedy generations keyed ``<set>_<decoding>``, batched within each (set, decoding):
     output lengths cluster by group (ZeroThink answers are short, traces long), so a batch
     rarely waits on a much longer neighbour; the batches of all groups go in one pass, which
-    ranks share. ``eval.generator=vllm`` decodes through vLLM where
-    it and a GPU are there; elsewhere it says why on stderr and in ``notes`` and uses transformers."""
+    ranks share. ``eval.generator=vllm`` decodes through vLLM where it and a GPU are there;
+    elsewhere it says why on stderr and in ``notes`` and uses transformers."""
     engine = None
     if opt.generator == "vllm":
         why = vllm_unavailable()
@@ -357,23 +342,25 @@ def _generation_metrics(
         answers_ref = [r["answer"] for r in recs]
         split = [tags.split_trace(gens[f"{name}_default"][i]) for i in range(len(recs))]
         traces, answers = [t for t, _ in split], [a for _, a in split]
-        res.put(f"{name}_rouge", M.rouge_l_recall(answers, answers_ref))
+        res.put(set_key(name, "rouge"), M.rouge_l_recall(answers, answers_ref))
         if recs and all(isinstance(r.get("fact"), str) for r in recs):
             facts = [r["fact"] for r in recs]
-            res.put(f"{name}_fact_recall", M.fact_recall(answers, facts))
+            res.put(set_key(name, "fact_recall"), M.fact_recall(answers, facts))
             if tags.thinks:
-                res.put(f"{name}_trace_fact_recall", M.fact_recall(traces, facts))
+                res.put(set_key(name, "trace_fact_recall"), M.fact_recall(traces, facts))
         with_cot = [i for i, r in enumerate(recs) if r.get("cot")]
         if tags.thinks and with_cot and name in ("forget", "retain"):
             cots = [r.get("cot") or "" for r in recs]
-            res.put(f"{name}_cot_rouge", _subset(M.rouge_l_recall, with_cot, traces, cots))
-            res.put(f"{name}_cot_stepwise", _subset(M.stepwise_cot_score, with_cot, traces, cots))
+            rouge = _subset(M.rouge_l_recall, with_cot, traces, cots)
+            res.put(set_key(name, "cot_rouge"), rouge)
+            steps = _subset(M.stepwise_cot_score, with_cot, traces, cots)
+            res.put(set_key(name, "cot_stepwise"), steps)
         for mode in ("zerothink", "lessthink"):
             if f"{name}_{mode}" in gens:
                 # R-TOFU scores the whole continuation: a think-end tag the model writes itself
                 # after the closed trace is part of its answer, not a cut
                 ans = [gens[f"{name}_{mode}"][i].strip() for i in range(len(recs))]
-                res.put(f"{name}_{mode}_rouge", M.rouge_l_recall(ans, answers_ref))
+                res.put(set_key(name, f"{mode}_rouge"), M.rouge_l_recall(ans, answers_ref))
 
 
 def compute_metrics(
@@ -409,10 +396,11 @@ def compute_metrics(
     seconds["generation"] = time.perf_counter() - t0
     _generation_metrics(res, data, gens, tags)
     # 3. model utility, then forget quality and privleak against the retain model
+    mu = MODEL_UTILITY.key
     try:
-        res.put("model_utility", M.model_utility(res.agg))
+        res.put(mu, M.model_utility(res.agg))
     except ValueError as e:
-        res.agg["model_utility"], res.notes["model_utility"] = None, str(e)
+        res.agg[mu], res.notes[mu] = None, str(e)
     _reference_metrics(res.agg, res.per_item, res.notes, reference)
     return {
         "aggregates": res.agg,
@@ -428,25 +416,22 @@ def _reference_metrics(
     agg: dict[str, Any], per_item: dict[str, Any], notes: dict[str, str], reference: Any
 ) -> None:
     """Forget quality and privleak against the retain model's results (or null with a reason)."""
+    fq, pl, tr = FORGET_QUALITY.key, PRIVLEAK.key, set_key("forget", "truth_ratio")
     if reference is None or isinstance(reference, str) and reference != "self":
         why = reference if isinstance(reference, str) else "no retain model to compare with"
-        agg["forget_quality"] = agg["privleak"] = None
-        notes["forget_quality"] = notes["privleak"] = why
+        agg[fq] = agg[pl] = None
+        notes[fq] = notes[pl] = why
         return
     ref_agg = agg if reference == "self" else reference["aggregates"]
-    ref_tr = (
-        per_item["forget_truth_ratio"]
-        if reference == "self"
-        else reference["per_item"]["forget_truth_ratio"]
-    )
-    agg["forget_quality"] = M.forget_quality(per_item["forget_truth_ratio"], ref_tr)["agg_value"]
-    agg["privleak"] = None
+    ref_tr = per_item[tr] if reference == "self" else reference["per_item"][tr]
+    agg[fq] = M.forget_quality(per_item[tr], ref_tr)["agg_value"]
+    agg[pl] = None
     for a in MIA_ATTACKS:
-        auc, ref_auc = agg.get(f"mia_{a}_auc"), ref_agg.get(f"mia_{a}_auc")
+        auc, ref_auc = agg.get(mia_auc_key(a)), ref_agg.get(mia_auc_key(a))
         if auc is None or ref_auc is None:
-            notes["privleak"] = notes.get("mia") or "the retain model's evaluation has no MIA AUC"
+            notes[pl] = notes.get("mia") or "the retain model's evaluation has no MIA AUC"
             continue
         value = M.privleak(auc, ref_auc)["agg_value"]
-        agg[f"privleak_{a}"] = value
-        if a == HEADLINE_PRIVLEAK:
-            agg["privleak"] = value
+        agg[privleak_key(a)] = value
+        if a == PRIVLEAK_ATTACK:
+            agg[pl] = value

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from npo_lib.eval.registry import set_key
 from npo_lib.utils.stats import auc
 
 MIN_K = 0.4  # share of lowest-scoring tokens that Min-K% and Min-K%++ average
@@ -28,7 +29,7 @@ PRIVLEAK_EPS = 1e-10  # keeps privleak finite when the retain model's AUC is exa
 LESS_THINK = "Okay, the user asked this, I can answer it without thinking much."
 # The 9 inputs of model utility: {Prob, ROUGE, TR} x {retain, real authors, world facts}.
 MODEL_UTILITY_KEYS = tuple(
-    f"{s}_{m}"
+    set_key(s, m)
     for s in ("retain", "real_authors", "world_facts")
     for m in ("prob", "rouge", "truth_ratio")
 )
@@ -261,7 +262,8 @@ def mia_loss(logprobs: Sequence[float]) -> float:
 
 
 def mia_zlib(logprobs: Sequence[float], text: str) -> float:
-    """zlib attack statistic (Carlini et al. 2021, arXiv:2012.07805): log-perplexity over zlib entropy.
+    """zlib attack statistic (Carlini et al. 2021, arXiv:2012.07805): log-perplexity over zlib
+    entropy.
 
     zlib = mean_t(−log p(y_t)) / |zlib(text)|, the *mean* token NLL of the target divided by the
     compressed byte length of ``text``, the target's text (open-unlearning compresses the

@@ -1,4 +1,5 @@
-"""Attacks a forgetting claim must survive (``eval.robustness=[...]``, ``robustness`` in metrics.json).
+"""Attacks a forgetting claim must survive (``eval.robustness=[...]``, ``robustness`` in
+metrics.json).
 
 Unlearning is known to be shallow: knowledge a method hid can come back after a few relearning
 steps (Lynch et al. 2024, arXiv:2402.16835; Hu et al. 2024, arXiv:2406.13356), after weight
@@ -11,14 +12,19 @@ The probe of a set: memorisation of greedy answers (fact recall where records na
 ``fact``, else ROUGE-L recall), ROUGE-L recall, Prob (exp −L̄ of the answer after an empty think
 block) and the truth ratio (closer_to_1 aggregate, the forget set's). ``format_shift`` asks the
 forget questions in other formats instead (fill-in-the-blank, multiple choice).
+
+Each attack declares, next to its function (:data:`ATTACKS`), the report columns its result
+fills (:class:`AttackColumn`) and whether it probes the forget set before and after (the study
+reads those); ``npo report``, the dashboard and ``npo study`` read them from there.
 """
 
 from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,13 +36,13 @@ from npo_lib.data.views import encode_records
 from npo_lib.eval import metrics as M
 from npo_lib.eval.compute import EvalData, answer_prompt, generation_prompts
 from npo_lib.eval.generation import greedy_generate, sample_generate
+from npo_lib.eval.registry import DIRECTIONS
 from npo_lib.eval.scoring import score_targets
 from npo_lib.models.families import ChatTags
 from npo_lib.objectives.terms import finetune_loss
 
-LEAK_ROUGE_THRESHOLD = (
-    0.5  # without fact fields: a sample "states" the answer at ROUGE-L recall >= 0.5
-)
+LEAK_ROUGE_THRESHOLD = 0.5  # without fact fields: a sample "states" the answer at ROUGE-L >= 0.5
+PROBE_RECALL = "fact_recall"  # the probe's memorisation where records name their fact
 
 
 @dataclass
@@ -67,25 +73,50 @@ def _has_facts(records: Sequence[Mapping[str, Any]]) -> bool:
     return bool(records) and all(isinstance(r.get("fact"), str) for r in records)
 
 
+def greedy_answers(
+    ctx: AttackContext, model: Any, records: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The greedy answers (after the trace) of ``model`` to ``records``' questions."""
+    tags = ctx.tags
+    prompts = [generation_prompts(r, tags, ctx.tokenizer)["default"] for r in records]
+    gens = greedy_generate(
+        model,
+        ctx.tokenizer,
+        prompts,
+        max_new_tokens=ctx.options.max_new_tokens,
+        batch_size=ctx.options.gen_batch_size,
+        add_special_tokens=not tags.use_tokenizer_template,
+        progress=False,
+    )
+    return [tags.split_trace(g)[1] for g in gens]
+
+
+def candidate_nll(
+    ctx: AttackContext, model: Any, records: Sequence[Mapping[str, Any]], cands: list[list[str]]
+) -> list[list[float]]:
+    """Mean token NLL of each candidate answer after each record's answer-view prompt."""
+    tags, tok = ctx.tags, ctx.tokenizer
+    scores = score_targets(
+        model,
+        tok,
+        [answer_prompt(r, tags, tok) for r in records],
+        cands,
+        batch_size=ctx.options.batch_size,
+        add_special_tokens=not tags.use_tokenizer_template,
+        max_length=ctx.max_length,
+        progress=False,
+    )
+    return [[s.nll for s in row] for row in scores]
+
+
 def probe(
     ctx: AttackContext, model: Any, records: Sequence[Mapping[str, Any]]
 ) -> dict[str, float | None]:
     """Memorisation, ROUGE-L, Prob and truth ratio of ``model`` on ``records``."""
-    tags, tok, opt = ctx.tags, ctx.tokenizer, ctx.options
-    prompts = [generation_prompts(r, tags, tok)["default"] for r in records]
-    gens = greedy_generate(
-        model,
-        tok,
-        prompts,
-        max_new_tokens=opt.max_new_tokens,
-        batch_size=opt.gen_batch_size,
-        add_special_tokens=not tags.use_tokenizer_template,
-        progress=False,
-    )
-    answers = [tags.split_trace(g)[1] for g in gens]
+    answers = greedy_answers(ctx, model, records)
     refs = [r["answer"] for r in records]
     out: dict[str, float | None] = {"rouge": M.rouge_l_recall(answers, refs)["agg_value"]}
-    out["fact_recall"] = (
+    out[PROBE_RECALL] = (
         M.fact_recall(answers, [r["fact"] for r in records])["agg_value"]
         if _has_facts(records)
         else None
@@ -98,17 +129,7 @@ def probe(
         ]
         for r in records
     ]
-    scores = score_targets(
-        model,
-        tok,
-        [answer_prompt(r, tags, tok) for r in records],
-        cands,
-        batch_size=opt.batch_size,
-        add_special_tokens=not tags.use_tokenizer_template,
-        max_length=ctx.max_length,
-        progress=False,
-    )
-    nll = [[s.nll for s in row] for row in scores]
+    nll = candidate_nll(ctx, model, records, cands)
     out["prob"] = M.answer_prob([n[0] for n in nll])["agg_value"]
     with_wrong = [n for n in nll if len(n) > 2]
     out["truth_ratio"] = (
@@ -225,7 +246,10 @@ def _quant_attack(bits: int) -> Callable[[AttackContext], dict[str, Any]]:
             "after": after,
         }
 
-    attack.__doc__ = f"{bits}-bit round-to-nearest weight quantization of the linear layers, then the forget probe."
+    attack.__doc__ = (
+        f"{bits}-bit round-to-nearest weight quantization of the linear layers, then the forget "
+        "probe."
+    )
     return attack
 
 
@@ -292,18 +316,8 @@ def _option_accuracy(
     ctx: AttackContext, records: Sequence[Mapping[str, Any]], options: Sequence[Sequence[str]]
 ) -> float:
     """Share of records whose answer (option 0 before shuffling) has the lowest mean NLL."""
-    tok, tags = ctx.tokenizer, ctx.tags
-    scores = score_targets(
-        ctx.model,
-        tok,
-        [answer_prompt(r, tags, tok) for r in records],
-        [list(o) for o in options],
-        batch_size=ctx.options.batch_size,
-        add_special_tokens=not tags.use_tokenizer_template,
-        max_length=ctx.max_length,
-        progress=False,
-    )
-    right = [min(range(len(row)), key=lambda j: row[j].nll) == 0 for row in scores]
+    nll = candidate_nll(ctx, ctx.model, records, [list(o) for o in options])
+    right = [min(range(len(row)), key=row.__getitem__) == 0 for row in nll]
     return sum(right) / max(len(right), 1)
 
 
@@ -312,27 +326,14 @@ def format_shift(ctx: AttackContext) -> dict[str, Any]:
     answers) and multiple choice (the answer among up to 3 perturbed ones, listed in the
     question in a seeded order; accuracy of the most likely option, next to the same choice
     asked plainly)."""
-    forget, tags = ctx.data.sets["forget"], ctx.tags
+    forget = ctx.data.sets["forget"]
     out: dict[str, Any] = {}
     blanks = [(r, q) for r in forget if (q := blank_question(r)) is not None]
     if blanks:
-        prompts = [
-            generation_prompts({**r, "question": q}, tags, ctx.tokenizer)["default"]
-            for r, q in blanks
-        ]
-        gens = greedy_generate(
-            ctx.model,
-            ctx.tokenizer,
-            prompts,
-            max_new_tokens=ctx.options.max_new_tokens,
-            batch_size=ctx.options.gen_batch_size,
-            add_special_tokens=not tags.use_tokenizer_template,
-            progress=False,
-        )
-        answers = [tags.split_trace(g)[1] for g in gens]
+        answers = greedy_answers(ctx, ctx.model, [{**r, "question": q} for r, q in blanks])
         out["fill_in_blank"] = {
             "items": len(blanks),
-            "fact_recall": M.fact_recall(answers, [r["fact"] for r, _ in blanks])["agg_value"],
+            PROBE_RECALL: M.fact_recall(answers, [r["fact"] for r, _ in blanks])["agg_value"],
         }
     else:
         out["fill_in_blank"] = {"items": 0, "note": "no record names a fact its answer states"}
@@ -351,40 +352,146 @@ def format_shift(ctx: AttackContext) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- registry
+
+RECALL = "recall"  # a column path step: the probe's fact recall, else its ROUGE (no facts)
+
+
+@dataclass(frozen=True)
+class AttackColumn:
+    """A number of an attack's result as the report shows it: ``path`` leads into the result
+    (:data:`RECALL` reads a probe's memorisation); ``attack`` is filled in by
+    :func:`attack_columns`. The numbers are the forget set's: lower is better by default."""
+
+    title: str
+    path: tuple[str, ...]
+    fmt: str = "{:.1%}"
+    direction: str = "lower"
+    attack: str = ""
+    doc: str = ""  # what the number is (default: the attack's line)
+
+    @property
+    def key(self) -> str:
+        """``<attack>.<path>`` (``relearn.after.recall``): the report CSV's column."""
+        return ".".join((self.attack, *self.path))
+
+    @property
+    def label(self) -> str:
+        """The title with its direction's arrow."""
+        return f"{self.title} {DIRECTIONS[self.direction].arrow}"
+
+    def value(self, robustness: Mapping[str, Any] | None) -> float | None:
+        """The number in a metrics.json's ``robustness`` (None when the attack did not run)."""
+        v: Any = (robustness or {}).get(self.attack)
+        for step in self.path:
+            if not isinstance(v, Mapping):
+                return None
+            if step == RECALL:
+                v = v.get(PROBE_RECALL) if v.get(PROBE_RECALL) is not None else v.get("rouge")
+            else:
+                v = v.get(step)
+        return v if isinstance(v, (int, float)) else None
+
+    def format(self, value: float | None) -> str:
+        return "–" if value is None else self.fmt.format(value)
+
+
 @dataclass(frozen=True)
 class Attack:
+    """An attack: its function, a line saying what it does, its report columns, and whether its
+    result holds the forget probe ``before`` and ``after`` (``probes``: the study reads the
+    fact recall there at each method's matched setting)."""
+
     name: str
     fn: Callable[[AttackContext], dict[str, Any]]
     doc: str
+    columns: tuple[AttackColumn, ...] = ()
+    probes: bool = False
 
 
-ATTACKS: dict[str, Attack] = {
-    "relearn": Attack(
+def _registry(*attacks: Attack) -> dict[str, Attack]:
+    return {a.name: a for a in attacks}
+
+
+_AFTER = ("after", RECALL)  # the forget probe after the attack
+
+ATTACKS: dict[str, Attack] = _registry(
+    Attack(
         "relearn",
         relearn_attack,
-        "relearn on a held 20 % of the forget questions, probe the other 80 %",
+        "relearn on a held share of the forget questions (eval.relearn_fraction), probe the rest",
+        (
+            AttackColumn("relearn: held-out recall before", ("before", RECALL)),
+            AttackColumn("after relearning", _AFTER),
+        ),
+        probes=True,
     ),
-    "quant8": Attack(
-        "quant8", _quant_attack(8), "8-bit round-to-nearest weights (linear layers), forget probe"
+    Attack(
+        "quant8",
+        _quant_attack(8),
+        "8-bit round-to-nearest weights (linear layers), forget probe",
+        (AttackColumn("quant8 recall", _AFTER),),
+        probes=True,
     ),
-    "quant4": Attack(
-        "quant4", _quant_attack(4), "4-bit round-to-nearest weights (linear layers), forget probe"
+    Attack(
+        "quant4",
+        _quant_attack(4),
+        "4-bit round-to-nearest weights (linear layers), forget probe",
+        (AttackColumn("quant4 recall", _AFTER),),
+        probes=True,
     ),
-    "leak_at_k": Attack(
+    Attack(
         "leak_at_k",
         leak_at_k,
         "k samples at temperature T per forget question: any states the fact",
+        (AttackColumn("leak@k", ("leak_at_k",)),),
     ),
-    "format_shift": Attack(
-        "format_shift", format_shift, "forget questions as fill-in-the-blank and multiple choice"
+    Attack(
+        "format_shift",
+        format_shift,
+        "forget questions as fill-in-the-blank and multiple choice",
+        (
+            AttackColumn("fill-in-blank recall", ("fill_in_blank", PROBE_RECALL)),
+            AttackColumn("multiple choice", ("multiple_choice", "accuracy")),
+        ),
     ),
-}
+)
+
+
+def attack_columns(names: Iterable[str] | None = None) -> list[AttackColumn]:
+    """The report columns of every attack (or of ``names``), in :data:`ATTACKS` order."""
+    chosen = set(ATTACKS if names is None else names)
+    return [
+        replace(c, attack=a.name, doc=c.doc or a.doc)
+        for a in ATTACKS.values()
+        if a.name in chosen
+        for c in a.columns
+    ]
+
+
+def probing_attacks() -> tuple[str, ...]:
+    """The attacks whose result holds the forget probe before and after (the study's columns)."""
+    return tuple(a.name for a in ATTACKS.values() if a.probes)
+
+
+def list_attacks() -> list[dict[str, Any]]:
+    """Every registered attack as plain data (a docs page, a help string)."""
+    return [
+        {
+            "name": a.name,
+            "doc": a.doc,
+            "probes": a.probes,
+            "columns": [
+                {"key": c.key, "title": c.title, "format": c.fmt, "direction": c.direction}
+                for c in attack_columns([a.name])
+            ],
+        }
+        for a in ATTACKS.values()
+    ]
 
 
 def run_attacks(ctx: AttackContext, names: Sequence[str]) -> dict[str, Any]:
     """Each named attack's result (``eval.robustness``), with its seconds."""
-    import time
-
     out: dict[str, Any] = {}
     for name in tqdm(list(names), desc="robustness", disable=not ctx.progress, leave=False):
         t0 = time.perf_counter()

@@ -8,8 +8,9 @@ utility. Each method's runs of one seed form a cloud in the (utility, forgetting
 Pareto frontier is the best forgetting the method reached at each utility. The study reads every
 frontier at the same utility level (e.g. 0.95 x the target's model utility), interpolating
 between the two frontier points around the level, in log10 for forget quality (a p-value spanning
-orders of magnitude), linearly for recalls. Two pairs are read (:data:`TRADEOFFS`): forget quality
-vs model utility (TOFU's pair) and forget fact recall vs retain fact recall.
+orders of magnitude), linearly for recalls. The pairs read (:data:`TRADEOFFS`) are the
+benchmark's headline pairs of the metric registry (:data:`npo_lib.eval.registry.BENCHMARKS`): for
+TOFU forget quality vs model utility, and forget fact recall vs retain fact recall.
 
 A reading is only as good as the grid around it (:class:`Reading`):
 
@@ -21,10 +22,8 @@ A reading is only as good as the grid around it (:class:`Reading`):
 Seeds: each seed has its own frontier and reading; :func:`summarise` gives the mean (geometric
 for forget quality) and a bootstrap 95 % interval of it (``scipy.stats.bootstrap``, percentile).
 
-:func:`propose_next` is the adaptive search: from a method's finished grid it proposes the next
-points, stepping the strongest setting further (higher lr, more epochs, larger forget_coeff)
-until the utility floor is crossed, then splitting the gap around the floor; points far from the
-floor get one seed, points at the floor all of them.
+The adaptive search that proposes a method's next grid points lives in
+:mod:`npo_lib.study.adaptive`.
 """
 
 from __future__ import annotations
@@ -36,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from npo_lib.eval.registry import TOFU, Metric, MetricPair
 
 INTERPOLATED, NOT_CROSSED, NOT_REACHED = "interpolated", "floor not crossed", "not reached"
 _STATUS_ORDER = {INTERPOLATED: 0, NOT_CROSSED: 1, NOT_REACHED: 2}
@@ -62,40 +63,10 @@ class RunResult:
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-@dataclass(frozen=True)
-class Tradeoff:
-    """A (utility, forgetting) pair: the utility is better higher; ``higher_forget`` says which
-    way the forgetting metric is better; ``log``: interpolate and average in log10."""
+Tradeoff = MetricPair  # a (utility, forgetting) pair, declared by its benchmark in the registry
 
-    name: str
-    utility: str
-    forget: str
-    higher_forget: bool
-    log: bool
-    label: str
-
-    def goodness(self, value: float) -> float:
-        return value if self.higher_forget else -value
-
-
-TRADEOFFS: dict[str, Tradeoff] = {
-    "fq_mu": Tradeoff(
-        "fq_mu",
-        "model_utility",
-        "forget_quality",
-        True,
-        True,
-        "forget quality at matched model utility",
-    ),
-    "recall": Tradeoff(
-        "recall",
-        "retain_fact_recall",
-        "forget_fact_recall",
-        False,
-        False,
-        "forget fact recall at matched retain fact recall",
-    ),
-}
+# The pairs the study reads, by name (``fq_mu`` first: the headline pair).
+TRADEOFFS: dict[str, Tradeoff] = {p.name: p for p in TOFU.pairs}
 
 
 # ----------------------------------------------------------------------------- frontier
@@ -114,12 +85,8 @@ def pareto_frontier(
     )
     out: list[tuple[float, float]] = []
     best = -math.inf
-    for (
-        u,
-        f,
-    ) in (
-        pts
-    ):  # utility descending: keep a point only if it forgets better than every higher-utility one
+    # utility descending: keep a point only if it forgets better than every higher-utility one
+    for u, f in pts:
         g = tradeoff.goodness(f)
         if g > best:
             out.append((u, f))
@@ -318,9 +285,10 @@ class Comparison:
     why: str
 
 
-def compare(a: Summary, b: Summary, tradeoff: Tradeoff) -> Comparison:
+def compare(a: Summary, b: Summary, tradeoff: Tradeoff | Metric) -> Comparison:
     """``better`` / ``worse`` only when the two 95 % intervals do not overlap; both readings
-    interpolated (a lower bound or a missing reading is ``not comparable``)."""
+    interpolated (a lower bound or a missing reading is ``not comparable``). ``tradeoff`` says
+    which way is better: a pair (its forgetting) or one metric."""
     for s, who in ((a, "first"), (b, "second")):
         if s.mean is None or s.status == NOT_REACHED:
             return Comparison("not comparable", f"the {who} method never keeps the utility level")
@@ -340,194 +308,3 @@ def compare(a: Summary, b: Summary, tradeoff: Tradeoff) -> Comparison:
     if ga_hi < gb_lo:
         return Comparison("worse", "its interval lies entirely on the worse side")
     return Comparison("overlap", "the 95 % intervals overlap")
-
-
-# ----------------------------------------------------------------------------- adaptive search
-
-
-@dataclass(frozen=True)
-class Axis:
-    """A strength knob of the search: stepped by ``factor`` up to ``limit`` (``integer``: rounded)."""
-
-    key: str
-    factor: float = 2.0
-    limit: float | None = None
-    integer: bool = False
-
-    def step(self, value: float, *, down: bool = False) -> float | int | None:
-        """The next value up (or down); None past ``limit`` or when rounding leaves it unchanged."""
-        nxt = value / self.factor if down else value * self.factor
-        nxt = int(round(nxt)) if self.integer else float(f"{nxt:.6g}")
-        if (
-            nxt == value
-            or (not down and self.limit is not None and nxt > self.limit)
-            or (self.integer and nxt < 1)
-        ):
-            return None
-        return nxt
-
-    def middle(self, a: float, b: float) -> float | int:
-        m = math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2
-        return int(round(m)) if self.integer else float(f"{m:.6g}")
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A point to run next: its setting, the seeds it needs, and why."""
-
-    setting: tuple[tuple[str, Any], ...]
-    seeds: tuple[int, ...]
-    reason: str
-
-
-def _with(
-    setting: tuple[tuple[str, Any], ...], key: str, value: Any
-) -> tuple[tuple[str, Any], ...]:
-    d = dict(setting)
-    d[key] = value
-    return tuple(d.items())
-
-
-def _seed_brackets(
-    results: Sequence[RunResult],
-    mu: Mapping[tuple[tuple[str, Any], ...], float],
-    floor: float,
-    seeds: Sequence[int],
-    utility: str,
-    axes: Sequence[Axis],
-) -> list[tuple[tuple[tuple[str, Any], ...], int, str]]:
-    """(setting, seed, why) for each seed whose own runs all fall on one side of the floor: the
-    setting nearest (by seed-mean utility ``mu``) on the other side that it has not run, so that
-    every seed's frontier brackets the floor (seeds differ in utility). Where the seed has run
-    every such setting, its own edge setting is stepped one step further along each axis."""
-    out = []
-    for seed in seeds:
-        mine = {
-            r.setting: r.get(utility)
-            for r in results
-            if r.seed == seed and r.get(utility) is not None
-        }
-        for direction, pick in (("above", max), ("below", min)) if mine else ():
-            if any((u >= floor) == (direction == "above") for u in mine.values()):
-                continue
-            why = f"seed {seed}: no point of its own {direction} the floor {floor:.3f}"
-            edge = pick(mu[s] for s in mine if s in mu)  # this seed's weakest (strongest) setting
-            others = [
-                s
-                for s in mu
-                if s not in mine and (mu[s] > edge if direction == "above" else mu[s] < edge)
-            ]
-            if others:
-                out.append((min(others, key=lambda s: abs(mu[s] - edge)), seed, why))
-                continue
-            last = pick(
-                mine, key=lambda s: mine[s]
-            )  # its own weakest (strongest) run: step past it
-            for ax in axes:
-                value = dict(last).get(ax.key)
-                nxt = None if value is None else ax.step(float(value), down=direction == "above")
-                if nxt is not None:
-                    out.append(
-                        (
-                            _with(last, ax.key, nxt),
-                            seed,
-                            f"{why}; {ax.key} {'/' if direction == 'above' else 'x'}{ax.factor:g}",
-                        )
-                    )
-    return out
-
-
-def propose_next(
-    results: Sequence[RunResult],
-    floor: float,
-    axes: Sequence[Axis],
-    seeds: Sequence[int],
-    *,
-    near: float = 0.01,
-    utility: str = "model_utility",
-) -> list[Proposal]:
-    """The next points of one method's grid (``results`` all of one method).
-
-    * Floor not crossed (every setting's seed-mean utility >= ``floor``): step the strongest
-      setting (lowest utility) one step along each axis, one seed each: a scout.
-    * Every setting below the floor: step the weakest one back along each axis (one seed).
-    * Crossed: the settings next to the floor (the weakest below it, the strongest above it, and
-      any within ``near`` of it) get every seed; if the gap between the two around the floor is
-      wider than ``2 * near`` in utility, the point half-way between them (geometric mean of each
-      axis that differs) is scouted with one seed. A seed whose own runs all fall on one side of
-      the floor also runs the nearest setting on the other side (by seed-mean utility), so that
-      every seed's frontier can be read at the floor. The matched setting (:func:`matched_setting`)
-      gets every seed too, wherever it lies.
-
-    Points already run (with those seeds) are not proposed again; an empty list means the
-    method's frontier around the floor is complete or every axis is at its limit.
-    """
-    mu = setting_means(results, utility)
-    if not mu:
-        return []
-    done = {(r.setting, r.seed) for r in results}
-    all_seeds, scout = tuple(seeds), tuple(seeds[:1])
-    out: dict[tuple[tuple[str, Any], ...], Proposal] = {}
-
-    def add(setting: tuple[tuple[str, Any], ...], want: tuple[int, ...], reason: str) -> None:
-        missing = tuple(s for s in want if (setting, s) not in done)
-        if missing and setting not in out:
-            out[setting] = Proposal(setting, missing, reason)
-        elif missing:  # already proposed: add the seeds it lacks
-            p = out[setting]
-            out[setting] = Proposal(setting, tuple(sorted({*p.seeds, *missing})), p.reason)
-
-    above = {s: u for s, u in mu.items() if u >= floor}
-    below = {s: u for s, u in mu.items() if u < floor}
-    if not below:
-        # step the setting of lowest utility; where its steps all ran (utility need not fall
-        # with strength), the next lowest, and so on
-        for strongest in sorted(above, key=lambda s: above[s]):
-            for ax in axes:
-                value = dict(strongest).get(ax.key)
-                nxt = None if value is None else ax.step(float(value))
-                if nxt is not None:
-                    add(
-                        _with(strongest, ax.key, nxt),
-                        scout,
-                        f"scout: strongest setting keeps utility {above[strongest]:.3f} >= floor {floor:.3f}; {ax.key} x{ax.factor:g}",
-                    )
-            if out:
-                break
-        return list(out.values())
-    a = min(above, key=lambda s: above[s]) if above else None  # just above the floor
-    b = max(below, key=lambda s: below[s])  # just below it
-    if a is None:  # every setting is below the floor: step the weakest one back
-        for ax in axes:
-            value = dict(b).get(ax.key)
-            prev = None if value is None else ax.step(float(value), down=True)
-            if prev is not None:
-                add(
-                    _with(b, ax.key, prev),
-                    scout,
-                    f"scout: weakest setting has utility {mu[b]:.3f} < floor {floor:.3f}; {ax.key} /{ax.factor:g}",
-                )
-    for s in dict.fromkeys(
-        [b, *([a] if a else []), *(s for s, u in mu.items() if abs(u - floor) <= near)]
-    ):
-        add(s, all_seeds, f"at the floor: utility {mu[s]:.3f} vs {floor:.3f}")
-    if (
-        utility == TRADEOFFS["fq_mu"].utility
-        and (m := matched_setting(results, floor, TRADEOFFS["fq_mu"])) is not None
-    ):
-        add(
-            m,
-            all_seeds,
-            "the matched setting (best forget quality keeping the floor): the attacks are read there",
-        )
-    for setting, seed, reason in _seed_brackets(results, mu, floor, all_seeds, utility, axes):
-        add(setting, (seed,), reason)
-    if a is not None and mu[a] - mu[b] > 2 * near:
-        mid = a
-        da, db = dict(a), dict(b)
-        for ax in axes:
-            if ax.key in da and ax.key in db and da[ax.key] != db[ax.key]:
-                mid = _with(mid, ax.key, ax.middle(float(da[ax.key]), float(db[ax.key])))
-        if mid not in (a, b) and mid not in mu:
-            add(mid, scout, f"split the gap around the floor: utility {mu[a]:.3f} / {mu[b]:.3f}")
-    return list(out.values())

@@ -21,13 +21,26 @@ from npo_lib.commands.evaluation import METRICS_FILE
 from npo_lib.commands.folders import influence_files
 from npo_lib.config import Config, load_config
 from npo_lib.errors import ReportError
+from npo_lib.eval.registry import DIRECTIONS, TOFU, Metric, metrics_for
+from npo_lib.eval.robustness import AttackColumn, attack_columns
 from npo_lib.utils.io import atomic_write_text
 from npo_lib.utils.optional import require
 from npo_lib.viz.explorer import TokenExplorer
 from npo_lib.viz.figures import plot_fq_mu, plot_loss_terms
-from npo_lib.viz.render import CSS, SCALES, legend_html, render_example, shared_range
-from npo_lib.viz.report import COLUMNS, fq_mu_points, load_run, ordered, rows
+from npo_lib.viz.render import (
+    CSS,
+    DEFAULT_SCALE,
+    SCALES,
+    legend_html,
+    render_example,
+    shared_range,
+)
+from npo_lib.viz.report import fq_mu_points, load_run, ordered, rows
 from npo_lib.viz.tables import TokenTable
+
+VIEW = "dashboard"  # the registry view whose metrics the table shows
+HEADLINE = TOFU.headline
+SCATTER_TITLE = f"{HEADLINE.forget_metric.title} vs {HEADLINE.utility_metric.title}"
 
 
 def find_runs(root: str | Path | Sequence[str | Path], depth: int = 3) -> list[Path]:
@@ -52,7 +65,8 @@ def find_runs(root: str | Path | Sequence[str | Path], depth: int = 3) -> list[P
         )
         if not below:
             raise ReportError(
-                f"no evaluated runs in {r}: expected <run>/{METRICS_FILE} (run `npo eval` or `npo run`)"
+                f"no evaluated runs in {r}: expected <run>/{METRICS_FILE} "
+                "(run `npo eval` or `npo run`)"
             )
         found += below
     return list(dict.fromkeys(found))
@@ -103,7 +117,7 @@ def run_views(root: str | Path | Sequence[str | Path]) -> list[RunView]:
         )
         for r in runs
     }
-    return [RunView(row["name"], folders[row["name"]], row) for row in rows(runs)]
+    return [RunView(row["name"], folders[row["name"]], row) for row in rows(runs, VIEW)]
 
 
 def png(fig: Any) -> bytes:
@@ -122,22 +136,37 @@ def sort_views(
     return sorted(have, key=lambda v: v.row[key], reverse=descending) + missing
 
 
+def table_columns(views: Sequence[RunView]) -> list[Metric | AttackColumn]:
+    """The dashboard view's metric columns, then the attack columns any of the runs holds."""
+    held = [c for c in attack_columns() if any(c.key in v.row for v in views)]
+    return [*metrics_for(VIEW), *held]
+
+
+def _head_cell(key: str, label: str, direction: str | None, doc: str = "") -> str:
+    """A header cell: the label (title and arrow), the direction and what it measures on hover."""
+    hover = "; ".join(x for x in (direction and DIRECTIONS[direction].text, doc) if x)
+    return f'<th data-key="{key}" title="{html.escape(hover)}">{html.escape(label)}</th>'
+
+
 def table_html(views: Sequence[RunView]) -> str:
-    """The report table as HTML; each cell keeps its raw value in ``data-value`` (for sorting)."""
-    head = "".join(
-        f'<th data-key="{k}">{html.escape(t)}</th>'
-        for k, t in [("name", "run"), *((m.key, m.title) for m in COLUMNS)]
+    """The report table as HTML, each column titled with its direction (hover: what it
+    measures); each cell keeps its raw value in ``data-value`` (for sorting)."""
+    cols = table_columns(views)
+    head = _head_cell("name", "run", None) + "".join(
+        _head_cell(c.key, c.label, c.direction, c.doc) for c in cols
     )
     body = []
     for v in views:
         cells = [f'<td data-value="{html.escape(v.name)}">{html.escape(v.name)}</td>']
-        for m in COLUMNS:
-            x = v.row.get(m.key)
-            cells.append(
-                f'<td data-value="{"" if x is None else x}" style="text-align:right">{m.format(x)}</td>'
-            )
+        for c in cols:
+            x = v.row.get(c.key)
+            raw = "" if x is None else x
+            cells.append(f'<td data-value="{raw}" style="text-align:right">{c.format(x)}</td>')
         body.append(f'<tr data-run="{html.escape(v.name)}">{"".join(cells)}</tr>')
-    return f'<table class="tnpo-report"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        f'<table class="tnpo-report"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 TABLE_CSS = """
@@ -168,7 +197,7 @@ class RunDashboard:
         widgets = require("ipywidgets")
         self.views = run_views(root)
         self._tables: dict[str, list[TokenTable] | None] = {}
-        columns = [("run", "name"), *((m.title, m.key) for m in COLUMNS)]
+        columns = [("run", "name"), *((c.label, c.key) for c in table_columns(self.views))]
         self.sort_by = widgets.Dropdown(options=columns, value="name", description="sort by")
         self.descending = widgets.Checkbox(value=False, description="descending", indent=False)
         self.table = widgets.HTML()
@@ -186,7 +215,7 @@ class RunDashboard:
                 widgets.HTML("<b>report</b>"),
                 widgets.HBox([self.sort_by, self.descending]),
                 self.table,
-                widgets.HTML("<b>forget quality vs model utility</b>"),
+                widgets.HTML(f"<b>{SCATTER_TITLE}</b>"),
                 self.scatter,
                 self.run,
                 self.loss_note,
@@ -240,7 +269,8 @@ class RunDashboard:
 
 
 SORT_JS = """
-document.querySelectorAll('.tnpo-report th').forEach((th, col) => th.addEventListener('click', () => {
+document.querySelectorAll('.tnpo-report th').forEach((th, col) => th.addEventListener('click',
+() => {
   const body = th.closest('table').tBodies[0], rows = Array.from(body.rows);
   const down = th.dataset.order !== 'desc';
   th.closest('tr').querySelectorAll('th').forEach(h => delete h.dataset.order);
@@ -255,9 +285,35 @@ document.querySelectorAll('.tnpo-report th').forEach((th, col) => th.addEventLis
   rows.forEach(r => body.appendChild(r));
 }));
 const pick = document.getElementById('tnpo-run');
-const show = () => document.querySelectorAll('section[data-run]').forEach(s => { s.hidden = s.dataset.run !== pick.value; });
+const show = () => document.querySelectorAll('section[data-run]')
+  .forEach(s => { s.hidden = s.dataset.run !== pick.value; });
 pick.addEventListener('change', show); show();
 """
+
+
+def _b64_png(fig: Any) -> str:
+    return base64.b64encode(png(fig)).decode()
+
+
+def run_section(v: RunView, scores: Sequence[str], examples: int | None) -> str:
+    """One run's section of the page: its loss curves and its token heatmaps (under the default
+    colour scale), or a line saying why there are none."""
+    name = html.escape(v.name)
+    parts = [f"<h3>{name}</h3>"]
+    if v.has_log:
+        loss = _b64_png(plot_loss_terms(v.folder))
+        parts.append(
+            f'<img class="tnpo-loss" alt="loss terms of {name}" src="data:image/png;base64,{loss}">'
+        )
+    else:
+        parts.append("<p><i>no training log (not a forget run)</i></p>")
+    tables = v.token_tables()
+    if tables:
+        heat = heatmaps_html(tables, scores, examples)
+        parts.append(f'<div class="tnpo-view tnpo-scale-{DEFAULT_SCALE}">{heat}</div>')
+    else:
+        parts.append("<p><i>no influence files to show tokens of</i></p>")
+    return f'<section data-run="{name}">{"".join(parts)}</section>'
 
 
 def write_dashboard_html(
@@ -272,38 +328,25 @@ def write_dashboard_html(
     the forget quality / model utility scatter, and per run (picked in a select box) its loss
     curves and token heatmaps (``examples`` of them; None: all). Returns the path written."""
     views = run_views(root)
-    scatter = base64.b64encode(png(plot_fq_mu(fq_mu_points([v.folder for v in views])))).decode()
+    scatter = _b64_png(plot_fq_mu(fq_mu_points([v.folder for v in views])))
     default = next((v.name for v in views if v.has_log), views[0].name)
-    options, sections = [], []
-    for v in views:
-        sel = " selected" if v.name == default else ""
-        options.append(f'<option value="{html.escape(v.name)}"{sel}>{html.escape(v.name)}</option>')
-        parts = [f"<h3>{html.escape(v.name)}</h3>"]
-        if v.has_log:
-            loss = base64.b64encode(png(plot_loss_terms(v.folder))).decode()
-            parts.append(
-                f'<img class="tnpo-loss" alt="loss terms of {html.escape(v.name)}" src="data:image/png;base64,{loss}">'
-            )
-        else:
-            parts.append("<p><i>no training log (not a forget run)</i></p>")
-        tables = v.token_tables()
-        if tables:
-            parts.append(
-                '<div class="tnpo-view tnpo-scale-clip">'
-                + heatmaps_html(tables, scores, examples)
-                + "</div>"
-            )
-        else:
-            parts.append("<p><i>no influence files to show tokens of</i></p>")
-        sections.append(f'<section data-run="{html.escape(v.name)}">{"".join(parts)}</section>')
+    options = "".join(
+        f'<option value="{html.escape(v.name)}"{" selected" if v.name == default else ""}>'
+        f"{html.escape(v.name)}</option>"
+        for v in views
+    )
+    sections = [run_section(v, scores, examples) for v in views]
+    heat_help = html.escape(SCALES[DEFAULT_SCALE].help)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{CSS}\n{TABLE_CSS}\nbody {{ font-family: sans-serif; }}</style></head>\n"
-        f"<body><h1>{html.escape(title)}</h1>\n<h2>report</h2><p>click a column to sort</p>{table_html(views)}\n"
-        f'<h2>forget quality vs model utility</h2><img class="tnpo-scatter" alt="forget quality vs model utility" '
+        f"<title>{html.escape(title)}</title>"
+        f"<style>{CSS}\n{TABLE_CSS}\nbody {{ font-family: sans-serif; }}</style></head>\n"
+        f"<body><h1>{html.escape(title)}</h1>\n"
+        f"<h2>report</h2><p>click a column to sort</p>{table_html(views)}\n"
+        f'<h2>{SCATTER_TITLE}</h2><img class="tnpo-scatter" alt="{SCATTER_TITLE}" '
         f'src="data:image/png;base64,{scatter}">\n'
-        f'<h2>run <select id="tnpo-run">{"".join(options)}</select></h2>\n'
-        f'<p style="color:#555">heatmaps: {html.escape(SCALES["clip"].help)}; hover a token for its raw value</p>'
+        f'<h2>run <select id="tnpo-run">{options}</select></h2>\n'
+        f'<p style="color:#555">heatmaps: {heat_help}; hover a token for its raw value</p>'
         + "\n".join(sections)
         + f"\n<script>{SORT_JS}</script></body></html>\n"
     )

@@ -4,13 +4,14 @@ model utility, score distributions on fact and other tokens."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from npo_lib.eval.registry import TOFU
 from npo_lib.utils.optional import require
 from npo_lib.viz.tables import TokenTable, score_label
 
@@ -66,6 +67,7 @@ ROLE_STYLE: dict[str, dict[str, Any]] = {
     "target": {"marker": "*", "s": 220, "color": "black", "zorder": 5},
     "retain": {"marker": "D", "s": 90, "color": "tab:green", "zorder": 5},
 }
+HEADLINE = TOFU.headline  # the plane: its utility on x, its forgetting on y
 
 
 @dataclass(frozen=True)
@@ -83,16 +85,41 @@ class FqMuPoint:
     fq_err: float = 0.0
 
 
+def _plot_point(
+    ax: Any, p: FqMuPoint, y: float, colours: Mapping[str, str], labelled: set[str]
+) -> None:
+    """One point: the role's marker, else its group's colour with error bars; each role and
+    group labelled once."""
+    if p.role in ROLE_STYLE:
+        label = p.role if p.role not in labelled else None
+        ax.scatter([p.model_utility], [y], label=label, **ROLE_STYLE[p.role])
+        labelled.add(p.role)
+        return
+    g = p.group or "runs"
+    ax.errorbar(
+        [p.model_utility],
+        [y],
+        xerr=[p.mu_err] if p.mu_err else None,
+        fmt="o",
+        color=colours[g],
+        label=g if g not in labelled else None,
+        alpha=0.85,
+        capsize=2,
+    )
+    labelled.add(g)
+
+
 def plot_fq_mu(
     points: Sequence[FqMuPoint],
     *,
     floor: float | None = None,
     floor_label: str = "utility floor",
     annotate: bool = True,
-    title: str = "forget quality vs model utility",
+    title: str = f"{HEADLINE.forget_metric.title} vs {HEADLINE.utility_metric.title}",
     path: str | Path | None = None,
 ) -> Figure:
-    """Forget quality (log scale) against model utility, target and retain model marked.
+    """The headline pair's plane: forget quality (log scale) against model utility, target and
+    retain model marked.
 
     Points of one ``group`` share a colour and a legend entry (error bars when they carry
     spreads); ``floor`` draws the utility floor. Points without both numbers are listed under
@@ -102,51 +129,28 @@ def plot_fq_mu(
     ax = fig.subplots()
     groups = list(dict.fromkeys(p.group or "runs" for p in points if p.role not in ROLE_STYLE))
     colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
-    labelled, missing = set(), []
+    labelled: set[str] = set()
+    missing = []
     for p in points:
         if p.forget_quality is None or p.model_utility is None:
             missing.append(p.name)
             continue
-        y = max(p.forget_quality, 1e-300)
-        if p.role in ROLE_STYLE:
-            ax.scatter(
-                [p.model_utility],
-                [y],
-                label=p.role if p.role not in labelled else None,
-                **ROLE_STYLE[p.role],
-            )
-            labelled.add(p.role)
-        else:
-            g = p.group or "runs"
-            ax.errorbar(
-                [p.model_utility],
-                [y],
-                xerr=[p.mu_err] if p.mu_err else None,
-                fmt="o",
-                color=colours[g],
-                label=g if g not in labelled else None,
-                alpha=0.85,
-                capsize=2,
-            )
-            labelled.add(g)
+        y = max(p.forget_quality, 1e-300)  # a p-value of 0 still sits on the log axis
+        _plot_point(ax, p, y, colours, labelled)
         if annotate:
-            ax.annotate(
-                p.name,
-                (p.model_utility, y),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize="x-small",
-            )
+            at = (p.model_utility, y)
+            ax.annotate(p.name, at, textcoords="offset points", xytext=(5, 4), fontsize="x-small")
     if floor is not None:
         ax.axvline(floor, color="0.5", ls="--", lw=1, label=floor_label)
-    ax.set_yscale("log")
-    ax.set(xlabel="model utility", ylabel="forget quality (log)", title=title)
+    forget, utility = HEADLINE.forget_metric, HEADLINE.utility_metric
+    ax.set_yscale("log" if forget.log else "linear")
+    ylabel = f"{forget.label} (log)" if forget.log else forget.label
+    ax.set(xlabel=utility.label, ylabel=ylabel, title=title)
     if labelled or floor is not None:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if missing:
-        fig.text(
-            0.01, -0.02, "no forget quality / utility: " + ", ".join(missing), fontsize="small"
-        )
+        note = f"no {forget.title} / {utility.title}: " + ", ".join(missing)
+        fig.text(0.01, -0.02, note, fontsize="small")
     return save_figure(fig, path)
 
 

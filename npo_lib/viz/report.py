@@ -1,8 +1,11 @@
 """``npo report RUN_DIR...``: compare evaluated runs in one markdown table (and a CSV).
 
-Each run folder holds ``eval/metrics.json`` (written by :func:`npo_lib.commands.evaluation.evaluate`); a
-folder holding ``metrics.json`` itself (the cached retain evaluation) or the file's own path
-works too. Rows of the target and the retain model come first, then the runs in the given order.
+Each run folder holds ``eval/metrics.json`` (written by
+:func:`npo_lib.commands.evaluation.evaluate`); a folder holding ``metrics.json`` itself (the
+cached retain evaluation) or the file's own path works too. Rows of the target and the retain
+model come first, then the runs in the given order. The columns are the metrics the registry
+(:mod:`npo_lib.eval.registry`) shows in the report, each titled with its better direction, then
+the columns the attacks the runs hold declare (:data:`npo_lib.eval.robustness.ATTACKS`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from typing import Any
 
 from npo_lib.commands.evaluation import METRICS_FILE
 from npo_lib.errors import ReportError
-from npo_lib.eval.compute import HEADLINE_METRICS
+from npo_lib.eval.registry import TOFU, metrics_for
+from npo_lib.eval.robustness import AttackColumn, attack_columns
 from npo_lib.utils.machine import machine_line
 from npo_lib.viz.figures import FqMuPoint
 
-COLUMNS = HEADLINE_METRICS  # table order after the name
+VIEW = "report"  # the registry view whose metrics the table shows, in its order
 ROLE_ORDER = {"target": 0, "retain": 1}  # every other role ("run") keeps the given order after
 
 
@@ -57,13 +61,12 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def fq_mu_points(run_dirs: Sequence[str | Path]) -> list[FqMuPoint]:
-    """The forget quality / model utility point of each evaluated run folder (role from its metrics)."""
-    points = []
+    """The headline pair's point (forget quality, model utility) of each evaluated run folder
+    (role from its metrics)."""
+    pair, points = TOFU.headline, []
     for run in ordered([load_run(d) for d in run_dirs]):
         agg = run.metrics["aggregates"]
-        points.append(
-            FqMuPoint(run.name, agg.get("forget_quality"), agg.get("model_utility"), role=run.role)
-        )
+        points.append(FqMuPoint(run.name, agg.get(pair.forget), agg.get(pair.utility), run.role))
     return points
 
 
@@ -72,86 +75,69 @@ def ordered(runs: Sequence[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: ROLE_ORDER.get(r.role, len(ROLE_ORDER)))
 
 
-def rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One dict per run: ``name`` and the raw aggregate of each column (None when absent)."""
+def run_attack_columns(runs: Sequence[Run]) -> list[AttackColumn]:
+    """The columns of the attacks any of the runs' evaluations holds."""
+    held = {a for r in runs for a in r.metrics.get("robustness") or {}}
+    return attack_columns(held)
+
+
+def rows(runs: Sequence[Run], view: str = VIEW) -> list[dict[str, Any]]:
+    """One dict per run: ``name``, the raw aggregate of each metric ``view`` shows (None when
+    absent), then the number of each attack column any run holds (keyed ``<attack>.<path>``)."""
+    attacks, metrics = run_attack_columns(runs), metrics_for(view)
     return [
-        {"name": r.name, **{m.key: r.metrics["aggregates"].get(m.key) for m in COLUMNS}}
+        {
+            "name": r.name,
+            **{m.key: r.metrics["aggregates"].get(m.key) for m in metrics},
+            **{c.key: c.value(r.metrics.get("robustness")) for c in attacks},
+        }
         for r in ordered(runs)
     ]
 
 
-def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
-    """A GitHub markdown table of :func:`rows` (null as an en dash)."""
-    head = ["run", *(m.title for m in COLUMNS)]
+def _markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table, the first column left-aligned, the others right-aligned."""
     lines = [
         "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---", *["---:"] * len(COLUMNS)]) + "|",
+        "|" + "|".join(["---", *["---:"] * (len(head) - 1)]) + "|",
     ]
-    for row in table:
-        cells = [str(row["name"]), *(m.format(row[m.key]) for m in COLUMNS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([*lines, *("| " + " | ".join(cells) + " |" for cells in body)])
+
+
+def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub markdown table of :func:`rows`' metric columns (null as an en dash), each titled
+    with its direction (↑ higher is better, ↓ lower, →0 closer to 0)."""
+    metrics = metrics_for(VIEW)
+    return _markdown(
+        ["run", *(m.label for m in metrics)],
+        [[str(row["name"]), *(m.format(row[m.key]) for m in metrics)] for row in table],
+    )
 
 
 def write_csv(table: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """The same rows with full-precision numbers (empty cell for null)."""
+    """The same rows with full-precision numbers (empty cell for null), keyed columns."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    keys = [k for k in (table[0] if table else {"name": None}) if k != "name"]
     with p.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["run", *(m.key for m in COLUMNS)])
+        w.writerow(["run", *keys])
         for row in table:
-            w.writerow([row["name"], *("" if row[m.key] is None else row[m.key] for m in COLUMNS)])
+            w.writerow([row["name"], *("" if row[k] is None else row[k] for k in keys)])
     return p
 
 
-# robustness column -> (attack, path inside its result, format); memorisation is fact recall, else ROUGE
-ROBUSTNESS_COLUMNS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "relearn: held-out recall before": ("relearn", ("before", "recall"), "{:.1%}"),
-    "after relearning": ("relearn", ("after", "recall"), "{:.1%}"),
-    "quant8 recall": ("quant8", ("after", "recall"), "{:.1%}"),
-    "quant4 recall": ("quant4", ("after", "recall"), "{:.1%}"),
-    "leak@k": ("leak_at_k", ("leak_at_k",), "{:.1%}"),
-    "fill-in-blank recall": ("format_shift", ("fill_in_blank", "fact_recall"), "{:.1%}"),
-    "multiple choice": ("format_shift", ("multiple_choice", "accuracy"), "{:.1%}"),
-}
-
-
-def _attack_value(result: Mapping[str, Any] | None, path: tuple[str, ...]) -> float | None:
-    v: Any = result
-    for key in path:
-        if not isinstance(v, Mapping):
-            return None
-        v = (
-            (v.get("fact_recall") if v.get("fact_recall") is not None else v.get("rouge"))
-            if key == "recall"
-            else v.get(key)
-        )
-    return v if isinstance(v, (int, float)) else None
-
-
 def robustness_table(runs: Sequence[Run]) -> str | None:
-    """A markdown table of the attacks the runs' evaluations hold (None when none has any)."""
+    """A markdown table of the attacks the runs' evaluations hold (None when none has any): the
+    columns each attack declares."""
     runs = [r for r in ordered(runs) if r.metrics.get("robustness")]
     if not runs:
         return None
-    cols = [
-        c
-        for c, (a, _, _) in ROBUSTNESS_COLUMNS.items()
-        if any(a in r.metrics["robustness"] for r in runs)
-    ]
-    lines = [
-        "| run | " + " | ".join(cols) + " |",
-        "|" + "|".join(["---", *["---:"] * len(cols)]) + "|",
-    ]
-    for r in runs:
-        cells = []
-        for c in cols:
-            attack, path, fmt = ROBUSTNESS_COLUMNS[c]
-            v = _attack_value(r.metrics["robustness"].get(attack), path)
-            cells.append("–" if v is None else fmt.format(v))
-        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cols = run_attack_columns(runs)
+    return _markdown(
+        ["run", *(c.label for c in cols)],
+        [[r.name, *(c.format(c.value(r.metrics["robustness"])) for c in cols)] for r in runs],
+    )
 
 
 def machines(runs: Sequence[Run]) -> str:
