@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from npo_lib.config import StudyConfig, nest_keys
+from npo_lib.config import Config, StudyConfig, nest_keys, with_alias_keys
 from npo_lib.errors import ReportError
 from npo_lib.study.frontier import Axis, Proposal, RunResult, by_method, propose_next
 from npo_lib.study.study import (
@@ -60,7 +60,7 @@ def _axes(study: StudyConfig) -> list[Axis]:
 
 def _spec_values(spec: Any) -> dict[str, Any]:
     """The flat config every point of a sweep starts from (its params files and config)."""
-    return flatten(asdict(spec_config(spec)))
+    return flatten(with_alias_keys(asdict(spec_config(spec)), Config))
 
 
 def _next_file(out_dir: Path, stem: str, tag: str = "next") -> Path:
