@@ -5,7 +5,7 @@
     npo forget    [params.yaml ...] [key=value ...]
     npo eval      [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute] [--retain-model-path DIR]
     npo influence [params.yaml ...] [key=value ...] [--auroc-table]
-    npo losses                                (the objective registry, each term's equation)
+    npo losses                                (the objectives: equations, hyperparameters, inputs)
     npo report    RUN_DIR ... [--csv PATH] [--html FILE]
     npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
     npo sweep     SWEEP.yaml [--parallel N] [--executor thread|local|slurm]
@@ -150,20 +150,11 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Call
 
 
 def cmd_losses(opts: argparse.Namespace) -> int:
-    """The objective registry: every forget term and regularizer, its view, inputs and equation."""
-    from npo_lib.objectives.registry import FORGET_TERMS, REGULARIZERS
+    """The objective registry: every forget term and regularizer, its view and equation, its
+    hyperparameters (key, default, help) and inputs (:mod:`npo_lib.training.describe`)."""
+    from npo_lib.training.describe import format_objectives
 
-    for title, registry in (
-        ("forget terms", FORGET_TERMS),
-        ("regularizers (FORGET+REG)", REGULARIZERS),
-    ):
-        print(f"{title}:")
-        for t in registry.values():
-            needs = f"  needs {', '.join(t.needs)}" if t.needs else ""
-            print(f"  {t.name:<10} view {t.view:<7} {t.doc}{needs}")
-    print(
-        "compose as FORGET[+REG...], e.g. forget_loss=NPO+GD; total = forget_coeff·forget + regularization_coeff·Σ regularizers"
-    )
+    print(format_objectives())
     return 0
 
 
@@ -312,7 +303,8 @@ SPEC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def _spec_parsers(sub: argparse._SubParsersAction) -> None:
     sub.add_parser(
-        "losses", help="list the objectives (forget terms, regularizers) with their equations"
+        "losses",
+        help="list the objectives (forget terms, regularizers): equations, hyperparameters, inputs",
     )
     run = sub.add_parser(
         "run",

@@ -123,3 +123,91 @@ def test_missing_local_model_path_and_unprepared_tiny(tmp_path):
         resolve_model_path(load_config([f"model_path={tmp_path / 'none'}"]))
     with pytest.raises(ConfigError, match="npo prepare"):
         resolve_model_path(load_config([f"cache_dir={tmp_path}"]))
+
+
+# ----------------------------------------------------------------------------- objective groups
+
+
+def test_objective_hyperparameters_are_groups_with_their_flat_keys(tmp_path):
+    """Each objective's group (``satimp.beta1``) and the flat key researchers type
+    (``satimp_beta1``) are one setting: in params files, on the command line, as keywords and
+    attributes; a key and its alias in one source are refused."""
+    import dataclasses
+
+    grouped = load_config(["satimp.beta1=3", "rmu.layer=2", "npo.beta=0.5", "simnpo.delta=1"])
+    flat = load_config(["satimp_beta1=3", "rmu_layer=2", "beta=0.5", "delta=1"])
+    assert grouped == flat and flat.satimp.beta1 == 3.0 and flat.rmu.layer == 2
+    assert flat.satimp_beta1 == 3.0 and flat.beta == 0.5 and flat.delta == 1.0
+    p = tmp_path / "p.yaml"
+    p.write_text("wga_beta: 2.0\nrmu_trainable_modules: [mlp]\nundial:\n  beta: 3.0\n")
+    cfg = load_config([str(p)])
+    assert (cfg.wga.beta, cfg.rmu.trainable_modules, cfg.undial_beta) == (2.0, ["mlp"], 3.0)
+    assert Config(beta=0.2).npo.beta == 0.2
+    assert dataclasses.replace(Config(), rmu_alpha=3.0).rmu.alpha == 3.0
+    assert dataclasses.replace(Config(satimp_beta2=2.0), satimp_beta1=1.0).satimp.beta2 == 2.0
+    with pytest.raises(ConfigError, match="'beta' is another name of 'npo.beta'"):
+        load_config(["beta=0.2", "npo.beta=0.3"])
+    with pytest.raises(ConfigError, match="satimp_beta1"):  # a typo of an alias: suggested
+        load_config(["satimp_beta=1"])
+    with pytest.raises(ConfigError, match="'beta' \\('npo.beta'\\) got 'fast'"):
+        load_config(["beta=fast"])
+
+
+def test_ranges_come_from_the_groups():
+    with pytest.raises(ConfigError, match="beta must be > 0, got 0"):
+        load_config(["beta=0"])
+    with pytest.raises(ConfigError, match="wga_beta must be >= 0"):
+        load_config(["wga.beta=-1"])
+    with pytest.raises(ConfigError, match="set SimNPO's gamma or delta"):
+        load_config(["gamma=0.5", "simnpo.delta=1"])
+    with pytest.raises(ConfigError, match="rmu_layer: 2.5 is neither a block index"):
+        load_config(["rmu_layer=2.5"])
+
+
+def test_flat_keys_of_an_old_run_folder_still_load(tmp_path):
+    """A config.yaml written before the groups (flat keys) loads to the same config."""
+    old = tmp_path / "config.yaml"
+    old.write_text("beta: 1.0\nrmu_layer: 2\nsatimp_beta1: 4.0\nrmu_trainable_layers: [1, 2]\n")
+    cfg = load_config([str(old)])
+    assert cfg == load_config(
+        ["npo.beta=1", "rmu.layer=2", "satimp.beta1=4", "rmu_trainable_layers=[1,2]"]
+    )
+    again = load_config([str(save_config(cfg, tmp_path / "new.yaml"))])
+    assert again == cfg and "npo:" in (tmp_path / "new.yaml").read_text()
+
+
+def test_every_objective_params_file_loads():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "params"
+    files = [*root.glob("*_gd.yaml"), root / "rmu_act.yaml", *root.glob("tiny_*.yaml")]
+    assert len(files) >= 10
+    for f in files:
+        load_config([str(root / "tiny_forget.yaml"), str(f)])
+    rmu = load_config([str(root / "rmu_gd.yaml")])
+    assert (rmu.rmu.layer, rmu.rmu.steering_coeff) == (2, 100.0)
+
+
+def test_the_study_finds_settings_by_their_flat_keys():
+    from npo_lib.config import with_alias_keys
+
+    nested = {"lr": 1e-3, "rmu": {"layer": 2.0}, "npo": {"beta": 0.1}}
+    flat = with_alias_keys(nested, Config)
+    assert flat["rmu_layer"] == 2.0 and flat["beta"] == 0.1 and flat["rmu"] == {"layer": 2.0}
+    assert with_alias_keys({"rmu_layer": 3}, Config) == {"rmu_layer": 3}  # an old flat config
+    from npo_lib.study.study import config_defaults
+
+    assert config_defaults()["rmu_layer"] == 7 / 32 and config_defaults()["rmu.layer"] == 7 / 32
+
+
+def test_print_config_shows_each_objective_group_with_help_range_and_flat_key():
+    import yaml
+
+    from npo_lib.config import annotated_yaml
+
+    text = annotated_yaml(load_config(["satimp_beta1=3"]))
+    assert yaml.safe_load(text)["satimp"]["beta1"] == 3.0
+    line = next(x for x in text.splitlines() if x.strip().startswith("beta1:"))
+    assert "saturation exponent" in line and ">= 0" in line and "flat key satimp_beta1" in line
+    for key in ("npo:", "simnpo:", "wga:", "satimp:", "undial:", "rmu:"):
+        assert f"\n{key}  # " in text, key

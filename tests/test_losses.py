@@ -353,29 +353,32 @@ def test_term_value_names_missing_extra():
 
 
 def test_loss_hyper_comes_from_the_config_and_checks_its_values():
-    extra = {
-        "wga_beta": 1.0,
-        "satimp_beta1": 5.0,
-        "satimp_beta2": 1.0,
-        "undial_beta": 10.0,
-        "rmu_steering_coeff": 20.0,
-        "rmu_alpha": 1.0,
+    """Each term takes its group's values by name (``npo.beta`` is NPO's ``beta``); defaults,
+    ranges and flat aliases live in the group, once."""
+    from npo_lib.errors import ConfigError
+
+    hp = LossHyper.from_config(Config())
+    assert hp.forget_coeff == 1.0 and hp.regularization_coeff == 1.0
+    expect = {
+        "NPO": {"beta": 0.1},
+        "INFLUENCE": {"beta": 0.1},
+        "SimNPO": {"beta": 2.5, "gamma": 0.0},
+        "WGA": {"beta": 1.0},
+        "SatImp": {"beta1": 5.0, "beta2": 1.0},
+        "UNDIAL": {"beta": 10.0},
+        "RMU": {"steering_coeff": 20.0},
+        "GA": {},
     }
-    assert LossHyper.from_config(Config()) == LossHyper(
-        beta=0.1, simnpo_beta=2.5, gamma=0.0, forget_coeff=1.0, regularization_coeff=1.0, **extra
-    )
+    for name, args in expect.items():
+        assert hp.arguments(FORGET_TERMS[name]) == args, name
+    assert hp.arguments(REGULARIZERS["ACT"]) == {"alpha": 1.0}
     assert hyper(beta=0.2, forget_coeff=2).forget_coeff == 2.0
-    with pytest.raises(TypeError):  # no defaults of its own: every value comes from the config
-        LossHyper(beta=0.2)  # type: ignore[call-arg]
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        LossHyper(
-            beta=0.0,
-            simnpo_beta=2.5,
-            gamma=0.0,
-            forget_coeff=1.0,
-            regularization_coeff=1.0,
-            **extra,
-        )
+    assert hyper(beta=0.2).arguments(FORGET_TERMS["TNPO"]) == {"beta": 0.2}
+    assert LossHyper().arguments(FORGET_TERMS["NPO"]) == {"beta": 0.1}  # absent: its defaults
+    with pytest.raises(ConfigError, match="beta must be > 0"):
+        hyper(beta=0.0)
+    with pytest.raises(ConfigError, match="satimp_beta1 must be >= 0"):
+        hyper(satimp_beta1=-1.0)
 
 
 def test_composed_loss_npo_gd():
@@ -542,7 +545,9 @@ def test_simnpo_takes_the_papers_gamma_or_the_codes_delta():
     logits, labels = make_batch()
     by_delta = term_value(FORGET_TERMS["SimNPO"], logits, labels, hyper(simnpo_beta=3.5, delta=1.0))
     assert by_delta.item() == pytest.approx(simnpo_loss(logits, labels, 3.5, 3.5).item(), abs=1e-12)
-    assert hyper(simnpo_beta=3.5, gamma=0.5).gamma == 0.5 and hyper().gamma == 0.0
+    simnpo = FORGET_TERMS["SimNPO"]
+    assert hyper(simnpo_beta=3.5, gamma=0.5).arguments(simnpo)["gamma"] == 0.5
+    assert hyper().arguments(simnpo)["gamma"] == 0.0
     with pytest.raises(ConfigError, match="gamma or delta"):
         Config(gamma=0.5, delta=1.0)
 
@@ -690,3 +695,70 @@ def test_rmu_compositions():
     assert set(logs) == {"forget/RMU", "reg/GD", "reg/ACT", "loss"}
     with pytest.raises(ValueError, match="RMU reads hidden"):
         term_value(FORGET_TERMS["RMU"], logits, labels, hp, control_vec=u)
+
+
+# ----------------------------------------------------------------------------- declaring a term
+
+
+def test_a_term_is_checked_against_its_group_when_it_registers():
+    """The function's keywords after its inputs are its group's fields, by name: a mismatch
+    fails at import, not at the first step."""
+    from dataclasses import dataclass
+
+    from npo_lib.objectives.catalog import Params, Term, hp
+    from npo_lib.objectives.losses.wga import WGAParams
+
+    @dataclass
+    class Demo(Params):
+        alpha: float = hp(1.0, "a demo weight", ge=0)
+
+    def good(logits, labels, ref_logits, alpha):
+        return alpha * ce(logits, labels)
+
+    def bad(logits, labels, ref_logits, beta):
+        return beta * ce(logits, labels)
+
+    assert Term("X", good, "full", needs=("ref_logits",), params=Demo).hyper_args == ("alpha",)
+    with pytest.raises(TypeError, match="neither inputs nor fields"):
+        Term("X", bad, "full", needs=("ref_logits",), params=Demo)
+    with pytest.raises(TypeError, match="lacks the inputs"):
+        Term("X", good, "full", needs=("ref_logits", "token_weights"), params=Demo)
+    with pytest.raises(TypeError, match="block"):
+        Term("X", good, "full", needs=("ref_logits",), params=WGAParams, reads="hidden")
+
+
+def test_a_group_declared_after_the_schema_fails_loudly():
+    from dataclasses import dataclass
+
+    from npo_lib.objectives.catalog import Params, hp, param_group
+
+    with pytest.raises(RuntimeError, match="registered after npo_lib.config.schema.Config"):
+
+        @param_group("late", "too late")
+        @dataclass
+        class Late(Params):
+            x: float = hp(1.0, "x")
+
+
+def test_objectives_reference_lists_every_term_with_its_hyperparameters_and_inputs():
+    from npo_lib.training.describe import objectives_reference
+
+    docs = {d["name"]: d for d in objectives_reference()}
+    assert set(docs) == {*FORGET_TERMS, *REGULARIZERS}
+    npo = docs["NPO"]
+    assert npo["kind"] == "forget" and npo["equation"] == FORGET_TERMS["NPO"].doc
+    assert npo["hyperparameters"] == [
+        {
+            "key": "npo.beta",
+            "alias": "beta",
+            "default": 0.1,
+            "range": "> 0",
+            "help": "NPO / TNPO / INFLUENCE temperature β",
+            "argument": True,
+        }
+    ]
+    assert [i["name"] for i in npo["inputs"]] == ["ref_seq_logp"] and npo["inputs"][0]["doc"]
+    rmu = {h["key"]: h for h in docs["RMU"]["hyperparameters"]}
+    assert rmu["rmu.layer"]["default"] == 7 / 32 and not rmu["rmu.layer"]["argument"]
+    assert docs["ACT"]["kind"] == "regularizer" and docs["ACT"]["group"] == "rmu"
+    assert docs["GD"]["hyperparameters"] == [] and docs["GD"]["inputs"] == []

@@ -1,9 +1,9 @@
 """Every check a config can fail without loading a model: the names each registry owns.
 
 :func:`npo_lib.config.load_config` checks keys, types and ranges; this adds the names (model
-family, objective, influence scorer and preconditioner, selection method, attacks) and the limits of the
-embedded benchmark generator. Every command and run function calls :func:`check_config` first,
-so a bad value fails in one line before any model loads.
+family, objective, influence scorer and preconditioner, selection method, attacks) and the
+limits of the embedded benchmark generator. Every command and run function calls
+:func:`check_config` first, so a bad value fails in one line before any model loads.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from npo_lib.influence.scorers import Scorer, get_scorer
 from npo_lib.influence.selection import check_selection
 from npo_lib.models.families import get_family
 from npo_lib.objectives.registry import LossSpec, parse_loss
-from npo_lib.training.arguments import rmu_trainable_blocks
 
 
 def check_config(cfg: Config) -> LossSpec:
@@ -32,11 +31,6 @@ def check_config(cfg: Config) -> LossSpec:
     check_selection(cfg.selection)
     check_benchmark_config(cfg.benchmark)
     check_influence_settings(cfg)
-    negative = [i for i in cfg.rmu_trainable_layers if i < 0]
-    if negative:
-        raise ConfigError(
-            f"rmu_trainable_layers: block {negative[0]} is negative; blocks count from 0"
-        )
     unknown = [a for a in cfg.eval.robustness if a not in ATTACKS]
     if unknown:
         raise ConfigError(
@@ -52,7 +46,8 @@ def check_influence_settings(cfg: Config) -> Scorer:
     scorer = get_scorer(ic.scorer)
     if ic.preconditioner not in PRECONDITIONERS:
         raise ConfigError(
-            f"influence.preconditioner '{ic.preconditioner}' is unknown; valid: {', '.join(PRECONDITIONERS)}"
+            f"influence.preconditioner '{ic.preconditioner}' is unknown; "
+            f"valid: {', '.join(PRECONDITIONERS)}"
         )
     if ic.modules not in MODULE_SETS:
         raise ConfigError(
@@ -60,25 +55,28 @@ def check_influence_settings(cfg: Config) -> Scorer:
         )
     if ic.modules == "lora" and cfg.LoRA.r <= 0:
         raise ConfigError(
-            "influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 (or another influence.modules)"
+            "influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 (or another "
+            "influence.modules)"
         )
     if ic.modules == "lora" and not scorer.supports_lora:
         raise ConfigError(
-            f"influence.scorer={scorer.name} tracks the base model's Linear layers: use another influence.modules"
+            f"influence.scorer={scorer.name} tracks the base model's Linear layers: use another "
+            f"influence.modules"
         )
     if scorer.requires and importlib.util.find_spec(scorer.requires) is None:
         raise ConfigError(
-            f"influence.scorer={scorer.name} needs the optional package {scorer.requires}, which is not installed: "
+            f"influence.scorer={scorer.name} needs the optional package {scorer.requires}, which "
+            f"is not installed: "
             "pip install -e '.[influence]' (see pyproject); the built-in scorers need nothing more"
         )
     return scorer
 
 
 def check_activation_layers(cfg: Config, spec: LossSpec, model_path: str) -> None:
-    """RMU / ACT: the block ℓ they read and the blocks that train exist in the model at
-    ``model_path`` (its ``config.json``, read without loading the model; a hub id is checked
-    when it loads). ℓ stays below the last block: HF returns that block's output after the
-    final norm, not the residual stream."""
+    """RMU / ACT: the block ℓ they read and the blocks that train, resolved against the depth
+    of the model at ``model_path`` (its ``config.json``, read without loading the model; a hub
+    id is checked when it loads), exist in it. ℓ stays below the last block: HF returns that
+    block's output after the final norm, not the residual stream."""
     if not spec.reads_hidden:
         return
     config = Path(model_path) / "config.json"
@@ -87,13 +85,17 @@ def check_activation_layers(cfg: Config, spec: LossSpec, model_path: str) -> Non
     n = json.loads(config.read_text()).get("num_hidden_layers")
     if not isinstance(n, int):
         return
-    if cfg.rmu_layer > n - 2:
+    params = getattr(cfg, spec.hidden_group)
+    ell = params.block(n)
+    if ell > n - 2:
+        given = "" if float(params.layer).is_integer() else f" (block {ell} of {n})"
         raise ConfigError(
-            f"rmu_layer={cfg.rmu_layer}: the model at {model_path} has {n} decoder blocks; RMU / ACT read "
-            f"the output of a block below the last (0..{n - 2})"
+            f"rmu_layer={params.layer:g}{given}: the model at {model_path} has {n} decoder "
+            f"blocks; RMU / ACT read the output of a block below the last (0..{n - 2})"
         )
-    missing = [i for i in rmu_trainable_blocks(cfg) if i >= n]
+    missing = [i for i in params.trainable_blocks(n) if i >= n]
     if missing:
         raise ConfigError(
-            f"rmu_trainable_layers: block {missing[0]} does not exist in the model at {model_path} ({n} blocks)"
+            f"rmu_trainable_layers: block {missing[0]} does not exist in the model at "
+            f"{model_path} ({n} blocks)"
         )

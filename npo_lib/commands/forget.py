@@ -28,48 +28,22 @@ from npo_lib.config import Config, save_config
 from npo_lib.data.dataset import UnlearningDataset, ViewCollator
 from npo_lib.data.sources import load_eval_set, load_forget
 from npo_lib.embedded.paths import resolve_data_path, resolve_model_path
-from npo_lib.errors import ConfigError
 from npo_lib.eval.generation import greedy_fact_recall
-from npo_lib.influence.selection import needs_facts
 from npo_lib.models.families import get_family
 from npo_lib.models.loading import load_model, load_tokenizer
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper, LossSpec
-from npo_lib.training.arguments import (
-    TrainSettings,
-    rmu_trainable_blocks,
-    save_trained,
-    train_only_blocks,
-    training_arguments,
-)
+from npo_lib.training.arguments import TrainSettings, save_trained, training_arguments
+from npo_lib.training.inputs import InputContext, check_inputs, prepare_inputs
 from npo_lib.utils import dist
-from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
-
-REF_FILE = "ref_logprobs.safetensors"
 
 
 def check_forget_config(cfg: Config) -> tuple[Path, LossSpec]:
     """Every check that needs no model: the config's names and values, INFLUENCE's inputs, the
     run folder's state. Returns the run folder and the parsed objective."""
     spec = check_config(cfg)
-    if "token_weights" in spec.needs and needs_facts(cfg.selection):
-        forget = load_forget(resolve_data_path(cfg), cfg.split, cfg.task_id)
-        missing = next((i for i, r in enumerate(forget) if not r.get("fact_spans")), None)
-        if missing is not None:
-            raise ConfigError(
-                f"selection.method=oracle needs fact_spans, which forget record {missing} of "
-                f"{resolve_data_path(cfg)} lacks (the embedded benchmark marks its fact tokens; "
-                "public benchmarks do not): choose another selection.method"
-            )
-    if "token_weights" in spec.needs:
-        scores = influence_files(cfg) / "scores.safetensors"
-        if not scores.is_file():
-            raise ConfigError(
-                f"forget_loss={cfg.forget_loss} needs token influence scores: expected {scores}. "
-                "Make them with `npo influence` (same model, data_path, split, task_id) "
-                "or point influence_dir=... at a folder holding scores.safetensors"
-            )
+    check_inputs(InputContext(cfg, spec, influence_dir=influence_files(cfg)))
     out = run_dir(cfg)
     check_run_folder(out, cfg)
     return out, spec
@@ -102,8 +76,6 @@ def build_trainer(
     """(trainer, tokenizer, dataset) of a forget run: data, model (LoRA), cached reference,
     INFLUENCE's token weights, for KL / UNDIAL / ACT without LoRA a frozen reference model and,
     for RMU / ACT, only the chosen blocks trainable."""
-    from npo_lib.influence.files import load_token_weights
-    from npo_lib.objectives.reference import ReferenceLogprobs
     from npo_lib.training.trainer import UnlearningTrainer
 
     check_activation_layers(cfg, spec, model_path)
@@ -127,16 +99,8 @@ def build_trainer(
     model = load_model(cfg, model_path, device=args.device.type)
     if cfg.LoRA.r > 0:
         model = apply_lora(model, cfg.LoRA)
-    if spec.reads_hidden:  # RMU: only some blocks train (GD / KL then train the same ones)
-        train_only_blocks(model, rmu_trainable_blocks(cfg), cfg.rmu_trainable_modules)
     if args.gradient_checkpointing:
         model.config.use_cache = False
-    ref_key = fingerprint(model_path, dataset.fingerprint(view), view, cfg.LoRA.r)
-    weights = (
-        load_token_weights(cfg, influence_files(cfg), dataset, view)
-        if "token_weights" in spec.needs
-        else None
-    )
     trainer = UnlearningTrainer(
         model=model,
         args=args,
@@ -146,16 +110,20 @@ def build_trainer(
         callbacks=list(callbacks),
         loss_spec=spec,
         hyper=LossHyper.from_config(cfg),
-        reference=ReferenceLogprobs.load(out / REF_FILE, ref_key),
-        reference_fingerprint=ref_key,
-        reference_path=out / REF_FILE,
-        token_weights=weights,
         log_file=out / "log.jsonl",
-        hidden_layer=cfg.rmu_layer if spec.reads_hidden else None,
-        control_seed=cfg.seed,
     )
-    if {"ref_logits", "ref_forget_logits", "ref_hidden"} & spec.needs and cfg.LoRA.r == 0:
-        trainer.ref_model = reference_model(cfg, model_path, trainer)
+    prepare_inputs(  # each input the terms need: the reference cache, token weights, RMU's block
+        trainer,
+        InputContext(
+            cfg,
+            spec,
+            out,
+            model_path,
+            dataset,
+            influence_files(cfg),
+            lambda: reference_model(cfg, model_path, trainer),
+        ),
+    )
     return trainer, tokenizer, dataset
 
 

@@ -1,6 +1,8 @@
-"""The configuration: one schema of every default (:mod:`.schema`) and where values come from
-(:mod:`.sources`: params files, ``key=value`` overrides, notebook parameters)."""
+"""The configuration: one schema of every default (:mod:`.schema`, its groups by concept, the
+objectives' hyperparameter groups and their flat aliases: :mod:`.groups`) and where values come
+from (:mod:`.sources`: params files, ``key=value`` overrides, notebook parameters)."""
 
+from npo_lib.config.groups import config_aliases, resolve_aliases, with_alias_keys
 from npo_lib.config.schema import (
     BenchmarkConfig,
     Config,
@@ -38,11 +40,14 @@ __all__ = [
     "TinyModelConfig",
     "annotated_yaml",
     "check_keys",
+    "config_aliases",
     "load_config",
     "nest_keys",
     "parse_overrides",
     "read_params_file",
+    "resolve_aliases",
     "save_config",
     "split_args",
     "to_yaml",
+    "with_alias_keys",
 ]

@@ -23,9 +23,11 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from npo_lib.config.groups import config_aliases, resolve_aliases
 from npo_lib.config.schema import Config
 from npo_lib.errors import ConfigError
 from npo_lib.utils.io import atomic_write_text
+from npo_lib.utils.params import describe_bounds
 
 # ----------------------------------------------------------------------------- key checks
 
@@ -74,14 +76,17 @@ def _type_name(tp: Any) -> str:
 
 
 def check_keys(values: Mapping[str, Any], schema: type, source: str) -> None:
-    """Fail on a key the schema does not know, naming the closest valid keys."""
+    """Fail on a key the schema does not know, naming the closest valid keys (a flat alias such
+    as ``beta`` or ``rmu_layer`` is a key: :mod:`npo_lib.config.groups`)."""
     valid = _schema_fields(schema)
+    values = resolve_aliases(values, schema, source)
     for key, value in _flatten(values).items():
         if key in valid:
             if _dataclass_type(valid[key]) is not None and not isinstance(value, Mapping | None):
                 raise ConfigError(
                     f"{source}: key '{key}' is a group ({_type_name(valid[key])}); "
-                    f"set its fields instead, e.g. {key}.{next(iter(_schema_fields(_dataclass_type(valid[key]))))}=..."
+                    f"set its fields instead, e.g. "
+                    f"{key}.{next(iter(_schema_fields(_dataclass_type(valid[key]))))}=..."
                 )
             continue
         parent = key.rsplit(".", 1)[0] if "." in key else None
@@ -89,7 +94,7 @@ def check_keys(values: Mapping[str, Any], schema: type, source: str) -> None:
             raise ConfigError(
                 f"{source}: key '{parent}' is a {_type_name(valid[parent])}, not a group"
             )
-        close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(key, [*valid, *config_aliases(schema)], n=3, cutoff=0.5)
         if not close:  # a typo in the last part of a dotted key
             leaf = key.rsplit(".", 1)[-1]
             close = [
@@ -102,7 +107,8 @@ def check_keys(values: Mapping[str, Any], schema: type, source: str) -> None:
             ]
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(
-            f"{source}: unknown key '{key}'{hint} (valid top-level keys: {', '.join(f.name for f in dataclasses.fields(schema))})"
+            f"{source}: unknown key '{key}'{hint} (valid top-level keys: "
+            f"{', '.join(f.name for f in dataclasses.fields(schema))})"
         )
 
 
@@ -128,7 +134,8 @@ def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
-    """``['lr=1e-5', 'LoRA.r=8']`` -> nested dict; values parsed as YAML scalars (``null``, ``1e-5``)."""
+    """``['lr=1e-5', 'LoRA.r=8']`` -> nested dict; values parsed as YAML scalars (``null``,
+    ``1e-5``)."""
     out: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -216,6 +223,7 @@ def load_config(
     types = _schema_fields(schema)
     for source, values in sources:
         check_keys(values, schema, source)
+        values = resolve_aliases(values, schema, source)
         try:
             merged = OmegaConf.merge(merged, values)
         except OmegaConfBaseException as e:
@@ -223,8 +231,10 @@ def load_config(
             flat = _flatten(values)
             value = flat.get(key, getattr(e, "msg", ""))
             expected = _type_name(types[key]) if key in types else "?"
+            alias = {v: a for a, v in config_aliases(schema).items()}.get(key)
+            named = f"'{alias}' ('{key}')" if alias else f"'{key}'"  # what the user may have typed
             raise ConfigError(
-                f"{source}: key '{key}' got {value!r} ({type(value).__name__}), expected {expected}"
+                f"{source}: key {named} got {value!r} ({type(value).__name__}), expected {expected}"
             ) from e
     try:
         return OmegaConf.to_object(merged)
@@ -239,14 +249,24 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def _comment(f: dataclasses.Field) -> str:
+    """A field's help text, with its range and flat alias when it declares them."""
+    notes = [n for n in (describe_bounds(f), f.metadata.get("alias")) if n]
+    if f.metadata.get("alias"):
+        notes[-1] = f"flat key {notes[-1]}"
+    help_ = f.metadata.get("help", "")
+    return f"{help_} [{'; '.join(notes)}]" if notes else help_
+
+
 def annotated_yaml(cfg: Any, indent: int = 0) -> str:
-    """The resolved config as YAML with each field's help text as a comment (``--print-config``).
+    """The resolved config as YAML with each field's help text as a comment (``--print-config``),
+    and its range and flat alias where it declares them.
 
     Loading it back gives the same config (comments are YAML comments)."""
     lines = []
     pad = "  " * indent
     for f in dataclasses.fields(cfg):
-        value, help_ = getattr(cfg, f.name), f.metadata.get("help", "")
+        value, help_ = getattr(cfg, f.name), _comment(f)
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:  # {help_}" if help_ else f"{pad}{f.name}:")
             lines.append(annotated_yaml(value, indent + 1))

@@ -6,6 +6,8 @@ Labels follow the HF convention: ``labels[:, t]`` is the token at position t, -1
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -85,3 +87,13 @@ def random_unit_vector(dim: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     u = torch.rand(dim, generator=g, dtype=torch.float64)  # (d,)
     return (u / u.norm()).float()
+
+
+def reweighted_ga(logits: Tensor, labels: Tensor, weight_fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """−mean_it w_it · CE_it over the target tokens, ``w = weight_fn(p)`` of the detached label
+    probabilities ``p_it = exp(−CE_it)`` ``(B, T-1)`` (WGA, SatImp: open-unlearning's token mean
+    over the batch)."""
+    logp, mask = token_logprobs(logits, labels)  # (B, T-1), log p_t (0 where masked)
+    p = logp.detach().exp()  # (B, T-1)  p_t = exp(−CE_t), a constant of the gradient
+    w = weight_fn(p) * mask  # (B, T-1)
+    return (w * logp).sum() / mask.sum().clamp_min(1)  # = −Σ w·CE / Σ m

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from npo_lib.commands.evaluation import METRICS_FILE, evaluate
-from npo_lib.config import Config, StudyConfig, load_config
+from npo_lib.config import Config, StudyConfig, load_config, with_alias_keys
 from npo_lib.embedded.paths import embedded_paths, uses_embedded
 from npo_lib.errors import ReportError
 from npo_lib.objectives.registry import parse_loss
@@ -40,7 +40,7 @@ def run_config(run: Path) -> dict[str, Any]:
     file = run / "config.yaml"
     if not file.is_file():
         raise ReportError(f"{run} has no config.yaml: not a forget run folder")
-    return yaml.safe_load(file.read_text())
+    return with_alias_keys(yaml.safe_load(file.read_text()), Config)  # rmu_layer: rmu.layer
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -72,7 +72,7 @@ def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
 
 def config_defaults() -> dict[str, Any]:
     """Every config key's default, flat (dotted keys)."""
-    return flatten(asdict(Config()))
+    return flatten(with_alias_keys(asdict(Config()), Config))
 
 
 def method_label(cfg: Mapping[str, Any], keys: Sequence[str], defaults: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from npo_lib.config import StudyConfig
+from npo_lib.config import Config, StudyConfig, with_alias_keys
 from npo_lib.errors import ReportError
 from npo_lib.study.adaptive import HEADLINE, Axis, Proposal, propose_next
 from npo_lib.study.frontier import RunResult, by_method
@@ -52,7 +52,7 @@ def axes(study: StudyConfig) -> list[Axis]:
 
 def _spec_values(spec: Any) -> dict[str, Any]:
     """The flat config every point of a sweep starts from (its params files and config)."""
-    return flatten(asdict(spec_config(spec)))
+    return flatten(with_alias_keys(asdict(spec_config(spec)), Config))
 
 
 def next_file(out_dir: Path, stem: str, tag: str = "next") -> Path:

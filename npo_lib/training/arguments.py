@@ -17,7 +17,8 @@ from npo_lib.utils import dist
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The optimisation numbers of one run (from the config's top level or its ``finetune`` group)."""
+    """The optimisation numbers of one run (from the config's top level or its ``finetune``
+    group)."""
 
     lr: float
     num_epochs: int
@@ -112,14 +113,6 @@ def training_arguments(
     )
 
 
-def rmu_trainable_blocks(cfg: Config) -> list[int]:
-    """The decoder blocks RMU trains: ``rmu_trainable_layers``, else ℓ−2..ℓ (WMDP's layer_ids
-    5, 6, 7 for layer_id 7; open-unlearning's default the same)."""
-    if cfg.rmu_trainable_layers:
-        return sorted(set(cfg.rmu_trainable_layers))
-    return list(range(max(0, cfg.rmu_layer - 2), cfg.rmu_layer + 1))
-
-
 _BLOCK_PARAM = re.compile(
     r"(?:^|\.)layers\.(\d+)\.(.+)$"
 )  # "...layers.<i>.<path inside the block>"
@@ -151,7 +144,8 @@ def train_only_blocks(model: Any, blocks: Sequence[int], modules: Sequence[str])
             kept.append(name)
     if not kept:
         raise ConfigError(
-            f"rmu_trainable_layers={list(blocks)} / rmu_trainable_modules={list(modules)} leave no parameter to train"
+            f"rmu_trainable_layers={list(blocks)} / rmu_trainable_modules={list(modules)} leave "
+            f"no parameter to train"
         )
     return kept
 
@@ -170,7 +164,8 @@ def group_by_length_kwargs() -> dict:
 
 def save_trained(cfg: Config, trainer: Any, tokenizer: Any, out: Path) -> Path | None:
     """``model/`` (full fine-tuning; ZeRO-3 shards gathered), or ``adapter/`` plus, with
-    ``save_merged``, the merged ``model/`` under LoRA. Returns the model folder (None: adapter only)."""
+    ``save_merged``, the merged ``model/`` under LoRA. Returns the model folder (None: adapter
+    only)."""
     if cfg.LoRA.r == 0:
         trainer.save_model(str(out / "model"))
         return out / "model"

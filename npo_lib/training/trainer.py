@@ -1,15 +1,15 @@
 """The forgetting trainer: one HF ``Trainer`` subclass that wires data to registered loss terms.
 
-Everything a method is made of lives in :mod:`npo_lib.objectives.registry`; this class only
+Everything a method is made of lives in its module under :mod:`npo_lib.objectives.losses`, and
+every input a term needs comes from its provider (:mod:`npo_lib.training.inputs`); this class
 
-1. runs the forward pass on the view each term reads (forget view, and ``retain`` for GD / KL),
-2. hands the terms their cached reference log-probs (computed once, before the first update,
-   from the model itself: no second model in memory for NPO / TNPO / INFLUENCE),
-3. gives KL / UNDIAL a frozen reference distribution and ACT frozen reference activations (the
-   base model with the LoRA adapter disabled, or a separate frozen copy),
-4. asks the model for its hidden states only when a term reads activations (RMU, ACT), and hands
-   RMU its fixed seeded direction u, and
-5. logs every term, and stops on a non-finite loss naming the step and the term.
+1. fetches the inputs the objective's terms need, from their providers (the cached reference
+   log-probs, computed once before the first update from the model itself: no second model in
+   memory for NPO / TNPO / INFLUENCE; a frozen reference's logits or activations, from a frozen
+   copy or the base model with the LoRA adapter off; RMU's fixed seeded direction u),
+2. runs the forward pass on the view each term reads (forget view, and ``retain`` for GD / KL),
+   with the hidden states only when a term reads activations (RMU, ACT), and
+3. logs every term, and stops on a non-finite loss naming the step and the term.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from npo_lib.errors import UserError
 from npo_lib.objectives.primitives import random_unit_vector
 from npo_lib.objectives.reference import ReferenceLogprobs, compute_reference_logprobs
 from npo_lib.objectives.registry import LossHyper, LossSpec, composed_loss
+from npo_lib.training.inputs import batch_inputs
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -35,12 +36,15 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 
 class UnlearningTrainer(Trainer):
-    """HF ``Trainer`` whose loss is a :class:`~npo_lib.objectives.registry.LossSpec` over the batch's views.
+    """HF ``Trainer`` whose loss is a :class:`~npo_lib.objectives.registry.LossSpec` over the
+    batch's views.
 
     Batches come from :class:`~npo_lib.data.dataset.UnlearningDataset` + :class:`ViewCollator`:
-    ``{"index", <forget view>, "retain"}``. ``token_weights`` (``(N, T_max)``, aligned with each
-    example's unshifted forget-view labels) feed INFLUENCE. ``hidden_layer`` is the decoder block
-    ℓ (0-based) whose output RMU / ACT read; ``control_seed`` seeds RMU's direction u.
+    ``{"index", <forget view>, "retain"}``. The keywords after ``hyper`` hold what the input
+    providers prepare (:func:`npo_lib.training.inputs.prepare_inputs` fills them): the cached
+    reference, ``token_weights`` (``(N, T_max)``, aligned with each example's unshifted
+    forget-view labels) for INFLUENCE, a frozen ``ref_model``, ``hidden_layer`` (the decoder
+    block ℓ, 0-based, whose output RMU / ACT read) and ``control_seed`` (RMU's direction u).
     """
 
     def __init__(
@@ -76,10 +80,7 @@ class UnlearningTrainer(Trainer):
         if hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(RetainPairingCallback(self.train_dataset))
 
-    # -- inputs the terms need ------------------------------------------------------------
-
-    def _needs_reference(self) -> bool:
-        return bool({"ref_seq_logp", "ref_token_logp"} & self.loss_spec.needs)
+    # -- state of the inputs the terms need (their providers read it) ---------------------
 
     def ensure_reference(self, model: torch.nn.Module) -> None:
         """Compute the cached reference log-probs with the not-yet-updated model, once.
@@ -88,12 +89,13 @@ class UnlearningTrainer(Trainer):
         ZeRO-3 every rank takes part in the same forwards; every rank computes the whole
         (small) forget set, rank 0 writes the cache file the run folder keeps for resumes.
         """
-        if self.reference is not None or not self._needs_reference():
+        if self.reference is not None:
             return
         if self.state.global_step > 0:
             raise RuntimeError(
                 "reference log-probs are missing after training started (a resumed run needs the "
-                f"run folder's cache {self.reference_path}); start the run again with overwrite=true"
+                f"run folder's cache {self.reference_path}); start the run again with "
+                f"overwrite=true"
             )
         self.reference = compute_reference_logprobs(
             model,
@@ -107,21 +109,10 @@ class UnlearningTrainer(Trainer):
         if self.reference_path is not None and self.is_world_process_zero():
             self.reference.save(self.reference_path)
 
-    def _extras(self, inputs: dict[str, Any], forget: dict[str, Tensor]) -> dict[str, Tensor]:
-        idx = inputs["index"].cpu()
-        width = forget["labels"].shape[1] - 1  # shifted frame of this batch
-        device = forget["labels"].device
-        extras: dict[str, Tensor] = {}
-        needs = self.loss_spec.needs
-        if "ref_seq_logp" in needs:
-            extras["ref_seq_logp"] = self.reference.seq[idx].to(device)
-        if "ref_token_logp" in needs:
-            extras["ref_token_logp"] = self.reference.token[idx, :width].to(device)
-        if "token_weights" in needs:
-            if self.token_weights is None:
-                raise ValueError(f"loss {self.loss_spec.name} needs token weights (influence_dir)")
-            extras["token_weights"] = self.token_weights[idx, 1 : width + 1].to(device)
-        return extras
+    def reference_logprobs(self, model: torch.nn.Module) -> ReferenceLogprobs:
+        """The cached reference log-probs, computed first if the run has none yet."""
+        self.ensure_reference(model)
+        return self.reference
 
     @torch.no_grad()
     def reference_outputs(
@@ -163,43 +154,38 @@ class UnlearningTrainer(Trainer):
     # -- the loss -------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Forward the views the loss reads and sum its registered terms."""
-        self.ensure_reference(model)
-        spec, needs = self.loss_spec, self.loss_spec.needs
+        """Fetch the inputs the terms need, forward the views they read, sum the terms."""
+        spec = self.loss_spec
+        kwargs: dict[str, Any] = batch_inputs(self, model, inputs)
         forget = inputs[spec.forget.view]
-        forget_hidden = spec.forget.reads == "hidden"
-        forget_out = model(
-            input_ids=forget["input_ids"],
-            attention_mask=forget["attention_mask"],
-            **({"output_hidden_states": True} if forget_hidden else {}),
-        )
-        kwargs: dict[str, Any] = self._extras(inputs, forget)
-        if forget_hidden:
+        forget_out = self._forward(model, forget, spec.forget.reads == "hidden")
+        if spec.forget.reads == "hidden":
             kwargs["forget_hidden"] = self.layer_activations(forget_out)
-        if "control_vec" in needs:
-            h = kwargs["forget_hidden"]
-            kwargs["control_vec"] = self.control_vector(h.shape[-1], h.device)
-        if "ref_forget_logits" in needs:
-            kwargs["ref_forget_logits"] = self.reference_logits(model, forget)
         if spec.regularizers:
             retain = inputs["retain"]
             retain_hidden = any(t.reads == "hidden" for t in spec.regularizers)
-            retain_out = model(
-                input_ids=retain["input_ids"],
-                attention_mask=retain["attention_mask"],
-                **({"output_hidden_states": True} if retain_hidden else {}),
-            )
+            retain_out = self._forward(model, retain, retain_hidden)
             kwargs["retain_logits"] = retain_out.logits
             kwargs["retain_labels"] = retain["labels"]
             if retain_hidden:
                 kwargs["retain_hidden"] = self.layer_activations(retain_out)
-            if {"ref_logits", "ref_hidden"} & needs:
-                ref = self.reference_outputs(model, retain, hidden="ref_hidden" in needs)
-                if "ref_logits" in needs:
-                    kwargs["ref_logits"] = ref.logits
-                if "ref_hidden" in needs:
-                    kwargs["ref_hidden"] = self.layer_activations(ref)
         loss, logs = composed_loss(spec, forget_out.logits, forget["labels"], self.hyper, **kwargs)
+        self._check_finite(logs)
+        if model.training:
+            for k, v in logs.items():
+                self._term_sums[k] += v
+            self._term_count += 1
+        return (loss, forget_out) if return_outputs else loss
+
+    @staticmethod
+    def _forward(model: torch.nn.Module, batch: dict[str, Tensor], hidden: bool) -> Any:
+        return model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            **({"output_hidden_states": True} if hidden else {}),
+        )
+
+    def _check_finite(self, logs: dict[str, float]) -> None:
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         if bad:
             last = self._last_checkpoint()
@@ -208,11 +194,6 @@ class UnlearningTrainer(Trainer):
                 + ", ".join(f"{k}={logs[k]}" for k in bad)
                 + (f"; last good checkpoint: {last}" if last else "; no checkpoint was saved yet")
             )
-        if model.training:
-            for k, v in logs.items():
-                self._term_sums[k] += v
-            self._term_count += 1
-        return (loss, forget_out) if return_outputs else loss
 
     def _last_checkpoint(self) -> str | None:
         from transformers.trainer_utils import get_last_checkpoint
