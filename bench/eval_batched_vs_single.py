@@ -1,6 +1,7 @@
 """Batched evaluation against one example at a time, and on 2 ranks, on the tiny embedded model.
 
-    python bench/eval_batched_vs_single.py [--cache DIR] [--max-new-tokens 200] [--threads 1] [--ranks 2]
+    python bench/eval_batched_vs_single.py [--cache DIR] [--max-new-tokens 200]
+        [--threads 1] [--ranks 2]
 
 Prepares params/tiny_quick.yaml into a temporary cache unless ``--cache`` already holds it (or
 should keep it), evaluates the target model with :func:`npo_lib.eval.compute.compute_metrics`
@@ -76,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="torch CPU threads per process (default 1: a 1M-parameter model gains nothing from "
-        "more, and on a shared machine extra threads spin against other processes; 0 = torch's choice)",
+        "more, and on a shared machine extra threads spin against other processes; "
+        "0 = torch's choice)",
     )
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument(
@@ -89,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         "--repeat",
         type=int,
         default=3,
-        help="interleaved repetitions of each path; each part's fastest counts (a shared machine's load varies)",
+        help="interleaved repetitions of each path; each part's fastest counts "
+        "(a shared machine's load varies)",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one rank of the multi-rank run
     return ap
@@ -189,12 +192,14 @@ def multi_rank(
     }
     b, m = _fastest(singles)["seconds"], multi["seconds"]
     print(
-        f"\n{'':<20}{'1 rank s':>10}{f'{args.ranks} ranks s':>11}{'speed-up':>10}   (fastest of {args.repeat} interleaved)"
+        f"\n{'':<20}{'1 rank s':>10}{f'{args.ranks} ranks s':>11}{'speed-up':>10}"
+        f"   (fastest of {args.repeat} interleaved)"
     )
     for part in ("scoring", "generation", "scoring+generation", "total"):
         print(f"{part:<20}{b[part]:>10.2f}{m[part]:>11.2f}{b[part] / m[part]:>9.2f}x")
     print(
-        f"({args.ranks} processes of {args.threads or 'all'} thread(s) each on {os.cpu_count()} CPUs; "
+        f"({args.ranks} processes of {args.threads or 'all'} thread(s) each on "
+        f"{os.cpu_count()} CPUs; "
         f"load average {os.getloadavg()[0]:.1f} at the end)"
     )
     return compare(multi, batched)

@@ -4,7 +4,8 @@ Every section runs in its own process (its own peak memory; an OOM or a CUDA err
 the next one) through npo_lib's real code, on a randomly initialised Llama built from a
 ``LlamaConfig`` directly on the device (bf16 weights, PyTorch sdpa attention):
 
-* ``lora``: NPO+GD with LoRA (``models.lora.apply_lora``) through ``UnlearningTrainer`` / HF Trainer;
+* ``lora``: NPO+GD with LoRA (``models.lora.apply_lora``) through ``UnlearningTrainer`` / HF
+  Trainer;
 * ``full``: NPO+GD, every weight trained (pure bf16 weights and fused AdamW, as ``npo forget``
   does on a GPU);
 * ``influence``: the differential direction and the exact per-token JVP scores
@@ -155,7 +156,8 @@ def lookup_peak_flops(name: str) -> float | None:
 
 
 def gradient_checkpointing(a: argparse.Namespace, shape: Shape) -> bool:
-    """``--gc auto``: on at 1B and up (the llama3 families' default), off for tiny (its family's)."""
+    """``--gc auto``: on at 1B and up (the llama3 families' default), off for tiny (its
+    family's)."""
     return shape.name != "tiny" if a.gc == "auto" else a.gc == "on"
 
 
@@ -200,7 +202,8 @@ def synthetic_example(rng: random.Random, prompt: int, target: int, vocab: int) 
 def build_model(
     shape: Shape, device: str, dtype, attn: str, seed: int = 0, vocab: int | None = None, **ids: int
 ):
-    """A random-init Llama allocated directly on ``device`` in ``dtype`` (never on the CPU first)."""
+    """A random-init Llama allocated directly on ``device`` in ``dtype`` (never on the CPU
+    first)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -292,7 +295,7 @@ def say(msg: str) -> None:
     print(f"[gpu_check] {msg}", flush=True)
 
 
-# ----------------------------------------------------------------------------- sections (child side)
+# ---------------------------------------------------------------------------- sections (child side)
 
 
 def section_probe(a: argparse.Namespace) -> dict[str, Any]:
@@ -343,7 +346,8 @@ def _train_timer(device: str, warmup: int, steps: int):
             self.ends.append(time.perf_counter())
             self.tokens.append(TOKEN_COUNT[0])
             say(
-                f"  step {state.global_step}: {self.ends[-1] - (self.ends[-2] if len(self.ends) > 1 else self.t0):.3f} s"
+                f"  step {state.global_step}: "
+                f"{self.ends[-1] - (self.ends[-2] if len(self.ends) > 1 else self.t0):.3f} s"
             )
             if len(self.ends) >= warmup + steps:
                 control.should_training_stop = True
@@ -419,8 +423,9 @@ def section_forget(
         torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     )  # families.resolve_dtype("auto")
     say(
-        f"{'lora' if lora else 'full'}: building {shape.name} ({shape.like}, {count(shape.n_params)}) on {device} in "
-        f"{str(dtype).removeprefix('torch.')}, sdpa, gradient checkpointing {'on' if gc else 'off'}"
+        f"{'lora' if lora else 'full'}: building {shape.name} ({shape.like}, "
+        f"{count(shape.n_params)}) on {device} in {str(dtype).removeprefix('torch.')}, sdpa, "
+        f"gradient checkpointing {'on' if gc else 'off'}"
     )
     t0 = time.perf_counter()
     model = build_model(shape, device, dtype, "sdpa")
@@ -507,7 +512,10 @@ def section_forget(
     loss = float(train_out.training_loss)
     if not math.isfinite(loss):
         raise RuntimeError(f"non-finite training loss {loss}")
-    note = f"{timed_steps} timed steps after {a.warmup} warmup, B={a.batch_size} x T={a.seq_len} x 2 views, loss {loss:.4f}"
+    note = (
+        f"{timed_steps} timed steps after {a.warmup} warmup, "
+        f"B={a.batch_size} x T={a.seq_len} x 2 views, loss {loss:.4f}"
+    )
     if lora:
         moved = max(
             float(p.detach().abs().max())
@@ -522,7 +530,10 @@ def section_forget(
         flops, formula = 4 * n_params + 6 * n_lora, "4N + 6N_lora"
     else:
         changed = float((probe_w.detach() != before).float().mean())
-        note += f", block-0 down_proj weights changed by the {timed_steps + a.warmup} steps at lr 1e-5: {changed:.1%}"
+        note += (
+            f", block-0 down_proj weights changed by the {timed_steps + a.warmup} steps "
+            f"at lr 1e-5: {changed:.1%}"
+        )
         flops, formula = 6 * n_params, "6N"
     rows.append(
         row(
@@ -548,7 +559,8 @@ def section_forget(
 def _influence_modules(
     a: argparse.Namespace, shape: Shape, device: str, bytes_per: int
 ) -> tuple[str, int]:
-    """``--influence-modules auto``: all_linear when 5 copies of θ_S fit, else as many last blocks as fit.
+    """``--influence-modules auto``: all_linear when 5 copies of θ_S fit, else as many last
+    blocks as fit.
 
     The direction holds the forget and retain gradient sums and their means at once (4 copies of
     θ_S in the scoring dtype, 5 in the previous mean_gradients), plus each tracked layer's input
@@ -614,7 +626,8 @@ def section_influence(
         register_precise_attention()
     )  # "npo_eager": plain softmax in the model dtype, has a JVP
     say(
-        f"influence: building {shape.name} ({shape.like}) on {device} in {a.influence_dtype}, attention {attention}"
+        f"influence: building {shape.name} ({shape.like}) on {device} in {a.influence_dtype}, "
+        f"attention {attention}"
     )
     t0 = time.perf_counter()
     model = build_model(shape, device, dtype, attention)
@@ -660,7 +673,8 @@ def section_influence(
     say(f"  warmup compute_token_scores: {time.perf_counter() - t0:.2f} s")
     if len(rows) != len(forget) or any(r.numel() != a.influence_tokens for r in rows):
         raise RuntimeError(
-            f"score rows have lengths {[r.numel() for r in rows]}, expected {a.influence_tokens} each"
+            f"score rows have lengths {[r.numel() for r in rows]}, "
+            f"expected {a.influence_tokens} each"
         )
     if not all(bool(torch.isfinite(r).all()) for r in rows):
         raise RuntimeError("non-finite influence scores")
@@ -708,8 +722,9 @@ def section_influence(
         linear_params=n_lin,
     )
     note = (
-        f"{a.influence_seqs} forget + {a.influence_seqs} retain seqs of {prompt}+{a.influence_tokens} tokens, "
-        f"preconditioner {icfg.preconditioner}, N_S={count(n_s)}, N_down={count(n_down)}, N_lin={count(n_lin)}, "
+        f"{a.influence_seqs} forget + {a.influence_seqs} retain seqs of "
+        f"{prompt}+{a.influence_tokens} tokens, preconditioner {icfg.preconditioner}, "
+        f"N_S={count(n_s)}, N_down={count(n_down)}, N_lin={count(n_lin)}, "
         f"fastest of {a.influence_repeats}"
     )
     return [
@@ -755,7 +770,8 @@ def section_influence(
 def _zero3_world(
     a: argparse.Namespace, shape: Shape, device: str, work: Path
 ) -> tuple[Path, Path, int]:
-    """Benchmark files with traces joined to ~seq-len tokens, and a saved random model + tokenizer."""
+    """Benchmark files with traces joined to ~seq-len tokens, and a saved random model +
+    tokenizer."""
     import torch
 
     from npo_lib.commands.prepare import ensure_benchmark, ensure_tokenizer
@@ -804,7 +820,8 @@ def _zero3_world(
 def section_zero3(
     a: argparse.Namespace, shape: Shape, peak_flops: float | None
 ) -> list[dict[str, Any]]:
-    """run_forget with params/ds/zero3.json under ``python -m deepspeed.launcher.runner --num_gpus 1``."""
+    """run_forget with params/ds/zero3.json under
+    ``python -m deepspeed.launcher.runner --num_gpus 1``."""
     import importlib.util
 
     if importlib.util.find_spec("deepspeed") is None:
@@ -821,7 +838,8 @@ def section_zero3(
     t0 = time.perf_counter()
     data, model_dir, n_params = _zero3_world(a, shape, device, work)
     say(
-        f"zero3: benchmark, tokenizer and {shape.name} model ({count(n_params)}) saved in {time.perf_counter() - t0:.1f} s"
+        f"zero3: benchmark, tokenizer and {shape.name} model ({count(n_params)}) saved in "
+        f"{time.perf_counter() - t0:.1f} s"
     )
     result = work / "worker.json"
     with socket.socket() as s:
@@ -870,9 +888,10 @@ def section_zero3(
             peak_flops=peak_flops,
             step_s=round(w["seconds"] / w["steps"], 4),
             gradient_checkpointing=w["gc"],
-            note=f"run_forget + params/ds/zero3.json, 1 rank, {w['steps']} timed steps after {a.warmup} warmup (the "
-            f"first holds the reference pass), B={a.batch_size}, benchmark traces joined to <= {a.seq_len} "
-            f"tokens (padding counted), loss {w['loss']:.4f}",
+            note=f"run_forget + params/ds/zero3.json, 1 rank, {w['steps']} timed steps after "
+            f"{a.warmup} warmup (the first holds the reference pass), B={a.batch_size}, "
+            f"benchmark traces joined to <= {a.seq_len} tokens (padding counted), "
+            f"loss {w['loss']:.4f}",
         )
     ]
 
@@ -1021,7 +1040,10 @@ def run_child(a: argparse.Namespace, section: str, shape: str, work: Path) -> di
 
 
 def fmt_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'section':<22} {'shape':<5} {'dtype':<9} {'tokens/s':>10} {'MFU':>6} {'FLOPs/token':<22} {'peak GiB':>8}  status"
+    head = (
+        f"{'section':<22} {'shape':<5} {'dtype':<9} {'tokens/s':>10} {'MFU':>6} "
+        f"{'FLOPs/token':<22} {'peak GiB':>8}  status"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") is not None else "-"
@@ -1033,7 +1055,8 @@ def fmt_table(rows: list[dict[str, Any]]) -> str:
         peak = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") is not None else "-"
         status = r["status"] + (f": {r['note']}" if r["status"] != "ok" and r.get("note") else "")
         lines.append(
-            f"{r['section']:<22} {r.get('shape', '-'):<5} {r.get('dtype', '-'):<9} {tps:>10} {mfu:>6} "
+            f"{r['section']:<22} {r.get('shape', '-'):<5} {r.get('dtype', '-'):<9} "
+            f"{tps:>10} {mfu:>6} "
             f"{r.get('formula', '-'):<22} {peak:>8}  {status}"
         )
     return "\n".join(lines)
@@ -1127,7 +1150,8 @@ def parent(a: argparse.Namespace) -> int:
         for i, shape in enumerate(ladder):
             est = memory_estimate(section, shape, a) / GIB
             say(
-                f"--- {section} on {shape.name} ({shape.like}; estimated {est:.0f} GiB), {a.deadline - time.time():.0f} s of the budget left"
+                f"--- {section} on {shape.name} ({shape.like}; estimated {est:.0f} GiB), "
+                f"{a.deadline - time.time():.0f} s of the budget left"
             )
             t0 = time.time()
             res = run_child(a, section, shape.name, work)
@@ -1166,7 +1190,8 @@ def parent(a: argparse.Namespace) -> int:
     elapsed = time.time() - start
     print()
     print(
-        f"GPU check on {info['name']} ({elapsed:.0f} s; MFU against {peak / 1e12:g} TFLOPS bf16 dense)"
+        f"GPU check on {info['name']} ({elapsed:.0f} s; "
+        f"MFU against {peak / 1e12:g} TFLOPS bf16 dense)"
         if peak
         else f"GPU check on {info['name']} ({elapsed:.0f} s; unknown peak: no MFU)"
     )

@@ -157,7 +157,8 @@ def main() -> int:
         else f"cpu, {args.threads} thread(s) of {os.cpu_count()} cores"
     )
     print(
-        f"model: {model_path} ({n_params / 1e6:.2f}M params), influence dtype {cfg.influence.dtype}; device: {device}"
+        f"model: {model_path} ({n_params / 1e6:.2f}M params), "
+        f"influence dtype {cfg.influence.dtype}; device: {device}"
     )
     print(
         f"data: {cfg.split} task {cfg.task_id}: {len(inputs.forget)} forget examples, "
@@ -181,14 +182,17 @@ def main() -> int:
     print(f"\n1. one row of {TOKENS} target tokens (identity direction)")
     print(f"   per-token autograd loop {loop_s * 1e3:8.1f} ms")
     print(
-        f"   JVP                     {jvp_s * 1e3:8.1f} ms   {loop_s / jvp_s:6.1f}x faster   max rel diff {rel(jvp):.1e}"
+        f"   JVP                     {jvp_s * 1e3:8.1f} ms   {loop_s / jvp_s:6.1f}x faster   "
+        f"max rel diff {rel(jvp):.1e}"
     )
     print(
-        f"   finite difference       {fd_s * 1e3:8.1f} ms   {loop_s / fd_s:6.1f}x faster   max rel diff {rel(fd):.1e}"
+        f"   finite difference       {fd_s * 1e3:8.1f} ms   {loop_s / fd_s:6.1f}x faster   "
+        f"max rel diff {rel(fd):.1e}"
     )
     jvp_ok = loop_s / jvp_s >= 30
 
-    # 2. the influence step vs a training epoch, interleaved (influence, training, influence, training)
+    # 2. the influence step vs a training epoch, interleaved
+    # (influence, training, influence, training)
     steps: dict[str, float] = {}
     epoch = float("inf")
     for _ in range(2):
@@ -206,7 +210,8 @@ def main() -> int:
             steps[pre] = min(s, steps.get(pre, float("inf")))
         epoch = min(epoch, training_epoch(cfg, model_path, args.batch_size))
     print(
-        f"\n2. influence step (direction from {len(inputs.forget)} forget + {len(inputs.retain)} retain, "
+        f"\n2. influence step (direction from {len(inputs.forget)} forget + "
+        f"{len(inputs.retain)} retain, "
         f"JVP scores of the forget split) vs one training epoch (NPO, forget split): {epoch:.2f} s"
     )
     ok = jvp_ok
@@ -216,8 +221,10 @@ def main() -> int:
             ok &= s / epoch <= 4
         print(f"   {pre:<9} {s:6.2f} s   {s / epoch:5.2f}x an epoch   (target {target})")
     print(
-        f"\nJVP vs loop: {loop_s / jvp_s:.1f}x (target >= 30x); identity {steps['identity'] / epoch:.2f}x, "
-        f"diagonal {steps['diagonal'] / epoch:.2f}x (target <= 4x), ekfac {steps['ekfac'] / epoch:.2f}x an epoch; "
+        f"\nJVP vs loop: {loop_s / jvp_s:.1f}x (target >= 30x); "
+        f"identity {steps['identity'] / epoch:.2f}x, "
+        f"diagonal {steps['diagonal'] / epoch:.2f}x (target <= 4x), "
+        f"ekfac {steps['ekfac'] / epoch:.2f}x an epoch; "
         f"all targets met: {ok}"
     )
     return 0 if ok else 1

@@ -147,8 +147,9 @@ def _auroc(x: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| path | threads | target forget / retain recall | retain model forget / retain recall | target FQ | "
-        "epochs (target, retain) | AUROC | NPO+GD forget recall, FQ, MU | prepare s | influence s | forget s | bars |"
+        "| path | threads | target forget / retain recall | retain model forget / retain recall "
+        "| target FQ | epochs (target, retain) | AUROC | NPO+GD forget recall, FQ, MU "
+        "| prepare s | influence s | forget s | bars |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -164,8 +165,10 @@ def table(rows: list[dict]) -> str:
             f"| {r['path']} | {r['threads']} | {_pct(t.get('forget'))} / {_pct(t.get('retain'))} | "
             f"{_pct(m.get('forget'))} / {_pct(m.get('retain'))} | {_g(fq.get('target'))} | "
             f"{ep.get('target', '–')}, {ep.get('retain', '–')} | {_auroc(r.get('auroc'))} | "
-            f"{_pct(ng.get('forget_fact_recall'))}, {_g(ng.get('forget_quality'))}, {_g(ng.get('model_utility'))} | "
-            f"{r.get('prepare_s', 0):.0f} | {r.get('influence_s', 0):.0f} | {r.get('forget_s', 0):.0f} | {'ok' if ok else 'FAIL'} |"
+            f"{_pct(ng.get('forget_fact_recall'))}, {_g(ng.get('forget_quality'))}, "
+            f"{_g(ng.get('model_utility'))} | "
+            f"{r.get('prepare_s', 0):.0f} | {r.get('influence_s', 0):.0f} | "
+            f"{r.get('forget_s', 0):.0f} | {'ok' if ok else 'FAIL'} |"
         )
     return "\n".join(lines)
 

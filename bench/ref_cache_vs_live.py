@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
-    """The embedded benchmark + tokenizer (no fine-tuning needed) and a random Llama of that size."""
+    """The embedded benchmark + tokenizer (no fine-tuning needed) and a random Llama of that
+    size."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from npo_lib.commands.prepare import ensure_benchmark, ensure_tokenizer
@@ -180,10 +181,16 @@ def main() -> int:
         )
         weights = n_params * 4
         print(
-            f"model: random Llama hidden={args.hidden} layers={args.layers}, {n_params / 1e6:.1f}M params ({weights / 2**20:.0f} MiB fp32)"
+            f"model: random Llama hidden={args.hidden} layers={args.layers}, "
+            f"{n_params / 1e6:.1f}M params ({weights / 2**20:.0f} MiB fp32)"
         )
         print(
-            f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else f'cpu, {os.cpu_count()} cores'}"
+            "device: "
+            + (
+                "cuda " + torch.cuda.get_device_name()
+                if torch.cuda.is_available()
+                else f"cpu, {os.cpu_count()} cores"
+            )
         )
         results = {}
         for loss in ("NPO", "NPO+GD"):
@@ -200,11 +207,13 @@ def main() -> int:
                 results[loss, mode] = json.loads(r.stdout.strip().splitlines()[-1])
         ok = True
         print(
-            "epoch x: epochs 2-3 of 3 (steady state: the cache is built); total x: all three epochs, "
+            "epoch x: epochs 2-3 of 3 (steady state: the cache is built); "
+            "total x: all three epochs, "
             "the cached run's one-time reference pass included"
         )
         print(
-            f"{'loss':<8} {'live s':>7} {'cached s':>8} {'epoch x':>8} {'target':>7} {'total x':>8} "
+            f"{'loss':<8} {'live s':>7} {'cached s':>8} {'epoch x':>8} {'target':>7} "
+            f"{'total x':>8} "
             f"{'step-1 |d|':>10} {'live MiB':>9} {'cached MiB':>11} {'saved MiB':>10}"
         )
         for loss, target in (("NPO", 1.25), ("NPO+GD", 1.1)):
@@ -215,7 +224,8 @@ def main() -> int:
             saved = live["peak_bytes"] - cached["peak_bytes"]
             ok &= ratio >= target and diff <= 1e-5 and saved >= weights
             print(
-                f"{loss:<8} {sum(live['epoch_seconds'][1:]):>7.2f} {sum(cached['epoch_seconds'][1:]):>8.2f} {ratio:>7.2f}x "
+                f"{loss:<8} {sum(live['epoch_seconds'][1:]):>7.2f} "
+                f"{sum(cached['epoch_seconds'][1:]):>8.2f} {ratio:>7.2f}x "
                 f"{target:>6.2f}x {total:>7.2f}x {diff:>10.1e} {live['peak_bytes'] / 2**20:>9.0f} "
                 f"{cached['peak_bytes'] / 2**20:>11.0f} {saved / 2**20:>10.0f}"
             )

@@ -110,7 +110,8 @@ SYLLABLES = (
     "Cal",
     "Fen",
 )
-TEMPLATES = {  # attribute -> (question, answer, paraphrased question, paraphrased answer); {c} company, {v} value
+# attribute -> (question, answer, paraphrased question, paraphrased answer); {c} company, {v} value
+TEMPLATES = {
     "city": (
         "In which city was {c} founded?",
         "{c} was founded in the city of {v}.",

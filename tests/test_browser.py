@@ -49,7 +49,8 @@ def _chromium() -> str:
     binary = next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
     if binary is None:
         pytest.skip(
-            f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); `apt-get install chromium` (.ci/run does)"
+            f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
+            "`apt-get install chromium` (.ci/run does)"
         )
     return binary
 
@@ -174,7 +175,8 @@ def lab(pipeline) -> Iterator[str]:
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(
-                        f"jupyter lab did not start: {(pipeline.parent / 'jupyterlab.log').read_text()[-2000:]}"
+                        "jupyter lab did not start: "
+                        f"{(pipeline.parent / 'jupyterlab.log').read_text()[-2000:]}"
                     ) from None
                 time.sleep(1)
         yield f"{base}|{token}"
@@ -242,7 +244,8 @@ def test_token_explorer_in_jupyterlab_saved_view_then_live(browser, lab, pipelin
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
     page.wait_for_function(  # every code cell ran, and the explorer is a live widget again
-        "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent);"
+        "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+        ".map(e => e.textContent);"
         " return p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t))"
         " && document.querySelector('.jp-OutputArea-output .widget-dropdown') !== null"
         " && document.querySelector('.jupyter-widgets-disconnected') === null; }",
@@ -258,7 +261,8 @@ def test_token_explorer_in_jupyterlab_saved_view_then_live(browser, lab, pipelin
     # 3. another example
     out.locator(".widget-dropdown select").select_option(index=1)
     page.wait_for_function(
-        "q => document.querySelector('.tnpo-q') && document.querySelector('.tnpo-q').innerText !== q",
+        "q => document.querySelector('.tnpo-q')"
+        " && document.querySelector('.tnpo-q').innerText !== q",
         arg=first["question"],
     )
     second = _explorer_state(out)
@@ -292,7 +296,8 @@ def test_token_explorer_in_jupyterlab_saved_view_then_live(browser, lab, pipelin
     page.keyboard.type(f"{top / 2:.6g}")
     page.keyboard.press("Enter")
     page.wait_for_function(
-        f"() => ({COLOURED})([...document.querySelectorAll('.jp-OutputArea-output .tnpo-tok')]) < {before['coloured']}"
+        f"() => ({COLOURED})([...document.querySelectorAll('.jp-OutputArea-output .tnpo-tok')])"
+        f" < {before['coloured']}"
     )
     after = _explorer_state(out)
     assert (
@@ -344,8 +349,13 @@ def test_heatmap_page_default_scale_colours_every_examples_top_token(browser, pi
     page.goto((pipeline / "heatmaps.html").as_uri())
     rows = page.evaluate(
         """() => [...document.querySelectorAll('.tnpo-example')].map(ex => {
-            const row = name => [...ex.querySelectorAll(`.tnpo-row[data-score="${name}"] .tnpo-tok`)].map(t =>
-                ({v: parseFloat(t.dataset.value), bg: getComputedStyle(t).backgroundColor, title: t.title}));
+            const row = name => [
+                ...ex.querySelectorAll(`.tnpo-row[data-score="${name}"] .tnpo-tok`)
+            ].map(t => ({
+                v: parseFloat(t.dataset.value),
+                bg: getComputedStyle(t).backgroundColor,
+                title: t.title,
+            }));
             return {influence: row('influence'), weight: row('weight')};
         })"""
     )
@@ -369,7 +379,8 @@ def test_heatmap_page_default_scale_colours_every_examples_top_token(browser, pi
     assert _rgb(ranked) is not None
     page.locator("label[for=tnpo-compact]").click()
     heights = page.evaluate(
-        "() => [...document.querySelectorAll('.tnpo-example')].map(e => e.getBoundingClientRect().height)"
+        "() => [...document.querySelectorAll('.tnpo-example')]"
+        ".map(e => e.getBoundingClientRect().height)"
     )
     line = page.evaluate(
         "() => parseFloat(getComputedStyle(document.querySelector('.tnpo-tokens')).lineHeight)"

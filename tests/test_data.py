@@ -395,7 +395,8 @@ def test_real_task2_dataset_builds(rtofu_dir, tokenizer):
 
 
 def test_tofu_layout_names_retain_holdout_and_training_data(tmp_path):
-    """TOFU's published names (no full.json, retain90, holdout10); a missing file names every name tried."""
+    """TOFU's published names (no full.json, retain90, holdout10); a missing file names every name
+    tried."""
     import other_benchmark
 
     from npo_lib.data.sources import load_holdout, load_retain, load_training_records
@@ -410,12 +411,14 @@ def test_tofu_layout_names_retain_holdout_and_training_data(tmp_path):
     (folder / "holdout10.json").rename(folder / "holdout05.json")
     with pytest.raises(
         DataError,
-        match=r"no holdout set in .*looked for holdout10\.json, holdout\.json; .* holds: .*holdout05\.json",
+        match=r"no holdout set in .*looked for holdout10\.json, holdout\.json; "
+        r".* holds: .*holdout05\.json",
     ):
         load_holdout(str(folder), "forget10")
     (folder / "retain90.json").unlink()
     with pytest.raises(
         DataError,
-        match=r"no retain source .*full\.json, retain90\.json, retain99\.json, retain95\.json, retain10\.json",
+        match=r"no retain source .*full\.json, retain90\.json, retain99\.json, "
+        r"retain95\.json, retain10\.json",
     ):
         load_retain(str(folder), "forget10", 1)

@@ -33,7 +33,8 @@ def test_global_top_p_threshold_and_zscore():
     # 8 valid tokens, 25 % -> 2 tokens: the two highest are 2.0 and 0.9 (first of the tied pair)
     assert _sel(method="top_p", p=25.0) == [[1], [0]]
     assert _sel(method="threshold", threshold=0.4) == [[1, 3], [0, 2]]
-    # row 0: mean 0.44, std 0.39 -> z=1 selects > 0.83; row 1 (3 tokens): mean 0.5, std 1.22 -> > 1.72
+    # row 0: mean 0.44, std 0.39 -> z=1 selects > 0.83;
+    # row 1 (3 tokens): mean 0.5, std 1.22 -> > 1.72
     assert _sel(method="zscore", z=1.0) == [[1, 3], [0]]
 
 
@@ -69,7 +70,8 @@ def test_soft_weights_scale_with_score_and_padding_is_zero():
 def test_bad_method_names_valid_ones():
     with pytest.raises(
         ValueError,
-        match="selection.method 'best' is unknown; valid: top_k, top_p, threshold, zscore, random, oracle, inverse",
+        match="selection.method 'best' is unknown; valid: "
+        "top_k, top_p, threshold, zscore, random, oracle, inverse",
     ):
         select(torch.zeros(1, 3), torch.tensor([3]), SelectionConfig(method="best"))
 
@@ -111,7 +113,8 @@ def test_inverse_takes_the_lowest_scores_and_random_is_seeded():
     assert a == b
     draws = {str(_sel(method="random", budget="top_k", k=2, seed=s)) for s in range(10)}
     assert len(draws) > 1  # other seeds pick other tokens
-    # uniform: over many seeds every valid token of row 0 is picked about k / length = 40 % of the time
+    # uniform: over many seeds every valid token of row 0 is picked about k / length = 40 % of the
+    # time
     hits = torch.zeros(5)
     for s in range(400):
         hits += select(S, L, SelectionConfig(method="random", budget="top_k", k=2, seed=s))[

@@ -71,7 +71,8 @@ class UnlearningDataset(Dataset):
         need_idk = any(v in IDK_VIEWS for v in views)
         if need_idk and not idk:
             raise DataError(
-                f"views {', '.join(v for v in views if v in IDK_VIEWS)} need IDK responses: pass idk=load_idk(...)"
+                f"views {', '.join(v for v in views if v in IDK_VIEWS)} need IDK responses: "
+                "pass idk=load_idk(...)"
             )
         idk_rng = random.Random(f"idk:{seed}")
         self.idk_responses: list[str | None] = [

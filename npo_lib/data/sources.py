@@ -75,7 +75,8 @@ def load_file(data_path: str, name: str, required: Sequence[str] = QA_FIELDS) ->
     except Exception as e:  # network, unknown id or config: all mean "not loadable here"
         msg = str(e).splitlines()[0] if str(e) else ""
         raise DataError(
-            f"could not load hub dataset '{data_path}' (config '{name}'): {type(e).__name__}: {msg}. "
+            f"could not load hub dataset '{data_path}' (config '{name}'): "
+            f"{type(e).__name__}: {msg}. "
             "Without network access a hub dataset cannot be downloaded: pass "
             f"data_path=/local/folder holding {name}.json (JSON lines, R-TOFU layout)."
         ) from e
@@ -163,7 +164,8 @@ def load_first(
     held = f"; {folder} holds: {_json_files(folder)}" if folder is not None else ""
     detail = f" ({errors[-1]})" if errors else ""
     raise DataError(
-        f"no {what} in {data_path}: looked for {', '.join(n + '.json' for n in dict.fromkeys(names))}{held}{detail}"
+        f"no {what} in {data_path}: looked for "
+        f"{', '.join(n + '.json' for n in dict.fromkeys(names))}{held}{detail}"
     )
 
 

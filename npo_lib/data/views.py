@@ -75,7 +75,8 @@ def view_text(
     idk_cot: str | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[str, str]:
-    """(prompt, target) strings of ``record`` under ``view`` (the table at the top of this module).
+    """(prompt, target) strings of ``record`` under ``view`` (the table at the top of this
+    module).
 
     Think families: a record with an empty or missing ``cot`` gets an empty trace, so "full"
     is prompt ``U q A Ts`` and target ``Te answer``; the "cot" view then fails (nothing to
@@ -88,20 +89,7 @@ def view_text(
         raise DataError(
             f"view '{view}' needs a record with a question, got fields {', '.join(record)}"
         )
-    if tags.use_tokenizer_template:
-        if tokenizer is None:
-            raise DataError("tags.use_tokenizer_template needs the tokenizer: pass tokenizer=...")
-        head = tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
-        )
-        if not isinstance(head, str):
-            raise DataError(
-                f"apply_chat_template(tokenize=False) returned {type(head).__name__}, not str"
-            )
-        if tags.think_start:  # some templates (DeepSeek-R1's) already open the think block
-            head = head.removesuffix(tags.think_start)
-    else:
-        head = tags.user_start + q + tags.user_end + tags.assistant_start
+    head = _prompt_head(q, tags, tokenizer)
     idk_cot = idk_cot if idk_cot is not None else record.get("idk_cot")
     parts = {
         "Ts": tags.think_start or "",
@@ -119,21 +107,49 @@ def view_text(
                 f"view '{view}' needs think tags; this family has none (answer-only targets)"
             )
         target_parts, prompt_parts = target_parts[-1:], ()
-    if "answer" in target_parts and not isinstance(parts["answer"], str):
-        raise DataError(f"view '{view}' needs an answer; question '{question_head(q)}' has none")
-    if "r" in target_parts and not idk:
-        raise DataError(f"view '{view}' needs an IDK response: pass idk=...")
-    if "idk_cot" in target_parts and not idk_cot:
-        raise DataError(
-            f"view '{view}' needs a hedging trace (idk_cot) for question '{question_head(q)}'"
-        )
-    if target_parts == ("cot",) and not parts["cot"]:
-        raise DataError(
-            f"view 'cot' needs a reasoning trace; question '{question_head(q)}' has none"
-        )
+    _check_target_parts(view, q, target_parts, parts)
     prompt = head + "".join(parts[p] for p in prompt_parts)
     target = "".join(parts[p] for p in target_parts)
     return prompt, target
+
+
+def _prompt_head(question: str, tags: ChatTags, tokenizer: PreTrainedTokenizerBase | None) -> str:
+    """``U q A``: the family's tags around the question, or the tokenizer's chat template."""
+    if not tags.use_tokenizer_template:
+        return tags.user_start + question + tags.user_end + tags.assistant_start
+    if tokenizer is None:
+        raise DataError("tags.use_tokenizer_template needs the tokenizer: pass tokenizer=...")
+    head = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+    if not isinstance(head, str):
+        raise DataError(
+            f"apply_chat_template(tokenize=False) returned {type(head).__name__}, not str"
+        )
+    if tags.think_start:  # some templates (DeepSeek-R1's) already open the think block
+        head = head.removesuffix(tags.think_start)
+    return head
+
+
+def _check_target_parts(
+    view: str, question: str, target_parts: tuple[str, ...], parts: Mapping[str, Any]
+) -> None:
+    """Raise :class:`DataError` when a part the target needs is missing from the record."""
+    if "answer" in target_parts and not isinstance(parts["answer"], str):
+        raise DataError(
+            f"view '{view}' needs an answer; question '{question_head(question)}' has none"
+        )
+    if "r" in target_parts and not parts["r"]:
+        raise DataError(f"view '{view}' needs an IDK response: pass idk=...")
+    if "idk_cot" in target_parts and not parts["idk_cot"]:
+        raise DataError(
+            f"view '{view}' needs a hedging trace (idk_cot) for question "
+            f"'{question_head(question)}'"
+        )
+    if target_parts == ("cot",) and not parts["cot"]:
+        raise DataError(
+            f"view 'cot' needs a reasoning trace; question '{question_head(question)}' has none"
+        )
 
 
 def encode_view(
@@ -159,8 +175,9 @@ def encode_view(
     prompt_ids = tokenizer(prompt, add_special_tokens=not tags.use_tokenizer_template)["input_ids"]
     if len(prompt_ids) >= max_length:
         raise DataError(
-            f"prompt of question '{question_head(record['question'])}' has {len(prompt_ids)} tokens, "
-            f"max_length={max_length} leaves no room for the target: raise max_length"
+            f"prompt of question '{question_head(record['question'])}' has "
+            f"{len(prompt_ids)} tokens, max_length={max_length} leaves no room for the target: "
+            "raise max_length"
         )
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos_token_id: targets end with EOS")

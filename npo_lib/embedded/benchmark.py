@@ -72,8 +72,9 @@ def check_benchmark_config(cfg: BenchmarkConfig) -> None:
         k = authors_per_task(cfg.n_authors, frac)
         if pool < k:
             raise ConfigError(
-                f"benchmark.n_retain_eval_authors={cfg.n_retain_eval_authors} leaves {pool} forgettable "
-                f"authors, fewer than the {k} per task of {split} (n_authors={cfg.n_authors})"
+                f"benchmark.n_retain_eval_authors={cfg.n_retain_eval_authors} leaves {pool} "
+                f"forgettable authors, fewer than the {k} per task of {split} "
+                f"(n_authors={cfg.n_authors})"
             )
 
 
@@ -314,37 +315,11 @@ def generate_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> Path:
     tasks = _split_tasks(cfg, training[cfg.n_retain_eval_authors :])
     real, world = _real_author_records(rng), _world_fact_records(rng)
 
-    files: dict[str, list[Any]] = {"full.json": [r for a in training for r in qa[a["author_id"]]]}
-    for split, task_authors in tasks.items():
-        rows = [
-            {**r, "task_id": str(j)}
-            for j, group in enumerate(task_authors, start=1)
-            for a in group
-            for r in qa[a["author_id"]]
-        ]
-        files[f"{split}.json"] = rows
-        files[f"{split}_perturbed.json"] = rows
-    files["retain_perturbed.json"] = [r for a in retain_eval for r in qa[a["author_id"]]]
-    files["holdout.json"] = [r for a in holdout for r in qa[a["author_id"]]]
-    for (
-        split,
-        task_authors,
-    ) in tasks.items():  # TOFU's names: holdoutNN sized as one task, retainNN = full - forgetNN
-        pct = int(split.removeprefix("forget"))
-        k = authors_per_task(cfg.n_authors, FORGET_SPLITS[split])
-        files[f"holdout{pct:02d}.json"] = [r for a in holdout[:k] for r in qa[a["author_id"]]]
-        forgotten = {a["author_id"] for group in task_authors for a in group}
-        files[f"retain{100 - pct:02d}.json"] = [
-            r for a in training if a["author_id"] not in forgotten for r in qa[a["author_id"]]
-        ]
+    files = _split_files(cfg, qa, training, holdout, tasks)
     files["real_authors_perturbed.json"] = real
     files["world_facts_perturbed.json"] = world
     files["idkcot.jsonl"] = [r["idk_cot"] for r in files["forget01.json"]]
-
-    for rec in [r for rows in qa.values() for r in rows] + real + world:
-        problems = check_record(rec)
-        if problems:  # a pool / template bug, never expected: refuse to write bad data
-            raise RuntimeError(f"benchmark generator made a bad record: {problems}")
+    _check_generated([r for rows in qa.values() for r in rows] + real + world)
 
     counts = {name: write_jsonl(out / name, rows) for name, rows in files.items()}
     (out / "idontknow.jsonl").write_text("".join(s + "\n" for s in IDONTKNOW), encoding="utf-8")
@@ -369,3 +344,45 @@ def generate_benchmark(cfg: BenchmarkConfig, out_dir: str | Path) -> Path:
     }
     atomic_write_json(out / "meta.json", meta)
     return out
+
+
+def _split_files(
+    cfg: BenchmarkConfig,
+    qa: dict[str, list[dict[str, Any]]],
+    training: list[dict[str, Any]],
+    holdout: list[dict[str, Any]],
+    tasks: dict[str, list[list[dict[str, Any]]]],
+) -> dict[str, list[Any]]:
+    """The fictitious authors' files: full, forgetNN (+ perturbed), retain, holdout, and TOFU's
+    holdoutNN / retainNN per forget split."""
+    retain_eval = training[: cfg.n_retain_eval_authors]
+    files: dict[str, list[Any]] = {"full.json": [r for a in training for r in qa[a["author_id"]]]}
+    for split, task_authors in tasks.items():
+        rows = [
+            {**r, "task_id": str(j)}
+            for j, group in enumerate(task_authors, start=1)
+            for a in group
+            for r in qa[a["author_id"]]
+        ]
+        files[f"{split}.json"] = rows
+        files[f"{split}_perturbed.json"] = rows
+    files["retain_perturbed.json"] = [r for a in retain_eval for r in qa[a["author_id"]]]
+    files["holdout.json"] = [r for a in holdout for r in qa[a["author_id"]]]
+    # TOFU's names: holdoutNN sized as one task, retainNN = full - forgetNN
+    for split, task_authors in tasks.items():
+        pct = int(split.removeprefix("forget"))
+        k = authors_per_task(cfg.n_authors, FORGET_SPLITS[split])
+        files[f"holdout{pct:02d}.json"] = [r for a in holdout[:k] for r in qa[a["author_id"]]]
+        forgotten = {a["author_id"] for group in task_authors for a in group}
+        files[f"retain{100 - pct:02d}.json"] = [
+            r for a in training if a["author_id"] not in forgotten for r in qa[a["author_id"]]
+        ]
+    return files
+
+
+def _check_generated(records: list[dict[str, Any]]) -> None:
+    """Refuse to write bad data: a bad record is a pool / template bug, never expected."""
+    for rec in records:
+        problems = check_record(rec)
+        if problems:
+            raise RuntimeError(f"benchmark generator made a bad record: {problems}")

@@ -25,15 +25,15 @@ from npo_lib.influence.modules import Params, grad_only_on
 from npo_lib.influence.preconditioners import Preconditioner, per_example_gradients
 from npo_lib.objectives.primitives import token_logprobs
 
-Example = Mapping[
-    str, Any
-]  # one encoded view (input_ids, labels with -100 on the prompt, prompt_len)
+# one encoded view (input_ids, labels with -100 on the prompt, prompt_len)
+Example = Mapping[str, Any]
 
 
 def batches(
     examples: Sequence[Example], batch_size: int, pad_token_id: int, device: torch.device | str
 ) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
-    """(indices, padded batch) in order of length, so a batch pads little; rows map back by index."""
+    """(indices, padded batch) in order of length, so a batch pads little; rows map back by
+    index."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     collate = ViewCollator(pad_token_id=pad_token_id)
     for s in range(0, len(order), batch_size):
@@ -140,33 +140,9 @@ def mean_gradients(
             for k in range(max(1, precond.passes)):
                 for set_name, examples in sets.items():
                     for _, batch in batches(examples, batch_size, pad_token_id, device):
-                        emb = embed(batch["input_ids"]).detach().requires_grad_(True)  # (B, T, H)
-                        logits = model(
-                            inputs_embeds=emb,
-                            attention_mask=batch["attention_mask"],
-                            use_cache=False,
-                        ).logits
-                        logp, mask = token_logprobs(logits, batch["labels"])  # (B, T-1) each
-                        loss = (-(logp * mask).sum(1) / mask.sum(1).clamp_min(1)).sum()  # Σ_i L_i
-                        torch.autograd.grad(loss, emb)  # fills capture.d through the tensor hooks
-                        pad = batch["attention_mask"][..., None].to(logits.dtype)  # (B, T, 1)
+                        pad = _backward_to_embeddings(model, embed, batch)
                         n_tokens = int(batch["attention_mask"].sum())
-                        for name in modules:
-                            a, d = (
-                                capture.a[name] * pad,
-                                capture.d[name],
-                            )  # (B, T, in'), (B, T, out)
-                            G = (
-                                per_example_gradients(a, d)
-                                if k == 0 and precond.per_example
-                                else None
-                            )
-                            if k == 0:
-                                g = (
-                                    G.sum(0) if G is not None else torch.einsum("bto,bti->oi", d, a)
-                                )  # (out, in')
-                                sums[set_name][name] = sums[set_name].get(name, 0) + g
-                            precond.observe(k, name, a, d, n_tokens, G)
+                        _observe_batch(k, modules, capture, pad, n_tokens, precond, sums[set_name])
                         capture.clear()
                         bar.update()
                 precond.end_pass(k)
@@ -177,6 +153,42 @@ def mean_gradients(
         set_name: {n: g / len(sets[set_name]) for n, g in per.items()}
         for set_name, per in sums.items()
     }
+
+
+def _backward_to_embeddings(
+    model: nn.Module, embed: nn.Module, batch: Mapping[str, Tensor]
+) -> Tensor:
+    """Forward the batch and backpropagate Σ_i L_i down to the input embeddings only, so the
+    hooks of :class:`_Capture` keep each tracked layer's a and δ. Returns the padding mask
+    ``(B, T, 1)`` in the logits' dtype."""
+    emb = embed(batch["input_ids"]).detach().requires_grad_(True)  # (B, T, H)
+    logits = model(
+        inputs_embeds=emb, attention_mask=batch["attention_mask"], use_cache=False
+    ).logits
+    logp, mask = token_logprobs(logits, batch["labels"])  # (B, T-1) each
+    loss = (-(logp * mask).sum(1) / mask.sum(1).clamp_min(1)).sum()  # Σ_i L_i
+    torch.autograd.grad(loss, emb)  # fills capture.d through the tensor hooks
+    return batch["attention_mask"][..., None].to(logits.dtype)
+
+
+def _observe_batch(
+    k: int,
+    modules: Mapping[str, nn.Linear],
+    capture: _Capture,
+    pad: Tensor,
+    n_tokens: int,
+    precond: Preconditioner,
+    sums: dict[str, Tensor],
+) -> None:
+    """Add the batch's weight gradient Σ_i G_i of every tracked layer to ``sums`` (first pass
+    only) and show the layer's a and δ to the preconditioner in pass ``k``."""
+    for name in modules:
+        a, d = capture.a[name] * pad, capture.d[name]  # (B, T, in'), (B, T, out)
+        G = per_example_gradients(a, d) if k == 0 and precond.per_example else None
+        if k == 0:
+            g = G.sum(0) if G is not None else torch.einsum("bto,bti->oi", d, a)  # (out, in')
+            sums[name] = sums.get(name, 0) + g
+        precond.observe(k, name, a, d, n_tokens, G)
 
 
 def differential_direction(

@@ -102,15 +102,16 @@ def load_token_weights(cfg: Config, folder: str | Path, dataset: Any, view: str)
     if scores.shape[0] != n or len(tokens) != n:
         raise ConfigError(
             f"influence scores in {folder} cover {scores.shape[0]} examples, the forget set "
-            f"({cfg.split}, task {cfg.task_id}) has {n}: made for another split or task? Run `npo influence` again"
+            f"({cfg.split}, task {cfg.task_id}) has {n}: made for another split or task? "
+            "Run `npo influence` again"
         )
     for i in range(n):
         ids = target_token_ids(dataset[i][view])
         if tokens[i]["token_ids"] != ids or int(lengths[i]) != len(ids):
             raise ConfigError(
                 f"influence scores in {folder} do not match the training data at example {i} "
-                f"(question '{tokens[i].get('question', '')[:60]}'): other tokenizer, split, task or "
-                "max_length? Run `npo influence` again with the same settings"
+                f"(question '{tokens[i].get('question', '')[:60]}'): other tokenizer, split, "
+                "task or max_length? Run `npo influence` again with the same settings"
             )
     words = [word_ids(t["offsets"], t["target"]) for t in tokens]
     selection = (

@@ -1,4 +1,5 @@
-"""θ_S: the Linear layers whose weights token influence differentiates (all, MLP, last blocks, LoRA)."""
+"""θ_S: the Linear layers whose weights token influence differentiates (all, MLP, last blocks,
+LoRA)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def tracked_modules(model: nn.Module, which: str, last_n_layers: int = 1) -> dic
         index = {n: int(m.group(1)) for n in base if (m := _LAYER.search(n))}
         if not index:
             raise ConfigError(
-                f"influence.modules=last_n: no '...layers.<i>...' Linear layers in {type(model).__name__}"
+                "influence.modules=last_n: no '...layers.<i>...' Linear layers in "
+                f"{type(model).__name__}"
             )
         first = max(index.values()) + 1 - last_n_layers
         chosen = {n: base[n] for n, i in index.items() if i >= first}

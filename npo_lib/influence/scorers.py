@@ -1,4 +1,5 @@
-"""The scorers of `npo influence`, one interface: a :class:`ScoreContext` in, one row per example out.
+"""The scorers of `npo influence`, one interface: a :class:`ScoreContext` in, one row per example
+out.
 
 The registry describes each scorer: what its number means, whether it reads the
 preconditioner, a retain sample or a retain model, whether it can track LoRA adapters, and the
@@ -86,7 +87,8 @@ def gradient_dot_scores(ctx: ScoreContext) -> list[Tensor]:
 
 
 def contrast_scores(ctx: ScoreContext) -> list[Tensor]:
-    """s_it = log p_target(y_it) − log p_retain(y_it): what the target knows beyond the retain model."""
+    """s_it = log p_target(y_it) − log p_retain(y_it): what the target knows beyond the retain
+    model."""
     if ctx.retain_model is None:
         raise ConfigError(
             "influence.scorer=contrast needs a retain model: pass retain_model_path=<folder>"
@@ -103,7 +105,8 @@ def contrast_scores(ctx: ScoreContext) -> list[Tensor]:
 
 
 def kronfluence_scores(ctx: ScoreContext) -> list[Tensor]:
-    """kronfluence's per-token pairwise scores, a different quantity: see :mod:`npo_lib.influence.kronfluence`."""
+    """kronfluence's per-token pairwise scores, a different quantity: see
+    :mod:`npo_lib.influence.kronfluence`."""
     from npo_lib.influence.kronfluence import kronfluence_token_scores
 
     rows, info = kronfluence_token_scores(
@@ -138,7 +141,8 @@ SCORERS: dict[str, Scorer] = {
         Scorer(
             "differential",
             differential_scores,
-            "s_it = [P^-1 (g_forget - lam g_retain)]^T grad l_it, l_it = -log p(y_it | x_i, y_i,<t)",
+            "s_it = [P^-1 (g_forget - lam g_retain)]^T grad l_it, "
+            "l_it = -log p(y_it | x_i, y_i,<t)",
             uses_preconditioner=True,
             needs_retain_sample=True,
         ),
@@ -156,9 +160,9 @@ SCORERS: dict[str, Scorer] = {
         Scorer(
             "kronfluence",
             kronfluence_scores,
-            "kronfluence per-token pairwise score: token t's share of the train gradient (includes later "
-            "tokens' losses through attention), mean over forget queries - lam x mean over retain queries, "
-            "EK-FAC; NOT the directional derivative of l_it",
+            "kronfluence per-token pairwise score: token t's share of the train gradient "
+            "(includes later tokens' losses through attention), mean over forget queries "
+            "- lam x mean over retain queries, EK-FAC; NOT the directional derivative of l_it",
             uses_preconditioner=True,
             needs_retain_sample=True,
             supports_lora=False,

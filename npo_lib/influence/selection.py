@@ -115,7 +115,8 @@ def oracle(
     """Control, the upper bound: the fact tokens first (random order), as many as the budget."""
     if facts is None:
         raise ConfigError(
-            "selection.method=oracle needs the records' fact_spans (the embedded benchmark's ground truth)"
+            "selection.method=oracle needs the records' fact_spans "
+            "(the embedded benchmark's ground truth)"
         )
     check_shape("fact token mask", facts, tuple(scores.shape))
     rank = facts.to(torch.float64) + 0.5 * _uniform(

@@ -15,7 +15,8 @@ KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTI
 
 
 def machine_info() -> dict[str, str]:
-    """``{"cpu_capability", "torch", "threads", "cpu"}`` plus any kernel-path variable that is set."""
+    """``{"cpu_capability", "torch", "threads", "cpu"}`` plus any kernel-path variable that is
+    set."""
     import torch
 
     info = {

@@ -7,7 +7,8 @@ from typing import Any
 
 
 def require(module: str, extra: str = "notebooks") -> Any:
-    """``importlib.import_module(module)``, or an ImportError naming ``pip install -e '.[extra]'``."""
+    """``importlib.import_module(module)``, or an ImportError naming
+    ``pip install -e '.[extra]'``."""
     try:
         return importlib.import_module(module)
     except ImportError as e:

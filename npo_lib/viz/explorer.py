@@ -47,13 +47,26 @@ class TokenExplorer:
         check_scale(scale)
         self.tables = list(tables)
         self.percentile, self.gamma = percentile, gamma
+        self.score_names = self._score_names(scores)
+        self.vmax = {s: shared_range(self.tables, s, percentile) for s in self.score_names}
+        self._make_widgets(widgets, threshold, scale, compact)
+        self.score.observe(self._on_score, names="value")
+        for w in (self.example, self.threshold, self.scale, self.compact):
+            w.observe(lambda _change: self.render(), names="value")
+        self.render()
+
+    def _score_names(self, scores: Sequence[str] | None) -> list[str]:
+        """The scores asked for, else every score row the tables share; at least one."""
         common = [s for s in self.tables[0].scores if all(s in t.scores for t in self.tables)]
-        self.score_names = list(scores) if scores is not None else common
-        if not self.score_names:
+        names = list(scores) if scores is not None else common
+        if not names:
             raise ValueError(
                 "the tables share no score row: add one (tables_from_influence, add_score)"
             )
-        self.vmax = {s: shared_range(self.tables, s, percentile) for s in self.score_names}
+        return names
+
+    def _make_widgets(self, widgets: Any, threshold: float, scale: str, compact: bool) -> None:
+        """The controls, the HTML output and the VBox holding them, set to the first score."""
         first = self.vmax[self.score_names[0]]
         self.example = widgets.Dropdown(
             options=[(f"#{t.index}: {t.question[:70]}", i) for i, t in enumerate(self.tables)],
@@ -87,10 +100,6 @@ class TokenExplorer:
         self.widget = widgets.VBox(
             [self.example, self.score, self.scale, self.threshold, self.compact, self.html]
         )
-        self.score.observe(self._on_score, names="value")
-        for w in (self.example, self.threshold, self.scale, self.compact):
-            w.observe(lambda _change: self.render(), names="value")
-        self.render()
 
     def _on_score(self, _change: Any) -> None:
         top = self.vmax[self.score.value]

@@ -102,7 +102,8 @@ class TokenTable:
         n = len(self.tokens)
         if len(self.offsets) != n or len(self.fact) != n:
             raise ValueError(
-                f"example {self.index}: {n} tokens, {len(self.offsets)} offsets, {len(self.fact)} fact flags"
+                f"example {self.index}: {n} tokens, {len(self.offsets)} offsets, "
+                f"{len(self.fact)} fact flags"
             )
         self.offsets = [(int(s), int(e)) for s, e in self.offsets]
         self.scores = {k: _row(k, v, n) for k, v in self.scores.items()}
@@ -126,8 +127,9 @@ def table_from_row(
     """A table from a ``tokens.jsonl`` row (:func:`npo_lib.influence.token_manifest`).
 
     The fact mask comes from the forget ``record``'s ``fact_spans`` placed in the ``view``'s
-    target (:func:`npo_lib.influence.ground_truth.fact_token_mask`, the scorers' AUROC ground truth);
-    all False without a record or for records without ``fact_spans`` (plain TOFU / R-TOFU).
+    target (:func:`npo_lib.influence.ground_truth.fact_token_mask`, the scorers' AUROC ground
+    truth); all False without a record or for records without ``fact_spans`` (plain TOFU /
+    R-TOFU).
     """
     text, raw = row["target"], list(row["tokens"])
     offsets = [tuple(o) for o in row["offsets"]] or [(0, 0)] * len(raw)  # slow tokenizers: none
@@ -209,7 +211,8 @@ def tables_from_dataset(
     dataset: Any, tokenizer: Any, tags: ChatTags, view: str = "full"
 ) -> list[TokenTable]:
     """Tables (no scores yet) of every forget example of an
-    :class:`~npo_lib.data.dataset.UnlearningDataset` under ``view``, with fact masks from its records."""
+    :class:`~npo_lib.data.dataset.UnlearningDataset` under ``view``, with fact masks from its
+    records."""
     rows = token_manifest(dataset, view, tokenizer, tags)
     return [
         table_from_row(row, rec, view=view, tags=tags) for row, rec in zip(rows, dataset.forget)
@@ -227,7 +230,8 @@ def add_score(tables: Sequence[TokenTable], name: str, rows: Sequence[Any]) -> l
 
 def reference_rows(ref: ReferenceLogprobs, dataset: Any, view: str = "full") -> list[np.ndarray]:
     """Per example, log p of each target token, cut from an ``(N, T_max - 1)`` shifted-frame
-    cache (:func:`npo_lib.objectives.reference.compute_reference_logprobs`, a run's ``ref_logprobs``)."""
+    cache (:func:`npo_lib.objectives.reference.compute_reference_logprobs`, a run's
+    ``ref_logprobs``)."""
     out = []
     for i in range(len(dataset)):
         enc = dataset[i][view]
