@@ -187,7 +187,7 @@ def _run(
             res["seconds"]["robustness"] = time.perf_counter() - t1
     del model
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # before the next model of the session loads
+        torch.cuda.empty_cache()  # before the next model loads
     out = {
         **res,
         "identity": identity,

@@ -47,7 +47,7 @@ __all__ = [
 @dataclass
 @add_param_groups(after="regularization_coeff")
 class Config:
-    """Everything a run needs. Names follow the seed scripts and the NPO / TOFU papers."""
+    """Everything a run needs. Names follow the NPO / TOFU papers and their code."""
 
     # --- model ---
     model_family: str = opt(

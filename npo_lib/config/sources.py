@@ -1,6 +1,6 @@
 """Where a configuration comes from: schema defaults < params YAML file(s) < ``key=value``.
 
-Overrides use dotted keys for groups (``LoRA.r=8``), the command-line form the seed scripts
+Overrides use dotted keys for groups (``LoRA.r=8``), the command-line form that TOFU-style scripts
 used::
 
     python -m npo_lib.forget model_family=tiny forget_loss=NPO+GD lr=1e-5 num_epochs=5
