@@ -450,7 +450,7 @@ def test_bf16_logits_give_finite_float32():
     assert logp.dtype == mask.dtype == torch.float32
 
 
-# ----------------------------------------------------------------------------- token-reweighted baselines
+# ------------------------------------------------------------------- token-reweighted baselines
 
 
 def _hand_reweighted(logits, labels, weight) -> float:
@@ -491,7 +491,8 @@ REWEIGHTED = {
 
 @pytest.mark.parametrize("name", list(REWEIGHTED))
 def test_reweighted_ga_gradients_treat_the_weights_as_constants(name):
-    """The gradient is that of −mean w·CE with w = w(p) frozen: the weights are not differentiated."""
+    """The gradient is that of −mean w·CE with w = w(p) frozen: the weights are not
+    differentiated."""
     loss_fn, weight = REWEIGHTED[name]
     logits, labels = make_batch(3)
 
@@ -532,7 +533,8 @@ def test_undial_by_hand():
         FORGET_TERMS["UNDIAL"], logits, labels, hyper(undial_beta=beta), ref_forget_logits=ref
     )
     assert value.item() == pytest.approx(total / n, abs=1e-12)
-    # β = 0 and the model equal to its reference: the loss is the reference's entropy, its gradient 0
+    # β = 0 and the model equal to its reference: the loss is the reference's entropy, its
+    # gradient 0
     same = ref.clone().requires_grad_(True)
     undial_loss(same, labels, ref, 0.0).backward()
     assert same.grad.abs().max() < 1e-12
@@ -552,7 +554,7 @@ def test_simnpo_takes_the_papers_gamma_or_the_codes_delta():
         Config(gamma=0.5, delta=1.0)
 
 
-# ----------------------------------------------------------------------------- RMU and its retain term
+# ------------------------------------------------------------------- RMU and its retain term
 
 
 def _hand_activation_mse(hidden: torch.Tensor, target, labels: torch.Tensor) -> float:
