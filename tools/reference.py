@@ -113,16 +113,17 @@ def config_schema() -> list[Group]:
     ]
 
 
-class Objective(NamedTuple):
-    """A registered loss term as the objectives page shows it."""
+def objectives_registry() -> tuple[list[dict[str, Any]], list[View]]:
+    """ACCESSOR (objectives): every registered term as data (``npo losses``' source), and the
+    data views they read."""
+    from npo_lib.data.views import VIEWS
+    from npo_lib.training.describe import objectives_reference
 
-    name: str
-    kind: str  # "forget term" or "regularizer"
-    doc: str  # one line with the equation
-    view: str
-    reads: str  # "logits" or "hidden"
-    needs: tuple[str, ...]
-    hparams: dict[str, str]  # argument of the term -> config key
+    views = [
+        View(name, " ".join(("U q A", *v.prompt)), " ".join(v.target), v.used_by)
+        for name, v in VIEWS.items()
+    ]
+    return objectives_reference(), views
 
 
 class View(NamedTuple):
@@ -132,47 +133,13 @@ class View(NamedTuple):
     used_by: str
 
 
-def objectives_registry() -> tuple[list[Objective], list[View]]:
-    """ACCESSOR (objectives): the forget terms and regularizers, and the data views they read."""
-    from npo_lib.data.views import VIEWS
-    from npo_lib.objectives.registry import FORGET_TERMS, REGULARIZERS
+def metrics_registry() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """ACCESSOR (metrics): every registered metric, each benchmark's headline pairs and every
+    attack with its report columns, as the registries list them."""
+    from npo_lib.eval.registry import list_benchmarks, list_metrics
+    from npo_lib.eval.robustness import list_attacks
 
-    terms = [
-        Objective(t.name, kind, t.doc, t.view, t.reads, tuple(t.needs), dict(t.hparams))
-        for kind, registry in (("forget term", FORGET_TERMS), ("regularizer", REGULARIZERS))
-        for t in registry.values()
-    ]
-    views = [
-        View(name, " ".join(("U q A", *v.prompt)), " ".join(v.target), v.used_by)
-        for name, v in VIEWS.items()
-    ]
-    return terms, views
-
-
-class Metric(NamedTuple):
-    key: str  # where it is read: an aggregate key, or a path under "robustness"
-    title: str  # the report's column title
-    source: str  # "headline" or "robustness: <attack>"
-
-
-class AttackInfo(NamedTuple):
-    name: str
-    doc: str
-
-
-def metrics_registry() -> tuple[list[Metric], list[Metric], list[AttackInfo]]:
-    """ACCESSOR (metrics): the headline metrics (the report's columns, in order), the report's
-    robustness columns and the attacks of ``eval.robustness``."""
-    from npo_lib.eval.robustness import ATTACKS
-    from npo_lib.viz.report import COLUMNS, ROBUSTNESS_COLUMNS
-
-    headline = [Metric(m.key, m.title, "headline") for m in COLUMNS]
-    robustness = [
-        Metric(f"robustness.{attack}." + ".".join(path), title, f"robustness: {attack}")
-        for title, (attack, path, _fmt) in ROBUSTNESS_COLUMNS.items()
-    ]
-    attacks = [AttackInfo(a.name, a.doc) for a in ATTACKS.values()]
-    return headline, robustness, attacks
+    return list_metrics(), list_benchmarks(), list_attacks()
 
 
 # ============================================================================ page: config
@@ -216,37 +183,24 @@ def _anchor(title: str) -> str:
 
 # ============================================================================ page: objectives
 
-# What each input a term needs is, and the config keys it reads (the registry names the inputs).
-NEEDS = {
-    "ref_seq_logp": "log p_ref of each forget target, computed once before the first update by "
-    "the model itself and cached in the run folder (`ref_logprobs.safetensors`)",
-    "ref_token_logp": "log p_ref of each forget target token, cached like `ref_seq_logp`",
-    "token_weights": "per-token weights w_it from the influence scores in `influence_dir`, "
-    "selected by `selection.*`, weighted `w_selected` / `w_other`",
-    "ref_logits": "the reference model's logits on the retain batch (the LoRA base with the "
-    "adapter off, else a frozen copy)",
-    "ref_forget_logits": "the frozen model's logits on the forget batch (the LoRA base with the "
-    "adapter off, else a frozen copy)",
-    "control_vec": "the fixed unit vector u, drawn from `seed` (the same on every rank and "
-    "after a resume)",
-    "ref_hidden": "the reference model's activations after block `rmu_layer` on the retain batch",
-}
 READS = {
     "logits": "the view's logits",
-    "hidden": "the activations after decoder block `rmu_layer` (only `rmu_trainable_modules` "
-    "of `rmu_trainable_layers` train)",
+    "hidden": "the activations after decoder block `rmu.layer` (only `rmu.trainable_modules` "
+    "of `rmu.trainable_layers` train)",
 }
+
+
+def _hyper_line(h: dict[str, Any]) -> str:
+    alias = f", or `{h['alias']}`" if h["alias"] else ""
+    bounds = f", {h['range']}" if h["range"] else ""
+    return f"- `{h['key']}` (default `{_yaml_value(h['default'])}`{bounds}{alias}): {h['help']}"
 
 
 def objectives_page() -> str:
     """docs/reference/objectives.md: each term's equation, view, inputs and hyperparameters."""
     terms, views = objectives_registry()
-    keys = {f.key: f for g in config_schema() for f in g.fields}
-    unknown = sorted({n for t in terms for n in t.needs} - set(NEEDS))
-    if unknown:
-        raise SystemExit(f"tools/reference.py: describe the input(s) {', '.join(unknown)} in NEEDS")
     out = [
-        _banner("`npo_lib/objectives/registry.py` (`npo losses`) and `npo_lib/data/views.py`"),
+        _banner("the objective registry (`npo_lib/objectives/`, `npo losses`) and its inputs"),
         "# Objectives",
         "",
         "`forget_loss` names one forget term, then regularizers, joined by `+`: `NPO+GD`,",
@@ -254,9 +208,9 @@ def objectives_page() -> str:
         "",
         "    total = forget_coeff · forget + regularization_coeff · Σ regularizers",
         "",
-        "`npo losses` prints the same registry. Hyperparameters are config keys: their defaults",
-        "and help below come from the schema ([config reference](config.md)). The guide:",
-        "[unlearning and evaluation](../unlearning.md).",
+        "`npo losses` prints the same registry. Each hyperparameter is a key of its method's",
+        "group, declared beside the loss function (flat aliases as the papers write them).",
+        "The guide: [unlearning and evaluation](../unlearning.md).",
         "",
         "## Summary",
         "",
@@ -265,24 +219,22 @@ def objectives_page() -> str:
         ["name", "kind", "view", "reads", "inputs", "hyperparameters"],
         (
             (
-                f"[`{t.name}`](#{_anchor(t.name)})",
-                t.kind,
-                t.view,
-                t.reads,
-                ", ".join(t.needs) or "-",
-                ", ".join(f"`{k}`" for k in t.hparams.values()) or "-",
+                f"[`{t['name']}`](#{_anchor(t['name'])})",
+                t["kind"],
+                t["view"],
+                t["reads"],
+                ", ".join(i["name"] for i in t["inputs"]) or "-",
+                ", ".join(f"`{h['key']}`" for h in t["hyperparameters"]) or "-",
             )
             for t in terms
         ),
     )
     for t in terms:
-        out += ["", f"## {t.name}", "", f"{t.kind}: `{t.doc}`", ""]
-        out += [f"- view: `{t.view}`; reads {READS[t.reads]}"]
-        out += [f"- input `{n}`: {NEEDS[n]}" for n in t.needs]
-        for arg, key in t.hparams.items():
-            f = keys[key]
-            default = _yaml_value(f.default)
-            out += [f"- `{key}` (argument `{arg}`, {f.type}, default `{default}`): {f.help}"]
+        out += ["", f"## {t['name']}", "", f"{t['kind']}: `{t['equation']}`", ""]
+        out += [f"- paper: {t['paper']}"] if t["paper"] else []
+        out += [f"- view: `{t['view']}`; reads {READS[t['reads']]}"]
+        out += [f"- input `{i['name']}`: {i['doc']}" for i in t["inputs"]]
+        out += [_hyper_line(h) for h in t["hyperparameters"]]
     out += ["", "## Views", "", "U / A: the family's user and assistant tags; Ts / Te: its think"]
     out += ['tags; r: an "I don\'t know" response. Labels are -100 on the prompt.', ""]
     out += _table(["view", "prompt", "target", "used by"], views)
@@ -291,130 +243,59 @@ def objectives_page() -> str:
 
 # ============================================================================ page: metrics
 
-# Meaning and better direction of each metric the registries list (they name and format them).
-MEANINGS = {
-    "forget_quality": (
-        "p-value of the two-sample KS test between the per-item forget truth ratios of the model "
-        "and of the retain model (TOFU); the retain model itself scores 1",
-        "higher (1: indistinguishable from the retain model)",
-    ),
-    "model_utility": (
-        "harmonic mean of Prob, ROUGE-L recall and truth ratio on the retain, real-author and "
-        "world-fact sets (9 numbers; 0 when any is 0; TOFU)",
-        "higher (the target's is the reference)",
-    ),
-    "forget_fact_recall": (
-        "share of greedy answers to forget questions that state the record's `fact`",
-        "lower (down to the retain model's)",
-    ),
-    "retain_fact_recall": (
-        "share of greedy answers to retain questions that state the record's `fact`",
-        "higher",
-    ),
-    "forget_rouge": (
-        "ROUGE-L recall of the greedy forget answers against the reference answers",
-        "lower (down to the retain model's)",
-    ),
-    "privleak": (
-        "MUSE's PrivLeak with the Min-K% attack: ((1 − AUC) − (1 − AUC_retain)) / (1 − AUC_retain) "
-        "· 100, AUC of telling forget from holdout questions; −100: the forget set fully "
-        "recognisable, > 0: over-unlearned",
-        "closer to 0 (the retain model's value)",
-    ),
-    "relearn: held-out recall before": (
-        "forget fact recall (ROUGE-L where records have no `fact`) on the held-out share of the "
-        "forget questions, before the relearning attack",
-        "lower",
-    ),
-    "after relearning": (
-        "the same after `eval.relearn_steps` of fine-tuning on the other "
-        "`eval.relearn_fraction` of the forget questions",
-        "lower (a rise is forgetting that came back)",
-    ),
-    "quant8 recall": (
-        "forget fact recall after 8-bit round-to-nearest quantization of the linear layers",
-        "lower",
-    ),
-    "quant4 recall": (
-        "forget fact recall after 4-bit round-to-nearest quantization of the linear layers",
-        "lower",
-    ),
-    "leak@k": (
-        "share of forget questions where any of `eval.leak_k` samples at "
-        "`eval.leak_temperature` states the fact",
-        "lower",
-    ),
-    "fill-in-blank recall": (
-        "greedy fact recall when the forget questions are asked as fill-in-the-blank",
-        "lower",
-    ),
-    "multiple choice": (
-        "share of forget questions whose most likely option, among the answer and 3 perturbed "
-        "ones, is the answer",
-        "lower (down to the retain model's)",
-    ),
-}
-
-
-def _meaning(key: str) -> tuple[str, str]:
-    if key not in MEANINGS:
-        raise SystemExit(f"tools/reference.py: give metric '{key}' a meaning in MEANINGS")
-    return MEANINGS[key]
-
-
-def _attack_settings(name: str, keys: dict[str, Field]) -> str:
-    """The ``eval.*`` keys of an attack: those named after it, and the shared seed."""
-    stem = name.split("_")[0].rstrip("0123456789")
-    own = [k for k in keys if k.startswith(f"eval.{stem}")] + ["eval.attack_seed"]
-    return ", ".join(f"`{k}` = `{_yaml_value(keys[k].default)}`" for k in own)
-
 
 def metrics_page() -> str:
-    """docs/reference/metrics.md: the headline metrics, the robustness columns, the attacks."""
-    headline, robustness, attacks = metrics_registry()
-    keys = {f.key: f for g in config_schema() for f in g.fields}
+    """docs/reference/metrics.md: every metric, each benchmark's pairs, the attacks."""
+    metrics, benchmarks, attacks = metrics_registry()
     out = [
         _banner(
-            "`npo_lib/eval/compute.py` (`HEADLINE_METRICS`), `npo_lib/viz/report.py` "
-            "(`COLUMNS`, `ROBUSTNESS_COLUMNS`) and `npo_lib/eval/robustness.py` (`ATTACKS`)"
+            "the metric registry (`npo_lib/eval/registry.py`) and the attacks "
+            "(`npo_lib/eval/robustness.py`)"
         ),
         "# Metrics",
         "",
         "`npo eval` writes every metric to `<run>/eval/metrics.json` (`aggregates`, `per_item`);",
-        "`npo report` and the study show these first. The guide:",
-        "[unlearning and evaluation](../unlearning.md).",
+        "the report, dashboard, study and frontier read the keys, titles and directions below.",
+        "The guide: [unlearning and evaluation](../unlearning.md).",
         "",
-        "## Headline metrics",
-        "",
-        "The columns of `npo report` (and `report.csv`), in order; keys under `aggregates`.",
+        "## Metrics",
         "",
     ]
     out += _table(
-        ["key", "column", "meaning", "better"],
-        ((f"`{m.key}`", m.title, *_meaning(m.key)) for m in headline),
+        ["key", "title", "better", "shown in", "meaning"],
+        (
+            (f"`{m['key']}`", m["title"], m["better"], ", ".join(m["views"]) or "-", m["doc"])
+            for m in metrics
+        ),
     )
     out += [
         "",
-        "## Robustness columns",
+        "## Headline pairs",
         "",
-        "The attacks table of `npo report`, read from `robustness` in metrics.json (`recall`:",
-        "`fact_recall`, else `rouge`); each attack runs on a copy of the model.",
+        "Per benchmark: the forget and utility metrics the",
+        "report, dashboard, study and frontier read.",
         "",
     ]
     out += _table(
-        ["column", "read from", "meaning", "better"],
-        ((m.title, f"`{m.key}`", *_meaning(m.title)) for m in robustness),
+        ["benchmark", "pair", "forget metric", "utility metric"],
+        (
+            (
+                b["title"] + (" (headline)" if p["name"] == b["headline"] else ""),
+                p["label"],
+                f"`{p['forget']}` ({p['forget_better']})",
+                f"`{p['utility']}` ({p['utility_better']})",
+            )
+            for b in benchmarks
+            for p in b["pairs"]
+        ),
     )
-    out += [
-        "",
-        "## Attacks",
-        "",
-        "Names for `eval.robustness=[...]`, with the settings they read.",
-        "",
-    ]
+    out += ["", "## Attacks", "", "Names for `eval.robustness=[...]`, with their columns.", ""]
     out += _table(
-        ["attack", "what", "settings (defaults)"],
-        ((f"`{a.name}`", a.doc, _attack_settings(a.name, keys)) for a in attacks),
+        ["attack", "what", "columns"],
+        (
+            (f"`{a['name']}`", a["doc"], ", ".join(c["title"] for c in a["columns"]))
+            for a in attacks
+        ),
     )
     return "\n".join(out) + "\n"
 
