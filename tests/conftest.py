@@ -34,8 +34,8 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def rtofu_dir() -> Path:
-    """The real R-TOFU files beside the repo (``../shared/rtofu``, or $TNPO_RTOFU_DIR); else
-    skip."""
+    """The real R-TOFU files in a ``shared/rtofu`` folder beside the checkout (or
+    $TNPO_RTOFU_DIR); else skip."""
     default = Path(__file__).resolve().parents[2] / "shared" / "rtofu"
     path = Path(os.environ.get(RTOFU_ENV) or default)
     if not (path / "forget01.json").is_file():
