@@ -3,6 +3,8 @@
 A step's key hashes the notebook, its parameters and the keys of the steps it depends on; a step
 whose key matches its last successful execution is skipped, so re-running a pipeline or an
 interrupted sweep only does what changed or is missing. The notebooks ship inside the package.
+The console gets one line per step; papermill's and the kernel's output go to a log beside the
+executed notebook (and onto stderr too with ``stream``, ``npo run -v``).
 """
 
 from __future__ import annotations
