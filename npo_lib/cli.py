@@ -175,18 +175,14 @@ def cmd_run(opts: argparse.Namespace) -> int:
     """``npo run PIPELINE.yaml``: print the report table, the heatmap page and the wall time."""
     from npo_lib.workflow.pipeline import run_pipeline
 
-    res = run_pipeline(opts.spec)
+    res = run_pipeline(opts.spec, stream=opts.verbose)  # a failed step printed its error
     if res.get("report"):
         print("\n" + res["report"])
+        print(f"\nreport: {res['report_md']} (csv: {res['report_csv']})")
     if res.get("heatmaps"):
-        print(f"\nheatmaps: {res['heatmaps']}")
+        print(f"heatmaps: {res['heatmaps']}")
     if res.get("dashboard"):
         print(f"dashboard: {res['dashboard']}")
-    for s in (s for s in res["steps"] if s["status"] == "failed"):
-        print(
-            f"\nstep '{s['name']}' failed; executed notebook: {s['output']}\n{s['error']}",
-            file=sys.stderr,
-        )
     print(f"pipeline {res['name']}: {'ok' if res['ok'] else 'FAILED'} in {res['seconds']:.1f} s")
     return 0 if res["ok"] else 1
 
@@ -194,7 +190,7 @@ def cmd_run(opts: argparse.Namespace) -> int:
 def cmd_sweep(opts: argparse.Namespace) -> int:
     from npo_lib.workflow.sweep import run_sweep
 
-    res = run_sweep(opts.spec, parallel=opts.parallel, executor=opts.executor)
+    res = run_sweep(opts.spec, parallel=opts.parallel, executor=opts.executor, stream=opts.verbose)
     if res.get("report"):
         print("\n" + res["report"])
     n_failed = sum(
@@ -219,6 +215,7 @@ def cmd_launch(opts: argparse.Namespace) -> int:
         parameters=params,
         output=opts.output,
         port=opts.master_port,
+        verbose=opts.verbose,
     )
     if res["returncode"] != 0:
         print(f"npo launch: rank {res.get('failed_rank')} failed:\n{res['error']}", file=sys.stderr)
@@ -301,6 +298,9 @@ SPEC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+VERBOSE = "also show papermill's and the kernels' output (always in a log beside each notebook)"
+
+
 def _spec_parsers(sub: argparse._SubParsersAction) -> None:
     sub.add_parser(
         "losses",
@@ -310,9 +310,11 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
         "run",
         help="the pipeline: prepare, influence, forget, evaluate, visualise (executed notebooks)",
     )
-    run.add_argument("spec", metavar="PIPELINE.yaml", help="e.g. params/demo.yaml")
+    run.add_argument("spec", metavar="PIPELINE.yaml", help="e.g. params/demo.yaml, or demo")
+    run.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
     sw = sub.add_parser("sweep", help="a grid of runs through the notebooks; resumable")
     sw.add_argument("spec", metavar="SWEEP.yaml", help="e.g. params/sweep.yaml")
+    sw.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
     sw.add_argument("--parallel", type=int, help="grid points at a time (default: the file's)")
     sw.add_argument(
         "--executor",
@@ -349,6 +351,7 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", help="rank 0's executed notebook (default runs/<run>/notebooks/NOTEBOOK)"
     )
     la.add_argument("--master-port", type=int, default=29560)
+    la.add_argument("-v", "--verbose", action="store_true", help=VERBOSE)
     st = sub.add_parser(
         "study",
         help="method comparison of finished sweeps: frontiers at matched utility, selection controls, attacks",

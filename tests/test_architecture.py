@@ -129,7 +129,8 @@ def test_a_user_error_is_one_line_with_exit_code_2(mini_world, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_the_installed_wheel_finds_every_notebook(tmp_path):
-    """After a plain (non-editable) install the notebooks come from the package itself."""
+    """After a plain (non-editable) install the notebooks and params files come from the package
+    itself."""
     wheels, target = tmp_path / "wheels", tmp_path / "site"
     subprocess.run(
         [
@@ -167,8 +168,12 @@ def test_the_installed_wheel_finds_every_notebook(tmp_path):
     )
     probe = (
         "import npo_lib, pathlib; from npo_lib.workflow.steps import NOTEBOOKS, notebook_path; "
+        "from npo_lib.config.sources import params_path; "
         "paths = [notebook_path(n) for n in NOTEBOOKS]; "
-        "assert all(p.is_file() for p in paths), paths; print(pathlib.Path(npo_lib.__file__).parent); print(*paths)"
+        "paths += [params_path(n) for n in ('demo', 'tiny_forget', 'npo_gd')]; "
+        "paths.append(paths[-1].parent / 'ds' / 'zero2.json'); "
+        "assert all(p.is_file() for p in paths), paths; "
+        "print(pathlib.Path(npo_lib.__file__).parent); print(*paths)"
     )
     r = subprocess.run(
         [sys.executable, "-c", probe],

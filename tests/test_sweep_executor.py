@@ -1,5 +1,6 @@
 """``npo sweep --executor local|slurm``: GPU sets of concurrent runs, the sbatch script of the
-SLURM path, and (slow) a sweep through submitit's local executor with a failing point and a resume."""
+SLURM path, and (slow) a sweep through submitit's local executor with a failing point and a
+resume."""
 
 from __future__ import annotations
 
@@ -123,8 +124,10 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     (bindir / "sbatch").write_text(
         f'#!/bin/sh\ncp "$1" {kept}/script.sh\necho "Submitted batch job 4242"\n'
     )
-    (bindir / "sacct").write_text(  # the queue as sacct lists it: one task running, one cancelled
-        "#!/bin/sh\nprintf 'JobID|State|NodeList\\n4242_0|RUNNING|n1\\n4242_1|CANCELLED by 0|n1\\n'\n"
+    # the queue as sacct lists it: one task running, one cancelled
+    (bindir / "sacct").write_text(
+        "#!/bin/sh\nprintf 'JobID|State|NodeList\\n"
+        "4242_0|RUNNING|n1\\n4242_1|CANCELLED by 0|n1\\n'\n"
     )
     for f in bindir.iterdir():
         f.chmod(0o755)

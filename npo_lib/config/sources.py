@@ -115,11 +115,28 @@ def check_keys(values: Mapping[str, Any], schema: type, source: str) -> None:
 # ----------------------------------------------------------------------------- sources
 
 
+# the params files shipped inside the package (`npo forget npo_gd`, `npo run demo`)
+PARAMS_DIR = Path(__file__).resolve().parents[1] / "params"
+
+
+def params_path(name: str | os.PathLike) -> Path:
+    """A params file: ``name`` itself when that file exists, else a bare name of a file shipped
+    with the package (``npo_gd`` or ``npo_gd.yaml`` -> ``npo_lib/params/npo_gd.yaml``), which
+    works outside a checkout too; else ``name`` as given."""
+    p = Path(name)
+    if p.is_file() or p.parent != Path("."):
+        return p
+    packaged = PARAMS_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    return packaged if packaged.is_file() else p
+
+
 def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read one params YAML file; missing file, bad YAML or a non-mapping fail naming the path."""
-    p = Path(path)
+    """Read one params YAML file (a path, or the name of a packaged one: :func:`params_path`);
+    missing file, bad YAML or a non-mapping fail naming the path."""
+    p = params_path(path)
     if not p.is_file():
-        raise ConfigError(f"params file not found: {p}")
+        shipped = ", ".join(sorted(f.stem for f in PARAMS_DIR.glob("*.yaml")))
+        raise ConfigError(f"params file not found: {p} (or a packaged one by name: {shipped})")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:

@@ -69,8 +69,8 @@ def assign_devices(
     slots = len(devices) // gpus_per_run
     if slots == 0:
         raise ConfigError(
-            f"sweep executor.gpus_per_run={gpus_per_run} but only {len(devices)} GPU(s) are visible "
-            f"({','.join(devices)}): lower gpus_per_run"
+            f"sweep executor.gpus_per_run={gpus_per_run} but only {len(devices)} GPU(s) are "
+            f"visible ({','.join(devices)}): lower gpus_per_run"
         )
     return [
         list(devices[i * gpus_per_run : (i + 1) * gpus_per_run])
@@ -111,6 +111,7 @@ def point_record(results: Sequence[StepResult]) -> dict[str, Any]:
         "error": failed[0].error if failed else "",
         "failed_step": failed[0].name if failed else "",
         "notebook": failed[0].output if failed else "",
+        "log": failed[0].log if failed else "",
     }
 
 
@@ -235,6 +236,7 @@ def job_outcome(job: Any) -> dict[str, Any]:
                 "error": f"job {job.job_id} {state}: re-run npo sweep to resume it",
                 "failed_step": "",
                 "notebook": "",
+                "log": "",
             }
         text = "".join(traceback.format_exception_only(type(e), e)).strip()
         return {
@@ -243,4 +245,5 @@ def job_outcome(job: Any) -> dict[str, Any]:
             "error": text[-2000:],
             "failed_step": "job",
             "notebook": "",
+            "log": "",  # the job's own stderr file is in its record
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,15 +36,14 @@ class PipelineSpec:
     name: str = "demo"
     params: list[str] = field(default_factory=list)  # config params files for every step
     config: dict[str, Any] = field(default_factory=dict)  # config keys for every step
-    methods: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # method -> config keys of its forget run
-    visualize: str | None = (
-        None  # method whose unlearned model the heatmaps compare; default: first INFLUENCE one
-    )
+    # method -> config keys of its forget run
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # method whose unlearned model the heatmaps compare; default: the first INFLUENCE one
+    visualize: str | None = None
     runs_dir: str = "runs"
-    # config keys of the two fine-tuning runs (`npo finetune`, e.g. {finetune: {lr: 1e-5}}); set, the
-    # pipeline first fine-tunes target and retain from model_path (a hub base) and unlearns those
+    # config keys of the two fine-tuning runs (`npo finetune`, e.g. {finetune: {lr: 1e-5}}); set,
+    # the pipeline first fine-tunes target and retain from model_path (a hub base) and unlearns
+    # those
     finetune: dict[str, Any] | None = None
 
 
@@ -54,20 +54,14 @@ def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str
     cfg = spec_config(spec, over)
     if cfg.LoRA.r > 0 and not cfg.save_merged:
         raise ConfigError(
-            f"pipeline '{spec.name}': finetune with LoRA needs save_merged: true (unlearning reads a merged model)"
+            f"pipeline '{spec.name}': finetune with LoRA needs save_merged: true "
+            "(unlearning reads a merged model)"
         )
     steps, models = [], {}
     for role in ("target", "retain"):
         run = root / f"finetune-{role}"
-        params = {
-            **over,
-            "finetune": {
-                **dict(spec.config.get("finetune") or {}),
-                **dict(over.get("finetune") or {}),
-                "model": role,
-            },
-            "save_dir": str(run),
-        }
+        own = {**dict(spec.config.get("finetune") or {}), **dict(over.get("finetune") or {})}
+        params = {**over, "finetune": {**own, "model": role}, "save_dir": str(run)}
         step = Step(
             f"finetune {role}",
             notebook_path("finetune"),
@@ -80,153 +74,162 @@ def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str
     return steps, models
 
 
-def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
-    """The steps of the main pipeline and the folders the report compares (name -> folder)."""
+def influence_methods(spec: PipelineSpec, infl: Path) -> tuple[list[str], str | None]:
+    """The methods that read token weights (they need the influence step) and the one the
+    heatmaps compare (``visualize``, default the first of them)."""
     if not spec.methods:
         raise ConfigError(
-            f"pipeline '{spec.name}': no methods to compare (methods: {{name: {{forget_loss: ...}}}})"
+            f"pipeline '{spec.name}': no methods to compare "
+            "(methods: {name: {forget_loss: ...}})"
         )
-    root = Path(spec.runs_dir) / spec.name
-    nbdir = root / "notebooks"
-    infl = root / "influence"
-    base = spec_config(spec)
-    embedded = base.model_family == "tiny" and not base.model_path
-    cfgs = {
-        m: spec_config(spec, {**o, "influence_dir": str(infl)}) for m, o in spec.methods.items()
-    }
-    needs_influence = [
-        m for m, c in cfgs.items() if "token_weights" in parse_loss(c.forget_loss).needs
+    needs = [
+        m
+        for m, o in spec.methods.items()
+        if "token_weights"
+        in parse_loss(spec_config(spec, {**o, "influence_dir": str(infl)}).forget_loss).needs
     ]
-    vis = spec.visualize or (needs_influence[0] if needs_influence else None)
+    vis = spec.visualize or (needs[0] if needs else None)
     if vis is not None and vis not in spec.methods:
         raise ConfigError(
-            f"pipeline '{spec.name}': visualize={vis} is not one of the methods ({', '.join(spec.methods)})"
+            f"pipeline '{spec.name}': visualize={vis} is not one of the methods "
+            f"({', '.join(spec.methods)})"
         )
+    return needs, vis
 
-    steps: list[Step] = []
-    up: list[Step] = []
-    models: dict[str, Path] = {}  # role -> model folder the evaluations of target and retain read
-    if embedded:
+
+def model_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str, Path], PipelineSpec]:
+    """The steps that make target and retain (``prepare`` on the embedded default, the two
+    fine-tunings under ``finetune:``, none for given models), their folders (role -> model) and
+    the spec the later steps read (pointing at the fine-tuned models)."""
+    base = spec_config(spec)
+    if base.model_family == "tiny" and not base.model_path:
         prep = Step(
-            "prepare", notebook_path("prepare"), step_params(spec, {}), nbdir / "01-prepare.ipynb"
+            "prepare",
+            notebook_path("prepare"),
+            step_params(spec, {}),
+            root / "notebooks" / "01-prepare.ipynb",
         )
-        steps.append(prep)
-        up = [prep]
         paths = embedded_paths(base)
-        models = {"target": paths.target, "retain": paths.retain}
-    elif spec.finetune is not None:
-        up, models = finetune_steps(spec, root)
-        steps += up
-        spec = dataclasses.replace(
-            spec,
-            config={
-                **spec.config,
-                "model_path": str(models["target"]),
-                "retain_model_path": str(models["retain"]),
-            },
-        )
+        return [prep], {"target": paths.target, "retain": paths.retain}, spec
+    if spec.finetune is None:
+        return [], {}, spec
+    steps, models = finetune_steps(spec, root)
+    tuned = {"model_path": str(models["target"]), "retain_model_path": str(models["retain"])}
+    return steps, models, dataclasses.replace(spec, config={**spec.config, **tuned})
+
+
+def evaluation_step(
+    spec: PipelineSpec, name: str, model: Path, out: Path, deps: list[Step], **over: Any
+) -> Step:
+    """``evaluation.ipynb`` of the model in ``model``, its metrics into ``out``."""
+    return Step(
+        f"evaluate {name}",
+        notebook_path("evaluation"),
+        step_params(spec, {**over, "eval_model_path": str(model), "eval_out_dir": str(out)}),
+        Path(spec.runs_dir) / spec.name / "notebooks" / f"04-evaluation-{name}.ipynb",
+        deps=deps,
+    )
+
+
+def forget_step(spec: PipelineSpec, method: str, infl: Path, deps: list[Step]) -> Step:
+    """``forget.ipynb`` of one method into ``<runs_dir>/<name>/<method>``; a re-run replaces a
+    stale finished run there, an interrupted one resumes (:func:`forget_mode`)."""
+    run = Path(spec.runs_dir) / spec.name / method
+    over = {**spec.methods[method], "influence_dir": str(infl), "save_dir": str(run)}
+    step = Step(
+        f"forget {method}",
+        notebook_path("forget"),
+        step_params(spec, over),
+        run.parent / "notebooks" / f"03-forget-{method}.ipynb",
+        deps=deps,
+    )
+    step.runtime.update(forget_mode(step))
+    return step
+
+
+def visualisation_step(
+    spec: PipelineSpec, method: str, infl: Path, folders: dict[str, Path], deps: list[Step]
+) -> Step:
+    """``token_visualization.ipynb``: the heatmaps of ``method``'s unlearned model against the
+    target, and the forget quality vs model utility plot of every folder the report compares."""
+    root = Path(spec.runs_dir) / spec.name
+    extra = {
+        **spec.methods[method],
+        "influence_dir": str(infl),
+        "unlearned_model_path": str(root / method / "model"),
+        "heatmap_file": str(root / "heatmaps.html"),
+        "compare_runs": [str(f) for f in folders.values()],
+    }
+    return Step(
+        "token visualisation",
+        notebook_path("token_visualization"),
+        step_params(spec, extra),
+        root / "notebooks" / "05-token_visualization.ipynb",
+        deps=deps,
+    )
+
+
+def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
+    """The steps of the main pipeline and the folders the report compares (name -> folder):
+    target and retain (prepared or fine-tuned), influence when a method reads token weights,
+    then each method's forget and every evaluation, and the heatmaps last."""
+    root = Path(spec.runs_dir) / spec.name
+    infl = root / "influence"
+    needs_influence, vis = influence_methods(spec, infl)
+    up, models, spec = model_steps(spec, root)
+    steps = list(up)
     influence = None
     if needs_influence:
         influence = Step(
             "influence",
             notebook_path("influence"),
             step_params(spec, {"influence_dir": str(infl)}),
-            nbdir / "02-influence.ipynb",
+            root / "notebooks" / "02-influence.ipynb",
             deps=list(up),
         )
         steps.append(influence)
-    folders: dict[str, Path] = {}
-    evals: list[Step] = []
-    for role, model_dir in models.items():
-        folders[role] = root / role
-        evals.append(
-            Step(
-                f"evaluate {role}",
-                notebook_path("evaluation"),
-                step_params(
-                    spec, {"eval_model_path": str(model_dir), "eval_out_dir": str(root / role)}
-                ),
-                nbdir / f"04-evaluation-{role}.ipynb",
-                deps=list(up),
-            )
-        )
+    folders = {role: root / role for role in models}
+    evals = [evaluation_step(spec, r, m, root / r, list(up)) for r, m in models.items()]
     forgets: dict[str, Step] = {}
     for m, over in spec.methods.items():
-        run = root / m
-        folders[m] = run
         deps = list(up) + ([influence] if m in needs_influence and influence else [])
-        forgets[m] = Step(
-            f"forget {m}",
-            notebook_path("forget"),
-            step_params(spec, {**over, "influence_dir": str(infl), "save_dir": str(run)}),
-            nbdir / f"03-forget-{m}.ipynb",
-            deps=deps,
-        )
-        evals.append(
-            Step(
-                f"evaluate {m}",
-                notebook_path("evaluation"),
-                step_params(
-                    spec, {**over, "eval_model_path": str(run / "model"), "eval_out_dir": str(run)}
-                ),
-                nbdir / f"04-evaluation-{m}.ipynb",
-                deps=[forgets[m]],
-            )
-        )
-    steps += list(forgets.values()) + evals
+        forgets[m] = forget_step(spec, m, infl, deps)
+        run = folders[m] = root / m
+        evals.append(evaluation_step(spec, m, run / "model", run, [forgets[m]], **over))
+    steps += [*forgets.values(), *evals]
     if vis is not None and influence is not None:
-        steps.append(
-            Step(
-                "token visualisation",
-                notebook_path("token_visualization"),
-                step_params(
-                    spec,
-                    {
-                        **spec.methods[vis],
-                        "influence_dir": str(infl),
-                        "unlearned_model_path": str(root / vis / "model"),
-                        "heatmap_file": str(root / "heatmaps.html"),
-                        "compare_runs": [str(f) for f in folders.values()],
-                    },
-                ),
-                nbdir / "05-token_visualization.ipynb",
-                deps=[influence, forgets[vis], *evals],
-            )
-        )
-    for (
-        s
-    ) in forgets.values():  # a re-run replaces the stale finished run; an interrupted one resumes
-        s.runtime.update(forget_mode(s))
+        deps = [influence, forgets[vis], *evals]
+        steps.append(visualisation_step(spec, vis, infl, folders, deps))
     return steps, folders
 
 
-def run_pipeline(spec_file: str | os.PathLike, *, stream: bool = True) -> dict[str, Any]:
-    """``npo run``: execute the pipeline, then write and print the report table."""
+def run_pipeline(spec_file: str | os.PathLike, *, stream: bool = False) -> dict[str, Any]:
+    """``npo run``: execute the pipeline (one console line per step; papermill's and the
+    kernels' output in each step's log, and on stderr too when ``stream``), then write the
+    report table and the run dashboard."""
     t0 = time.perf_counter()
     spec = read_spec(spec_file, PipelineSpec)
     steps, folders = pipeline_steps(spec)
     root = Path(spec.runs_dir) / spec.name
-    results = run_steps(steps, stream=stream)
+    live = not stream and sys.stdout.isatty()
+    results = run_steps(steps, stream=stream, live=live)
     summary: dict[str, Any] = {
         "name": spec.name,
         "steps": [asdict(r) for r in results],
         "ok": all(r.status != "failed" for r in results),
     }
     if summary["ok"]:
-        table, csv_path = report([folders[k] for k in folders], root / "report.csv")
+        runs = list(folders.values())
+        table, csv_path = report(runs, root / "report.csv")
         atomic_write_text(root / "report.md", table + "\n")
-        summary.update(report=table, report_csv=str(csv_path))
+        summary.update(report=table, report_md=str(root / "report.md"), report_csv=str(csv_path))
         heatmaps = root / "heatmaps.html"
         if heatmaps.is_file():
             summary["heatmaps"] = str(heatmaps.resolve())
-        dashboard = write_dashboard_html(
-            [folders[k] for k in folders],
-            root / "dashboard.html",
-            title=f"{spec.name}: run dashboard",
-        )
-        summary["dashboard"] = str(
-            dashboard.resolve()
-        )  # the report, FQ-MU plot, loss curves, heatmaps; one file
+        title = f"{spec.name}: run dashboard"
+        dashboard = write_dashboard_html(runs, root / "dashboard.html", title=title)
+        # the report, FQ-MU plot, loss curves, heatmaps; one file
+        summary["dashboard"] = str(dashboard.resolve())
     summary["seconds"] = time.perf_counter() - t0
     atomic_write_json(root / "pipeline.json", summary)
     return summary

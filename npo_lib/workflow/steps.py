@@ -3,6 +3,8 @@
 A step's key hashes the notebook, its parameters and the keys of the steps it depends on; a step
 whose key matches its last successful execution is skipped, so re-running a pipeline or an
 interrupted sweep only does what changed or is missing. The notebooks ship inside the package.
+The console gets one line per step; papermill's and the kernel's output go to a log beside the
+executed notebook (and onto stderr too with ``stream``, ``npo run -v``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +26,7 @@ import yaml
 from npo_lib.commands.checks import check_config
 from npo_lib.commands.folders import RESULT_FILE
 from npo_lib.config import Config, load_config, nest_keys, read_params_file
+from npo_lib.config.sources import params_path
 from npo_lib.errors import ConfigError
 from npo_lib.utils.hashing import fingerprint
 from npo_lib.utils.io import atomic_write_json
@@ -66,12 +69,13 @@ def notebook_path(name: str | os.PathLike) -> Path:
 def papermill_command(
     notebook: Path, output: Path | str, params_file: Path, *, progress_bar: bool = True
 ) -> list[str]:
-    """The papermill command line of one execution: this interpreter, the python3 kernel, the
+    """The command line of one execution: papermill through :mod:`.run_notebook` (which stops
+    the kernel at once after the last cell) with this interpreter, the python3 kernel and the
     current folder as the notebook's working folder."""
     cmd = [
         sys.executable,
         "-m",
-        "papermill",
+        "npo_lib.workflow.run_notebook",
         str(notebook),
         str(output),
         "-f",
@@ -90,7 +94,8 @@ class StepResult:
     status: str  # "done", "skipped" (unchanged since its last success) or "failed"
     seconds: float = 0.0
     output: str = ""
-    error: str = ""  # the failing cell's exception and the tail of papermill's log
+    error: str = ""  # the failing cell's exception in one line (ename: evalue)
+    log: str = ""  # papermill's and the kernel's output of the execution
 
 
 @dataclass
@@ -102,9 +107,8 @@ class Step:
     params: dict[str, Any]
     output: Path
     deps: list[Step] = field(default_factory=list)
-    runtime: dict[str, Any] = field(
-        default_factory=dict
-    )  # passed to the notebook, not part of the key
+    # passed to the notebook, not part of the key
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -117,6 +121,12 @@ class Step:
     @property
     def done_file(self) -> Path:
         return self.side_file(DONE_SUFFIX)
+
+    @property
+    def log_file(self) -> Path:
+        """Beside the executed notebook: papermill's cell progress and parameter notices, the
+        kernel's own warnings, a failing cell's traceback."""
+        return self.side_file(LOG_SUFFIX)
 
     def last_success(self) -> dict[str, Any] | None:
         """The record of the last successful execution, if its output notebook is still there."""
@@ -151,27 +161,26 @@ def error_summary(log_tail: str) -> str:
     return "\n".join(lines[-15:])
 
 
-def execute(step: Step, *, stream: bool = True) -> StepResult:
-    """Run one step with papermill (a subprocess: its kernel, its memory) and record the result.
+def cell_error(notebook: Path) -> str:
+    """The failing cell's exception as one line, ``ename: evalue``, read from the executed
+    notebook papermill saved; "" when it holds none (the kernel died, papermill failed)."""
+    try:
+        cells = json.loads(notebook.read_text()).get("cells", [])
+    except (OSError, ValueError):
+        return ""
+    for cell in cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return " ".join(f"{out.get('ename', '')}: {out.get('evalue', '')}".split())
+    return ""
 
-    Output streams to stderr when ``stream`` (papermill's cell progress bar), and always to
-    ``<output>.log``. On failure papermill has already saved the executed notebook with the
-    failing cell marked; ``<output>.failed.json`` records the error.
-    """
-    step.output.parent.mkdir(parents=True, exist_ok=True)
-    params_file = step.side_file(PARAMS_SUFFIX)
-    params_file.write_text(yaml.safe_dump({**step.params, **step.runtime}, sort_keys=False))
-    for stale in (step.done_file, step.side_file(FAILED_SUFFIX)):
-        stale.unlink(missing_ok=True)
-    t0 = time.perf_counter()
+
+def tee(cmd: list[str], log_file: Path, stream: bool, **popen: Any) -> tuple[int, str]:
+    """Run ``cmd`` with its stdout and stderr into ``log_file`` (and onto stderr when
+    ``stream``); returns its exit status and the tail of its output."""
     tail: collections.deque[bytes] = collections.deque(maxlen=400)
-    with open(step.side_file(LOG_SUFFIX), "wb") as log:
-        proc = subprocess.Popen(
-            step.command(params_file),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=kernel_env(),
-        )
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
             log.write(chunk)
@@ -180,44 +189,83 @@ def execute(step: Step, *, stream: bool = True) -> StepResult:
                 sys.stderr.buffer.write(chunk)
                 sys.stderr.flush()
         rc = proc.wait()
+    return rc, b"".join(tail).decode(errors="replace")
+
+
+def execute(step: Step, *, stream: bool = False) -> StepResult:
+    """Run one step with papermill (a subprocess: its kernel, its memory) and record the result.
+
+    Papermill's and the kernel's output (cell progress, parameter notices, kernel warnings) go
+    to :attr:`Step.log_file`, and onto stderr too when ``stream`` (``npo run -v``). On failure
+    papermill has already saved the executed notebook with the failing cell marked;
+    ``<output>.failed.json`` records the cell's error.
+    """
+    step.output.parent.mkdir(parents=True, exist_ok=True)
+    params_file = step.side_file(PARAMS_SUFFIX)
+    params_file.write_text(yaml.safe_dump({**step.params, **step.runtime}, sort_keys=False))
+    for stale in (step.done_file, step.side_file(FAILED_SUFFIX)):
+        stale.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    rc, tail = tee(step.command(params_file), step.log_file, stream, env=kernel_env())
     seconds = time.perf_counter() - t0
+    out, log = str(step.output), str(step.log_file)
     if rc == 0:
         trust_notebook(step.output)  # JupyterLab then draws its saved widgets without a kernel
         atomic_write_json(
             step.done_file, {"key": step.key, "seconds": seconds, "params": step.params}
         )
-        return StepResult(step.name, "done", seconds, str(step.output))
-    error = error_summary(b"".join(tail).decode(errors="replace")) or f"papermill exited with {rc}"
+        return StepResult(step.name, "done", seconds, out, log=log)
+    last = error_summary(tail).splitlines()[-1:] or [""]
+    error = cell_error(step.output) or f"papermill exited with {rc}: {last[0]}"
     atomic_write_json(
         step.side_file(FAILED_SUFFIX), {"key": step.key, "returncode": rc, "error": error}
     )
-    return StepResult(step.name, "failed", seconds, str(step.output), error)
+    return StepResult(step.name, "failed", seconds, out, error, log)
 
 
-def run_steps(steps: Sequence[Step], *, stream: bool = True, say: Any = print) -> list[StepResult]:
-    """Execute ``steps`` in order, skipping current ones; stops at the first failure."""
+def run_steps(
+    steps: Sequence[Step],
+    *,
+    stream: bool = False,
+    say: Callable[[str], Any] = print,
+    live: bool = False,
+) -> list[StepResult]:
+    """Execute ``steps`` in order, skipping current ones; stops at the first failure.
+
+    ``say`` gets one line per step: its name, done / skipped / failed and the seconds it took;
+    a failure adds its cell error and where its notebook and log are. ``live`` (a terminal)
+    shows the running step on the line its result then replaces; ``stream`` shows papermill's
+    and the kernel's output as it comes, and a line before each step.
+    """
     results = []
+    width = max((len(s.name) for s in steps), default=0)
     for i, step in enumerate(steps, 1):
-        head = f"[{i}/{len(steps)}] {step.name}"
+        head = f"[{i}/{len(steps)}] {step.name:<{width}}"
         if step.is_current():
-            say(f"{head}: unchanged, skipped ({step.output})")
+            say(f"{head}  skipped (unchanged)")
             results.append(StepResult(step.name, "skipped", 0.0, str(step.output)))
             continue
-        why = "parameters or inputs changed" if step.last_success() else "new"
-        say(f"{head}: running {step.notebook.name} ({why}) -> {step.output}")
+        if stream:
+            why = "parameters or inputs changed" if step.last_success() else "new"
+            say(f"{head}  running {step.notebook.name} ({why}) -> {step.output}")
+        elif live:
+            print(f"{head}  running", end="\r", flush=True)
         res = execute(step, stream=stream)
         results.append(res)
-        say(f"{head}: {res.status} in {res.seconds:.1f} s")
+        say(f"{head}  {res.status:<7} {res.seconds:7.1f} s")
         if res.status == "failed":
-            say(
-                f"{head} failed; executed notebook with the failing cell: {res.output}\n{res.error}"
-            )
+            say(f"  {res.error}\n  notebook: {res.output}\n  log: {res.log}")
             break
     return results
 
 
 def read_spec(path: str | os.PathLike, schema: type) -> Any:
-    """A spec file checked against its dataclass: unknown keys and bad params files named."""
+    """A spec file checked against its dataclass: unknown keys and bad params files named.
+
+    ``path`` is a file, or the name of one shipped with the package (``npo run demo``). The
+    params files it lists become absolute paths (:func:`spec_params_file`).
+    """
+    path = params_path(path)
     values = read_params_file(path)
     valid = {f for f in schema.__dataclass_fields__}
     unknown = sorted(set(values) - valid)
@@ -226,10 +274,24 @@ def read_spec(path: str | os.PathLike, schema: type) -> Any:
             f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
         )
     spec = schema(**values)
-    for p in spec.params:
-        if not Path(p).is_file():
-            raise ConfigError(f"{path}: params file not found: {p}")
+    if not isinstance(spec.params, list):
+        raise ConfigError(f"{path}: params must be a list of params files, got {spec.params!r}")
+    spec.params = [str(spec_params_file(path, p)) for p in spec.params]
     return spec
+
+
+def spec_params_file(spec_file: Path, entry: str | os.PathLike) -> Path:
+    """A params file a spec lists, as an absolute path: relative to the spec file's folder (so a
+    packaged pipeline finds its neighbours after ``pip install``), else to the current folder,
+    else a packaged one by name."""
+    p = Path(entry).expanduser()
+    for candidate in (spec_file.parent / p, p, params_path(p)):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(
+        f"{spec_file}: params file not found: {entry} (looked beside {spec_file.name}, in the "
+        "current folder and among the packaged ones)"
+    )
 
 
 class Spec(Protocol):

@@ -67,7 +67,8 @@ class SweepSpec:
             unknown = sorted(set(self.executor) - valid)
             if unknown:
                 raise ConfigError(
-                    f"sweep {self.name}: unknown executor key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+                    f"sweep {self.name}: unknown executor key(s) {', '.join(unknown)}; "
+                    f"valid: {', '.join(sorted(valid))}"
                 )
             self.executor = SweepExecutorConfig(**self.executor)
 
@@ -88,14 +89,16 @@ def grid_points(
         for i, g in enumerate(grid):
             if not isinstance(g, Mapping):
                 raise ConfigError(
-                    f"sweep grid: entry {i} of the list must be a mapping of config key -> values, got {g!r}"
+                    f"sweep grid: entry {i} of the list must be a mapping of config key -> "
+                    f"values, got {g!r}"
                 )
             for pt in grid_points(g):
                 out.setdefault(point_name(pt), pt)
         return list(out.values())
     if not isinstance(grid, Mapping):
         raise ConfigError(
-            f"sweep grid must be a mapping of config key -> values (or a list of them), got {grid!r}"
+            "sweep grid must be a mapping of config key -> values (or a list of them), "
+            f"got {grid!r}"
         )
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
@@ -158,7 +161,7 @@ def sweep_steps(spec: SweepSpec) -> tuple[list[Step], dict[str, list[Step]], Pat
     return setup, runs, root
 
 
-_NOT_RUN = {"seconds": 0.0, "error": "", "failed_step": "", "notebook": ""}
+_NOT_RUN = {"seconds": 0.0, "error": "", "failed_step": "", "notebook": "", "log": ""}
 Say = Callable[[str, dict[str, Any]], None]  # (point name, its status entry): record it
 
 
@@ -167,9 +170,13 @@ def _run_threads(
 ) -> None:
     """Today's pool: ``n`` points at a time as threads of this process."""
 
+    def say(name: str) -> Callable[[str], None]:
+        """A point's step lines: on the console only when ``stream`` (``npo sweep -v``)."""
+        return lambda s: print(f"[{name}] {s}", flush=True) if stream else None
+
     def one(name: str) -> tuple[str, dict[str, Any]]:
-        say = lambda s: print(f"[{name}] {s}", flush=True)  # noqa: E731
-        return name, point_record(run_steps(runs[name], stream=stream and n == 1, say=say))
+        steps = runs[name]
+        return name, point_record(run_steps(steps, stream=stream and n == 1, say=say(name)))
 
     with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
         for name, rec in pool.map(one, order):
@@ -216,7 +223,8 @@ def _run_slurm(
     done: Say,
 ) -> None:
     """One SLURM job array, a task per point (``array_parallelism`` at a time); waits for it.
-    Points whose job from an earlier run is still queued or running are waited on, not resubmitted."""
+    Points whose job from an earlier run is still queued or running are waited on, not
+    resubmitted."""
     import submitit
 
     jobs = active_jobs(dict(status), order, Path(executor.folder))
@@ -252,7 +260,8 @@ def cpu_share(name: str, n: int, on_cpus: bool) -> Iterator[None]:
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = threads
         print(
-            f"sweep {name}: {n} runs at a time on {os.cpu_count()} CPUs: OMP_NUM_THREADS={threads} each",
+            f"sweep {name}: {n} runs at a time on {os.cpu_count()} CPUs: "
+            f"OMP_NUM_THREADS={threads} each",
             flush=True,
         )
     try:
@@ -262,99 +271,90 @@ def cpu_share(name: str, n: int, on_cpus: bool) -> Iterator[None]:
             os.environ.pop("OMP_NUM_THREADS", None)
 
 
-def run_sweep(
-    spec_file: str | os.PathLike,
-    *,
-    parallel: int | None = None,
-    executor: str | None = None,
-    stream: bool = True,
-) -> dict[str, Any]:
-    """``npo sweep``: setup once, then every grid point (``parallel`` at a time).
-
-    ``executor`` (default: the file's ``executor.kind``): ``thread`` runs points as threads of
-    this process; ``local`` as submitit processes, each pinned to its own GPUs
-    (``executor.gpus_per_run``; chosen by itself when ``thread`` would run several points on a
-    machine with GPUs); ``slurm`` as one SLURM job array through submitit (the setup notebooks
-    first, as a job of their own). ``<sweep>/status.json`` records each run (done, failed with
-    its error, skipped, interrupted; job id and log files under submitit); a re-run skips
-    finished runs and repeats failed or interrupted ones; the sweep ends with the report table of
-    every finished run.
-    """
-    t0 = time.perf_counter()
-    spec = read_spec(spec_file, SweepSpec)
-    setup, runs, root = sweep_steps(spec)
-    root.mkdir(parents=True, exist_ok=True)
-    status_file = root / "status.json"
-    status: dict[str, Any] = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    lock = threading.Lock()
-    n = parallel or spec.parallel
-    kind = executor or spec.executor.kind
+def executor_kind(spec: SweepSpec, n: int, kind: str | None) -> tuple[str, list[list[str] | None]]:
+    """Where the points run and the device sets of the concurrent ones: ``kind`` (default: the
+    file's ``executor.kind``); ``thread`` turns into ``local`` when several points at a time
+    would share a machine's GPUs and submitit can give each its own."""
+    kind = kind or spec.executor.kind
     if kind not in ("thread", "local", "slurm"):
         raise ConfigError(f"sweep executor must be thread, local or slurm, got {kind!r}")
     slots = local_device_slots(n, spec.executor.gpus_per_run) if kind != "slurm" else []
     if kind == "thread" and len(slots) > 1 and slots[0] is not None:
         if importlib.util.find_spec("submitit") is None:
             print(
-                f"sweep {spec.name}: {len(slots)} threads share the GPUs; pip install -e '.[cluster]' gives each run its own",
+                f"sweep {spec.name}: {len(slots)} threads share the GPUs; "
+                "pip install -e '.[cluster]' gives each run its own",
                 flush=True,
             )
         else:
             print(
-                f"sweep {spec.name}: {len(slots)} runs at a time on GPUs: each a local job pinned to its own ({slots[0]!r}, ...)",
+                f"sweep {spec.name}: {len(slots)} runs at a time on GPUs: each a local job "
+                f"pinned to its own ({slots[0]!r}, ...)",
                 flush=True,
             )
             kind = "local"
-    sub = (
-        make_executor(spec.executor, kind, Path(spec.executor.folder or root / "jobs"), spec.name)
-        if kind != "thread"
-        else None
-    )
+    return kind, slots
 
-    def record(name: str, rec: dict[str, Any]) -> None:
-        with lock:
-            status[name] = rec
-            atomic_write_json(status_file, status)
 
-    # 1. setup notebooks, once (a job of their own under submitit)
-    setup_rec = _run_setup(setup, sub, slots[0] if slots else None, stream, record)
-    if setup_rec["status"] in ("failed", "interrupted"):
-        record("_setup", setup_rec)
-        return {
-            "name": spec.name,
-            "ok": False,
-            "status": status,
-            "executor": kind,
-            "seconds": time.perf_counter() - t0,
-        }
-    status.pop("_setup", None)
-    # 2. the grid points: finished ones are skipped without a job
-    order = list(runs)
-    pending = [name for name in order if not all(s.is_current() for s in runs[name])]
-    for name in order:
-        if name not in pending:
-            record(name, {"status": "skipped", **_NOT_RUN})
-    finished_count = iter(range(len(order) - len(pending) + 1, len(order) + 1))
+class StatusFile:
+    """``<sweep>/status.json``: each point's entry, rewritten whole after every change (the
+    threads of the pool record through one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.status: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        self.lock = threading.Lock()
+
+    def record(self, name: str, rec: dict[str, Any]) -> None:
+        with self.lock:
+            self.status[name] = rec
+            atomic_write_json(self.path, self.status)
+
+
+def point_line(name: str, rec: Mapping[str, Any]) -> str:
+    """A finished point on one line: its status, seconds and, failed, the step and cell error,
+    and the step's log."""
+    took = f" in {rec['seconds']:.0f} s" if rec.get("seconds") else ""
+    if rec["status"] not in ("failed", "interrupted"):
+        return f"{name}: {rec['status']}{took}"
+    error = rec["error"].splitlines()[-1] if rec["error"] else ""
+    where = rec.get("log") or rec.get("stderr")  # the step's log, or the job's stderr
+    log = f"; log: {where}" if where else ""
+    return f"{name}: {rec['status']}{took} ({rec['failed_step']}: {error}{log})"
+
+
+def run_points(
+    spec: SweepSpec,
+    runs: Mapping[str, list[Step]],
+    pending: list[str],
+    status: StatusFile,
+    *,
+    n: int,
+    kind: str,
+    slots: list[list[str] | None],
+    executor: Any,
+    stream: bool,
+) -> None:
+    """The pending grid points through ``executor`` (``kind``), ``n`` at a time; each finished
+    point is recorded and printed as one line."""
+    finished_count = iter(range(len(runs) - len(pending) + 1, len(runs) + 1))
 
     def done(name: str, rec: dict[str, Any]) -> None:
-        record(name, rec)
-        why = ""
-        if rec["status"] in ("failed", "interrupted"):
-            why = (
-                f" ({rec['failed_step']}: {rec['error'].splitlines()[-1] if rec['error'] else ''})"
-            )
-        took = f" in {rec['seconds']:.0f} s" if rec.get("seconds") else ""
-        print(
-            f"sweep {spec.name}: {next(finished_count)}/{len(order)} {name}: {rec['status']}{took}{why}",
-            flush=True,
-        )
+        status.record(name, rec)
+        line = point_line(name, rec)
+        print(f"sweep {spec.name}: {next(finished_count)}/{len(runs)} {line}", flush=True)
 
     with cpu_share(spec.name, min(n, len(pending)), kind != "slurm" and slots[0] is None):
         if kind == "thread":
             _run_threads(runs, pending, n, stream, done)
         elif kind == "local":
-            _run_local(runs, pending, slots, sub, record, done)
+            _run_local(runs, pending, slots, executor, status.record, done)
         else:
-            _run_slurm(runs, pending, sub, status, record, done)
+            _run_slurm(runs, pending, executor, status.status, status.record, done)
+
+
+def sweep_summary(spec: SweepSpec, root: Path, order: list[str], kind: str, status: dict) -> dict:
+    """The sweep's result: each point's entry, and the report table of every finished run."""
     finished = [
         root / name
         for name in order
@@ -371,5 +371,59 @@ def run_sweep(
         table, csv_path = report(finished, root / "report.csv")
         atomic_write_text(root / "report.md", table + "\n")
         out.update(report=table, report_csv=str(csv_path))
+    return out
+
+
+def run_sweep(
+    spec_file: str | os.PathLike,
+    *,
+    parallel: int | None = None,
+    executor: str | None = None,
+    stream: bool = False,
+) -> dict[str, Any]:
+    """``npo sweep``: setup once, then every grid point (``parallel`` at a time).
+
+    ``executor`` (default: the file's ``executor.kind``): ``thread`` runs points as threads of
+    this process; ``local`` as submitit processes, each pinned to its own GPUs
+    (``executor.gpus_per_run``; chosen by itself when ``thread`` would run several points on a
+    machine with GPUs); ``slurm`` as one SLURM job array through submitit (the setup notebooks
+    first, as a job of their own). ``<sweep>/status.json`` records each run (done, failed with
+    its error, skipped, interrupted; job id and log files under submitit); a re-run skips
+    finished runs and repeats failed or interrupted ones; the sweep ends with the report table of
+    every finished run. The console shows a line per setup step and per point; ``stream`` adds
+    papermill's and the kernels' output, else in each step's log.
+    """
+    t0 = time.perf_counter()
+    spec = read_spec(spec_file, SweepSpec)
+    setup, runs, root = sweep_steps(spec)
+    root.mkdir(parents=True, exist_ok=True)
+    status = StatusFile(root / "status.json")
+    n = parallel or spec.parallel
+    kind, slots = executor_kind(spec, n, executor)
+    folder = Path(spec.executor.folder or root / "jobs")
+    sub = make_executor(spec.executor, kind, folder, spec.name) if kind != "thread" else None
+    # 1. setup notebooks, once (a job of their own under submitit)
+    setup_rec = _run_setup(setup, sub, slots[0] if slots else None, stream, status.record)
+    if setup_rec["status"] in ("failed", "interrupted"):
+        status.record("_setup", setup_rec)
+        seconds = time.perf_counter() - t0
+        return {
+            "name": spec.name,
+            "ok": False,
+            "status": status.status,
+            "executor": kind,
+            "seconds": seconds,
+        }
+    status.status.pop("_setup", None)
+    # 2. the grid points: finished ones are skipped without a job
+    order = list(runs)
+    pending = [name for name in order if not all(s.is_current() for s in runs[name])]
+    for name in order:
+        if name not in pending:
+            status.record(name, {"status": "skipped", **_NOT_RUN})
+    run_points(
+        spec, runs, pending, status, n=n, kind=kind, slots=slots, executor=sub, stream=stream
+    )
+    out = sweep_summary(spec, root, order, kind, status.status)
     out["seconds"] = time.perf_counter() - t0
     return out
