@@ -2,8 +2,9 @@
 
 :func:`npo_lib.config.load_config` checks keys, types and ranges; this adds the names (model
 family, objective, influence scorer and preconditioner, selection method, attacks) and the
-limits of the embedded benchmark generator. Every command and run function calls
-:func:`check_config` first, so a bad value fails in one line before any model loads.
+limits of the embedded benchmark generator. :func:`npo_lib.commands.resolve.resolve` calls
+:func:`check_config` once where a config enters (the CLI, a notebook's first cell, a command
+given a bare Config), so a bad value fails in one line before any model loads.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from npo_lib.config import Config
 from npo_lib.embedded.benchmark import check_benchmark_config
@@ -20,13 +22,21 @@ from npo_lib.influence.modules import MODULE_SETS
 from npo_lib.influence.preconditioners import PRECONDITIONERS
 from npo_lib.influence.scorers import Scorer, get_scorer
 from npo_lib.influence.selection import check_selection
-from npo_lib.models.families import get_family
+from npo_lib.models.families import ModelFamily, get_family
 from npo_lib.objectives.registry import LossSpec, parse_loss
 
 
-def check_config(cfg: Config) -> LossSpec:
-    """Fail (ConfigError, one line) on a name no registry knows; returns the parsed objective."""
-    get_family(cfg.model_family)
+class Names(NamedTuple):
+    """What the checked names of a config stand for."""
+
+    family: ModelFamily
+    spec: LossSpec  # the parsed forget_loss
+
+
+def check_config(cfg: Config) -> Names:
+    """Fail (ConfigError, one line) on a name no registry knows; returns the model family and
+    the parsed objective, so a caller looks neither up again."""
+    family = get_family(cfg.model_family)
     spec = parse_loss(cfg.forget_loss)
     check_selection(cfg.selection)
     check_benchmark_config(cfg.benchmark)
@@ -36,7 +46,7 @@ def check_config(cfg: Config) -> LossSpec:
         raise ConfigError(
             f"eval.robustness: unknown attack '{unknown[0]}'; valid: {', '.join(ATTACKS)}"
         )
-    return spec
+    return Names(family, spec)
 
 
 def check_influence_settings(cfg: Config) -> Scorer:
@@ -55,19 +65,19 @@ def check_influence_settings(cfg: Config) -> Scorer:
         )
     if ic.modules == "lora" and cfg.LoRA.r <= 0:
         raise ConfigError(
-            "influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 (or another "
-            "influence.modules)"
+            "influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 "
+            "(or another influence.modules)"
         )
     if ic.modules == "lora" and not scorer.supports_lora:
         raise ConfigError(
-            f"influence.scorer={scorer.name} tracks the base model's Linear layers: use another "
-            f"influence.modules"
+            f"influence.scorer={scorer.name} tracks the base model's Linear layers: "
+            "use another influence.modules"
         )
     if scorer.requires and importlib.util.find_spec(scorer.requires) is None:
         raise ConfigError(
-            f"influence.scorer={scorer.name} needs the optional package {scorer.requires}, which "
-            f"is not installed: "
-            "pip install -e '.[influence]' (see pyproject); the built-in scorers need nothing more"
+            f"influence.scorer={scorer.name} needs the optional package {scorer.requires}, "
+            "which is not installed: pip install -e '.[influence]' (see pyproject); the "
+            "built-in scorers need nothing more"
         )
     return scorer
 
