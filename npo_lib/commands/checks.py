@@ -1,9 +1,10 @@
 """Every check a config can fail without loading a model: the names each registry owns.
 
 :func:`npo_lib.config.load_config` checks keys, types and ranges; this adds the names (model
-family, objective, influence scorer and preconditioner, selection method, attacks) and the limits of the
-embedded benchmark generator. Every command and run function calls :func:`check_config` first,
-so a bad value fails in one line before any model loads.
+family, objective, influence scorer and preconditioner, selection method, attacks) and the
+limits of the embedded benchmark generator. :func:`npo_lib.commands.resolve.resolve` calls
+:func:`check_config` once where a config enters (the CLI, a notebook's first cell, a command
+given a bare Config), so a bad value fails in one line before any model loads.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from npo_lib.config import Config
 from npo_lib.embedded.benchmark import check_benchmark_config
@@ -20,14 +22,22 @@ from npo_lib.influence.modules import MODULE_SETS
 from npo_lib.influence.preconditioners import PRECONDITIONERS
 from npo_lib.influence.scorers import Scorer, get_scorer
 from npo_lib.influence.selection import check_selection
-from npo_lib.models.families import get_family
+from npo_lib.models.families import ModelFamily, get_family
 from npo_lib.objectives.registry import LossSpec, parse_loss
 from npo_lib.training.arguments import rmu_trainable_blocks
 
 
-def check_config(cfg: Config) -> LossSpec:
-    """Fail (ConfigError, one line) on a name no registry knows; returns the parsed objective."""
-    get_family(cfg.model_family)
+class Names(NamedTuple):
+    """What the checked names of a config stand for."""
+
+    family: ModelFamily
+    spec: LossSpec  # the parsed forget_loss
+
+
+def check_config(cfg: Config) -> Names:
+    """Fail (ConfigError, one line) on a name no registry knows; returns the model family and
+    the parsed objective, so a caller looks neither up again."""
+    family = get_family(cfg.model_family)
     spec = parse_loss(cfg.forget_loss)
     check_selection(cfg.selection)
     check_benchmark_config(cfg.benchmark)
@@ -42,7 +52,7 @@ def check_config(cfg: Config) -> LossSpec:
         raise ConfigError(
             f"eval.robustness: unknown attack '{unknown[0]}'; valid: {', '.join(ATTACKS)}"
         )
-    return spec
+    return Names(family, spec)
 
 
 def check_influence_settings(cfg: Config) -> Scorer:
@@ -52,7 +62,8 @@ def check_influence_settings(cfg: Config) -> Scorer:
     scorer = get_scorer(ic.scorer)
     if ic.preconditioner not in PRECONDITIONERS:
         raise ConfigError(
-            f"influence.preconditioner '{ic.preconditioner}' is unknown; valid: {', '.join(PRECONDITIONERS)}"
+            f"influence.preconditioner '{ic.preconditioner}' is unknown; "
+            f"valid: {', '.join(PRECONDITIONERS)}"
         )
     if ic.modules not in MODULE_SETS:
         raise ConfigError(
@@ -60,16 +71,19 @@ def check_influence_settings(cfg: Config) -> Scorer:
         )
     if ic.modules == "lora" and cfg.LoRA.r <= 0:
         raise ConfigError(
-            "influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 (or another influence.modules)"
+            "influence.modules=lora tracks LoRA adapters: set LoRA.r > 0 "
+            "(or another influence.modules)"
         )
     if ic.modules == "lora" and not scorer.supports_lora:
         raise ConfigError(
-            f"influence.scorer={scorer.name} tracks the base model's Linear layers: use another influence.modules"
+            f"influence.scorer={scorer.name} tracks the base model's Linear layers: "
+            "use another influence.modules"
         )
     if scorer.requires and importlib.util.find_spec(scorer.requires) is None:
         raise ConfigError(
-            f"influence.scorer={scorer.name} needs the optional package {scorer.requires}, which is not installed: "
-            "pip install -e '.[influence]' (see pyproject); the built-in scorers need nothing more"
+            f"influence.scorer={scorer.name} needs the optional package {scorer.requires}, "
+            "which is not installed: pip install -e '.[influence]' (see pyproject); the "
+            "built-in scorers need nothing more"
         )
     return scorer
 
@@ -89,11 +103,12 @@ def check_activation_layers(cfg: Config, spec: LossSpec, model_path: str) -> Non
         return
     if cfg.rmu_layer > n - 2:
         raise ConfigError(
-            f"rmu_layer={cfg.rmu_layer}: the model at {model_path} has {n} decoder blocks; RMU / ACT read "
-            f"the output of a block below the last (0..{n - 2})"
+            f"rmu_layer={cfg.rmu_layer}: the model at {model_path} has {n} decoder blocks; "
+            f"RMU / ACT read the output of a block below the last (0..{n - 2})"
         )
     missing = [i for i in rmu_trainable_blocks(cfg) if i >= n]
     if missing:
         raise ConfigError(
-            f"rmu_trainable_layers: block {missing[0]} does not exist in the model at {model_path} ({n} blocks)"
+            f"rmu_trainable_layers: block {missing[0]} does not exist in the model at "
+            f"{model_path} ({n} blocks)"
         )

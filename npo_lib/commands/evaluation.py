@@ -14,32 +14,20 @@ from typing import Any
 
 import torch
 
-from npo_lib.commands.checks import check_config
 from npo_lib.commands.folders import saved_result
+from npo_lib.commands.resolve import Resolved, resolve
 from npo_lib.config import Config, EvalConfig
-from npo_lib.embedded.paths import (
-    embedded_paths,
-    resolve_model_path,
-    resolve_retain_model_path,
-    uses_embedded,
-)
+from npo_lib.embedded.paths import resolve_model_path
 from npo_lib.errors import EvalError
 from npo_lib.eval.compute import (
     HEADLINE_METRICS,
     EvalData,
     compute_metrics,
     eval_identity,
-    load_eval_data,
+    load_eval_sets,
 )
 from npo_lib.eval.robustness import AttackContext, run_attacks
-from npo_lib.models.families import get_family
-from npo_lib.models.loading import (
-    check_tokenizer,
-    default_device,
-    load_model,
-    load_tokenizer,
-    resolve_dtype,
-)
+from npo_lib.models.loading import check_tokenizer, default_device, resolve_dtype
 from npo_lib.utils import dist
 from npo_lib.utils.hashing import fingerprint, model_fingerprint
 from npo_lib.utils.io import atomic_write_json
@@ -61,7 +49,7 @@ def _config_dict(cfg: Config) -> dict[str, Any]:
 
 
 def _resolved_dtype(cfg: Config) -> str:
-    return str(resolve_dtype(cfg, default_device())).removeprefix("torch.")
+    return str(resolve_dtype(cfg.dtype, default_device())).removeprefix("torch.")
 
 
 def _identity(
@@ -121,21 +109,56 @@ def _reusable(file: Path, identity: Mapping[str, Any], progress: bool = False) -
     return saved
 
 
-def _role(cfg: Config, model_fp: str, retain_fp: str | None) -> str:
+def _role(res: Resolved, model_fp: str, retain_fp: str | None) -> str:
     if retain_fp is not None and model_fp == retain_fp:
         return "retain"
-    family = get_family(cfg.model_family)
-    if uses_embedded(cfg):
-        target = embedded_paths(cfg).target
+    if res.embedded is not None:
+        target = res.embedded.target
         if target.is_dir() and model_fingerprint(target) == model_fp:
             return "target"
-    elif model_fp == model_fingerprint(family.hub_id or ""):
+    elif model_fp == model_fingerprint(res.family.hub_id or ""):
         return "target"
     return "run"
 
 
+def _measure(
+    res: Resolved,
+    model: Any,
+    tokenizer: Any,
+    data: EvalData,
+    options: EvalConfig,
+    reference: Mapping[str, Any] | str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Every metric of ``model`` (sharded over the ranks), then the robustness attacks."""
+    with dist.sharded():
+        metrics = compute_metrics(
+            model,
+            tokenizer,
+            res.tags,
+            data,
+            options,
+            reference=reference,
+            max_length=res.cfg.max_length,
+            progress=progress,
+        )
+        if options.robustness:
+            t1 = time.perf_counter()
+            ctx = AttackContext(
+                model, tokenizer, res.tags, data, options, res.cfg.max_length, progress
+            )
+            metrics["robustness"] = {}
+            for name in options.robustness:
+                attack = functools.partial(run_attacks, ctx, [name])
+                metrics["robustness"].update(
+                    dist.on_rank0(attack) if name in RANK0_ATTACKS else attack()
+                )
+            metrics["seconds"]["robustness"] = time.perf_counter() - t1
+    return metrics
+
+
 def _run(
-    cfg: Config,
+    res: Resolved,
     model_path: str,
     tokenizer_path: str,
     data: EvalData,
@@ -155,59 +178,52 @@ def _run(
     (their probes and samples), except the ones in :data:`RANK0_ATTACKS`.
     """
     t0 = time.perf_counter()
-    ranks = (
-        dist.world_size() if dist.ensure_process_group() else 1
-    )  # before the model picks its GPU
-    tokenizer = load_tokenizer(cfg, tokenizer_path)
-    model = load_model(cfg, model_path)
+    # before the model picks its GPU
+    ranks = dist.world_size() if dist.ensure_process_group() else 1
+    tokenizer = res.loader.tokenizer(tokenizer_path)
+    model = res.loader.model(model_path)
     check_tokenizer(model, tokenizer, model_name=model_path, tokenizer_name=tokenizer_path)
-    with dist.sharded():
-        res = compute_metrics(
-            model,
-            tokenizer,
-            get_family(cfg.model_family).tags,
-            data,
-            options,
-            reference=reference,
-            max_length=cfg.max_length,
-            progress=progress and dist.is_rank0(),
-        )
-        if options.robustness:
-            t1 = time.perf_counter()
-            ctx = AttackContext(
-                model,
-                tokenizer,
-                get_family(cfg.model_family).tags,
-                data,
-                options,
-                cfg.max_length,
-                progress and dist.is_rank0(),
-            )
-            res["robustness"] = {}
-            for name in options.robustness:
-                attack = functools.partial(run_attacks, ctx, [name])
-                res["robustness"].update(
-                    dist.on_rank0(attack) if name in RANK0_ATTACKS else attack()
-                )
-            res["seconds"]["robustness"] = time.perf_counter() - t1
+    measured = _measure(
+        res, model, tokenizer, data, options, reference, progress and dist.is_rank0()
+    )
     del model
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # before the next model of the session loads
-    out = {
-        **res,
-        "identity": identity,
-        "machine": machine_info(),
-        "ranks": ranks,
-    }  # where the numbers came from
-    out["seconds"] = {**res["seconds"], "total": time.perf_counter() - t0}
+        torch.cuda.empty_cache()  # before the next model of this process loads
+    # where the numbers came from
+    out = {**measured, "identity": identity, "machine": machine_info(), "ranks": ranks}
+    out["seconds"] = {**measured["seconds"], "total": time.perf_counter() - t0}
     if dist.is_rank0():
         atomic_write_json(file, out, indent=1)
     dist.barrier()  # the file is there for every rank once this returns
     return json.loads(json.dumps(out, default=str))  # the same (string-keyed) form as reloaded
 
 
+def eval_run(
+    run: Config | Resolved, model_path: str | None = None, *, tokenizer: bool = True
+) -> Resolved:
+    """``run`` resolved for ``npo eval``, on ``model_path`` when given (a model folder; without
+    ``tokenizer`` it need not hold a tokenizer)."""
+    if isinstance(run, Resolved) and run.command == "eval":
+        return run.with_model(model_path, tokenizer=tokenizer) if model_path else run
+    cfg = run.cfg if isinstance(run, Resolved) else run
+    return resolve(cfg, "eval", model_path=model_path, with_tokenizer=tokenizer)
+
+
+def _retain_choice(
+    res: Resolved, retain_reference: Mapping[str, Any] | str | None
+) -> tuple[str | None, str]:
+    """(the retain model forget quality and privleak compare with, or None; why there is none)."""
+    if retain_reference == "auto":
+        return res.retain_model_path, res.no_retain
+    if isinstance(retain_reference, str):
+        raise EvalError(
+            f"retain_reference must be 'auto', None or a metrics mapping, got {retain_reference!r}"
+        )
+    return None, "retain_reference=None: no comparison asked"
+
+
 def evaluate(
-    cfg: Config,
+    run: Config | Resolved,
     model_path: str | None = None,
     *,
     out_dir: str | Path,
@@ -217,8 +233,9 @@ def evaluate(
     options: EvalConfig | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``model_path`` (default: ``cfg.model_path`` or the embedded target) on the
-    evaluation sets of ``cfg`` and write ``<out_dir>/eval/metrics.json``; returns its content.
+    """Evaluate ``model_path`` (default: the run's model: ``model_path`` or the embedded
+    target) on the evaluation sets of the config and write ``<out_dir>/eval/metrics.json``;
+    returns its content. ``run`` is the config or its :class:`Resolved` run.
 
     Forget quality and privleak compare with the retain model, evaluated once per (data, split,
     task, retain model, options) and cached as ``cfg.cache_path/eval/<fingerprint>/metrics.json``
@@ -230,56 +247,44 @@ def evaluate(
     the same identity (model, tokenizer, data, split, task, options, retain model) is returned as
     is unless ``recompute``. ``options`` default to ``cfg.eval``.
     """
-    check_config(cfg)
-    options = options or cfg.eval
-    model_path = str(model_path or resolve_model_path(cfg))
+    res = eval_run(run, model_path, tokenizer=tokenizer_path is None)
+    cfg, options = res.cfg, options or res.cfg.eval
+    model_path = res.require_model()
     tokenizer_path = str(tokenizer_path or model_path)
-    data = load_eval_data(cfg)
-    # 1. which retain model (if any) forget quality and privleak compare with
-    retain_path, why = None, "retain_reference=None: no comparison asked"
-    if retain_reference == "auto":
-        retain_path, why = resolve_retain_model_path(cfg)
-    elif isinstance(retain_reference, str):
-        raise EvalError(
-            f"retain_reference must be 'auto', None or a metrics mapping, got {retain_reference!r}"
-        )
+    data = load_eval_sets(res.require_data(), cfg.split, cfg.task_id)
+    retain_path, why = _retain_choice(res, retain_reference)
     retain_fp = model_fingerprint(retain_path) if retain_path else None
-    role = _role(cfg, model_fingerprint(model_path), retain_fp)
+    role = _role(res, model_fingerprint(model_path), retain_fp)
     identity = _identity(cfg, model_path, tokenizer_path, data, options, retain_path, role)
     if isinstance(retain_reference, Mapping):  # a retain model's results, already computed
         identity["retain_model_fingerprint"] = retain_reference.get("identity", {}).get(
             "model_fingerprint", "given"
         )
-    # 2. reuse a finished evaluation of the same identity
-    file = Path(out_dir) / METRICS_FILE
+    file = Path(out_dir) / METRICS_FILE  # a finished evaluation of the same identity is reused
     if not recompute and (old := _reusable(file, identity, progress)) is not None:
         return old
-    # 3. compute (the retain model's own results are shared with every model's comparison)
-    run = functools.partial(
-        _run, cfg, model_path, tokenizer_path, data, options, identity, file=file, progress=progress
+    # compute (the retain model's own results are shared with every model's comparison)
+    run_ = functools.partial(
+        _run, res, model_path, tokenizer_path, data, options, identity, file=file, progress=progress
     )
     if isinstance(retain_reference, Mapping):
-        return run(retain_reference)
+        return run_(retain_reference)
     if role == "retain" and tokenizer_path == model_path:
-        res = {
-            **retain_metrics(
-                cfg, model_path, data, options, recompute=recompute, progress=progress
-            ),
-            "identity": identity,
-        }
+        own = retain_metrics(res, model_path, data, options, recompute=recompute, progress=progress)
+        result = {**own, "identity": identity}
         if dist.is_rank0():
-            atomic_write_json(file, res, indent=1)
+            atomic_write_json(file, result, indent=1)
         dist.barrier()
-        return res
+        return result
     if role == "retain":
-        return run("self")
+        return run_("self")
     if retain_path is not None:
-        return run(retain_metrics(cfg, retain_path, data, options, progress=progress))
-    return run(why)
+        return run_(retain_metrics(res, retain_path, data, options, progress=progress))
+    return run_(why)
 
 
 def retain_metrics(
-    cfg: Config,
+    run: Config | Resolved,
     retain_path: str,
     data: EvalData | None = None,
     options: EvalConfig | None = None,
@@ -288,8 +293,10 @@ def retain_metrics(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The retain model's metrics (its own reference), cached under ``cache_path/eval``."""
+    res = eval_run(run)
+    cfg = res.cfg
     options = options or cfg.eval
-    data = data or load_eval_data(cfg)
+    data = data or load_eval_sets(res.require_data(), cfg.split, cfg.task_id)
     identity = _identity(cfg, retain_path, retain_path, data, options, retain_path, "retain")
     file = (
         cfg.cache_path
@@ -300,7 +307,7 @@ def retain_metrics(
     if not recompute and (old := _reusable(file, identity, progress)) is not None:
         return old
     return _run(
-        cfg, retain_path, retain_path, data, options, identity, "self", file=file, progress=progress
+        res, retain_path, retain_path, data, options, identity, "self", file=file, progress=progress
     )
 
 
@@ -312,11 +319,15 @@ def summary(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def default_out_dir(cfg: Config, model_path: str | None = None) -> Path:
-    """Where ``npo eval`` writes: ``save_dir`` when set, else the model's own local folder."""
+def default_out_dir(run: Config | Resolved, model_path: str | None = None) -> Path:
+    """Where ``npo eval`` writes: ``save_dir`` when set, else the model's own local folder
+    (``model_path``, else the run's model)."""
+    cfg = run.cfg if isinstance(run, Resolved) else run
     if cfg.save_dir:
         return Path(cfg.save_dir)
-    path = Path(model_path or resolve_model_path(cfg)).expanduser()
+    if model_path is None:
+        model_path = run.model_path if isinstance(run, Resolved) else resolve_model_path(cfg)
+    path = Path(str(model_path)).expanduser()
     if path.is_dir():
         return path
     raise EvalError(

@@ -28,17 +28,15 @@ from typing import Any
 from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
-from npo_lib.commands.checks import check_config
 from npo_lib.commands.folders import RESULT_FILE, check_run_folder
+from npo_lib.commands.resolve import Resolved, as_resolved
 from npo_lib.config import Config, save_config
 from npo_lib.data.sources import load_eval_set, load_forget, load_retain, load_training_records
 from npo_lib.data.views import encode_records
-from npo_lib.embedded.paths import resolve_data_path, resolve_model_path
 from npo_lib.errors import ConfigError, DataError
 from npo_lib.eval.generation import greedy_generate
 from npo_lib.eval.metrics import fact_recall, rouge_l_recall
-from npo_lib.models.families import ChatTags, get_family
-from npo_lib.models.loading import load_model, load_tokenizer
+from npo_lib.models.families import ChatTags
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper, parse_loss
 from npo_lib.training.arguments import (
@@ -241,8 +239,9 @@ class MemorisationStop(TrainerCallback):
                 shown = ", ".join(
                     f"{n} {next(iter(m.values())):.1%}" for n, m in check["measured"].items()
                 )
+                loss = check["loss"] or float("nan")
                 print(
-                    f"  epoch {epoch}: loss {check['loss'] or float('nan'):.4f}{', ' + shown if shown else ''}"
+                    f"  epoch {epoch}: loss {loss:.4f}{', ' + shown if shown else ''}"
                     f"{' -> criterion met' if passed else ''}",
                     flush=True,
                 )
@@ -272,18 +271,6 @@ def stop_criterion(
 # ----------------------------------------------------------------------------- the run
 
 
-def finetune_dir(cfg: Config) -> Path:
-    """``save_dir``, else ``runs/finetune-<model>-<family>-<split>-task<id>-lr<lr>-ep<n>-seed<s>``."""
-    if cfg.save_dir:
-        return Path(cfg.save_dir)
-    ft, task = cfg.finetune, "all" if cfg.task_id is None else cfg.task_id
-    lora = f"-lora{cfg.LoRA.r}" if cfg.LoRA.r else ""
-    return (
-        Path("runs")
-        / f"finetune-{ft.model}-{cfg.model_family}-{cfg.split}-task{task}-lr{ft.lr:g}-ep{ft.num_epochs}{lora}-seed{cfg.seed}"
-    )
-
-
 def _zero_stage(cfg: Config) -> int:
     if not cfg.ds_config:
         return 0
@@ -292,112 +279,154 @@ def _zero_stage(cfg: Config) -> int:
     )
 
 
-def check_finetune_config(cfg: Config) -> Path:
-    """Every check that needs no model; returns the run folder."""
-    check_config(cfg)
-    ft = cfg.finetune
-    if (ft.stop_forget_recall is not None or ft.stop_retain_recall is not None) and _zero_stage(
-        cfg
-    ) == 3:
+def check_finetune_config(run: Config | Resolved) -> Resolved:
+    """Every check that needs no model; returns the resolved run (its folder, paths, tags)."""
+    res = as_resolved(run, "finetune")
+    cfg, ft = res.cfg, res.cfg.finetune
+    decodes = ft.stop_forget_recall is not None or ft.stop_retain_recall is not None
+    if decodes and _zero_stage(cfg) == 3:
         raise ConfigError(
             "finetune.stop_*_recall decodes with the whole model on each rank: not under ZeRO-3 "
             "(use finetune.stop_loss, or ZeRO-2)"
         )
     if cfg.LoRA.r > 0 and not cfg.save_merged:
         print(
-            "npo finetune: LoRA without save_merged=true saves the adapter only; unlearning needs model_path of a "
-            "merged model",
+            "npo finetune: LoRA without save_merged=true saves the adapter only; unlearning "
+            "needs model_path of a merged model",
             flush=True,
         )
-    out = finetune_dir(cfg)
-    check_run_folder(out, cfg)
-    return out
+    check_run_folder(res.run_dir, cfg)
+    return res
 
 
-def run_finetune(
-    cfg: Config,
-    *,
-    callbacks: Sequence[Any] = (),
-    progress: bool = True,
-    check_max_new_tokens: int = 256,
-) -> dict[str, Any]:
-    """Fine-tune ``model_path`` (or the family's hub id) into ``finetune_dir(cfg)``; returns
-    ``result.json``: steps, epochs trained, whether the stop criterion ended it, the checks, and
-    the memorisation report of the saved model (forget split and retain check set)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from npo_lib.training.trainer import UnlearningTrainer
-
-    out = check_finetune_config(cfg)
-    t0 = time.perf_counter()
-    model_path, data_path = resolve_model_path(cfg), resolve_data_path(cfg)
-    family = get_family(cfg.model_family)
-    records = training_records(cfg, data_path)
-    sets = check_sets(cfg, data_path)
-    if cfg.overwrite and out.exists() and dist.is_rank0():
+def start_folder(res: Resolved) -> None:
+    """The run folder, emptied under ``overwrite``, with the config it runs (rank 0)."""
+    out = res.run_dir
+    if res.cfg.overwrite and out.exists() and dist.is_rank0():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_rank0():
-        save_config(cfg, out / "config.yaml")
-    tokenizer = load_tokenizer(cfg, model_path)
-    examples = encode_records(records, VIEW, tokenizer, family.tags, cfg.max_length)
-    examples += encode_records(
-        zerothink_copies(records, cfg.finetune.zerothink_fraction),
-        VIEW,
-        tokenizer,
-        family.tags,
-        cfg.max_length,
-    )
+        save_config(res.cfg, out / "config.yaml")
+
+
+def finetune_examples(res: Resolved, tokenizer: Any, records: Sequence[dict]) -> list[dict]:
+    """The encoded training records, then their ZeroThink copies."""
+    cfg = res.cfg
+    copies = zerothink_copies(records, cfg.finetune.zerothink_fraction)
+    return [
+        *encode_records(records, VIEW, tokenizer, res.tags, cfg.max_length),
+        *encode_records(copies, VIEW, tokenizer, res.tags, cfg.max_length),
+    ]
+
+
+def finetune_trainer(
+    res: Resolved,
+    tokenizer: Any,
+    examples: Sequence[dict],
+    callbacks: Sequence[Any],
+    progress: bool,
+) -> Any:
+    """The trainer of FINETUNE on ``examples``: the model (with LoRA when asked) and the same
+    trainer the unlearning objectives use."""
+    from npo_lib.data.dataset import ViewCollator
+    from npo_lib.training.trainer import UnlearningTrainer
+
+    cfg = res.cfg
     args = training_arguments(
         cfg,
-        out,
+        res.run_dir,
         len(examples),
-        family.gradient_checkpointing,
+        res.family.gradient_checkpointing,
         TrainSettings.for_finetune(cfg),
         group_by_length=True,
     )
     args.disable_tqdm = args.disable_tqdm or not progress
-    model = load_model(cfg, model_path, device=args.device.type)
+    model = res.loader.model(res.require_model(), device=args.device.type)
     if cfg.LoRA.r > 0:
         model = apply_lora(model, cfg.LoRA)
     if args.gradient_checkpointing:
         model.config.use_cache = False
-    stop = MemorisationStop(
-        stop_criterion(cfg, sets, max_new_tokens=check_max_new_tokens),
-        tokenizer,
-        family.tags,
-        out / "log.jsonl",
-        progress,
-    )
-    from npo_lib.data.dataset import ViewCollator
-
-    trainer = UnlearningTrainer(
+    return UnlearningTrainer(
         model=model,
         args=args,
         train_dataset=Examples(examples),
         data_collator=ViewCollator(pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[*callbacks, *([stop] if stop.c else [])],
+        callbacks=list(callbacks),
         loss_spec=parse_loss("FINETUNE"),
         hyper=LossHyper.from_config(cfg),
-        log_file=out / "log.jsonl",
+        log_file=res.run_dir / "log.jsonl",
     )
-    ckpt_dir = Path(args.output_dir)
+
+
+def run_finetune(
+    run: Config | Resolved,
+    *,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+    check_max_new_tokens: int = 256,
+) -> dict[str, Any]:
+    """Fine-tune ``model_path`` (or the family's hub id) into ``folders.finetune_dir(cfg)``; returns
+    ``result.json``: steps, epochs trained, whether the stop criterion ended it, the checks, and
+    the memorisation report of the saved model (forget split and retain check set). ``run`` is
+    the config or, resolved where it entered, the :class:`Resolved` run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    res = check_finetune_config(run)
+    cfg, out = res.cfg, res.run_dir
+    t0 = time.perf_counter()
+    records = training_records(cfg, res.require_data())
+    sets = check_sets(cfg, res.require_data())
+    start_folder(res)
+    tokenizer = res.loader.tokenizer(res.require_model())
+    examples = finetune_examples(res, tokenizer, records)
+    criterion = stop_criterion(cfg, sets, max_new_tokens=check_max_new_tokens)
+    stop = MemorisationStop(criterion, tokenizer, res.tags, out / "log.jsonl", progress)
+    trainer = finetune_trainer(
+        res, tokenizer, examples, [*callbacks, *([stop] if stop.c else [])], progress
+    )
+    ckpt_dir = Path(trainer.args.output_dir)
     resume_from = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
     train_out = trainer.train(resume_from_checkpoint=resume_from)
     saved = save_trained(cfg, trainer, tokenizer, out)
     result: dict[str, Any] = {
         "run_dir": str(out),
         "model": cfg.finetune.model,
-        "model_path": model_path,
-        "data_path": data_path,
+        "model_path": res.model_path,
+        "data_path": res.data_path,
         "saved_model": str(saved) if saved else None,
         "n_records": len(records),
         "n_examples": len(examples),
         "check_sets": {name: len(recs) for name, recs in sets.items()},
+        **training_summary(trainer, train_out, stop, resume_from, cfg.finetune.num_epochs),
+    }
+    end_partitioned_loading()
+    if dist.is_rank0():
+        if saved is not None:
+            result["memorisation"] = memorisation_report(
+                res, saved, sets, max_new_tokens=check_max_new_tokens
+            )
+        result["seconds"] = time.perf_counter() - t0
+        atomic_write_json(out / RESULT_FILE, result)
+        if progress:
+            shown = {k: v for k, v in result.items() if k not in ("checks", "machine")}
+            print(json.dumps(shown, indent=2, default=str))
+    return result
+
+
+def training_summary(
+    trainer: Any,
+    train_out: Any,
+    stop: MemorisationStop,
+    resume_from: str | None,
+    max_epochs: int,
+) -> dict[str, Any]:
+    """What the training did: steps and epochs, whether the stop criterion ended it and its
+    checks, the loss, the time, where it resumed, the ranks and the machine."""
+    return {
         "steps": train_out.global_step,
         "epochs": round(trainer.state.epoch or 0),
-        "max_epochs": cfg.finetune.num_epochs,
+        "max_epochs": max_epochs,
         "stopped_early": stop.stopped_epoch is not None,
         "checks": stop.history,
         "train_loss": float(train_out.training_loss),
@@ -406,35 +435,20 @@ def run_finetune(
         "world_size": dist.world_size(),
         "machine": machine_info(),
     }
-    end_partitioned_loading()
-    if dist.is_rank0():
-        if saved is not None:
-            result["memorisation"] = memorisation_report(
-                cfg, saved, sets, max_new_tokens=check_max_new_tokens
-            )
-        result["seconds"] = time.perf_counter() - t0
-        atomic_write_json(out / RESULT_FILE, result)
-        if progress:
-            print(
-                json.dumps(
-                    {k: v for k, v in result.items() if k not in ("checks", "machine")},
-                    indent=2,
-                    default=str,
-                )
-            )
-    return result
 
 
 def memorisation_report(
-    cfg: Config, model_dir: Path, sets: Mapping[str, list[dict]], *, max_new_tokens: int
+    res: Resolved, model_dir: Path, sets: Mapping[str, list[dict]], *, max_new_tokens: int
 ) -> dict[str, dict[str, float]]:
-    """Memorisation of the saved model on each check set, e.g. ``{"forget": {"fact_recall": 1.0}}``."""
-    tags = get_family(cfg.model_family).tags
-    tokenizer = load_tokenizer(cfg, str(model_dir))
-    model = load_model(cfg, str(model_dir)).eval()
+    """Memorisation of the saved model on each check set, e.g.
+    ``{"forget": {"fact_recall": 1.0}}``."""
+    tokenizer = res.loader.tokenizer(str(model_dir))
+    model = res.loader.model(str(model_dir)).eval()
     report = {}
     for name, records in sets.items():
-        what, value = memorisation(model, tokenizer, tags, records, max_new_tokens=max_new_tokens)
+        what, value = memorisation(
+            model, tokenizer, res.tags, records, max_new_tokens=max_new_tokens
+        )
         report[name] = {what: value}
     return report
 

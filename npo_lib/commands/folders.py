@@ -18,19 +18,36 @@ from npo_lib.utils import dist
 from npo_lib.utils.io import read_json
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
-NOTEBOOKS_DIR = "notebooks"  # a sweep's executed notebooks of the run: kept when overwrite=true replaces the run
+# a sweep's executed notebooks of the run: kept when overwrite=true replaces the run
+NOTEBOOKS_DIR = "notebooks"
 
 
 def run_name(cfg: Config) -> str:
     """Folder name from the parameters a sweep varies."""
     task = "all" if cfg.task_id is None else cfg.task_id
     lora = f"-lora{cfg.LoRA.r}" if cfg.LoRA.r else ""
-    return f"{cfg.model_family}-{cfg.forget_loss}-{cfg.split}-task{task}-lr{cfg.lr:g}-ep{cfg.num_epochs}{lora}-seed{cfg.seed}"
+    return (
+        f"{cfg.model_family}-{cfg.forget_loss}-{cfg.split}-task{task}-lr{cfg.lr:g}"
+        f"-ep{cfg.num_epochs}{lora}-seed{cfg.seed}"
+    )
 
 
 def run_dir(cfg: Config) -> Path:
     """``save_dir``, else ``runs/<run_name>``."""
     return Path(cfg.save_dir) if cfg.save_dir else Path("runs") / run_name(cfg)
+
+
+def finetune_dir(cfg: Config) -> Path:
+    """``save_dir``, else
+    ``runs/finetune-<model>-<family>-<split>-task<id>-lr<lr>-ep<n>[-lora<r>]-seed<s>``."""
+    if cfg.save_dir:
+        return Path(cfg.save_dir)
+    ft, task = cfg.finetune, "all" if cfg.task_id is None else cfg.task_id
+    lora = f"-lora{cfg.LoRA.r}" if cfg.LoRA.r else ""
+    return Path("runs") / (
+        f"finetune-{ft.model}-{cfg.model_family}-{cfg.split}-task{task}-lr{ft.lr:g}"
+        f"-ep{ft.num_epochs}{lora}-seed{cfg.seed}"
+    )
 
 
 def influence_files(cfg: Config) -> Path:
@@ -46,7 +63,8 @@ def check_run_folder(out: Path, cfg: Config) -> None:
     """
     if (out / RESULT_FILE).is_file() and not cfg.overwrite:
         raise ConfigError(
-            f"run folder {out} holds a finished run: pass overwrite=true to replace it, or another save_dir"
+            f"run folder {out} holds a finished run: pass overwrite=true to replace it, "
+            "or another save_dir"
         )
     if (
         dist.is_rank0()
@@ -55,7 +73,8 @@ def check_run_folder(out: Path, cfg: Config) -> None:
         and not (cfg.resume or cfg.overwrite)
     ):
         raise ConfigError(
-            f"run folder {out} holds an unfinished run: pass resume=true to continue it or overwrite=true to start again"
+            f"run folder {out} holds an unfinished run: pass resume=true to continue it or "
+            "overwrite=true to start again"
         )
 
 

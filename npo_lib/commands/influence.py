@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from npo_lib.commands.checks import check_config, check_influence_settings
-from npo_lib.commands.folders import influence_files, saved_result
+from npo_lib.commands.checks import check_influence_settings
+from npo_lib.commands.folders import saved_result
+from npo_lib.commands.resolve import Resolved, as_resolved
 from npo_lib.config import Config
 from npo_lib.data.dataset import UnlearningDataset
 from npo_lib.data.sources import load_retain
 from npo_lib.data.views import encode_view
-from npo_lib.embedded.paths import resolve_data_path, resolve_model_path, resolve_retain_model_path
 from npo_lib.errors import ConfigError
 from npo_lib.influence.files import (
     META_FILE,
@@ -46,8 +46,7 @@ from npo_lib.influence.files import (
 from npo_lib.influence.ground_truth import auroc, fact_token_mask
 from npo_lib.influence.preconditioners import PRECONDITIONERS
 from npo_lib.influence.scorers import SCORERS, ScoreContext, compute_token_scores
-from npo_lib.models.families import get_family
-from npo_lib.models.loading import default_device, load_model, load_tokenizer
+from npo_lib.models.loading import default_device
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import FORGET_TERMS
 from npo_lib.utils.hashing import model_fingerprint
@@ -55,17 +54,22 @@ from npo_lib.utils.hashing import model_fingerprint
 INFLUENCE_VIEW = FORGET_TERMS["INFLUENCE"].view  # the view the scores must align with
 
 
-def check_influence_config(cfg: Config) -> Path:
-    """Every check that needs no model; returns the output folder."""
-    check_config(cfg)
-    scorer = check_influence_settings(cfg)
-    if scorer.uses_retain_model:
-        path, why = resolve_retain_model_path(cfg)
-        if path is None:
-            raise ConfigError(
-                f"influence.scorer={scorer.name} needs a retain model (fine-tuned without the forget set): {why}"
-            )
-    return influence_files(cfg)
+def check_influence_config(run: Config | Resolved) -> Resolved:
+    """Every check that needs no model; returns the resolved run (its ``influence_dir`` is the
+    output folder)."""
+    res = as_resolved(run, "influence")
+    check_scorer_inputs(res)
+    return res
+
+
+def check_scorer_inputs(res: Resolved) -> None:
+    """The scorer's settings hold, and the retain model it compares with (if any) exists."""
+    scorer = check_influence_settings(res.cfg)
+    if scorer.uses_retain_model and res.retain_model_path is None:
+        raise ConfigError(
+            f"influence.scorer={scorer.name} needs a retain model (fine-tuned without the "
+            f"forget set): {res.no_retain}"
+        )
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -99,12 +103,15 @@ class InfluenceInputs:
         ]
 
 
-def load_inputs(cfg: Config, *, with_retain_sample: bool | None = None) -> InfluenceInputs:
+def load_inputs(
+    run: Config | Resolved, *, with_retain_sample: bool | None = None
+) -> InfluenceInputs:
     """Tokenizer, forget split and the seeded retain sample (``influence.retain_samples``), drawn
     when the scorer needs one (or when ``with_retain_sample`` says so)."""
-    model_path, data_path = resolve_model_path(cfg), resolve_data_path(cfg)
-    tokenizer = load_tokenizer(cfg, model_path)
-    tags = get_family(cfg.model_family).tags
+    res = as_resolved(run, "influence")
+    cfg, tags = res.cfg, res.tags
+    model_path, data_path = res.require_model(), res.require_data()
+    tokenizer = res.loader.tokenizer(model_path)
     dataset = UnlearningDataset.from_files(
         data_path,
         cfg.split,
@@ -126,8 +133,9 @@ def load_inputs(cfg: Config, *, with_retain_sample: bool | None = None) -> Influ
     return InfluenceInputs(model_path, data_path, tokenizer, tags, dataset, retain)
 
 
-def influence_identity(cfg: Config, inputs: InfluenceInputs) -> dict[str, Any]:
+def influence_identity(res: Resolved, inputs: InfluenceInputs) -> dict[str, Any]:
     """What makes two score files the same numbers (compared to reuse a finished folder)."""
+    cfg = res.cfg
     ic = cfg.influence
     scorer = SCORERS[ic.scorer]
     params = {
@@ -135,7 +143,7 @@ def influence_identity(cfg: Config, inputs: InfluenceInputs) -> dict[str, Any]:
         for k, v in dataclasses.asdict(ic).items()
         if k not in ("scorer", "preconditioner", "batch_size")
     }
-    retain = resolve_retain_model_path(cfg)[0] if scorer.uses_retain_model else None
+    retain = res.retain_model_path if scorer.uses_retain_model else None
     return {
         "model": inputs.model_path,
         "model_fingerprint": model_fingerprint(inputs.model_path),
@@ -171,15 +179,15 @@ def reuse_or_refuse(folder: Path, identity: dict[str, Any], overwrite: bool) -> 
         return None
     what = ", ".join(differ[:4]) or "files missing"
     raise ConfigError(
-        f"influence folder {folder} holds scores made with other settings ({what}): pass overwrite=true "
-        "to replace them, or influence_dir=... for another folder"
+        f"influence folder {folder} holds scores made with other settings ({what}): pass "
+        "overwrite=true to replace them, or influence_dir=... for another folder"
     )
 
 
 # ----------------------------------------------------------------------------- model and scores
 
 
-def load_scoring_model(cfg: Config, path: str):
+def load_scoring_model(run: Config | Resolved, path: str):
     """The model in the scoring dtype, eval mode, LoRA adapters added for ``modules=lora``.
 
     Attention and norms run in the model's dtype (:mod:`npo_lib.models.attention`): forward-mode
@@ -189,9 +197,11 @@ def load_scoring_model(cfg: Config, path: str):
 
     from npo_lib.models.attention import precise_norms, register_precise_attention
 
+    res = as_resolved(run, "influence")
+    cfg = res.cfg
     dtype = getattr(torch, cfg.influence.dtype)
-    model = load_model(
-        cfg, path, device=default_device(), attn_implementation=register_precise_attention()
+    model = res.loader.model(
+        path, device=default_device(), attn_implementation=register_precise_attention()
     ).to(dtype)
     precise_norms(model)
     if cfg.influence.modules == "lora":
@@ -201,25 +211,26 @@ def load_scoring_model(cfg: Config, path: str):
 
 
 def score_context(
-    cfg: Config,
+    run: Config | Resolved,
     model: Any,
     inputs: InfluenceInputs,
     progress: bool,
     retain_cache: dict | None = None,
 ) -> ScoreContext:
-    """What the scorer reads; the retain model (contrast) loads on first use, kept in ``retain_cache``."""
+    """What the scorer reads; the retain model (contrast) loads on first use, kept in
+    ``retain_cache``."""
+    res = as_resolved(run, "influence")
+    cfg = res.cfg
     cache = {} if retain_cache is None else retain_cache
 
     def retain_model():
         if "model" not in cache:
-            path, why = resolve_retain_model_path(cfg)
-            if path is None:
+            if res.retain_model_path is None:
                 raise ConfigError(
-                    f"influence.scorer={cfg.influence.scorer} needs a retain model: {why}"
+                    f"influence.scorer={cfg.influence.scorer} needs a retain model: {res.no_retain}"
                 )
-            cache["model"] = load_scoring_model(
-                dataclasses.replace(cfg, LoRA=dataclasses.replace(cfg.LoRA, r=0)), path
-            )
+            bare = dataclasses.replace(cfg, LoRA=dataclasses.replace(cfg.LoRA, r=0))
+            cache["model"] = load_scoring_model(res.with_settings(bare), res.retain_model_path)
         return cache["model"]
 
     return ScoreContext(
@@ -233,19 +244,22 @@ def score_context(
     )
 
 
-def run_influence(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Score the forget split with ``cfg.influence`` and write the INFLUENCE files.
+def run_influence(run: Config | Resolved, *, progress: bool = True) -> dict[str, Any]:
+    """Score the forget split with ``cfg.influence`` and write the INFLUENCE files; ``run`` is
+    the config or, resolved where it entered, the :class:`Resolved` run.
 
     Returns a summary: ``folder``, ``reused`` (a matching finished folder was kept),
     ``scorer``, ``preconditioner``, ``quantity``, ``n_examples``, ``n_tokens``, ``seconds``
     (scoring, model load excluded) and ``auroc`` (scores vs the fact-token mask; None when the
-    data has no ``fact_spans``). The scores themselves: ``influence.files.read_influence_files(folder)``.
+    data has no ``fact_spans``). The scores themselves:
+    ``influence.files.read_influence_files(folder)``.
     """
     import torch
 
-    folder = check_influence_config(cfg)
-    inputs = load_inputs(cfg)
-    identity = influence_identity(cfg, inputs)
+    res = check_influence_config(run)
+    cfg, folder = res.cfg, res.influence_dir
+    inputs = load_inputs(res)
+    identity = influence_identity(res, inputs)
     keys = ("scorer", "preconditioner", "quantity", "n_examples", "n_tokens", "seconds", "auroc")
     old = reuse_or_refuse(folder, identity, cfg.overwrite)
     if old is not None:
@@ -253,8 +267,8 @@ def run_influence(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         if progress:
             print(json.dumps(summary, indent=2))
         return summary
-    model = load_scoring_model(cfg, inputs.model_path)
-    ctx = score_context(cfg, model, inputs, progress)
+    model = load_scoring_model(res, inputs.model_path)
+    ctx = score_context(res, model, inputs, progress)
     t0 = time.perf_counter()
     rows = compute_token_scores(ctx)
     seconds = time.perf_counter() - t0
@@ -295,30 +309,36 @@ def default_combos() -> list[tuple[str, str | None]]:
 
 
 def auroc_table(
-    cfg: Config, combos: Sequence[tuple[str, str | None]] | None = None, *, progress: bool = True
+    run: Config | Resolved,
+    combos: Sequence[tuple[str, str | None]] | None = None,
+    *,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """AUROC of each (scorer, preconditioner)'s scores against the fact-token mask, one model load.
+    """AUROC of each (scorer, preconditioner)'s scores against the fact-token mask, one model
+    load.
 
-    Rows: ``scorer``, ``preconditioner``, ``auroc``, ``seconds``, ``note`` (why a row was skipped).
-    Other settings come from ``cfg.influence``; nothing is written.
+    Rows: ``scorer``, ``preconditioner``, ``auroc``, ``seconds``, ``note`` (why a row was
+    skipped). Other settings come from ``cfg.influence``; nothing is written.
     """
     import torch
 
-    check_config(cfg)
-    inputs = load_inputs(cfg, with_retain_sample=True)
+    res = as_resolved(run, "influence")
+    cfg = res.cfg
+    inputs = load_inputs(res, with_retain_sample=True)
     mask = inputs.fact_mask()
     if mask is None:
         raise ConfigError(
-            f"the forget records of {inputs.data_path} have no fact_spans: the AUROC needs the embedded benchmark"
+            f"the forget records of {inputs.data_path} have no fact_spans: the AUROC needs the "
+            "embedded benchmark"
         )
-    model = load_scoring_model(cfg, inputs.model_path)
+    model = load_scoring_model(res, inputs.model_path)
     retain_cache: dict = {}
     rows = []
     for scorer, pre in combos or default_combos():
         ic = dataclasses.replace(
             cfg.influence, scorer=scorer, preconditioner=pre or cfg.influence.preconditioner
         )
-        c = dataclasses.replace(cfg, influence=ic)
+        c = res.with_settings(dataclasses.replace(cfg, influence=ic))
         row: dict[str, Any] = {
             "scorer": scorer,
             "preconditioner": pre if SCORERS[scorer].uses_preconditioner else None,
@@ -327,7 +347,7 @@ def auroc_table(
             "note": "",
         }
         try:
-            check_influence_config(c)
+            check_scorer_inputs(c)
         except ConfigError as e:
             row["note"] = str(e).split(":")[0]
             rows.append(row)
@@ -338,8 +358,9 @@ def auroc_table(
         row["auroc"] = auroc(torch.cat(scores), mask)
         rows.append(row)
         if progress:
+            shown = row["preconditioner"] or "-"
             print(
-                f"  {scorer} {row['preconditioner'] or '-'}: AUROC {row['auroc']:.3f} ({row['seconds']} s)",
+                f"  {scorer} {shown}: AUROC {row['auroc']:.3f} ({row['seconds']} s)",
                 file=sys.stderr,
             )
     return rows
@@ -350,7 +371,6 @@ def format_auroc_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| scorer | preconditioner | AUROC (fact tokens) | seconds |", "|---|---|---|---|"]
     for r in rows:
         value = f"{r['auroc']:.3f}" if r["auroc"] is not None else f"skipped: {r['note']}"
-        lines.append(
-            f"| {r['scorer']} | {r['preconditioner'] or '-'} | {value} | {r['seconds'] if r['seconds'] is not None else '-'} |"
-        )
+        seconds = r["seconds"] if r["seconds"] is not None else "-"
+        lines.append(f"| {r['scorer']} | {r['preconditioner'] or '-'} | {value} | {seconds} |")
     return "\n".join(lines)

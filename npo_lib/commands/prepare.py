@@ -5,9 +5,10 @@ the user's own data folder (``data_path=DIR``).
    ``fact_spans``), or take the folder;
 2. train a byte-level BPE tokenizer on its text;
 3. initialise one Llama-architecture model from a ``LlamaConfig`` (``base``), shared by both;
-4. fine-tune ``target`` and ``retain`` from ``base`` through :func:`npo_lib.commands.finetune.run_finetune`
-   (``npo finetune``, the tiny recipe of ``tiny.*``), each until its memorisation bars hold
-   (checked every ``finetune.check_every`` epochs, at most ``tiny.max_epochs``);
+4. fine-tune ``target`` and ``retain`` from ``base`` through
+   :func:`npo_lib.commands.finetune.run_finetune` (``npo finetune``, the tiny recipe of
+   ``tiny.*``), each until its memorisation bars hold (checked every ``finetune.check_every``
+   epochs, at most ``tiny.max_epochs``);
 5. check every bar of :class:`MemorisationBars` on the saved models: the target must state the
    forget facts, the retain model must not, yet keep the retain facts, and the target's forget
    truth ratios must differ from the retain model's (forget quality).
@@ -26,18 +27,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npo_lib.commands.checks import check_config
 from npo_lib.commands.finetune import finished, run_finetune
+from npo_lib.commands.folders import finetune_dir
+from npo_lib.commands.resolve import Resolved, as_resolved
 from npo_lib.config import Config
 from npo_lib.data.sources import load_eval_set, load_perturbed
 from npo_lib.embedded.benchmark import generate_benchmark
-from npo_lib.embedded.paths import EmbeddedPaths, embedded_paths
+from npo_lib.embedded.paths import EmbeddedPaths
 from npo_lib.embedded.tokenizer import corpus_texts, train_tokenizer
 from npo_lib.errors import BarError, ConfigError, DataError
 from npo_lib.eval import metrics as M
 from npo_lib.eval.compute import forget_truth_ratio
-from npo_lib.models.families import get_family
-from npo_lib.models.loading import load_model, load_tokenizer
 from npo_lib.utils.io import atomic_dir, atomic_write_json, read_json
 from npo_lib.utils.machine import machine_info
 
@@ -113,7 +113,8 @@ class PrepareSummary:
                 r["retain"]["forget"],
                 "<=",
                 b.retain_forget_recall,
-                "the retain model states facts it never saw: check the benchmark's forget / retain split",
+                "the retain model states facts it never saw: check the benchmark's forget / "
+                "retain split",
             ),
             (
                 f"retain-model retain {what}",
@@ -127,7 +128,8 @@ class PrepareSummary:
                 float("nan") if target_fq is None else target_fq,
                 "<",
                 b.target_forget_quality,
-                "raise finetune.patience (keep training after the recall bars hold) or tiny.zerothink_fraction",
+                "raise finetune.patience (keep training after the recall bars hold) or "
+                "tiny.zerothink_fraction",
             ),
         ]
 
@@ -160,7 +162,8 @@ class PrepareSummary:
     def table(self) -> str:
         what = "fact recall" if self.measure == "fact_recall" else "ROUGE-L"
         lines = [
-            f"{'model':<8} {'forget ' + what:>19} {'retain ' + what:>19} {'forget quality':>15} {'epochs':>7}",
+            f"{'model':<8} {'forget ' + what:>19} {'retain ' + what:>19} "
+            f"{'forget quality':>15} {'epochs':>7}",
             *(
                 f"{m:<8} {self.recall[m]['forget']:>18.1%} {self.recall[m]['retain']:>18.1%} "
                 f"{_g(self.forget_quality.get(m)):>15} {self.epochs.get(m) or '-':>7}"
@@ -284,11 +287,27 @@ def _has_set(data_path: str, name: str) -> bool:
     return True
 
 
+def finetune_run(res: Resolved, paths: EmbeddedPaths, role: str, data_path: str) -> Resolved:
+    """The resolved `npo finetune` run of one tiny model: its config
+    (:func:`tiny_finetune_config`) from the base model on ``data_path``; the family and
+    objective are the prepare run's."""
+    cfg = tiny_finetune_config(res.cfg, paths, role, data_path)
+    return dataclasses.replace(
+        res,
+        cfg=cfg,
+        command="finetune",
+        model_path=str(paths.base),
+        data_path=data_path,
+        run_dir=finetune_dir(cfg),
+    )
+
+
 def ensure_finetuned(
-    cfg: Config, paths: EmbeddedPaths, role: str, data_path: str, *, progress: bool = True
+    res: Resolved, paths: EmbeddedPaths, role: str, data_path: str, *, progress: bool = True
 ) -> dict:
     """The finished fine-tuning run of ``role`` (trained now unless the cache has it); its
     checkpoints are dropped once the model is saved (the cache keeps the model)."""
+    cfg = res.cfg
     run = paths.target_run if role == "target" else paths.retain_run
     done = finished(run)
     if done is not None and (run / "model" / "config.json").is_file():
@@ -301,7 +320,7 @@ def ensure_finetuned(
         else min(cfg.max_length, cfg.tiny.max_position_embeddings)
     )
     result = run_finetune(
-        tiny_finetune_config(cfg, paths, role, data_path),
+        finetune_run(res, paths, role, data_path),
         progress=progress,
         check_max_new_tokens=new_tokens,
     )
@@ -309,38 +328,37 @@ def ensure_finetuned(
     return result
 
 
-def truth_ratios(cfg: Config, model_dir: Path, perturbed: list[dict]) -> dict:
-    """The saved model's per-item forget truth ratios (TOFU's scoring: after an empty think block)."""
-    model = load_model(cfg, str(model_dir)).eval()
-    return forget_truth_ratio(
-        model, load_tokenizer(cfg, str(model_dir)), get_family(cfg.model_family).tags, perturbed
-    )
+def truth_ratios(res: Resolved, model_dir: Path, perturbed: list[dict]) -> dict:
+    """The saved model's per-item forget truth ratios (TOFU's scoring: after an empty think
+    block)."""
+    model = res.loader.model(str(model_dir)).eval()
+    return forget_truth_ratio(model, res.loader.tokenizer(str(model_dir)), res.tags, perturbed)
 
 
 # ----------------------------------------------------------------------------- prepare
 
 
-def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
-    """Make (or reuse) every embedded artefact for ``cfg`` and measure every bar."""
-    check_config(cfg)
-    if get_family(cfg.model_family).hub_id is not None or cfg.model_path:
+def prepare(run: Config | Resolved, *, progress: bool = True) -> PrepareSummary:
+    """Make (or reuse) every embedded artefact for the config and measure every bar; ``run``
+    is the config or, resolved where it entered, the :class:`Resolved` run."""
+    res = as_resolved(run, "prepare")
+    cfg, paths = res.cfg, res.embedded
+    if paths is None or cfg.model_path:
         raise ConfigError(
             "npo prepare makes the tiny models: use model_family=tiny without model_path "
             "(data_path=DIR makes them on your own data; `npo finetune` fine-tunes a hub model)"
         )
     t0 = time.perf_counter()
-    paths = embedded_paths(cfg)
     generated = cfg.data_path is None
     say = print if progress else (lambda *a, **k: None)
     reused = ["benchmark"] if generated and ensure_benchmark(cfg, paths) else []
     data_path = str(paths.benchmark)
     say(f"data       {paths.benchmark}")
-    tokenizer = ensure_tokenizer(cfg, paths)
-    ensure_base(cfg, paths, tokenizer)
+    ensure_base(cfg, paths, ensure_tokenizer(cfg, paths))
     results, seconds = {}, {}
     for role in ("target", "retain"):
         say(f"{role:<10} {paths.target_run if role == 'target' else paths.retain_run}")
-        results[role] = ensure_finetuned(cfg, paths, role, data_path, progress=progress)
+        results[role] = ensure_finetuned(res, paths, role, data_path, progress=progress)
         if results[role].get("reused"):
             reused.append(role)
         else:
@@ -352,13 +370,28 @@ def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
         reused.append("memorisation check")
     else:
         t1 = time.perf_counter()
-        fq = _forget_quality(cfg, paths, data_path)
+        fq = _forget_quality(res, paths, data_path)
         seconds["memorisation_check"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
+    summary = _summary(cfg, paths, results, fq, seconds, reused)
+    if saved is None:
+        atomic_write_json(summary_file, {**asdict(summary), "passed": summary.passed})
+    return summary
+
+
+def _summary(
+    cfg: Config,
+    paths: EmbeddedPaths,
+    results: dict[str, dict],
+    fq: dict[str, float | None],
+    seconds: dict[str, float],
+    reused: list[str],
+) -> PrepareSummary:
+    """The summary of both fine-tuning results and the forget quality."""
     report = {role: results[role].get("memorisation", {}) for role in results}
     measure = next(iter(report["target"]["forget"])) if report["target"] else "fact_recall"
     counts = results["target"]["check_sets"]
-    summary = PrepareSummary(
+    return PrepareSummary(
         paths={
             "data": str(paths.benchmark),
             "tokenizer": str(paths.tokenizer),
@@ -378,21 +411,19 @@ def prepare(cfg: Config, *, progress: bool = True) -> PrepareSummary:
         forget_quality=fq,
         epochs={role: results[role].get("epochs") for role in results},
         max_epochs=cfg.tiny.max_epochs,
-        enforced=generated,
+        enforced=cfg.data_path is None,
         seconds=seconds,
         reused=reused,
         machine=machine_info(),
     )
-    if saved is None:
-        atomic_write_json(summary_file, {**asdict(summary), "passed": summary.passed})
-    return summary
 
 
-def _forget_quality(cfg: Config, paths: EmbeddedPaths, data_path: str) -> dict[str, float | None]:
+def _forget_quality(res: Resolved, paths: EmbeddedPaths, data_path: str) -> dict[str, float | None]:
     """Forget quality of both models against the retain model (None without perturbed answers)."""
+    cfg = res.cfg
     try:
         perturbed = load_perturbed(data_path, cfg.split, cfg.task_id)
     except DataError:
         return {"target": None, "retain": None}
-    tr = {role: truth_ratios(cfg, getattr(paths, role), perturbed) for role in ("target", "retain")}
+    tr = {role: truth_ratios(res, getattr(paths, role), perturbed) for role in ("target", "retain")}
     return {role: M.forget_quality(tr[role], tr["retain"])["agg_value"] for role in tr}

@@ -8,18 +8,19 @@ one is reused.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 from npo_lib.config import Config
 from npo_lib.embedded.benchmark import benchmark_fingerprint
 from npo_lib.errors import ConfigError
-from npo_lib.models.families import get_family
+from npo_lib.models.families import ModelFamily, get_family
+from npo_lib.models.loading import check_model_folder
 from npo_lib.utils.hashing import fingerprint, folder_fingerprint
 
-RECIPE_VERSION = (
-    "3"  # bump when the fine-tuning recipe or its bars change (part of the models' cache key)
-)
+# bump when the fine-tuning recipe or its bars change (part of the models' cache key)
+RECIPE_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def embedded_paths(cfg: Config) -> EmbeddedPaths:
         folder = Path(cfg.data_path).expanduser()
         if not folder.is_dir():
             raise ConfigError(
-                f"the tiny models are made from a local data folder: data_path={cfg.data_path} is not one"
+                "the tiny models are made from a local data folder: "
+                f"data_path={cfg.data_path} is not one"
             )
         bench, data_fp = folder, folder_fingerprint(folder)
     else:
@@ -75,6 +77,75 @@ def embedded_paths(cfg: Config) -> EmbeddedPaths:
     )
 
 
+class ConfigPaths:
+    """The model, data and retain model one config names, each resolved when asked: its
+    explicit paths (checked), else the embedded default (whose cache folders are computed at
+    most once: they fingerprint the data), else the family's hub id."""
+
+    def __init__(self, cfg: Config, family: ModelFamily | None = None) -> None:
+        self.cfg = cfg
+        self.family = family or get_family(cfg.model_family)
+
+    @functools.cached_property
+    def embedded(self) -> EmbeddedPaths:
+        return embedded_paths(self.cfg)
+
+    @property
+    def uses_embedded(self) -> bool:
+        """The tiny family: its models are the ones `npo prepare` makes."""
+        return self.family.hub_id is None
+
+    def data_path(self) -> str:
+        """``data_path`` when given (folder or hub dataset id), else the prepared embedded
+        benchmark."""
+        if self.cfg.data_path:
+            return self.cfg.data_path
+        bench = self.embedded.benchmark
+        if not (bench / "meta.json").is_file():
+            raise ConfigError(
+                f"the embedded benchmark is not prepared ({bench}); "
+                "run `npo prepare` or pass data_path=..."
+            )
+        return str(bench)
+
+    def model_path(self) -> str:
+        """``model_path`` when given (a folder holding a model and its tokenizer), else the
+        embedded target (tiny) or the family's hub id."""
+        if self.cfg.model_path:
+            return check_model_folder(self.cfg.model_path, "model_path")
+        if self.family.hub_id is not None:
+            return self.family.hub_id
+        target = self.embedded.target
+        if not (target / "config.json").is_file():
+            raise ConfigError(
+                f"the embedded target model is not prepared ({target}); run `npo prepare` "
+                "(with the same data_path / benchmark.* / tiny.* settings) or pass model_path=..."
+            )
+        return str(target)
+
+    def retain_model_path(self) -> tuple[str | None, str | None]:
+        """(the retain model's folder, None), or (None, why there is none).
+
+        ``retain_model_path`` when given (it must hold a model), else the embedded retain model
+        of the embedded benchmark when it is prepared. Forget quality, privleak and the
+        contrast scorer compare with it.
+        """
+        if self.cfg.retain_model_path:
+            return check_model_folder(self.cfg.retain_model_path, "retain_model_path"), None
+        if not self.uses_embedded:
+            return None, (
+                "no retain model: pass retain_model_path=<folder of a model fine-tuned without "
+                "the forget set> to get forget quality and privleak"
+            )
+        retain = self.embedded.retain
+        if (retain / "config.json").is_file():
+            return str(retain), None
+        return None, (
+            f"the embedded retain model is not prepared ({retain}): run `npo prepare`, "
+            "or pass retain_model_path=..."
+        )
+
+
 def uses_embedded(cfg: Config) -> bool:
     """The tiny family: its models are the ones `npo prepare` makes (for the generated benchmark
     or, with ``data_path``, for that folder)."""
@@ -82,57 +153,16 @@ def uses_embedded(cfg: Config) -> bool:
 
 
 def resolve_data_path(cfg: Config) -> str:
-    """``data_path`` when given (folder or hub dataset id), else the prepared embedded benchmark."""
-    if cfg.data_path:
-        return cfg.data_path
-    bench = embedded_paths(cfg).benchmark
-    if not (bench / "meta.json").is_file():
-        raise ConfigError(
-            f"the embedded benchmark is not prepared ({bench}); run `npo prepare` or pass data_path=..."
-        )
-    return str(bench)
+    """:meth:`ConfigPaths.data_path` of ``cfg`` (a command resolves it once, in its
+    ``Resolved``)."""
+    return ConfigPaths(cfg).data_path()
 
 
 def resolve_model_path(cfg: Config) -> str:
-    """``model_path`` when given, else the embedded target (tiny) or the family's hub id."""
-    if cfg.model_path:
-        p = Path(cfg.model_path).expanduser()
-        if not p.is_dir():
-            raise ConfigError(f"model_path folder not found: {p}")
-        return str(p)
-    family = get_family(cfg.model_family)
-    if family.hub_id is None:
-        target = embedded_paths(cfg).target
-        if not (target / "config.json").is_file():
-            raise ConfigError(
-                f"the embedded target model is not prepared ({target}); run `npo prepare` "
-                "(with the same data_path / benchmark.* / tiny.* settings) or pass model_path=..."
-            )
-        return str(target)
-    return family.hub_id
+    """:meth:`ConfigPaths.model_path` of ``cfg``."""
+    return ConfigPaths(cfg).model_path()
 
 
 def resolve_retain_model_path(cfg: Config) -> tuple[str | None, str | None]:
-    """(the retain model's folder, None), or (None, why there is none).
-
-    ``retain_model_path`` when given (it must exist), else the embedded retain model of the
-    embedded benchmark when it is prepared. Forget quality, privleak and the contrast scorer
-    compare with it.
-    """
-    if cfg.retain_model_path:
-        p = Path(cfg.retain_model_path).expanduser()
-        if not (p / "config.json").is_file():
-            raise ConfigError(f"retain_model_path folder not found or not a model: {p}")
-        return str(p), None
-    if uses_embedded(cfg):
-        retain = embedded_paths(cfg).retain
-        if (retain / "config.json").is_file():
-            return str(retain), None
-        return (
-            None,
-            f"the embedded retain model is not prepared ({retain}): run `npo prepare`, or pass retain_model_path=...",
-        )
-    return None, (
-        "no retain model: pass retain_model_path=<folder of a model fine-tuned without the "
-        "forget set> to get forget quality and privleak"
-    )
+    """:meth:`ConfigPaths.retain_model_path` of ``cfg``."""
+    return ConfigPaths(cfg).retain_model_path()

@@ -111,17 +111,21 @@ class EvalData:
 
 
 def load_eval_data(cfg: Config) -> EvalData:
-    """Load every evaluation set for ``cfg`` (data_path or the embedded benchmark).
+    """Every evaluation set for ``cfg`` (data_path or the embedded benchmark)."""
+    return load_eval_sets(resolve_data_path(cfg), cfg.split, cfg.task_id)
+
+
+def load_eval_sets(data_path: str, split: str, task_id: int | None) -> EvalData:
+    """Load every evaluation set of ``data_path`` for ``split`` / ``task_id``.
 
     forget = ``<split>_perturbed`` of ``task_id``; a record with an empty ``cot`` (R-TOFU's
     perturbed files carry ``"cot": ""``) takes ``cot`` and ``fact`` from the same question in
     ``<split>.json`` when that file exists. Missing required files fail naming the file.
     """
-    data_path = resolve_data_path(cfg)
     skipped: dict[str, str] = {}
-    forget = load_perturbed(data_path, cfg.split, cfg.task_id)
+    forget = load_perturbed(data_path, split, task_id)
     try:
-        base = {r["question"]: r for r in load_forget(data_path, cfg.split, cfg.task_id)}
+        base = {r["question"]: r for r in load_forget(data_path, split, task_id)}
     except DataError as e:
         base, skipped["forget_cot"] = {}, f"forget traces unavailable: {e}"
     merged = []
@@ -133,7 +137,7 @@ def load_eval_data(cfg: Config) -> EvalData:
     for name in ("retain", "real_authors", "world_facts"):
         sets[name] = load_eval_set(data_path, SET_FILES[name])
     try:
-        sets["holdout"] = load_holdout(data_path, cfg.split)
+        sets["holdout"] = load_holdout(data_path, split)
     except DataError as e:
         if "no holdout set" not in str(e):
             raise  # a holdout file that is there but malformed

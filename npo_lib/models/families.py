@@ -1,6 +1,6 @@
 """Model families: hub id, chat and think tags, attention and memory preferences.
 
-A family is what the seed scripts called ``model_family``. ``model_path`` overrides the hub id
+A family is what ``model_family`` names. ``model_path`` overrides the hub id
 with a local folder; the embedded ``tiny`` family has no hub id (``npo prepare`` makes it).
 """
 
@@ -72,7 +72,10 @@ FAMILIES: dict[str, ModelFamily] = {
             ChatTags("<|user|>", "", "<|assistant|>", "<think>\n", "\n</think>\n\n"),
             gradient_checkpointing=False,
             prefer_flash_attention=False,
-            description="embedded Llama-architecture model trained by `npo prepare` on the synthetic benchmark",
+            description=(
+                "embedded Llama-architecture model trained by `npo prepare` on the synthetic "
+                "benchmark"
+            ),
         ),
         ModelFamily(
             "llama2-7b",
@@ -84,7 +87,9 @@ FAMILIES: dict[str, ModelFamily] = {
             "llama3-8b",
             "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
             R1_TAGS,
-            description="R-TOFU's target: DeepSeek-R1-Distill-Llama-8B with its chat and think tags",
+            description=(
+                "R-TOFU's target: DeepSeek-R1-Distill-Llama-8B with its chat and think tags"
+            ),
         ),
         ModelFamily(
             "llama3.2-1b",
