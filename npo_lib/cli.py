@@ -1,41 +1,54 @@
 """The ``npo`` command: one subcommand per step, all taking the same config sources.
 
-    npo prepare   [params.yaml ...] [key=value ...]   (data_path=DIR: the tiny models of your own data)
+    npo prepare   [params.yaml ...] [key=value ...]   (data_path=DIR: the tiny models of your
+                                                       own data)
     npo finetune  [params.yaml ...] [key=value ...]   (finetune.model=target|retain)
     npo forget    [params.yaml ...] [key=value ...]
-    npo eval      [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute] [--retain-model-path DIR]
+    npo eval      [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute]
+                  [--retain-model-path DIR]
     npo influence [params.yaml ...] [key=value ...] [--auroc-table]
     npo losses                                (the objective registry, each term's equation)
     npo report    RUN_DIR ... [--csv PATH] [--html FILE]
     npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
     npo sweep     SWEEP.yaml [--parallel N] [--executor thread|local|slurm]
     npo launch    --nproc N NOTEBOOK.ipynb [-f PARAMS.yaml] [-p KEY VALUE] [-o OUT.ipynb]
-    npo study     SWEEP_DIR [--sweep DIR] [--out docs] [key=value ...] | --run PLAN.yaml [--blocks A,B] [--benchmarks A,B] | --plan PLAN.yaml | --extend SWEEP.yaml
+    npo study     SWEEP_DIR [--sweep DIR] [--out docs] [key=value ...]
+                  | --run PLAN.yaml [--blocks A,B] [--benchmarks A,B]
+                  | --plan PLAN.yaml | --extend SWEEP.yaml
 
 Params files and ``key=value`` overrides merge over the schema defaults (:mod:`npo_lib.config`);
-``--print-config`` shows every key with its help. An error a user can cause (a bad key, value,
-file or folder, a missed bar) prints one line naming it and exits with 2; a traceback means a bug.
+``--print-config`` shows every key with its help. The config is checked and resolved once, here
+(:func:`npo_lib.commands.resolve.resolve`: family, objective, model / data / retain model
+folders, run folders), and the resolved run is what the command gets. An error a user can cause
+(a bad key, value, file or folder, a missed bar) prints one line naming it and exits with 2; a
+traceback means a bug.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from npo_lib.config import Config, annotated_yaml, load_config
 from npo_lib.errors import UserError
 
+if TYPE_CHECKING:
+    from npo_lib.commands.resolve import Resolved
+
 # ----------------------------------------------------------------------------- config commands
 
 
-def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
-    """The tiny models of the generated benchmark (or of ``data_path=DIR``): tokenizer, target, retain."""
+def cmd_prepare(res: Resolved, opts: argparse.Namespace) -> int:
+    """The tiny models of the generated benchmark (or of ``data_path=DIR``): tokenizer, target,
+    retain."""
     from npo_lib.commands.prepare import prepare
 
-    summary = prepare(cfg)
+    summary = prepare(res)
+    cfg = res.cfg
     print()
     print(summary.table())
     s = summary.seconds
@@ -50,38 +63,35 @@ def cmd_prepare(cfg: Config, opts: argparse.Namespace) -> int:
     summary.raise_if_failed()  # a missed bar: one line naming it, the value and what to raise
     if not summary.enforced and summary.failures():
         print(
-            "bars below on your own data are reported, not enforced: raise tiny.max_epochs for more memorisation"
+            "bars below on your own data are reported, not enforced: raise tiny.max_epochs for "
+            "more memorisation"
         )
     return 0
 
 
-def cmd_finetune(cfg: Config, opts: argparse.Namespace) -> int:
+def cmd_finetune(res: Resolved, opts: argparse.Namespace) -> int:
     """Fine-tune the target or the retain model (also ``python -m npo_lib.finetune``)."""
     from npo_lib.commands.finetune import run_finetune
 
-    run_finetune(cfg)
+    run_finetune(res)
     return 0
 
 
-def cmd_forget(cfg: Config, opts: argparse.Namespace) -> int:
+def cmd_forget(res: Resolved, opts: argparse.Namespace) -> int:
     """Unlearn the forget split with ``forget_loss`` (also ``python -m npo_lib.forget``)."""
     from npo_lib.commands.forget import run_forget
 
-    run_forget(cfg)
+    run_forget(res)
     return 0
 
 
-def cmd_eval(cfg: Config, opts: argparse.Namespace) -> int:
+def cmd_eval(res: Resolved, opts: argparse.Namespace) -> int:
     """TOFU / R-TOFU / privacy metrics of ``model_path`` (default: the embedded target)."""
-    import dataclasses
-
     from npo_lib.commands.evaluation import METRICS_FILE, default_out_dir, evaluate, summary
     from npo_lib.utils.dist import is_rank0
 
-    if opts.retain_model_path:
-        cfg = dataclasses.replace(cfg, retain_model_path=opts.retain_model_path)
-    out_dir = Path(opts.out_dir or default_out_dir(cfg))
-    result = evaluate(cfg, out_dir=out_dir, recompute=opts.recompute)
+    out_dir = Path(opts.out_dir or default_out_dir(res))
+    result = evaluate(res, out_dir=out_dir, recompute=opts.recompute)
     if not is_rank0():  # under torchrun / deepspeed every rank evaluates; rank 0 reports
         return 0
     print(f"{result['identity']['model_path']} ({result['identity']['role']})")
@@ -98,14 +108,15 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retain-model-path", help="the retain model (same as retain_model_path=...)")
 
 
-def cmd_influence(cfg: Config, opts: argparse.Namespace) -> int:
-    """Per-token influence scores of the forget split (also ``python -m npo_lib.compute_influence``)."""
+def cmd_influence(res: Resolved, opts: argparse.Namespace) -> int:
+    """Per-token influence scores of the forget split (also
+    ``python -m npo_lib.compute_influence``)."""
     from npo_lib.commands.influence import auroc_table, format_auroc_table, run_influence
 
     if opts.auroc_table:
-        print(format_auroc_table(auroc_table(cfg)))
+        print(format_auroc_table(auroc_table(res)))
         return 0
-    run_influence(cfg)
+    run_influence(res)
     return 0
 
 
@@ -113,12 +124,13 @@ def _influence_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--auroc-table",
         action="store_true",
-        help="print the AUROC against the fact tokens of every scorer and preconditioner (embedded benchmark); writes nothing",
+        help="print the AUROC against the fact tokens of every scorer and preconditioner "
+        "(embedded benchmark); writes nothing",
     )
 
 
 # name -> (handler, help, extra flags)
-COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Callable | None]] = {
+COMMANDS: dict[str, tuple[Callable[[Resolved, argparse.Namespace], int], str, Callable | None]] = {
     "prepare": (
         cmd_prepare,
         "make the embedded benchmark, tokenizer, target and retain models",
@@ -126,7 +138,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str, Call
     ),
     "finetune": (
         cmd_finetune,
-        "fine-tune the target (finetune.model=target) or the retain model from model_path / the hub",
+        "fine-tune the target (finetune.model=target) or the retain model from model_path / "
+        "the hub",
         None,
     ),
     "forget": (
@@ -206,11 +219,12 @@ def cmd_sweep(opts: argparse.Namespace) -> int:
     res = run_sweep(opts.spec, parallel=opts.parallel, executor=opts.executor)
     if res.get("report"):
         print("\n" + res["report"])
-    n_failed = sum(
-        r["status"] not in ("done", "skipped") for r in res["status"].values()
-    )  # failed or interrupted
+    # failed or interrupted
+    n_failed = sum(r["status"] not in ("done", "skipped") for r in res["status"].values())
+    n_ok = len(res["status"]) - n_failed
     print(
-        f"sweep {res['name']}: {len(res['status']) - n_failed} ok, {n_failed} failed or interrupted in {res['seconds']:.1f} s"
+        f"sweep {res['name']}: {n_ok} ok, {n_failed} failed or interrupted in "
+        f"{res['seconds']:.1f} s"
     )
     return 0 if res["ok"] else 1
 
@@ -237,66 +251,9 @@ def cmd_launch(opts: argparse.Namespace) -> int:
 
 
 def cmd_study(opts: argparse.Namespace) -> int:
-    from npo_lib.study.plan import StudyPlan, extend_sweep, plan_study, run_study
-    from npo_lib.study.study import write_study
-    from npo_lib.workflow.steps import read_spec
+    from npo_lib.study.command import study_command
 
-    args = list(opts.args)
-    if opts.sweep_dir is not None and (
-        "=" in opts.sweep_dir or opts.sweep_dir.endswith((".yaml", ".yml"))
-    ):
-        args.insert(
-            0, opts.sweep_dir
-        )  # a setting, not a folder: the folder is optional with --plan / --extend
-        opts.sweep_dir = None
-    plan_file = opts.run or opts.plan
-    own = (
-        read_spec(plan_file, StudyPlan).study if plan_file else {}
-    )  # the plan's study.* settings; the command line wins
-    cfg = load_config([*(f"study.{k}={json.dumps(v)}" for k, v in own.items()), *args])
-    blocks = [b for b in (opts.blocks or "").split(",") if b] or None
-    benchmarks = [b for b in (opts.benchmarks or "").split(",") if b] or None
-    if opts.run:
-        res = run_study(
-            opts.run,
-            cfg.study,
-            out=opts.out,
-            parallel=opts.parallel,
-            blocks=blocks,
-            benchmarks=benchmarks,
-        )
-        print(res["markdown"])
-        print(
-            f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies', 'timing'))}"
-        )
-        return 0
-    if opts.plan:
-        files = plan_study(
-            opts.plan,
-            opts.out if opts.out != "docs" else None,
-            blocks=blocks,
-            benchmarks=benchmarks,
-        )
-        print("\n".join(f"npo sweep {f} --parallel 2" for f in files))
-        return 0
-    if opts.extend:
-        res = extend_sweep(opts.extend, None if opts.out == "docs" else opts.out, cfg.study)
-        for p in res["proposals"]:
-            print(f"{p['method']}: {p['reason']} -> {p['file']} ({len(p['runs'])} runs)")
-        print(
-            "\n".join(f"npo sweep {f}" for f in res["files"])
-            if res["files"]
-            else f"no new points: every method's frontier around the floor ({res['floor']:.3f}) is complete or at its limits"
-        )
-        return 0
-    if opts.sweep_dir is None:
-        raise UserError("give SWEEP_DIR (or --plan PLAN.yaml / --extend SWEEP.yaml)")
-    res = write_study([opts.sweep_dir, *opts.sweep], opts.out, cfg.study)
-    print(res["markdown"])
-    print(
-        f"\nwrote {', '.join(str(v) for k, v in res.items() if k not in ('markdown', 'studies'))}"
-    )
-    return 0
+    return study_command(opts)
 
 
 # commands that take their own arguments instead of the config sources
@@ -311,6 +268,8 @@ SPEC_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _spec_parsers(sub: argparse._SubParsersAction) -> None:
+    from npo_lib.study.command import add_study_arguments
+
     sub.add_parser(
         "losses", help="list the objectives (forget terms, regularizers) with their equations"
     )
@@ -325,8 +284,31 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
     sw.add_argument(
         "--executor",
         choices=["thread", "local", "slurm"],
-        help="where points run: threads here, submitit processes here (own GPUs each), a SLURM job array (default: the file's executor.kind)",
+        help="where points run: threads here, submitit processes here (own GPUs each), a SLURM "
+        "job array (default: the file's executor.kind)",
     )
+    _launch_parser(sub)
+    add_study_arguments(
+        sub.add_parser(
+            "study",
+            help="method comparison of finished sweeps: frontiers at matched utility, selection "
+            "controls, attacks",
+        )
+    )
+    rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
+    rep.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json"
+    )
+    rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")
+    rep.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also the run dashboard as one static HTML file (table, FQ-MU plot, loss curves, "
+        "heatmaps)",
+    )
+
+
+def _launch_parser(sub: argparse._SubParsersAction) -> None:
     la = sub.add_parser(
         "launch", help="a notebook on N ranks (DeepSpeed launcher, torchrun fallback)"
     )
@@ -357,64 +339,6 @@ def _spec_parsers(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", help="rank 0's executed notebook (default runs/<run>/notebooks/NOTEBOOK)"
     )
     la.add_argument("--master-port", type=int, default=29560)
-    st = sub.add_parser(
-        "study",
-        help="method comparison of finished sweeps: frontiers at matched utility, selection controls, attacks",
-    )
-    st.add_argument(
-        "sweep_dir", nargs="?", metavar="SWEEP_DIR", help="e.g. runs/study_fair-default"
-    )
-    st.add_argument(
-        "args",
-        nargs="*",
-        metavar="PARAMS.yaml|key=value",
-        help="study.* settings, e.g. study.mu_fraction=0.9",
-    )
-    st.add_argument(
-        "--sweep",
-        action="append",
-        default=[],
-        metavar="SWEEP_DIR",
-        help="another sweep folder, e.g. the second benchmark's (repeatable)",
-    )
-    st.add_argument(
-        "--out",
-        default="docs",
-        help="folder for study.md, study.csv, study_frontier.png, study_selection.png (default docs); "
-        "with --plan / --extend: where the sweep files go",
-    )
-    st.add_argument(
-        "--extend",
-        metavar="SWEEP.yaml",
-        help="write the adaptive search's next sweep files for this sweep's finished runs",
-    )
-    st.add_argument(
-        "--plan",
-        metavar="PLAN.yaml",
-        help="write the starting sweep files of a study plan, e.g. params/study_fair.yaml",
-    )
-    st.add_argument(
-        "--run",
-        metavar="PLAN.yaml",
-        help="the whole study of a plan, resumable: sweeps, adaptive rounds, attacks at the matched settings, then --out",
-    )
-    st.add_argument(
-        "--blocks", metavar="A,B", help="with --run / --plan: only these blocks of the plan"
-    )
-    st.add_argument(
-        "--benchmarks", metavar="A,B", help="with --run / --plan: only these benchmarks of the plan"
-    )
-    st.add_argument("--parallel", type=int, help="with --run: runs at a time (default: the plan's)")
-    rep = sub.add_parser("report", help="compare evaluated runs in a markdown table (and CSV)")
-    rep.add_argument(
-        "run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding eval/metrics.json"
-    )
-    rep.add_argument("--csv", help="CSV path (default: report.csv beside the first run)")
-    rep.add_argument(
-        "--html",
-        metavar="FILE",
-        help="also the run dashboard as one static HTML file (table, FQ-MU plot, loss curves, heatmaps)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,17 +366,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_flags(cfg: Config, opts: argparse.Namespace) -> Config:
+    """The config with the keys a command's own flags set (``npo eval --retain-model-path``)."""
+    if getattr(opts, "retain_model_path", None):
+        return dataclasses.replace(cfg, retain_model_path=opts.retain_model_path)
+    return cfg
+
+
 def _dispatch(opts: argparse.Namespace) -> int:
     from npo_lib.commands.checks import check_config
+    from npo_lib.commands.resolve import resolve
 
     if opts.command in SPEC_COMMANDS:
         return SPEC_COMMANDS[opts.command](opts)
-    cfg = load_config(opts.args)
-    check_config(cfg)
+    cfg = _with_flags(load_config(opts.args), opts)
     if opts.print_config:
+        check_config(cfg)
         print(annotated_yaml(cfg))
         return 0
-    return COMMANDS[opts.command][0](cfg, opts)
+    return COMMANDS[opts.command][0](resolve(cfg, opts.command), opts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""``python -m npo_lib.compute_influence [params.yaml ...] [key=value ...]``: the seed scripts' form of ``npo influence``.
+"""``python -m npo_lib.compute_influence [params.yaml ...] [key=value ...]``: ``npo influence`` as a
+module (what torchrun and the DeepSpeed launcher start on every rank).
 
 An entry point like the ``npo`` console script (it sits above the CLI); the work is done in
 :mod:`npo_lib.commands`.

@@ -1,4 +1,5 @@
-"""``python -m npo_lib.forget [params.yaml ...] [key=value ...]``: the seed scripts' form of ``npo forget``.
+"""``python -m npo_lib.forget [params.yaml ...] [key=value ...]``: ``npo forget`` as a
+module (what torchrun and the DeepSpeed launcher start on every rank).
 
 An entry point like the ``npo`` console script (it sits above the CLI); the work is done in
 :mod:`npo_lib.commands`.

@@ -4,7 +4,9 @@ papermill (``-f params.yaml`` / ``-p key value``) injects each parameter as a va
 cell tagged ``parameters``. The notebooks declare only their own non-config parameters there
 (``config_files``, output folders, ...); every ``npo_lib.config.Config`` key keeps its single
 default in the schema. :func:`config_from_namespace` collects the injected config keys, merges
-them over the params files and fails, naming the variable, for one that is not a config key.
+them over the params files and fails, naming the variable, for one that is not a config key;
+:func:`run_from_namespace` also resolves the config once for the notebook's command (model,
+data and retain model folders, family, objective, run folders), and the command takes that.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from npo_lib.commands.checks import check_config
+from npo_lib.commands.resolve import Resolved, resolve
 from npo_lib.config import Config, load_config
 from npo_lib.errors import ConfigError, UserError
 from npo_lib.utils.progress import use_progress
@@ -27,8 +30,9 @@ _KERNEL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 def injected_parameters(ns: Mapping[str, Any], declared: Iterable[str] = ()) -> dict[str, Any]:
     """Plain-data variables of a notebook namespace: papermill's injected parameters.
 
-    Skips private names, IPython's own, the notebook's ``declared`` parameters, and modules,
-    functions and classes (the notebook's imports).
+    Skips private names, IPython's own, the notebook's ``declared`` parameters, modules,
+    functions and classes (the notebook's imports), and a config or run a first cell already
+    made (so that cell can run again).
     """
     skip = _KERNEL_NAMES | set(declared)
     out = {}
@@ -36,7 +40,7 @@ def injected_parameters(ns: Mapping[str, Any], declared: Iterable[str] = ()) -> 
         if name.startswith("_") or name in skip:
             continue
         if (
-            isinstance(value, types.ModuleType)
+            isinstance(value, types.ModuleType | Config | Resolved)
             or inspect.isroutine(value)
             or inspect.isclass(value)
         ):
@@ -65,9 +69,33 @@ def config_from_namespace(
         check_config(cfg)
         return cfg
     except ConfigError as e:
-        raise ConfigError(
-            f"notebook parameters: {e} (the notebook's own parameters: {', '.join(declared) or 'none'})"
-        ) from e
+        raise _parameter_error(e, declared) from e
+
+
+def run_from_namespace(
+    ns: Mapping[str, Any],
+    command: str,
+    declared: Sequence[str] = (),
+    config_files: Sequence[str] = (),
+    *,
+    model_path: str | None = None,
+) -> Resolved:
+    """The run of a command's notebook: its config (as :func:`config_from_namespace` merges it)
+    checked and resolved once for ``command`` (``forget``, ``eval``, ...), on ``model_path``
+    when given. The notebook passes it to the command, which resolves nothing again."""
+    brief_user_errors()
+    use_progress("auto")
+    values = injected_parameters(ns, declared)
+    try:
+        cfg = load_config(files=list(config_files), overrides=values)
+        return resolve(cfg, command, model_path=model_path)
+    except ConfigError as e:
+        raise _parameter_error(e, declared) from e
+
+
+def _parameter_error(e: ConfigError, declared: Sequence[str]) -> ConfigError:
+    own = ", ".join(declared) or "none"
+    return ConfigError(f"notebook parameters: {e} (the notebook's own parameters: {own})")
 
 
 def _one_line(
