@@ -211,7 +211,8 @@ def test_non_finite_loss_names_step_and_term_and_keeps_checkpoint(mini_world, tm
 @pytest.mark.parametrize("lora", [0, 4])
 def test_kl_reference_stays_the_model_before_unlearning(mini_world, tmp_path, lora):
     """KL(p_ref ‖ p_θ) reads a frozen reference (a copy, or the base with the adapter off): 0 at
-    step 1, and after the updates it still gives the original model's logits, not the trained one's."""
+    step 1, and after the updates it still gives the original model's logits, not the trained
+    one's."""
     from transformers import AutoModelForCausalLM
 
     from npo_lib.commands.forget import build_trainer
@@ -225,11 +226,10 @@ def test_kl_reference_stays_the_model_before_unlearning(mini_world, tmp_path, lo
         "save_merged=true",
         "lr=1e-2",
     )
-    out, spec = check_forget_config(cfg)
+    res = check_forget_config(cfg)
+    out = res.run_dir
     out.mkdir(parents=True)
-    trainer, tok, ds = build_trainer(
-        cfg, spec, out, mini_world["model_path"], mini_world["data_path"]
-    )
+    trainer, tok, ds = build_trainer(res)
     trainer.train()
     assert _log(out)[0]["reg/KL"] == pytest.approx(0.0, abs=1e-6) and _log(out)[-1]["reg/KL"] > 1e-4
     batch = trainer.data_collator([ds[i] for i in range(len(ds))])["retain"]
@@ -333,9 +333,9 @@ def _forget_logit_grads(world, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.T
     weights of its next-token labels (B, T-1) and its target mask (B, T-1)."""
     from npo_lib.commands.forget import build_trainer
 
-    out, spec = check_forget_config(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    trainer, _, ds = build_trainer(cfg, spec, out, world["model_path"], world["data_path"])
+    res = check_forget_config(cfg)
+    res.run_dir.mkdir(parents=True, exist_ok=True)
+    trainer, _, ds = build_trainer(res)
     model = trainer.model
     trainer.ensure_reference(
         model
@@ -486,9 +486,9 @@ def test_rmu_layer_is_checked_before_any_model_loads(mini_world, tmp_path):
         (("rmu_layer=0", "rmu_trainable_modules=[mlp.nothing]"), "leave no parameter to train"),
     ):
         cfg = _cfg(mini_world, tmp_path / "run", "forget_loss=RMU+GD", *over)
-        out, spec = check_forget_config(cfg)
+        res = check_forget_config(cfg)
         with pytest.raises(ConfigError, match=match):
-            build_trainer(cfg, spec, out, mini_world["model_path"], mini_world["data_path"])
+            build_trainer(res)
     with pytest.raises(ConfigError, match="rmu_trainable_layers: block -1"):
         check_forget_config(
             _cfg(mini_world, tmp_path / "run", "forget_loss=RMU+GD", "rmu_trainable_layers=[-1]")
@@ -509,7 +509,8 @@ def test_baselines_under_zero_match_single_process(mini_world, tmp_path, loss, s
     """2 CPU ranks x 2 examples under ZeRO-2 (RMU+ACT: ZeRO-3, its frozen copy a sharded engine of
     its own) against 1 process x 2 examples x 2 accumulated micro-batches: the same 4 examples
     in the same 2 halves, so the step-1 loss (the mean of the halves' losses; WGA, GD and UNDIAL
-    are token means, which 1 x 4 would weigh differently) and the step-2 loss after one update agree."""
+    are token means, which 1 x 4 would weigh differently) and the step-2 loss after one update
+    agree."""
     pytest.importorskip("deepspeed")
     over = [f"forget_loss={loss}", "num_epochs=2", "rmu_layer=0", "rmu_steering_coeff=5"]
     single = tmp_path / "single"

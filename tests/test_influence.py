@@ -69,7 +69,8 @@ def _rel_err(rows, refs) -> float:
 @pytest.mark.parametrize("method", ["jvp", "fd"])
 @pytest.mark.parametrize("preconditioner", list(PRECONDITIONERS))
 def test_row_scores_equal_the_per_token_autograd_loop(f64, preconditioner, method):
-    """s_it = vᵀ ∇ℓ_it from one JVP (or two forwards) per batch = one backward per token, float64."""
+    """s_it = vᵀ ∇ℓ_it from one JVP (or two forwards) per batch = one backward per token,
+    float64."""
     cfg, inputs, model = f64
     modules = tracked_modules(model, "all_linear")
     v = differential_direction(
@@ -309,16 +310,16 @@ def test_auroc_rank_definition():
     assert auroc([0.3, 0.2], [1, 1]) != auroc([0.3, 0.2], [1, 1])  # nan: one class only
 
 
-# ----------------------------------------------------------------------------- files, reuse, entry points
+# ------------------------------------------------------------------- files, reuse, entry points
 
 
 def test_config_errors_come_before_any_model_loads(mini_world, tmp_path, monkeypatch):
-    import npo_lib.commands.influence as run_influence_module
+    from npo_lib.models.loading import ModelLoader
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(run_influence_module, "load_model", no_model)
+    monkeypatch.setattr(ModelLoader, "model", no_model)
     for bad, msg in [
         ("influence.scorer=foo", "influence.scorer 'foo' is unknown; valid: differential"),
         ("influence.preconditioner=kfc", "valid: identity, diagonal, kfac, ekfac"),
@@ -400,7 +401,8 @@ def test_files_feed_the_influence_loss_and_are_reused_or_refused(mini_world, tmp
     )
     assert w.shape[0] == 4 and (w.sum(1) >= 3).all()
 
-    # same settings: reused without loading a model; other settings: refused, then replaced on overwrite
+    # same settings: reused without loading a model; other settings: refused, then replaced on
+    # overwrite
     def no_model(*a, **k):
         raise AssertionError("a model was loaded")
 
@@ -454,7 +456,8 @@ def test_check_returns_the_forget_runs_influence_folder(mini_world, tmp_path):
     from npo_lib.commands.folders import influence_files
 
     cfg = _cfg(mini_world, f"save_dir={tmp_path / 'runs' / 'x'}")
-    assert check_influence_config(cfg) == influence_files(cfg) == tmp_path / "runs" / "influence"
+    folder = check_influence_config(cfg).influence_dir
+    assert folder == influence_files(cfg) == tmp_path / "runs" / "influence"
 
 
 # ----------------------------------------------------------------------------- real tiny models
