@@ -104,7 +104,8 @@ def test_print_config_shows_every_key_with_its_help():
 
 
 def test_a_user_error_is_one_line_with_exit_code_2(mini_world, tmp_path, capsys):
-    """A corrupted data file: the file and line, no traceback (the CLI's rule for every UserError)."""
+    """A corrupted data file: the file and line, no traceback (the CLI's rule for every
+    UserError)."""
     import shutil
 
     from npo_lib.cli import main
