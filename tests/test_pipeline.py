@@ -181,6 +181,12 @@ def test_forget_and_evaluation_notebooks_run_headless_and_skip_when_unchanged(
         if c.cell_type == "code"
         for o in c.outputs
     )
+    # progress under the pipeline is whole lines: no widget bars, no carriage returns saved
+    for nb in (forget.output, ev.output):
+        for c in nbformat.read(nb, as_version=4).cells:
+            for o in c.get("outputs", []):
+                text = "".join(o.get("text", "")) + o.get("data", {}).get("text/plain", "")
+                assert "\r" not in text and "0%|" not in text, (nb.name, text[:200])
     # unchanged inputs: both skipped; a changed parameter re-runs the step and its dependants
     assert [r.status for r in run_steps([forget, ev], stream=False)] == ["skipped", "skipped"]
     ev.params["eval_recompute"] = True

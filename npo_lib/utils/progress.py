@@ -12,8 +12,9 @@ results). :func:`use_progress` picks the display for the whole kernel:
   ``delay`` seconds print nothing;
 - ``off``: no progress output.
 
-``auto`` reads ``$TNPO_PROGRESS`` (bar, lines or off), else takes ``lines`` when the kernel was
-started by papermill (its parent process) and ``bar`` otherwise.
+``auto`` reads ``$TNPO_PROGRESS`` (bar, lines or off; :mod:`npo_lib.workflow.run_notebook`, which
+executes every pipeline step, sets ``lines``), else takes ``lines`` when the kernel was started
+by papermill's own command (its parent process) and ``bar`` otherwise.
 """
 
 from __future__ import annotations

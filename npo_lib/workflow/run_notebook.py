@@ -26,6 +26,8 @@ from pathlib import Path
 import yaml
 from traitlets.config import Config
 
+from npo_lib.utils.progress import PROGRESS_ENV
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m npo_lib.workflow.run_notebook")
@@ -53,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # as papermill's command: no debugger warning about frozen modules from the kernel
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # the kernel inherits this: progress as whole lines, no widget bars saved in the notebook
+    os.environ.setdefault(PROGRESS_ENV, "lines")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import papermill
     from papermill.exceptions import PapermillExecutionError
