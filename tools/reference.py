@@ -1,6 +1,6 @@
 """The reference pages of docs/reference/, generated from the registries and the config schema.
 
-    python -m tools.reference           # write docs/reference/{objectives,config,metrics}.md
+    python -m tools.reference           # write docs/reference/*.md (objectives, config, ...)
     python -m tools.reference --check   # exit 1 naming each page that is stale
 
 One function per page renders it as a string; each reads what it shows through one accessor
@@ -140,6 +140,13 @@ def metrics_registry() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list
     from npo_lib.eval.robustness import list_attacks
 
     return list_metrics(), list_benchmarks(), list_attacks()
+
+
+def benchmarks_registry() -> list[dict[str, Any]]:
+    """ACCESSOR (benchmarks): every benchmark plug-in as plain data."""
+    from npo_lib.benchmarks import list_benchmark_plugins
+
+    return list_benchmark_plugins()
 
 
 # ============================================================================ page: config
@@ -300,12 +307,48 @@ def metrics_page() -> str:
     return "\n".join(out) + "\n"
 
 
+def benchmarks_page() -> str:
+    """docs/reference/benchmarks.md: every benchmark plug-in, its layout, training and metrics."""
+    out = [
+        _banner("the benchmark plug-ins (`npo_lib/benchmarks/`)"),
+        "# Benchmarks",
+        "",
+        "`benchmark=NAME` (`benchmark.name`) selects one; `data_path=DIR` reads its published",
+        "layout from a folder, else `npo prepare` writes its offline stand-in.",
+        "",
+    ]
+    out += _table(
+        ["name", "paper", "trains on", "headline: forget", "headline: utility", "stand-in"],
+        (
+            (
+                f"`{b['name']}`",
+                f"{b['title']}: {b['citation']}",
+                b["training"],
+                f"`{b['headline']['forget']}` ({b['headline']['forget_better']})",
+                f"`{b['headline']['utility']}` ({b['headline']['utility_better']})",
+                b["standin"],
+            )
+            for b in benchmarks_registry()
+        ),
+    )
+    for b in benchmarks_registry():
+        out += ["", f"## {b['title']} (`{b['name']}`)", "", f"Published data: `{b['hub_id']}`.", ""]
+        out += _table(
+            ["role", "file", "required"],
+            ((r, f"`{f}`", "yes" if r in b["required"] else "") for r, f in b["layout"].items()),
+        )
+        out += ["", "Metrics: " + ", ".join(f"`{k}`" for k in b["metrics"]) + "."]
+        out += [f"- {n}" for n in b["notes"]]
+    return "\n".join(out) + "\n"
+
+
 # ============================================================================ command
 
 PAGES: dict[str, Callable[[], str]] = {
     "objectives.md": objectives_page,
     "config.md": config_page,
     "metrics.md": metrics_page,
+    "benchmarks.md": benchmarks_page,
 }
 
 

@@ -1,7 +1,7 @@
 """Every check a config can fail without loading a model: the names each registry owns.
 
-:func:`npo_lib.config.load_config` checks keys, types and ranges; this adds the names (model
-family, objective, influence scorer and preconditioner, selection method, attacks) and the
+:func:`npo_lib.config.load_config` checks keys, types and ranges; this adds the names (benchmark,
+model family, objective, influence scorer and preconditioner, selection method, attacks) and the
 limits of the embedded benchmark generator. :func:`npo_lib.commands.resolve.resolve` calls
 :func:`check_config` once where a config enters (the CLI, a notebook's first cell, a command
 given a bare Config), so a bad value fails in one line before any model loads.
@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+from npo_lib.benchmarks import Benchmark, check_data_folder, get_benchmark
 from npo_lib.config import Config
 from npo_lib.embedded.benchmark import check_benchmark_config
 from npo_lib.errors import ConfigError
@@ -31,6 +32,7 @@ class Names(NamedTuple):
 
     family: ModelFamily
     spec: LossSpec  # the parsed forget_loss
+    benchmark: Benchmark  # the benchmark plug-in benchmark.name selects
 
 
 def check_config(cfg: Config) -> Names:
@@ -38,6 +40,9 @@ def check_config(cfg: Config) -> Names:
     the parsed objective, so a caller looks neither up again."""
     family = get_family(cfg.model_family)
     spec = parse_loss(cfg.forget_loss)
+    benchmark = get_benchmark(cfg.benchmark.name)
+    if cfg.data_path:
+        check_data_folder(benchmark, cfg.data_path)
     check_selection(cfg.selection)
     check_benchmark_config(cfg.benchmark)
     check_influence_settings(cfg)
@@ -46,7 +51,7 @@ def check_config(cfg: Config) -> Names:
         raise ConfigError(
             f"eval.robustness: unknown attack '{unknown[0]}'; valid: {', '.join(ATTACKS)}"
         )
-    return Names(family, spec)
+    return Names(family, spec, benchmark)
 
 
 def check_influence_settings(cfg: Config) -> Scorer:

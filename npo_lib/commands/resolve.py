@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from npo_lib.benchmarks import Benchmark
 from npo_lib.commands.checks import check_config
 from npo_lib.commands.folders import finetune_dir, influence_files, run_dir
 from npo_lib.config import Config
@@ -52,6 +53,7 @@ class Resolved:
     command: str
     family: ModelFamily
     spec: LossSpec  # the parsed forget_loss
+    benchmark: Benchmark  # the benchmark plug-in (benchmark.name): layout, metrics, headline
     model_path: str | None  # folder or hub id; None for a command without a model (prepare)
     data_path: str | None  # folder or hub dataset id; None for prepare (it makes the data)
     retain_model_path: str | None  # None: no retain model, ``no_retain`` says why
@@ -103,7 +105,7 @@ def resolve(
     loads. ``model_path``: the model to use instead of the config's (a checked folder; without
     ``with_tokenizer`` it need not hold a tokenizer: another folder gives it)."""
     needs = NEEDS[command]
-    family, spec = check_config(cfg)
+    family, spec, benchmark = check_config(cfg)
     paths = ConfigPaths(cfg, family)
     model = None
     if model_path is not None:
@@ -116,6 +118,7 @@ def resolve(
         command=command,
         family=family,
         spec=spec,
+        benchmark=benchmark,
         model_path=model,
         data_path=paths.data_path() if needs.data else None,
         retain_model_path=retain,

@@ -43,8 +43,14 @@ class TinyModelConfig:
 
 @dataclass
 class BenchmarkConfig:
-    """Settings of the embedded benchmark generator (fictitious authors, R-TOFU layout)."""
+    """Which benchmark a run is on (``benchmark=muse`` is short for ``benchmark.name=muse``),
+    and the settings of the embedded TOFU generator (fictitious authors, R-TOFU layout)."""
 
+    name: str = opt(
+        "tofu",
+        "benchmark plug-in: its data layout, training views, metrics and headline pair "
+        "(npo benchmarks lists them)",
+    )
     seed: int = opt(0, "generator seed: same settings give byte-identical files")
     n_authors: int = opt(40, "fictitious authors in the training data (full.json)")
     questions_per_author: int = opt(

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, get_type_hints
 
 from npo_lib.config.fields import group
 from npo_lib.errors import ConfigError
@@ -102,6 +102,9 @@ def resolve_aliases(values: Mapping[str, Any], schema: type, source: str) -> dic
     its alias in one source is ambiguous and fails naming both."""
     aliases = config_aliases(schema)
     out = {k: v for k, v in values.items() if k not in aliases}
+    for key in named_groups(schema):  # 'benchmark: muse' is short for 'benchmark.name: muse'
+        if isinstance(out.get(key), str):
+            out[key] = {"name": out[key]}
     for alias in [k for k in values if k in aliases]:
         key, name = aliases[alias].split(".")
         node = out.get(key)
@@ -114,6 +117,17 @@ def resolve_aliases(values: Mapping[str, Any], schema: type, source: str) -> dic
             )
         node[name] = values[alias]
     return out
+
+
+def named_groups(schema: type) -> tuple[str, ...]:
+    """The schema's groups with a ``name`` field: a string given for the group sets its name."""
+    hints = get_type_hints(schema)
+    return tuple(
+        f.name
+        for f in dataclasses.fields(schema)
+        if dataclasses.is_dataclass(hints[f.name])
+        and "name" in {g.name for g in dataclasses.fields(hints[f.name])}
+    )
 
 
 def with_alias_keys(values: Mapping[str, Any], schema: type) -> dict[str, Any]:

@@ -84,8 +84,10 @@ def authors_per_task(n_authors: int, frac: float) -> int:
 
 
 def benchmark_fingerprint(cfg: BenchmarkConfig) -> str:
-    """Short stable hash of the settings and GENERATOR_VERSION: the benchmark's cache key."""
-    return fingerprint({"version": GENERATOR_VERSION, "config": asdict(cfg)}, length=12)
+    """Short stable hash of the generator's settings and GENERATOR_VERSION: the benchmark's
+    cache key (the plug-in's ``name`` is not a generator setting: it is left out)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "name"}
+    return fingerprint({"version": GENERATOR_VERSION, "config": settings}, length=12)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,21 @@
+"""Benchmark plug-ins (:mod:`.registry`): TOFU / R-TOFU (:mod:`.tofu`), the default.
+
+Importing the package registers every shipped benchmark.
+"""
+
+from npo_lib.benchmarks import tofu as tofu
+from npo_lib.benchmarks.registry import (
+    BENCHMARK_PLUGINS,
+    Benchmark,
+    check_data_folder,
+    get_benchmark,
+    list_benchmark_plugins,
+)
+
+__all__ = [
+    "BENCHMARK_PLUGINS",
+    "Benchmark",
+    "check_data_folder",
+    "get_benchmark",
+    "list_benchmark_plugins",
+]

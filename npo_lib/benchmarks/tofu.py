@@ -1,0 +1,56 @@
+"""TOFU (Maini et al. 2024, arXiv:2401.06121) and R-TOFU (Yoon et al. 2025): fictitious-author
+question answering, with reasoning traces in R-TOFU. The default benchmark.
+
+The layout is TOFU's file names for the ``forget10`` split (``forget01`` / ``forget05`` and
+their ``retain99`` / ``retain95`` twins for the others, R-TOFU's ``retain10`` sample and hedging
+traces where present; :mod:`npo_lib.data.sources` reads them). The stand-in is the embedded
+generator of :mod:`npo_lib.embedded.benchmark`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from npo_lib.benchmarks.registry import Benchmark, register_benchmark
+from npo_lib.config import BenchmarkConfig
+from npo_lib.embedded.benchmark import generate_benchmark
+
+
+def generate_tofu_standin(settings: BenchmarkConfig, out_dir: Path) -> Path:
+    """The fictitious-author benchmark in R-TOFU's layout, from ``benchmark.*``."""
+    return generate_benchmark(settings, out_dir)
+
+
+TOFU = register_benchmark(
+    Benchmark(
+        name="tofu",
+        title="TOFU",
+        citation="Maini et al. 2024, arXiv:2401.06121; R-TOFU: Yoon et al. 2025",
+        hub_id="locuslab/TOFU",
+        layout={
+            "full": "full.json",
+            "forget": "forget10.json",
+            "forget_perturbed": "forget10_perturbed.json",
+            "retain": "retain90.json",
+            "retain_perturbed": "retain_perturbed.json",
+            "real_authors": "real_authors_perturbed.json",
+            "world_facts": "world_facts_perturbed.json",
+            "holdout": "holdout10.json",
+            "idk": "idontknow.jsonl",
+            "idk_cot": "idkcot.jsonl",
+        },
+        required=(),  # data.sources names a missing file when a command needs it
+        training="qa",
+        metric_keys=(
+            "forget_quality",
+            "model_utility",
+            "forget_fact_recall",
+            "retain_fact_recall",
+            "forget_rouge",
+            "privleak",
+        ),
+        generate=generate_tofu_standin,
+        standin="fictitious authors with ground-truth fact spans (benchmark.* settings)",
+        notes=("forget01 / forget05 use their own forget, perturbed, retain and holdout files",),
+    )
+)
