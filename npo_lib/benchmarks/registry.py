@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from npo_lib.errors import ConfigError
+from npo_lib.eval.compute import EvalData
 from npo_lib.eval.registry import BENCHMARKS, DIRECTIONS, BenchmarkMetrics, metric
 
 TRAINING_KINDS = {
@@ -38,7 +39,11 @@ class Benchmark:
 
     ``layout`` maps a role to the file of the published layout, relative to the data folder;
     ``required`` lists the roles without which the benchmark cannot be evaluated.
-    ``generate(settings, out_dir)`` writes the offline stand-in in that layout.
+    ``generate(settings, out_dir)`` writes the offline stand-in in that layout;
+    ``load_eval(data_path, cfg)`` reads its evaluation sets and ``compute(model, tokenizer, tags,
+    data, options, *, reference, max_length, progress)`` measures a model on them, returning
+    metrics.json's ``{"aggregates", "per_item", "generations", "notes", "counts", "seconds"}``
+    (``reference``: the retain model's metrics.json, ``"self"``, or why there is none).
     """
 
     name: str
@@ -50,6 +55,8 @@ class Benchmark:
     training: str
     metric_keys: tuple[str, ...]
     generate: Callable[[Any, Path], Path]
+    load_eval: Callable[[str, Any], EvalData]
+    compute: Callable[..., dict[str, Any]]
     standin: str
     notes: tuple[str, ...] = field(default=())
 

@@ -12,8 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from npo_lib.benchmarks.registry import Benchmark, register_benchmark
-from npo_lib.config import BenchmarkConfig
+from npo_lib.config import BenchmarkConfig, Config
 from npo_lib.embedded.benchmark import generate_benchmark
+from npo_lib.eval.compute import EvalData, compute_metrics, load_eval_sets
+
+
+def load_tofu_eval(data_path: str, cfg: Config) -> EvalData:
+    """The forget (``split`` / ``task_id``), retain, real-author, world-fact and holdout sets."""
+    return load_eval_sets(data_path, cfg.split, cfg.task_id)
 
 
 def generate_tofu_standin(settings: BenchmarkConfig, out_dir: Path) -> Path:
@@ -50,6 +56,8 @@ TOFU = register_benchmark(
             "privleak",
         ),
         generate=generate_tofu_standin,
+        load_eval=load_tofu_eval,
+        compute=compute_metrics,
         standin="fictitious authors with ground-truth fact spans (benchmark.* settings)",
         notes=("forget01 / forget05 use their own forget, perturbed, retain and holdout files",),
     )

@@ -46,6 +46,11 @@ def check_config(cfg: Config) -> Names:
     check_selection(cfg.selection)
     check_benchmark_config(cfg.benchmark)
     check_influence_settings(cfg)
+    if cfg.eval.robustness and benchmark.training != "qa":
+        raise ConfigError(
+            f"eval.robustness attacks QA records; benchmark {benchmark.name} has none "
+            "(set eval.robustness=[])"
+        )
     unknown = [a for a in cfg.eval.robustness if a not in ATTACKS]
     if unknown:
         raise ConfigError(

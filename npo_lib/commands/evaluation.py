@@ -19,7 +19,7 @@ from npo_lib.commands.resolve import Resolved, resolve
 from npo_lib.config import Config, EvalConfig
 from npo_lib.embedded.paths import resolve_model_path
 from npo_lib.errors import EvalError
-from npo_lib.eval.compute import EvalData, compute_metrics, eval_identity, load_eval_sets
+from npo_lib.eval.compute import EvalData, eval_identity
 from npo_lib.eval.registry import metrics_for
 from npo_lib.eval.robustness import AttackContext, run_attacks
 from npo_lib.models.loading import check_tokenizer, default_device, resolve_dtype
@@ -127,7 +127,7 @@ def _measure(
 ) -> dict[str, Any]:
     """Every metric of ``model`` (sharded over the ranks), then the robustness attacks."""
     with dist.sharded():
-        metrics = compute_metrics(
+        metrics = res.benchmark.compute(
             model,
             tokenizer,
             res.tags,
@@ -246,7 +246,7 @@ def evaluate(
     cfg, options = res.cfg, options or res.cfg.eval
     model_path = res.require_model()
     tokenizer_path = str(tokenizer_path or model_path)
-    data = load_eval_sets(res.require_data(), cfg.split, cfg.task_id)
+    data = res.benchmark.load_eval(res.require_data(), cfg)
     retain_path, why = _retain_choice(res, retain_reference)
     retain_fp = model_fingerprint(retain_path) if retain_path else None
     role = _role(res, model_fingerprint(model_path), retain_fp)
@@ -291,7 +291,7 @@ def retain_metrics(
     res = eval_run(run)
     cfg = res.cfg
     options = options or cfg.eval
-    data = data or load_eval_sets(res.require_data(), cfg.split, cfg.task_id)
+    data = data or res.benchmark.load_eval(res.require_data(), cfg)
     identity = _identity(cfg, retain_path, retain_path, data, options, retain_path, "retain")
     file = (
         cfg.cache_path
