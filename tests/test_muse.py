@@ -156,7 +156,7 @@ def test_verbmem_rouge_is_rouge_l_f1_without_stemmer() -> None:
         verbmem_rouge(["a"], ["a", "b"])
 
 
-def test_knowmem_prompt_is_musees_few_shot_format() -> None:
+def test_knowmem_prompt_is_muse_few_shot_format() -> None:
     icl = [{"question": "Q1?", "answer": "A1"}, {"question": "Q2?", "answer": "A2"}]
     assert knowmem_prompt(icl, "Q3?") == (
         "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q3?\nAnswer: "
