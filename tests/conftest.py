@@ -1,4 +1,5 @@
-"""Shared test fixtures: a tiny byte-level tokenizer and the real R-TOFU folder (when present)."""
+"""Shared test fixtures: a tiny byte-level tokenizer and the real R-TOFU and MUSE folders (when
+present)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 RTOFU_ENV = "TNPO_RTOFU_DIR"
+MUSE_ENV = "TNPO_MUSE_DIR"
 
 
 def _tokenizer_texts() -> list[str]:
@@ -40,6 +42,17 @@ def rtofu_dir() -> Path:
     path = Path(os.environ.get(RTOFU_ENV) or default)
     if not (path / "forget01.json").is_file():
         pytest.skip(f"R-TOFU data not found at {path} (set {RTOFU_ENV})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def muse_dir() -> Path:
+    """The real MUSE-News files in a ``shared/muse/bbc`` folder beside the checkout (or
+    $TNPO_MUSE_DIR); else skip."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "muse" / "bbc"
+    path = Path(os.environ.get(MUSE_ENV) or default)
+    if not (path / "verbmem" / "forget.json").is_file():
+        pytest.skip(f"MUSE data not found at {path} (set {MUSE_ENV})")
     return path
 
 

@@ -165,16 +165,26 @@ def model_utility(values: Mapping[str, float | None]) -> dict:
 # ----------------------------------------------------------------------------- ROUGE
 
 
-@lru_cache(maxsize=1)
-def _scorer():
+@lru_cache(maxsize=2)
+def _scorer(use_stemmer: bool = True):
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+
+
+def rouge_l_one(generation: str, reference: str, *, use_stemmer: bool = True) -> dict[str, float]:
+    """ROUGE-L of one generation: ``precision`` (LCS / generation length), ``recall`` (LCS /
+    reference length) and ``f1``, over rouge_score's tokens (lower-cased alphanumeric words).
+
+    TOFU scores with the Porter stemmer; MUSE (Shi et al. 2024, arXiv:2407.06460) without.
+    """
+    s = _scorer(use_stemmer).score(reference, generation)["rougeL"]
+    return {"precision": float(s.precision), "recall": float(s.recall), "f1": float(s.fmeasure)}
 
 
 def rouge_l_recall_one(generation: str, reference: str) -> float:
     """ROUGE-L recall (LCS / reference length, Porter stemmer) of one generation."""
-    return float(_scorer().score(reference, generation)["rougeL"].recall)
+    return rouge_l_one(generation, reference)["recall"]
 
 
 def rouge_l_recall(generations: Sequence[str], references: Sequence[str]) -> dict:
