@@ -66,8 +66,10 @@ def test_the_report_dashboard_and_study_show_what_the_registry_declares(tmp_path
     runs = [_run(tmp_path, f"r{s}", agg, forget_loss="NPO+GD", lr=1e-4, seed=s) for s in range(2)]
     text, csv_path = report(runs, tmp_path / "r.csv")
     head = text.splitlines()[0]
-    for m in R.metrics_for("report"):
+    for m in R.metrics_for("report", [agg]):
         assert f" {m.title} {R.DIRECTIONS[m.direction].arrow} |" in head, m.key
+    # a metric none of the runs holds (another benchmark's) is no column
+    assert "fact recall" not in head and "VerbMem" not in head and "WMDP" not in head
     assert "| r0 | 0.5 | 0.700 |" in text and "| -3.0 | 0.25 |" in text
     assert csv_path.read_text().splitlines()[0].endswith(",privleak,toy_recall")
 
@@ -121,7 +123,8 @@ def test_listings_are_plain_data_of_every_registered_metric_pair_and_attack():
     fq = next(m for m in metrics if m["key"] == "forget_quality")
     assert fq["better"] == "higher is better" and fq["log"] and "frontier" in fq["views"]
     assert [m["key"] for m in R.list_metrics("report")][:2] == ["forget_quality", "model_utility"]
-    (tofu,) = R.list_benchmarks()
+    tofu, muse, wmdp = R.list_benchmarks()
+    assert (muse["headline"], wmdp["headline"]) == ("knowmem", "wmdp_mmlu")
     assert tofu["headline"] == "fq_mu"
     assert [(p["forget"], p["utility"]) for p in tofu["pairs"]] == [
         ("forget_quality", "model_utility"),

@@ -18,7 +18,7 @@ vs MMLU) declares its own pairs in :data:`BENCHMARKS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,11 +112,17 @@ def metric(key: str) -> Metric:
     return METRICS[key]
 
 
-def metrics_for(view: str) -> tuple[Metric, ...]:
-    """The metrics ``view`` shows, in registration order."""
+def metrics_for(view: str, held: Iterable[Mapping[str, Any]] | None = None) -> tuple[Metric, ...]:
+    """The metrics ``view`` shows, in registration order; with ``held`` (the aggregates of the
+    runs a table shows), only those some run holds, so a table of TOFU runs has no MUSE
+    columns and one of MUSE runs no TOFU columns."""
     if view not in VIEWS:
         raise KeyError(f"unknown view '{view}'; valid: {', '.join(VIEWS)}")
-    return tuple(m for m in METRICS.values() if view in m.views)
+    chosen = tuple(m for m in METRICS.values() if view in m.views)
+    if held is None:
+        return chosen
+    keys = {k for agg in held for k in agg}
+    return tuple(m for m in chosen if m.key in keys)
 
 
 _TABLES = frozenset({"report", "dashboard", "study"})  # the headline numbers' views
@@ -189,6 +195,90 @@ PRIVLEAK = register(
         f"MUSE's PrivLeak of the {PRIVLEAK_ATTACK} attack, forget vs holdout: 0 leaks like the "
         "retain model, -100 like the target",
         _TABLES,
+    )
+)
+
+# MUSE (Shi et al. 2024, arXiv:2407.06460) on its News / Books layout, each a 0-1 mean.
+MUSE_VERBMEM_FORGET = register(
+    Metric(
+        "muse_verbmem_forget",
+        "VerbMem forget",
+        "{:.3f}",
+        "lower",
+        "MUSE VerbMem: ROUGE-L F1 of the greedy continuation of each verbmem/forget prompt "
+        "against its true continuation",
+        _TABLES | {"frontier"},
+        abbrev="VerbMem",
+    )
+)
+MUSE_KNOWMEM_FORGET = register(
+    Metric(
+        "muse_knowmem_forget",
+        "KnowMem forget",
+        "{:.3f}",
+        "lower",
+        "MUSE KnowMem on knowmem/forget_qa: ROUGE-L recall of the greedy answer under the "
+        "few-shot prompt of forget_qa_icl",
+        _TABLES | {"frontier"},
+        abbrev="KnowMem-F",
+    )
+)
+MUSE_KNOWMEM_RETAIN = register(
+    Metric(
+        "muse_knowmem_retain",
+        "KnowMem retain",
+        "{:.3f}",
+        "higher",
+        "MUSE utility preservation: KnowMem on knowmem/retain2_qa (few-shot prompt of "
+        "retain2_qa_icl)",
+        _TABLES | {"frontier"},
+        abbrev="KnowMem-R",
+    )
+)
+MUSE_PRIVLEAK = register(
+    Metric(
+        "muse_privleak",
+        "PrivLeak (MUSE)",
+        "{:.1f}",
+        "zero",
+        "MUSE PrivLeak: (AUC - AUC_retain) / AUC_retain x 100 of Min-K%++ (k = 0.4), "
+        "privleak/forget vs privleak/holdout; 0 leaks like the retain model",
+        _TABLES,
+        abbrev="PrivLeak",
+    )
+)
+MUSE_MIA_AUC = register(
+    Metric(
+        "muse_mia_auc",
+        "Min-K%++ AUC (MUSE)",
+        "{:.3f}",
+        "reference",
+        "AUC of telling privleak/forget from privleak/holdout by Min-K%++ (k = 0.4)",
+        frozenset({"dashboard"}),
+    )
+)
+# WMDP (Li et al. 2024, arXiv:2403.03218): zero-shot multiple choice through lm-eval.
+WMDP_ACC = register(
+    Metric(
+        "wmdp_acc",
+        "WMDP accuracy",
+        "{:.3f}",
+        "lower",
+        "zero-shot multiple-choice accuracy on the hazardous-knowledge questions (mean over "
+        "the domains present: bio, cyber); chance is 0.25",
+        _TABLES | {"frontier"},
+        abbrev="WMDP",
+    )
+)
+MMLU_ACC = register(
+    Metric(
+        "mmlu_acc",
+        "MMLU accuracy",
+        "{:.3f}",
+        "higher",
+        "zero-shot multiple-choice accuracy on MMLU (general knowledge: the utility WMDP keeps)",
+        _TABLES | {"frontier"},
+        abbrev="MMLU",
     )
 )
 
@@ -401,6 +491,17 @@ BENCHMARKS: dict[str, BenchmarkMetrics] = {
             MetricPair("fq_mu", FORGET_QUALITY.key, MODEL_UTILITY.key),
             MetricPair("recall", FORGET_FACT_RECALL.key, RETAIN_FACT_RECALL.key),
         ),
+    ),
+    "muse": BenchmarkMetrics(
+        "muse",
+        "MUSE",
+        (
+            MetricPair("knowmem", MUSE_KNOWMEM_FORGET.key, MUSE_KNOWMEM_RETAIN.key),
+            MetricPair("verbmem", MUSE_VERBMEM_FORGET.key, MUSE_KNOWMEM_RETAIN.key),
+        ),
+    ),
+    "wmdp": BenchmarkMetrics(
+        "wmdp", "WMDP", (MetricPair("wmdp_mmlu", WMDP_ACC.key, MMLU_ACC.key),)
     ),
 }
 TOFU = BENCHMARKS["tofu"]

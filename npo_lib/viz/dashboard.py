@@ -139,7 +139,7 @@ def sort_views(
 def table_columns(views: Sequence[RunView]) -> list[Metric | AttackColumn]:
     """The dashboard view's metric columns, then the attack columns any of the runs holds."""
     held = [c for c in attack_columns() if any(c.key in v.row for v in views)]
-    return [*metrics_for(VIEW), *held]
+    return [*metrics_for(VIEW, [v.row for v in views]), *held]  # the columns rows() kept
 
 
 def _head_cell(key: str, label: str, direction: str | None, doc: str = "") -> str:

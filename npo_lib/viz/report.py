@@ -84,7 +84,8 @@ def run_attack_columns(runs: Sequence[Run]) -> list[AttackColumn]:
 def rows(runs: Sequence[Run], view: str = VIEW) -> list[dict[str, Any]]:
     """One dict per run: ``name``, the raw aggregate of each metric ``view`` shows (None when
     absent), then the number of each attack column any run holds (keyed ``<attack>.<path>``)."""
-    attacks, metrics = run_attack_columns(runs), metrics_for(view)
+    held = [r.metrics["aggregates"] for r in runs]
+    attacks, metrics = run_attack_columns(runs), metrics_for(view, held)
     return [
         {
             "name": r.name,
@@ -107,7 +108,7 @@ def _markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def markdown_table(table: Sequence[Mapping[str, Any]]) -> str:
     """A GitHub markdown table of :func:`rows`' metric columns (null as an en dash), each titled
     with its direction (↑ higher is better, ↓ lower, →0 closer to 0)."""
-    metrics = metrics_for(VIEW)
+    metrics = metrics_for(VIEW, table[:1])  # the columns rows() kept
     return _markdown(
         ["run", *(m.label for m in metrics)],
         [[str(row["name"]), *(m.format(row[m.key]) for m in metrics)] for row in table],
