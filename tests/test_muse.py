@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from npo_lib.config import MuseStandinConfig
 from npo_lib.data.muse import (
     MUSE_LAYOUT,
     chunk_documents,
@@ -17,7 +18,6 @@ from npo_lib.data.muse import (
 )
 from npo_lib.embedded.muse import (
     FACT_KINDS,
-    MuseStandinConfig,
     article_problems,
     check_muse_standin_config,
     generate_muse_standin,

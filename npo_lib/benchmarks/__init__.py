@@ -1,8 +1,10 @@
-"""Benchmark plug-ins (:mod:`.registry`): TOFU / R-TOFU (:mod:`.tofu`), the default.
+"""Benchmark plug-ins (:mod:`.registry`): TOFU / R-TOFU (:mod:`.tofu`), the default, and MUSE
+(:mod:`.muse`).
 
 Importing the package registers every shipped benchmark.
 """
 
+from npo_lib.benchmarks import muse as muse
 from npo_lib.benchmarks import tofu as tofu
 from npo_lib.benchmarks.registry import (
     BENCHMARK_PLUGINS,

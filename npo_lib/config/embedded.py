@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from npo_lib.config.fields import need, opt
+from npo_lib.config.fields import group, need, opt
 
 
 @dataclass
@@ -42,6 +42,21 @@ class TinyModelConfig:
 
 
 @dataclass
+class MuseStandinConfig:
+    """Size of the MUSE-like stand-in (``npo prepare benchmark=muse``): invented news articles
+    in MUSE's layout, with ground-truth fact spans."""
+
+    seed: int = opt(0, "generator seed: same settings give byte-identical files")
+    n_forget: int = opt(40, "forget articles (raw/forget; verbmem, knowmem forget_qa, privleak)")
+    n_retain: int = opt(
+        80, "retain articles, halved into retain1 (calibration) and retain2 (evaluation)"
+    )
+    n_holdout: int = opt(40, "articles never trained on (privleak holdout)")
+    qa_per_article: int = opt(2, "knowmem questions per article")
+    n_icl: int = opt(3, "few-shot examples per knowmem file, from articles in no split")
+
+
+@dataclass
 class BenchmarkConfig:
     """Which benchmark a run is on (``benchmark=muse`` is short for ``benchmark.name=muse``),
     and the settings of the embedded TOFU generator (fictitious authors, R-TOFU layout)."""
@@ -49,8 +64,9 @@ class BenchmarkConfig:
     name: str = opt(
         "tofu",
         "benchmark plug-in: its data layout, training views, metrics and headline pair "
-        "(npo benchmarks lists them)",
+        "(docs/reference/benchmarks.md lists them)",
     )
+    muse: MuseStandinConfig = group(MuseStandinConfig, "the MUSE-like stand-in's size")
     seed: int = opt(0, "generator seed: same settings give byte-identical files")
     n_authors: int = opt(40, "fictitious authors in the training data (full.json)")
     questions_per_author: int = opt(

@@ -19,7 +19,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from npo_lib.config.embedded import BenchmarkConfig, TinyModelConfig
+from npo_lib.config.embedded import (
+    BenchmarkConfig,
+    MuseStandinConfig,
+    TinyModelConfig,
+)
 from npo_lib.config.evaluation import EvalConfig, VizConfig
 from npo_lib.config.fields import group, need, opt
 from npo_lib.config.groups import add_aliases, add_param_groups
@@ -35,6 +39,7 @@ __all__ = [
     "FinetuneConfig",
     "InfluenceConfig",
     "LoRAConfig",
+    "MuseStandinConfig",
     "SelectionConfig",
     "StudyConfig",
     "SweepExecutorConfig",

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from npo_lib.config import MuseStandinConfig
 from npo_lib.embedded.benchmark import find_spans
 from npo_lib.embedded.pools import FEMALE_FIRST, LAST_NAMES, MALE_FIRST
 from npo_lib.errors import ConfigError
@@ -35,23 +36,6 @@ MUSE_GENERATOR_VERSION = "1"  # bump whenever the generated text changes
 FACT_KINDS = ("town", "person", "org", "date", "count")
 N_PARTS = 4  # scal / sust forget sets, as in MUSE
 PROMPT_SENTENCES = 2  # verbmem: the article's first sentences are the prompt
-
-
-@dataclass(frozen=True)
-class MuseStandinConfig:
-    """Size of the stand-in: articles per raw split and QA per article.
-
-    ``seed`` is the generator seed. ``n_retain`` articles are split in halves: retain1 (MUSE's
-    calibration set for unlearning) and retain2 (its retain set for evaluation). ``n_icl`` extra
-    articles per QA file give the few-shot examples and appear in no split.
-    """
-
-    seed: int = 0
-    n_forget: int = 40
-    n_retain: int = 80
-    n_holdout: int = 40
-    qa_per_article: int = 2
-    n_icl: int = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +164,7 @@ def check_muse_standin_config(cfg: MuseStandinConfig) -> None:
     def need(name: str, lo: int, hi: int) -> None:
         value = getattr(cfg, name)
         if not lo <= value <= hi:
-            raise ConfigError(f"muse.{name} must be in [{lo}, {hi}], got {value}")
+            raise ConfigError(f"benchmark.muse.{name} must be in [{lo}, {hi}], got {value}")
 
     need("n_forget", N_PARTS, 100)
     need("n_retain", 2, 120)

@@ -1,0 +1,216 @@
+"""MUSE (Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models",
+arXiv:2407.06460): news articles (MUSE-News, BBC 2023) or books, unlearned as raw documents.
+
+Evaluation, as MUSE's code runs it on a model:
+
+- VerbMem (C1): greedy continuation of each ``verbmem/forget`` prompt, ``VERBMEM_NEW_TOKENS``
+  new tokens, against the ground truth cut to as many tokens: ROUGE-L F1;
+- KnowMem (C2 forget, C4 retain): greedy answer (``KNOWMEM_NEW_TOKENS``) of each question under
+  the few-shot prompt of its ``*_icl`` file, cut at the next block: ROUGE-L recall;
+- PrivLeak (C3): Min-K%++ (k = 0.4; Zhang et al. 2024) of each ``privleak/forget`` and
+  ``privleak/holdout`` text, the AUC of telling them apart (``muse_mia_auc``: P(forget scores
+  as more familiar), near 1 for the target), then PrivLeak relative to the retain model's AUC,
+  ``muse_privleak`` = ((1 − AUC) − (1 − AUC_retain)) / (1 − AUC_retain) · 100, which is MUSE's
+  (AUC − AUC_retain) / AUC_retain · 100 in its own AUC (1 − this one; see
+  :func:`npo_lib.eval.muse.privleak_muse`): 0 leaks like the retain model, about −100 like the
+  target, > 0 over-unlearned.
+
+Scores are means in [0, 1] (MUSE's tables print ×100). Prompts longer than ``max_length`` minus
+the new tokens keep their last tokens (the text nearest the continuation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from npo_lib.benchmarks.registry import Benchmark, register_benchmark
+from npo_lib.config import BenchmarkConfig, Config, EvalConfig
+from npo_lib.data.muse import MUSE_LAYOUT, load_muse
+from npo_lib.embedded.muse import generate_muse_standin
+from npo_lib.eval import metrics as M
+from npo_lib.eval.compute import EvalData
+from npo_lib.eval.generation import greedy_generate
+from npo_lib.eval.muse import knowmem_answer, knowmem_prompt, knowmem_rouge, verbmem_rouge
+from npo_lib.eval.scoring import score_targets
+
+VERBMEM_NEW_TOKENS = 128  # MUSE's verbmem/forget: continuations and ground truths of 128 tokens
+KNOWMEM_NEW_TOKENS = 32  # MUSE's knowmem answers
+KNOWMEM_SETS = {"forget": "forget_qa", "retain": "retain2_qa"}  # key -> knowmem split
+
+
+def load_muse_eval(data_path: str, cfg: Config) -> EvalData:
+    """verbmem, knowmem forget / retain with their few-shot examples, privleak forget / holdout
+    (texts as ``{"text": ...}`` records)."""
+    sets: dict[str, list[dict]] = {"verbmem": load_muse(data_path, "verbmem", "forget")}
+    for key, split in KNOWMEM_SETS.items():
+        sets[f"knowmem_{key}"] = load_muse(data_path, "knowmem", split)
+        sets[f"knowmem_{key}_icl"] = load_muse(data_path, "knowmem", f"{split}_icl")
+    for split in ("forget", "holdout"):
+        sets[f"privleak_{split}"] = [{"text": t} for t in load_muse(data_path, "privleak", split)]
+    return EvalData(data_path, sets)
+
+
+def _left_cut(tokenizer: Any, texts: Sequence[str], keep: int) -> list[str]:
+    """Each text cut to its last ``keep`` tokens."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [t if len(i) <= keep else tokenizer.decode(i[-keep:]) for t, i in zip(texts, ids)]
+
+
+def _first_tokens(tokenizer: Any, texts: Sequence[str], n: int) -> list[str]:
+    """Each text cut to its first ``n`` tokens (MUSE's ground truth of a continuation)."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [t if len(i) <= n else tokenizer.decode(i[:n]) for t, i in zip(texts, ids)]
+
+
+def _verbmem(model: Any, tokenizer: Any, data: EvalData, max_length: int, progress: bool) -> tuple:
+    recs = data.sets["verbmem"]
+    prompts = _left_cut(tokenizer, [r["prompt"] for r in recs], max_length - VERBMEM_NEW_TOKENS)
+    gens = greedy_generate(
+        model, tokenizer, prompts, max_new_tokens=VERBMEM_NEW_TOKENS, progress=progress
+    )
+    truths = _first_tokens(tokenizer, [r["gt"] for r in recs], VERBMEM_NEW_TOKENS)
+    return verbmem_rouge(gens, truths), gens
+
+
+def _knowmem(
+    model: Any, tokenizer: Any, data: EvalData, key: str, max_length: int, progress: bool
+) -> tuple:
+    icl, recs = data.sets[f"knowmem_{key}_icl"], data.sets[f"knowmem_{key}"]
+    prompts = [knowmem_prompt(icl, r["question"]) for r in recs]
+    prompts = _left_cut(tokenizer, prompts, max_length - KNOWMEM_NEW_TOKENS)
+    gens = greedy_generate(
+        model, tokenizer, prompts, max_new_tokens=KNOWMEM_NEW_TOKENS, progress=progress
+    )
+    answers = [knowmem_answer(g) for g in gens]
+    return knowmem_rouge(answers, [r["answer"] for r in recs]), answers
+
+
+def _min_k_pp(
+    model: Any, tokenizer: Any, texts: list[str], options: EvalConfig, max_length: int, desc: str
+) -> list[float]:
+    """Min-K%++ of each text scored from its first token (after BOS), cut to ``max_length``."""
+    scores = score_targets(
+        model,
+        tokenizer,
+        [""] * len(texts),
+        [[t] for t in texts],
+        batch_size=options.batch_size,
+        append_eos=False,
+        max_length=max_length,
+        progress=False,
+        desc=desc,
+    )
+    return [M.mia_min_k_plus_plus(s.logprobs, s.mu, s.sigma) for (s,) in scores]
+
+
+def _privleak(
+    res: dict[str, Any], reference: Mapping[str, Any] | str | None
+) -> tuple[float | None, str | None]:
+    """PrivLeak of this model's AUC against the retain model's, or None and why."""
+    auc = res["aggregates"]["muse_mia_auc"]
+    if reference == "self":
+        return 0.0, None
+    if not isinstance(reference, Mapping):
+        return None, str(reference or "no retain model")
+    ref = reference.get("aggregates", {}).get("muse_mia_auc")
+    if ref is None:
+        return None, "the retain model's metrics hold no muse_mia_auc"
+    return M.privleak(auc, ref)["agg_value"], None
+
+
+def compute_muse_metrics(
+    model: Any,
+    tokenizer: Any,
+    tags: Any,
+    data: EvalData,
+    options: EvalConfig,
+    *,
+    reference: Mapping[str, Any] | str | None = None,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """VerbMem, KnowMem forget / retain, the Min-K%++ AUC and PrivLeak of ``model`` on MUSE's
+    evaluation sets, in metrics.json's shape (``tags`` unused: MUSE prompts base models with
+    plain text)."""
+    length = max_length or 2048
+    out: dict[str, Any] = {"aggregates": {}, "per_item": {}, "generations": {}, "notes": {}}
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    verb, out["generations"]["verbmem"] = _verbmem(model, tokenizer, data, length, progress)
+    out["per_item"]["muse_verbmem_forget"] = verb["value_by_index"]
+    out["aggregates"]["muse_verbmem_forget"] = verb["agg_value"]
+    for key in KNOWMEM_SETS:
+        know, out["generations"][f"knowmem_{key}"] = _knowmem(
+            model, tokenizer, data, key, length, progress
+        )
+        out["per_item"][f"muse_knowmem_{key}"] = know["value_by_index"]
+        out["aggregates"][f"muse_knowmem_{key}"] = know["agg_value"]
+    seconds["generation"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stats = {
+        s: _min_k_pp(
+            model,
+            tokenizer,
+            [r["text"] for r in data.sets[f"privleak_{s}"]],
+            options,
+            length,
+            f"privleak {s}",
+        )
+        for s in ("forget", "holdout")
+    }
+    out["per_item"]["muse_min_k_plus_plus"] = {s: M.by_index(v) for s, v in stats.items()}
+    out["aggregates"]["muse_mia_auc"] = M.mia_auc(stats["forget"], stats["holdout"])["agg_value"]
+    leak, why = _privleak(out, reference)
+    out["aggregates"]["muse_privleak"] = leak
+    if why:
+        out["notes"]["muse_privleak"] = why
+    seconds["scoring"] = time.perf_counter() - t0
+    out["counts"] = {k: len(v) for k, v in data.sets.items()}
+    out["seconds"] = seconds
+    return out
+
+
+def generate_muse(settings: BenchmarkConfig, out_dir: Path) -> Path:
+    """The MUSE-like stand-in (``benchmark.muse.*``): invented news articles, MUSE's layout."""
+    return generate_muse_standin(settings.muse, out_dir)
+
+
+MUSE = register_benchmark(
+    Benchmark(
+        name="muse",
+        title="MUSE",
+        citation="Shi et al. 2024, arXiv:2407.06460",
+        hub_id="muse-bench/MUSE-News",
+        layout={
+            f"{subset}/{split}": f"{subset}/{split}.json"
+            for subset, splits in MUSE_LAYOUT.items()
+            for split in splits
+        },
+        required=tuple(
+            f"{subset}/{split}"
+            for subset, splits in MUSE_LAYOUT.items()
+            for split, spec in splits.items()
+            if spec.required
+        ),
+        training="documents",
+        metric_keys=(
+            "muse_verbmem_forget",
+            "muse_knowmem_forget",
+            "muse_knowmem_retain",
+            "muse_privleak",
+            "muse_mia_auc",
+        ),
+        generate=generate_muse,
+        load_eval=load_muse_eval,
+        compute=compute_muse_metrics,
+        standin="invented news articles with fact spans, verbmem / knowmem / privleak, sust and "
+        "scal splits (benchmark.muse.*)",
+        notes=(
+            "MUSE-Books has the same layout (muse-bench/MUSE-Books)",
+            "the *_facts.json files are the stand-in's ground truth; published data has none",
+        ),
+    )
+)
