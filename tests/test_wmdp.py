@@ -59,7 +59,7 @@ def _prompt(question: str, choices: list[str], subject: str) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
-    """An untrained 2-layer Llama on the session tokenizer: its choices are arbitrary but fixed."""
+    """An untrained 2-layer Llama on the test tokenizer: its choices are arbitrary but fixed."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
