@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
-EXTRAS ?= notebooks,deepspeed,dev,cluster
+EXTRAS ?= notebooks,deepspeed,dev,cluster,benchmarks
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tnpo-installed
 
