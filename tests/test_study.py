@@ -238,6 +238,34 @@ def test_an_interval_within_one_ks_step_is_marked_and_separates_nothing(tmp_path
     assert float(d[0]["mean"]) == pytest.approx(4 / 36)
 
 
+def test_a_study_goes_beside_its_sweep_and_never_replaces_an_earlier_one_silently(tmp_path):
+    import argparse
+
+    from npo_lib.config import StudyConfig
+    from npo_lib.errors import ReportError
+    from npo_lib.study.command import add_study_arguments
+    from npo_lib.study.study import write_study
+
+    opts = argparse.ArgumentParser()
+    add_study_arguments(opts)
+    parsed = opts.parse_args(["runs/x"])
+    assert parsed.out is None and not parsed.overwrite  # no default into the checkout's docs/
+    _fair_sweep(tmp_path / "sweep")
+    refs = {"references": lambda runs, root: REFS}
+    res = write_study(tmp_path / "sweep", None, StudyConfig(), **refs)
+    assert res["md"] == str(tmp_path / "sweep" / "study" / "study.md")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "study_frontier.png").write_bytes(b"an earlier study's figure")
+    for out in (tmp_path / "sweep" / "study", tmp_path / "out"):  # any output file is refused
+        with pytest.raises(ReportError, match=r"study\S*\.\S+ exists: pass --overwrite") as e:
+            write_study(tmp_path / "sweep", out, StudyConfig(), **refs)
+        assert "\n" not in str(e.value) and str(out) in str(e.value)
+    assert (tmp_path / "out" / "study_frontier.png").read_bytes() == b"an earlier study's figure"
+    assert not (tmp_path / "out" / "study.md").exists()  # refused before writing anything
+    write_study(tmp_path / "sweep", tmp_path / "out", StudyConfig(), overwrite=True, **refs)
+    assert (tmp_path / "out" / "study_frontier.png").stat().st_size > 10_000
+
+
 def test_old_sweeps_without_attacks_or_selection_still_report(tmp_path):
     from npo_lib.config import StudyConfig
     from npo_lib.study.study import write_study
@@ -455,6 +483,11 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
         references=lambda runs, root: REFS,
     )
     assert len(ran) == n  # resumed: nothing new to run
+    (tmp_path / "runs" / "st-study").mkdir()  # the plan's default folder holds a study
+    (tmp_path / "runs" / "st-study" / "study.md").write_text("an earlier study")
+    with pytest.raises(ValueError, match=r"runs/st-study/study.md exists: pass --overwrite"):
+        run_study(tmp_path / "plan.yaml", study, sweep=lambda *a, **kw: ran.append("again"))
+    assert len(ran) == n  # refused before anything ran
 
 
 def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folder(
