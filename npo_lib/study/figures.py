@@ -99,7 +99,9 @@ def _draw_outside(ax: Any, panel: Panel, colors: Sequence[Any]) -> None:
     color_of = {c.method: colors[i % len(colors)] for i, c in enumerate(panel.curves)}
     for method, ys in outside_runs(panel.curves, limits[0]).items():
         edge = [limits[0]] * len(ys)
-        ax.scatter(edge, ys, marker=OUTSIDE_MARKER, s=24, color=color_of[method], zorder=4)
+        ax.scatter(
+            edge, ys, marker=OUTSIDE_MARKER, s=24, color=color_of[method], zorder=4, clip_on=False
+        )
         ax.annotate(
             f"{method} ({len(ys)})",
             (limits[0], sorted(ys)[len(ys) // 2]),
