@@ -18,12 +18,14 @@ from npo_lib.study.frontier import (
     Summary,
     at_matched_utility,
     compare,
+    ks_step,
     matched_setting,
     mean_interval,
     metric_at,
     pareto_frontier,
     read_at,
     summarise,
+    within_one_ks_step,
 )
 
 FQ, RECALL = TRADEOFFS["fq_mu"], TRADEOFFS["recall"]
@@ -236,3 +238,45 @@ def test_a_seed_that_ran_every_setting_without_crossing_steps_past_its_own_stron
     assert got[(("lr", 8e-4), ("num_epochs", 5))] == (2,)  # one step further, for seed 2 only
     capped = propose_next(runs, 0.72, (Axis("lr", 2.0, limit=5e-4),), [0, 1, 2], near=0.01)
     assert all(dict(p.setting)["lr"] <= 5e-4 for p in capped)  # not past the axis limit
+
+
+def test_an_interval_is_within_one_ks_step_when_it_is_one_value_or_its_d_spans_one_step():
+    step = ks_step([_r("a", 0, 1e-4, 0.8, 0.5, **{"counts.forget": 36})])
+    assert step == pytest.approx(1 / 36) and ks_step([_r("a", 0, 1e-4, 0.8, 0.5)]) is None
+    one_value = Summary(0.71, 0.71, 0.71, 3)
+    assert within_one_ks_step(one_value, None, None)  # [0.71, 0.71]: degenerate
+    wide = Summary(0.5, 0.3, 0.7, 3)
+    d = Summary(0.12, 0.1, 0.13, 3, values=(0.10, 0.12, 0.10 + 1 / 36))
+    assert within_one_ks_step(wide, d, step)  # D spans exactly one step of 1/36
+    far = Summary(0.12, 0.1, 0.2, 3, values=(0.10, 0.12, 0.10 + 2 / 36))
+    assert not within_one_ks_step(wide, far, step)  # two steps
+    assert not within_one_ks_step(wide, d, None)  # n unknown: only a single value is marked
+    assert not within_one_ks_step(Summary(0.5, None, None, 1), d, step)  # no interval
+
+
+def test_the_frontier_axis_zooms_on_the_floor_and_returns_the_runs_left_of_it():
+    from npo_lib.study.figures import FrontierCurve, outside_runs, zoom_limits
+
+    xs = [0.0, 0.05, 0.6, 0.7, 0.78, 0.81]  # two runs at utility ~0 would squeeze the axis
+    lo, hi = zoom_limits(xs, [0.76, 0.784], keep=[0.80, 0.82])
+    # floor 0.76: runs down to 0.57 stay in view, so 0.6 .. 0.82 (target / retain), padded 5 %
+    assert (lo, hi) == (pytest.approx(0.6 - 0.011), pytest.approx(0.82 + 0.011))
+    assert zoom_limits(xs, []) is None  # no floor: the axis is not zoomed
+    assert zoom_limits([0.0], [0.76]) == (pytest.approx(0.75), pytest.approx(0.77))
+    curves = [
+        FrontierCurve("NPO+GD", [], runs=[(0.0, 1e-3), (0.7, 1e-2)]),
+        FrontierCurve("GA+GD", [], runs=[(0.05, 0.5), (0.0, 0.2), (0.78, 1e-3)]),
+        FrontierCurve("WGA+GD", [], runs=[(0.81, 1e-3)]),
+    ]
+    assert outside_runs(curves, lo) == {"NPO+GD": [1e-3], "GA+GD": [0.5, 0.2]}
+
+
+def test_the_frontier_figure_labels_the_runs_left_of_its_zoomed_axis():
+    from npo_lib.study.figures import FrontierCurve, Panel, plot_frontiers
+
+    curve = FrontierCurve("NPO+GD", [(0.7, 1e-2), (0.8, 1e-3)], runs=[(0.0, 0.3), (0.7, 1e-2)])
+    panel = Panel("t", "MU", "FQ", [curve], log_y=True, references={"target": (0.8, 1e-4)})
+    panel.levels = [0.76, 0.784]
+    ax = plot_frontiers([panel]).axes[0]
+    assert ax.get_xlim()[0] == pytest.approx(0.7 - 0.005)
+    assert [t.get_text() for t in ax.texts] == ["NPO+GD (1)"]

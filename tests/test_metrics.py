@@ -50,6 +50,13 @@ def test_forget_quality_is_the_ks_p_value():
     assert disjoint < 1e-8
 
 
+def test_forget_quality_returns_the_ks_statistic_and_its_step_beside_the_p_value():
+    a, b = np.arange(36) / 36, np.arange(36) / 36 + 0.1
+    res = M.forget_quality(a, b)
+    assert res["ks_statistic"] == pytest.approx(4 / 36)  # 4 of 36 items lie below b's first
+    assert res["ks_step"] == pytest.approx(1 / 36) and 0 < res["agg_value"] < 1
+
+
 def test_model_utility_harmonic_mean_and_zero():
     vals = dict.fromkeys(M.MODEL_UTILITY_KEYS, 0.5)
     assert M.model_utility(vals)["agg_value"] == pytest.approx(0.5)

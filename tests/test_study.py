@@ -80,7 +80,7 @@ REFS = {
 }
 
 
-def _fair_run(root, loss, lr, seed, fq, mu, selection=None, relearn_after=0.5):
+def _fair_run(root, loss, lr, seed, fq, mu, selection=None, relearn_after=0.5, ks=None):
     cfg = {"forget_loss": loss, "lr": lr, "num_epochs": 5, "seed": seed, "forget_coeff": 1.0}
     if selection:
         cfg["selection"] = selection
@@ -102,7 +102,11 @@ def _fair_run(root, loss, lr, seed, fq, mu, selection=None, relearn_after=0.5):
         "relearn": {"before": {"fact_recall": 0.1}, "after": {"fact_recall": relearn_after}},
         "quant4": {"before": {"fact_recall": 0.1}, "after": {"fact_recall": 0.2}},
     }
-    (d / "eval" / "metrics.json").write_text(json.dumps({"aggregates": agg, "robustness": rob}))
+    metrics = {"aggregates": agg, "robustness": rob}
+    if ks is not None:  # the KS statistic behind forget quality, on 36 forget items
+        metrics = {**metrics, "counts": {"forget": 36}}
+        agg["forget_ks_stat"] = ks
+    (d / "eval" / "metrics.json").write_text(json.dumps(metrics))
     return d
 
 
@@ -202,6 +206,64 @@ def test_fair_study_reads_frontiers_and_writes_every_output(tmp_path):
             references=lambda runs, root: REFS,
             overwrite=False,
         )
+
+
+def test_an_interval_within_one_ks_step_is_marked_and_separates_nothing(tmp_path):
+    """Every INFLUENCE+GD seed reads the same p-value (0.71, D = 4/36): its interval is one value,
+    so the table marks it † with D beside it and the verdict does not call it separated."""
+    from npo_lib.config import StudyConfig
+    from npo_lib.study.study import write_study
+
+    for s in range(3):
+        j = 10 ** (0.01 * (s - 1))
+        _fair_run(tmp_path / "sweep", "NPO+GD", 1e-4, s, 1e-3 * j, 0.80, ks=0.5 + s / 20)
+        _fair_run(tmp_path / "sweep", "NPO+GD", 2e-4, s, 1e-2 * j, 0.72, ks=0.4 + s / 20)
+        _fair_run(tmp_path / "sweep", "INFLUENCE+GD", 1e-4, s, 0.71, 0.80, ks=4 / 36)
+        _fair_run(tmp_path / "sweep", "INFLUENCE+GD", 2e-4, s, 0.71, 0.72, ks=4 / 36)
+    res = write_study(
+        tmp_path / "sweep", tmp_path / "out", StudyConfig(), references=lambda runs, root: REFS
+    )
+    (b,) = res["studies"]
+    infl, npo = b.row("INFLUENCE+GD"), b.row("NPO+GD")
+    assert infl.ks[0.95].one_step and infl.ks[0.95].step == pytest.approx(1 / 36)
+    assert not npo.ks[0.95].one_step and npo.ks[0.95].d.mean == pytest.approx(0.5)
+    text = res["markdown"]
+    assert "| INFLUENCE+GD | 0.71 [0.71, 0.71] † (D 0.111) |" in text
+    assert "| NPO+GD | 0.0032 [0.0031, 0.0032] (D 0.500) |" in text
+    assert "† Within one KS step" in text and "(1/36 here: 1/n for n forget items)" in text
+    assert "higher than NPO+GD, but not separated by more than one KS step" in text
+    assert "non-overlapping" not in text
+    rows = list(csv.DictReader((tmp_path / "out" / "study.csv").open()))
+    d = [r for r in rows if r["quantity"] == "forget_ks_stat" and r["method"] == "INFLUENCE+GD"]
+    assert float(d[0]["mean"]) == pytest.approx(4 / 36)
+
+
+def test_a_study_goes_beside_its_sweep_and_never_replaces_an_earlier_one_silently(tmp_path):
+    import argparse
+
+    from npo_lib.config import StudyConfig
+    from npo_lib.errors import ReportError
+    from npo_lib.study.command import add_study_arguments
+    from npo_lib.study.study import write_study
+
+    opts = argparse.ArgumentParser()
+    add_study_arguments(opts)
+    parsed = opts.parse_args(["runs/x"])
+    assert parsed.out is None and not parsed.overwrite  # no default into the checkout's docs/
+    _fair_sweep(tmp_path / "sweep")
+    refs = {"references": lambda runs, root: REFS}
+    res = write_study(tmp_path / "sweep", None, StudyConfig(), **refs)
+    assert res["md"] == str(tmp_path / "sweep" / "study" / "study.md")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "study_frontier.png").write_bytes(b"an earlier study's figure")
+    for out in (tmp_path / "sweep" / "study", tmp_path / "out"):  # any output file is refused
+        with pytest.raises(ReportError, match=r"study\S*\.\S+ exists: pass --overwrite") as e:
+            write_study(tmp_path / "sweep", out, StudyConfig(), **refs)
+        assert "\n" not in str(e.value) and str(out) in str(e.value)
+    assert (tmp_path / "out" / "study_frontier.png").read_bytes() == b"an earlier study's figure"
+    assert not (tmp_path / "out" / "study.md").exists()  # refused before writing anything
+    write_study(tmp_path / "sweep", tmp_path / "out", StudyConfig(), overwrite=True, **refs)
+    assert (tmp_path / "out" / "study_frontier.png").stat().st_size > 10_000
 
 
 def test_old_sweeps_without_attacks_or_selection_still_report(tmp_path):
@@ -421,6 +483,11 @@ def test_run_study_sweeps_extends_until_the_floor_is_bracketed_and_resumes(tmp_p
         references=lambda runs, root: REFS,
     )
     assert len(ran) == n  # resumed: nothing new to run
+    (tmp_path / "runs" / "st-study").mkdir()  # the plan's default folder holds a study
+    (tmp_path / "runs" / "st-study" / "study.md").write_text("an earlier study")
+    with pytest.raises(ValueError, match=r"runs/st-study/study.md exists: pass --overwrite"):
+        run_study(tmp_path / "plan.yaml", study, sweep=lambda *a, **kw: ran.append("again"))
+    assert len(ran) == n  # refused before anything ran
 
 
 def test_the_attacks_run_at_the_matched_setting_only_into_the_runs_attacks_folder(

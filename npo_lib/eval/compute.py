@@ -28,6 +28,7 @@ from npo_lib.errors import DataError
 from npo_lib.eval import metrics as M
 from npo_lib.eval.generation import VllmGenerator, greedy_generate_many, vllm_unavailable
 from npo_lib.eval.registry import (
+    FORGET_KS_STAT,
     FORGET_QUALITY,
     MIA_ATTACKS,
     MODEL_UTILITY,
@@ -421,14 +422,16 @@ def _reference_metrics(
 ) -> None:
     """Forget quality and privleak against the retain model's results (or null with a reason)."""
     fq, pl, tr = FORGET_QUALITY.key, PRIVLEAK.key, set_key("forget", "truth_ratio")
+    ks = FORGET_KS_STAT.key
     if reference is None or isinstance(reference, str) and reference != "self":
         why = reference if isinstance(reference, str) else "no retain model to compare with"
-        agg[fq] = agg[pl] = None
-        notes[fq] = notes[pl] = why
+        agg[fq] = agg[ks] = agg[pl] = None
+        notes[fq] = notes[ks] = notes[pl] = why
         return
     ref_agg = agg if reference == "self" else reference["aggregates"]
     ref_tr = per_item[tr] if reference == "self" else reference["per_item"][tr]
-    agg[fq] = M.forget_quality(per_item[tr], ref_tr)["agg_value"]
+    quality = M.forget_quality(per_item[tr], ref_tr)
+    agg[fq], agg[ks] = quality["agg_value"], quality["ks_statistic"]
     agg[pl] = None
     for a in MIA_ATTACKS:
         auc, ref_auc = agg.get(mia_auc_key(a)), ref_agg.get(mia_auc_key(a))

@@ -12,6 +12,7 @@ log-likelihood L̄ (natural log), ``logprobs`` the per-token log p(y_t) of one t
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -136,13 +137,23 @@ def truth_ratio(
 
 def forget_quality(model_forget_tr: Any, retain_forget_tr: Any) -> dict:
     """p-value of the two-sample KS test between the per-item forget truth ratios of the model
-    and of the retain model (``truth_ratio`` results, ``value_by_index`` maps or sequences)."""
+    and of the retain model (``truth_ratio`` results, ``value_by_index`` maps or sequences).
+
+    Beside it (``agg_value``): the KS statistic D (``ks_statistic``) and its step
+    (``ks_step``): D is a difference of two empirical CDFs, a multiple of 1 / lcm(n, m) for n
+    and m items (1 / n on the same forget set), so with few items the p-value takes few values.
+    """
     a, b = _values(model_forget_tr), _values(retain_forget_tr)
     if a.size == 0 or b.size == 0:
         raise ValueError(
             f"forget_quality needs truth ratios on both sides, got {a.size} and {b.size}"
         )
-    return {"agg_value": float(stats.ks_2samp(a, b).pvalue)}
+    res = stats.ks_2samp(a, b)
+    return {
+        "agg_value": float(res.pvalue),
+        "ks_statistic": float(res.statistic),
+        "ks_step": 1.0 / math.lcm(int(a.size), int(b.size)),
+    }
 
 
 def model_utility(values: Mapping[str, float | None]) -> dict:

@@ -143,6 +143,18 @@ FORGET_QUALITY = register(
         log=True,
     )
 )
+FORGET_KS_STAT = register(
+    Metric(
+        "forget_ks_stat",
+        "forget KS statistic",
+        "{:.3f}",
+        "lower",
+        "the KS statistic D behind forget quality: a multiple of 1/n for n forget items, so "
+        "the p-value moves only when D moves by 1/n",
+        frozenset({"study", "frontier"}),
+        abbrev="D",
+    )
+)
 MODEL_UTILITY = register(
     Metric(
         "model_utility",

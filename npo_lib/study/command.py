@@ -30,9 +30,14 @@ def add_study_arguments(st: argparse.ArgumentParser) -> None:
     )
     st.add_argument(
         "--out",
-        default="docs",
         help="folder for study.md, study.csv, study_frontier.png, study_selection.png "
-        "(default docs); with --plan / --extend: where the sweep files go",
+        "(default: SWEEP_DIR/study; with --run: <runs_dir>/<plan>-study; --out docs replaces "
+        "the published study); with --plan / --extend: where the sweep files go",
+    )
+    st.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier study (or sweep files) in the --out folder",
     )
     st.add_argument(
         "--extend",
@@ -90,16 +95,14 @@ def plan_command(opts: argparse.Namespace, cfg: Config) -> int:
             parallel=opts.parallel,
             blocks=blocks,
             benchmarks=benchmarks,
+            overwrite=opts.overwrite,
         )
         print(res["markdown"])
         files = (str(v) for k, v in res.items() if k not in ("markdown", "studies", "timing"))
         print(f"\nwrote {', '.join(files)}")
         return 0
     files = plan_study(
-        opts.plan,
-        opts.out if opts.out != "docs" else None,
-        blocks=blocks,
-        benchmarks=benchmarks,
+        opts.plan, opts.out, blocks=blocks, benchmarks=benchmarks, overwrite=opts.overwrite
     )
     print("\n".join(f"npo sweep {f} --parallel 2" for f in files))
     return 0
@@ -109,7 +112,7 @@ def extend_command(opts: argparse.Namespace, cfg: Config) -> int:
     """``--extend``: the adaptive search's next sweep files."""
     from npo_lib.study.plan import extend_sweep
 
-    res = extend_sweep(opts.extend, None if opts.out == "docs" else opts.out, cfg.study)
+    res = extend_sweep(opts.extend, opts.out, cfg.study)
     for p in res["proposals"]:
         print(f"{p['method']}: {p['reason']} -> {p['file']} ({len(p['runs'])} runs)")
     print(
@@ -132,7 +135,7 @@ def study_command(opts: argparse.Namespace) -> int:
         return extend_command(opts, cfg)
     if opts.sweep_dir is None:
         raise UserError("give SWEEP_DIR (or --plan PLAN.yaml / --extend SWEEP.yaml)")
-    res = write_study([opts.sweep_dir, *opts.sweep], opts.out, cfg.study)
+    res = write_study([opts.sweep_dir, *opts.sweep], opts.out, cfg.study, overwrite=opts.overwrite)
     print(res["markdown"])
     files = (str(v) for k, v in res.items() if k not in ("markdown", "studies"))
     print(f"\nwrote {', '.join(files)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from npo_lib.utils.optional import require
 from npo_lib.viz.figures import new_figure, save_figure
@@ -55,6 +55,62 @@ class Panel:
 
 
 REFERENCE_STYLE = {"target": ("*", "black"), "retain": ("D", "tab:green")}
+# The utility axis is zoomed on the floor (the lowest level): runs down to ZOOM_BELOW x the floor
+# below it stay in view, so a few runs at utility 0 do not squeeze the readings into a corner.
+ZOOM_BELOW = 0.25
+ZOOM_PAD = 0.05  # of the zoomed width, each side
+OUTSIDE_MARKER = "<"  # a run left of the zoomed axis, drawn at its edge (a left triangle)
+
+
+def zoom_limits(
+    xs: Sequence[float], levels: Sequence[float], keep: Sequence[float] = ()
+) -> tuple[float, float] | None:
+    """The utility axis's limits around the floor ``min(levels)``: from the lowest utility among
+    the runs ``xs`` within ``ZOOM_BELOW`` x floor below the floor (the floor when none is) to the
+    highest of the levels, ``keep`` (the target and retain models) and those runs, widened by
+    ``ZOOM_PAD`` of the width each side. None without levels (no floor: matplotlib's axis)."""
+    if not levels:
+        return None
+    floor = min(levels)
+    near = [x for x in xs if x >= floor * (1 - ZOOM_BELOW)]
+    lo, hi = min([*near, floor]), max([*levels, *keep, *near])
+    pad = ZOOM_PAD * (hi - lo) if hi > lo else 0.01
+    return lo - pad, hi + pad
+
+
+def outside_runs(curves: Sequence[FrontierCurve], left: float) -> dict[str, list[float]]:
+    """Per method, the forgetting of its runs left of ``left`` (the zoomed axis's edge)."""
+    out: dict[str, list[float]] = {}
+    for c in curves:
+        ys = [y for x, y in c.runs if x < left]
+        if ys:
+            out[c.method] = ys
+    return out
+
+
+def _draw_outside(ax: Any, panel: Panel, colors: Sequence[Any]) -> None:
+    """Zoom the panel's utility axis (:func:`zoom_limits`) and draw the runs left of it at its
+    edge (◀), each method's labelled with its name and run count."""
+    xs = [x for c in panel.curves for x, _ in c.runs]
+    limits = zoom_limits(xs, panel.levels, [x for x, _ in panel.references.values()])
+    if limits is None:
+        return
+    ax.set_xlim(*limits)
+    color_of = {c.method: colors[i % len(colors)] for i, c in enumerate(panel.curves)}
+    for method, ys in outside_runs(panel.curves, limits[0]).items():
+        edge = [limits[0]] * len(ys)
+        ax.scatter(
+            edge, ys, marker=OUTSIDE_MARKER, s=24, color=color_of[method], zorder=4, clip_on=False
+        )
+        ax.annotate(
+            f"{method} ({len(ys)})",
+            (limits[0], sorted(ys)[len(ys) // 2]),
+            xytext=(5, 0),
+            textcoords="offset points",
+            fontsize=6,
+            va="center",
+            color=color_of[method],
+        )
 
 
 def _err(iv: Interval) -> tuple[list[float], list[float]] | None:
@@ -68,7 +124,8 @@ def plot_frontiers(
 ) -> Figure:
     """One axis per panel: every run (faint), each method's frontier (line), its readings at the
     utility levels (error bars: 95 % interval over seeds; hollow: a bound, the grid never
-    crossed the level), the target and retain models, the levels (dotted)."""
+    crossed the level), the target and retain models, the levels (dotted). The utility axis is
+    zoomed on the floor (:func:`zoom_limits`); runs left of it sit at its edge (◀), labelled."""
     nrows = max(1, -(-len(panels) // ncols))
     fig = new_figure(figsize=(6.4 * ncols, 4.6 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
@@ -96,6 +153,7 @@ def plot_frontiers(
             ax.axvline(level, ls=":", color="grey", lw=1)
         if panel.log_y:
             ax.set_yscale("log")
+        _draw_outside(ax, panel, colors)
         ax.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2, loc="best")

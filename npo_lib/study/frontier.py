@@ -39,6 +39,7 @@ import numpy as np
 from npo_lib.eval.registry import TOFU, Metric, MetricPair
 
 INTERPOLATED, NOT_CROSSED, NOT_REACHED = "interpolated", "floor not crossed", "not reached"
+FORGET_ITEMS = "counts.forget"  # a run's number of forget items (metrics.json's counts)
 _STATUS_ORDER = {INTERPOLATED: 0, NOT_CROSSED: 1, NOT_REACHED: 2}
 
 
@@ -308,3 +309,28 @@ def compare(a: Summary, b: Summary, tradeoff: Tradeoff | Metric) -> Comparison:
     if ga_hi < gb_lo:
         return Comparison("worse", "its interval lies entirely on the worse side")
     return Comparison("overlap", "the 95 % intervals overlap")
+
+
+# ----------------------------------------------------------------------------- KS steps
+
+
+def ks_step(results: Iterable[RunResult]) -> float | None:
+    """The step of the KS statistic D behind forget quality, 1/n for the n forget items the runs
+    were evaluated on (the retain model's truth ratios are on the same items); None when the
+    runs do not record n (evaluations before it was kept)."""
+    n = max((int(v) for r in results if (v := r.get(FORGET_ITEMS))), default=0)
+    return 1.0 / n if n > 0 else None
+
+
+def within_one_ks_step(reading: Summary, ks: Summary | None, step: float | None) -> bool:
+    """Whether a forget-quality reading's interval rests on at most one KS step: it is one value
+    (low == high over 2+ seeds), or the seeds' KS statistics D read at the same level span at
+    most ``step`` (1/n), so the seeds' p-values differ by at most one of the few values a KS
+    p-value takes with n items."""
+    if reading.low is None or reading.high is None:
+        return False
+    if reading.low == reading.high:
+        return True
+    if ks is None or step is None or len(ks.values) < 2:
+        return False
+    return max(ks.values) - min(ks.values) <= step * (1 + 1e-9)

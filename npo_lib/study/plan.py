@@ -22,7 +22,7 @@ from npo_lib.study.matched import attack_matched, matched_attack_steps
 from npo_lib.study.readings import check_attacks
 from npo_lib.study.runs import ReferencesFn
 from npo_lib.study.search import extend_sweep, merge_round, next_file
-from npo_lib.study.study import write_study
+from npo_lib.study.study import check_outputs, write_study
 from npo_lib.utils.io import atomic_write_text
 from npo_lib.workflow.steps import read_spec, spec_config
 from npo_lib.workflow.sweep import SweepSpec, grid_points, run_sweep
@@ -250,6 +250,7 @@ def run_study(
     write: Callable[..., Mapping[str, Any]] | None = None,
     attack: Callable[..., Mapping[str, Any]] | None = None,
     references: ReferencesFn | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """``npo study --run PLAN.yaml``: the whole study, resumable.
 
@@ -258,7 +259,9 @@ def run_study(
     and sweep the round's points together (:func:`merge_round`), until no method proposes a
     point, a round proposes only points that already failed here, or ``max_rounds``; then the
     attacks run at each method's matched setting (:func:`attack_matched`). Then the study of
-    every folder goes to ``out`` (:func:`npo_lib.study.study.write_study`). ``blocks`` /
+    every folder goes to ``out`` (default ``<runs_dir>/<name>-study``, beside the plan's sweep
+    files; an earlier study there is refused before anything runs, unless ``overwrite``:
+    :func:`npo_lib.study.study.write_study`). ``blocks`` /
     ``benchmarks``: only these of the plan; ``references``: the target / retain aggregates of a
     benchmark (default: evaluated beside the runs).
     Interrupted, it continues where it stopped: the starting files are reused, finished runs
@@ -268,6 +271,8 @@ def run_study(
     write, attack = write or write_study, attack or attack_matched
     plan = read_spec(plan_file, StudyPlan)
     plan_dir = Path(plan.runs_dir) / f"{plan.name}-plan"
+    out = Path(out) if out is not None else Path(plan.runs_dir) / f"{plan.name}-study"
+    check_outputs(out, overwrite)
     starts = plan_study(plan_file, plan_dir, reuse=True, blocks=blocks, benchmarks=benchmarks)
     folders: dict[str, list[Path]] = {}
     for f in starts:
@@ -283,7 +288,7 @@ def run_study(
             root, at_once = Path(plan.runs_dir) / name, parallel or plan.parallel
             _print_attacks(name, attack(root, study, parallel=at_once, references=references))
     roots = [Path(plan.runs_dir) / n for n in folders]
-    result = dict(write(roots, out if out is not None else "docs", study, references=references))
+    result = dict(write(roots, out, study, references=references, overwrite=overwrite))
     return {**result, "timing": sweeper.timing}
 
 

@@ -11,31 +11,50 @@ fact recall after the attack.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from npo_lib.config import StudyConfig
 from npo_lib.errors import ReportError
-from npo_lib.eval.registry import FORGET_FACT_RECALL, TOFU, Metric
+from npo_lib.eval.registry import (
+    FORGET_FACT_RECALL,
+    FORGET_KS_STAT,
+    FORGET_QUALITY,
+    TOFU,
+    Metric,
+    MetricPair,
+)
 from npo_lib.eval.robustness import PROBE_RECALL, probing_attacks
 from npo_lib.study.frontier import (
     NOT_CROSSED,
     NOT_REACHED,
     TRADEOFFS,
+    Comparison,
     RunResult,
     Summary,
     by_method,
     compare,
+    ks_step,
     matched_setting,
     metric_at,
     seed_readings,
     summarise,
+    within_one_ks_step,
 )
 
 HEADLINE = TOFU.headline  # the pair whose level sets the matched setting and the verdict
 ROBUST = FORGET_FACT_RECALL  # what an attack's forget probe measures (its fact recall)
 REGAIN = 0.10  # an attack that raises the mean forget fact recall this much: forgetting came back
 Setting = tuple[tuple[str, Any], ...]
+# The KS statistic D behind the headline forget quality, read on its own frontier at the same
+# utility levels (D falls as the p-value rises, so the frontier holds the same runs); None when
+# the headline forgetting is not a KS p-value.
+KS = (
+    MetricPair("ks_mu", FORGET_KS_STAT.key, HEADLINE.utility)
+    if HEADLINE.forget == FORGET_QUALITY.key
+    else None
+)
+ONE_KS_STEP = "not separated by more than one KS step"
 
 
 def reading_fmt(m: Metric) -> str:
@@ -60,6 +79,17 @@ def regained(before: Summary, after: Summary) -> bool:
     return before.mean is not None and after.mean is not None and after.mean - before.mean >= REGAIN
 
 
+@dataclass(frozen=True)
+class KSReading:
+    """The KS statistic D read where the headline forget quality is read, the step D moves by
+    (1/n for n forget items; None when unknown) and whether the forget quality's interval rests
+    on at most one such step (:func:`~npo_lib.study.frontier.within_one_ks_step`)."""
+
+    d: Summary
+    step: float | None
+    one_step: bool
+
+
 @dataclass
 class MethodRow:
     """One method of one benchmark: its readings at every level and its robustness."""
@@ -69,6 +99,12 @@ class MethodRow:
     setting: Setting | None  # matched setting at the headline pair's main level
     robust: dict[str, tuple[Summary, Summary]]  # attack -> (before, after) forget fact recall
     seeds: int
+    ks: dict[float, KSReading] = field(default_factory=dict)  # headline fraction -> D reading
+
+    def one_ks_step(self, fraction: float) -> bool:
+        """Whether the headline reading at ``fraction`` rests on at most one KS step."""
+        ks = self.ks.get(fraction)
+        return ks is not None and ks.one_step
 
 
 @dataclass
@@ -131,8 +167,41 @@ def analyse(
         main = levels.get((HEADLINE.name, study.mu_fraction))
         setting = matched_setting(rs, main, HEADLINE) if main is not None else None
         robust = robust_at(rs, setting, study.attacks) if setting is not None else {}
-        rows.append(MethodRow(method, readings, setting, robust, len({r.seed for r in rs})))
+        ks = ks_readings(rs, levels, readings, study)
+        rows.append(MethodRow(method, readings, setting, robust, len({r.seed for r in rs}), ks))
     return BenchmarkStudy(name, {k: dict(v) for k, v in refs.items()}, levels, rows, list(results))
+
+
+def ks_readings(
+    results: Sequence[RunResult],
+    levels: Mapping[tuple[str, float], float],
+    readings: Mapping[tuple[str, float], Summary],
+    study: StudyConfig,
+) -> dict[float, KSReading]:
+    """Per fraction of the headline pair: one method's D read at the same level, its step, and
+    whether the forget-quality reading there rests on at most one KS step."""
+    if KS is None:
+        return {}
+    step, out = ks_step(results), {}
+    for f in (study.mu_fraction, study.strict_fraction):
+        if (key := (HEADLINE.name, f)) not in levels:
+            continue
+        d = summarise(seed_readings(results, levels[key], KS), KS)
+        out[f] = KSReading(d, step, within_one_ks_step(readings[key], d, step))
+    return out
+
+
+def separation(claim: MethodRow, other: MethodRow, fraction: float) -> Comparison:
+    """:func:`~npo_lib.study.frontier.compare` of two methods' headline readings at
+    ``fraction``; a separation (better / worse) that rests on an interval at most one KS step
+    wide keeps its outcome and says :data:`ONE_KS_STEP` as its reason."""
+    key = (HEADLINE.name, fraction)
+    c = compare(claim.readings[key], other.readings[key], HEADLINE)
+    if c.outcome in ("better", "worse") and (
+        claim.one_ks_step(fraction) or other.one_ks_step(fraction)
+    ):
+        return Comparison(c.outcome, ONE_KS_STEP)
+    return c
 
 
 def fmt_summary(s: Summary | None, fmt: str = reading_fmt(HEADLINE.forget_metric)) -> str:
@@ -163,15 +232,15 @@ def _rivals_sentence(b: BenchmarkStudy, study: StudyConfig, claim: MethodRow) ->
     """The claim's headline reading against each rival's: better with separated intervals, or
     why not shown."""
     key = (HEADLINE.name, study.mu_fraction)
-    better, not_shown = [], []
+    better, one_step, not_shown = [], [], []
     for rival in study.rivals:
         r = b.row(rival)
         if r is None:
             not_shown.append(f"{rival} (not run)")
             continue
-        c = compare(claim.readings[key], r.readings[key], HEADLINE)
+        c = separation(claim, r, study.mu_fraction)
         if c.outcome == "better":
-            better.append(rival)
+            (one_step if c.why == ONE_KS_STEP else better).append(rival)
         else:
             not_shown.append(f"{rival} ({c.outcome}: {c.why}; {fmt_summary(r.readings[key])})")
     way = "higher" if HEADLINE.higher_forget else "lower"
@@ -184,6 +253,7 @@ def _rivals_sentence(b: BenchmarkStudy, study: StudyConfig, claim: MethodRow) ->
             if better
             else ""
         )
+        + (f"; {way} than {', '.join(one_step)}, but {ONE_KS_STEP}" if one_step else "")
         + (f"; not shown against {', '.join(not_shown)}" if not_shown else "")
         + "."
     )
@@ -229,8 +299,9 @@ def _controls_sentence(b: BenchmarkStudy, study: StudyConfig, claim: MethodRow) 
         if r is None:
             controls.append(f"{name}: not run")
             continue
-        c = compare(claim.readings[key], r.readings[key], HEADLINE)
-        controls.append(f"vs {name} {fmt_summary(r.readings[key])}: {c.outcome}")
+        c = separation(claim, r, study.mu_fraction)
+        why = f", but {ONE_KS_STEP}" if c.why == ONE_KS_STEP else ""
+        controls.append(f"vs {name} {fmt_summary(r.readings[key])}: {c.outcome}{why}")
     return "Influence selection (same token count) " + "; ".join(controls) + "."
 
 

@@ -24,7 +24,7 @@ from npo_lib.config import Config, StudyConfig, load_config, with_alias_keys
 from npo_lib.embedded.paths import embedded_paths, uses_embedded
 from npo_lib.errors import ReportError
 from npo_lib.objectives.registry import parse_loss
-from npo_lib.study.frontier import RunResult
+from npo_lib.study.frontier import FORGET_ITEMS, RunResult
 
 # <run>/attacks/eval/metrics.json: the run evaluated again under the attacks (npo study --run)
 ATTACKS_DIR = "attacks"
@@ -56,13 +56,16 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
-    """A run's ``metrics.json`` as flat numbers: the aggregates, and every attack's probe as
+    """A run's ``metrics.json`` as flat numbers: the aggregates, the forget set's size
+    (:data:`~npo_lib.study.frontier.FORGET_ITEMS`, when recorded) and every attack's probe as
     ``<attack>.<before|after>.<probe metric>`` (e.g. ``relearn.after.fact_recall``)."""
     out: dict[str, float | None] = {
         k: v
         for k, v in (metrics.get("aggregates") or {}).items()
         if isinstance(v, (int, float)) or v is None
     }
+    if isinstance(n := (metrics.get("counts") or {}).get("forget"), int):
+        out[FORGET_ITEMS] = n
     for attack, res in (metrics.get("robustness") or {}).items():
         for phase in PHASES:
             for k, v in (res.get(phase) or {}).items():

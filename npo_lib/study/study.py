@@ -4,7 +4,9 @@ Every evaluated run becomes a :class:`~npo_lib.study.frontier.RunResult`: its me
 objective, plus the selection / influence settings that differ from the defaults, e.g.
 ``INFLUENCE+GD random``), its strength setting (``study.strength_keys``: lr, epochs,
 forget_coeff), its seed, its benchmark (``study.benchmark_keys``). The target and retain models
-are evaluated once per benchmark as the reference points. Written into ``--out``:
+are evaluated once per benchmark as the reference points. Written into ``--out`` (default
+``<first SWEEP_DIR>/study``; ``npo study --run``: ``<runs_dir>/<plan>-study``), never over an
+earlier study there unless ``--overwrite`` (the published ``docs/study.md`` only by ``--out docs``):
 
 * ``study.md``: per benchmark, each method's forget quality at 0.95 and 0.98 x the target's model
   utility and its forget fact recall at the same fractions of the target's retain fact recall
@@ -70,6 +72,7 @@ __all__ = [  # what notebooks, the CLI and earlier code import from here
     "Setting",
     "analyse",
     "best_per_method",
+    "check_outputs",
     "claim_text",
     "collect",
     "config_defaults",
@@ -93,6 +96,19 @@ OUTPUTS = {
     "settings_csv": "study_settings.csv",
     "frontier": "study_frontier.png",
 }
+SELECTION_FILE = "study_selection.png"
+DEFAULT_OUT = "study"  # the study of SWEEP_DIR... goes to <first SWEEP_DIR>/study by default
+
+
+def check_outputs(out: str | Path, overwrite: bool) -> None:
+    """Refuse (one line naming the file and the flag) a folder that holds any output of a study,
+    unless ``overwrite``."""
+    held = next((f for f in (*OUTPUTS.values(), SELECTION_FILE) if (Path(out) / f).exists()), None)
+    if held is not None and not overwrite:
+        raise ReportError(
+            f"{Path(out) / held} exists: pass --overwrite to replace the study there, "
+            "or choose another --out"
+        )
 
 
 def load_benchmarks(
@@ -125,26 +141,26 @@ def study_markdown(studies: Sequence[BenchmarkStudy], study: StudyConfig, cost: 
 
 def write_study(
     sweep_dir: str | Path | Sequence[str | Path],
-    out: str | Path,
+    out: str | Path | None,
     study: StudyConfig,
     *,
     references: ReferencesFn | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write study.md, study.csv, study_settings.csv, study_frontier.png, study_selection.png
-    for one or more sweep folders (e.g. one per benchmark); returns their paths and the markdown.
+    for one or more sweep folders (e.g. one per benchmark) into ``out`` (None: ``<first sweep
+    folder>/study``); returns their paths and the markdown.
 
     ``references(runs, sweep_folder)`` gives a benchmark's target / retain aggregates (default:
-    evaluated beside the runs, cached). ``overwrite=False`` refuses an ``--out`` that already
-    holds a study.md.
+    evaluated beside the runs, cached). A folder that holds any of these files is refused unless
+    ``overwrite`` (:func:`check_outputs`).
     """
     roots = (
         [Path(sweep_dir)] if isinstance(sweep_dir, (str, Path)) else [Path(p) for p in sweep_dir]
     )
+    out = Path(out) if out is not None else roots[0] / DEFAULT_OUT
+    check_outputs(out, overwrite)
     benches, where = load_benchmarks(roots, study)
-    out = Path(out)
-    if not overwrite and (out / "study.md").exists():
-        raise ReportError(f"{out / 'study.md'} exists: choose another --out or remove it")
     refs_of = references or references_for
     studies = [analyse(name, rs, refs_of(rs, where[name]), study) for name, rs in benches.items()]
     text = study_markdown(studies, study, [x for r in roots if (x := run_time_line(r))])
@@ -157,6 +173,8 @@ def write_study(
     paths = {"markdown": text, **{k: str(out / f) for k, f in OUTPUTS.items()}}
     groups = selection_groups(studies, study)
     if any(len(g) > 1 for g in groups.values()):
-        paths["selection"] = str(out / "study_selection.png")
-        plot_selection(groups, xlabel=HEADLINE.label, path=out / "study_selection.png")
+        paths["selection"] = str(out / SELECTION_FILE)
+        plot_selection(groups, xlabel=HEADLINE.label, path=out / SELECTION_FILE)
+    else:
+        (out / SELECTION_FILE).unlink(missing_ok=True)  # an earlier study's, replaced
     return {**paths, "studies": studies}

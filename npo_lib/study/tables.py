@@ -29,6 +29,7 @@ from npo_lib.study.frontier import (
 )
 from npo_lib.study.readings import (
     HEADLINE,
+    KS,
     ROBUST,
     BenchmarkStudy,
     MethodRow,
@@ -40,6 +41,7 @@ from npo_lib.study.readings import (
 )
 
 VIEW = "study"  # the registry view whose metrics study_settings.csv holds
+ONE_STEP_MARK = "†"  # a headline reading whose interval rests on at most one KS step
 
 
 def reading_title(pair: MetricPair, fraction: float) -> str:
@@ -76,12 +78,38 @@ def _reference_line(b: BenchmarkStudy, study: StudyConfig) -> str:
     )
 
 
-def _method_cells(r: MethodRow, study: StudyConfig) -> list[str]:
-    readings = [
-        fmt_summary(r.readings.get((p.name, f)), reading_fmt(p.forget_metric))
-        for p in TRADEOFFS.values()
-        for f in _fractions(study)
+def reading_cell(r: MethodRow, pair: MetricPair, fraction: float) -> str:
+    """A reading as its table cell; the headline forget quality with the KS statistic D read at
+    the same level (``0.71 [0.71, 0.71] † (D 0.083)``), † when its interval rests on at most
+    one KS step."""
+    text = fmt_summary(r.readings.get((pair.name, fraction)), reading_fmt(pair.forget_metric))
+    ks = r.ks.get(fraction) if pair.name == HEADLINE.name and KS is not None else None
+    if ks is None:
+        return text
+    if ks.one_step:
+        text += f" {ONE_STEP_MARK}"
+    if ks.d.mean is not None:
+        text += f" ({KS.forget_metric.short} {KS.forget_metric.format(ks.d.mean)})"
+    return text
+
+
+def one_step_note(rows: Sequence[MethodRow]) -> list[str]:
+    """The footnote under a table with a † reading (none without one)."""
+    marked = [ks for r in rows for ks in r.ks.values() if ks.one_step]
+    if not marked:
+        return []
+    steps = sorted({f"1/{round(1 / k.step)}" for k in marked if k.step})
+    step = f" ({', '.join(steps)} here: 1/n for n forget items)" if steps else ""
+    return [
+        "",
+        f"{ONE_STEP_MARK} Within one KS step: the seeds' forget quality is one value, or their "
+        f"KS statistics D at the level span at most one step{step}. A KS p-value takes few "
+        "values with few items, so such an interval separates nothing finer than one step.",
     ]
+
+
+def _method_cells(r: MethodRow, study: StudyConfig) -> list[str]:
+    readings = [reading_cell(r, p, f) for p in TRADEOFFS.values() for f in _fractions(study)]
     fmt = reading_fmt(ROBUST)
     attacked = [
         "–"
@@ -102,7 +130,8 @@ def methods_table(rows: Sequence[MethodRow], study: StudyConfig) -> list[str]:
         "seeds",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(_method_cells(r, study)) + " |" for r in rows]
+    lines += ["| " + " | ".join(_method_cells(r, study)) + " |" for r in rows]
+    return lines + one_step_note(rows)
 
 
 def benchmark_markdown(b: BenchmarkStudy, study: StudyConfig) -> str:
@@ -170,6 +199,9 @@ def study_csv_rows(studies: Sequence[BenchmarkStudy]) -> list[dict[str, Any]]:
                 t, level = TRADEOFFS[name], b.levels[(name, frac)]
                 at = f"{t.utility} >= {frac:g} x target"
                 rows.append(_csv_row(b, r, s, t.forget, at, level))
+                if name == HEADLINE.name and KS is not None and (ks := r.ks.get(frac)):
+                    rows.append({**_csv_row(b, r, ks.d, KS.forget, at, level), "ks_step": ks.step})
+                    rows[-2]["one_ks_step"] = ks.one_step
             for attack, phases in r.robust.items():
                 for phase, s in zip(("before", "after"), phases, strict=True):
                     quantity = f"{attack}.{phase}.{PROBE_RECALL}"
