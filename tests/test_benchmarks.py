@@ -53,3 +53,100 @@ def test_tofu_is_the_default_plugin_and_writes_its_standin(tmp_path):
     cfg = load_config(["benchmark.n_authors=8", "benchmark.n_holdout_authors=1"])
     out = tofu.generate(cfg.benchmark, tmp_path / "tofu")
     assert (out / "meta.json").is_file() and tofu.file(out, "full").is_file()
+
+
+@pytest.fixture(scope="module")
+def bare_model(tokenizer):
+    """An untrained two-block Llama over the test tokenizer: the code path, not the numbers."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+SMALL = {
+    "muse": [
+        "benchmark.muse.n_forget=4",
+        "benchmark.muse.n_retain=4",
+        "benchmark.muse.n_holdout=4",
+    ],
+    "wmdp": ["benchmark.wmdp.n_forget_docs=4", "benchmark.wmdp.n_retain_docs=4"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_each_standin_is_a_complete_folder_its_plugin_evaluates(
+    name, tmp_path, tokenizer, bare_model
+):
+    cfg = load_config([f"benchmark={name}", "max_length=256", *SMALL[name]])
+    b = get_benchmark(name)
+    folder = b.generate(cfg.benchmark, tmp_path / name)
+    assert b.missing(folder) == []
+    check_data_folder(b, folder)
+    data = b.load_eval(str(folder), cfg)
+    out = b.compute(
+        bare_model,
+        tokenizer,
+        None,
+        data,
+        cfg.eval,
+        reference="self",
+        max_length=256,
+        progress=False,
+    )
+    assert set(b.metric_keys) <= set(out["aggregates"]), out["aggregates"]
+    head = b.metrics.headline
+    for key in (head.forget, head.utility):
+        assert 0.0 <= out["aggregates"][key] <= 1.0
+    if name == "muse":  # the retain model is its own reference: it leaks like itself
+        assert out["aggregates"]["muse_privleak"] == 0.0
+        assert len(out["per_item"]["muse_verbmem_forget"]) == 4
+
+
+def test_robustness_attacks_are_refused_on_a_document_benchmark_before_any_model_loads(tmp_path):
+    cfg = load_config(["benchmark=muse", "eval.robustness=[relearn]", f"cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="eval.robustness"):
+        resolve(cfg, "prepare")
+
+
+def test_a_muse_folder_missing_a_file_is_named_before_any_model_loads(tmp_path):
+    cfg = load_config(["benchmark=muse"])
+    folder = get_benchmark("muse").generate(cfg.benchmark, tmp_path / "m")
+    (folder / "knowmem" / "retain2_qa.json").unlink()
+    with pytest.raises(ConfigError, match="knowmem/retain2_qa.json is missing"):
+        resolve(load_config(["benchmark=muse", f"data_path={folder}"]), "eval")
+
+
+@pytest.mark.slow
+def test_muse_news_files_load_and_every_muse_metric_runs_on_them(muse_dir, tokenizer, bare_model):
+    """A smoke test of the published layout (real MUSE-News files, an untrained model): the
+    numbers mean nothing, every set loads and every metric is computed."""
+    b = get_benchmark("muse")
+    cfg = load_config(["benchmark=muse", f"data_path={muse_dir}", "max_length=256"])
+    data = b.load_eval(str(muse_dir), cfg)
+    assert {len(v) for k, v in data.sets.items() if not k.endswith("_icl")} == {100}
+    out = b.compute(
+        bare_model, tokenizer, None, data, cfg.eval, reference=None, max_length=256, progress=False
+    )
+    agg = out["aggregates"]
+    assert all(agg[k] is not None for k in b.metric_keys if k != "muse_privleak")
+    assert agg["muse_privleak"] is None and "muse_privleak" in out["notes"]
+
+
+def test_standin_settings_out_of_range_fail_naming_the_key(tmp_path):
+    cfg = load_config(["benchmark=muse", "benchmark.muse.n_forget=2", f"cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"benchmark\.muse\.n_forget must be in"):
+        resolve(cfg, "prepare")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from npo_lib.config import WmdpStandinConfig
 from npo_lib.embedded.wmdp import (
     DOMAIN,
-    WmdpStandinConfig,
     check_wmdp_standin_config,
     find_spans,
     generate_wmdp_standin,
@@ -218,8 +218,9 @@ def test_standin_layout_and_sizes(standin: Path) -> None:
     layout = McqFolder(standin)
     assert layout.domains() == [DOMAIN]
     assert list(layout.tasks()) == [f"wmdp_{DOMAIN}", "mmlu"]
-    forget, retain = load_corpus(layout.forget_corpus(DOMAIN)), load_corpus(
-        layout.retain_corpus(DOMAIN)
+    forget, retain = (
+        load_corpus(layout.forget_corpus(DOMAIN)),
+        load_corpus(layout.retain_corpus(DOMAIN)),
     )
     assert len(forget) == cfg.n_forget_docs and len(retain) == cfg.n_retain_docs
     for doc in forget + retain:
@@ -273,7 +274,9 @@ def test_standin_fact_spans_exact(standin: Path) -> None:
 def test_standin_pools_and_bounds() -> None:
     assert standin_pool_problems() == []
     check_wmdp_standin_config(WmdpStandinConfig())
-    with pytest.raises(ConfigError, match=r"wmdp_standin.forget_facts_per_doc must be in \[1, 5\]"):
+    with pytest.raises(
+        ConfigError, match=r"benchmark.wmdp.forget_facts_per_doc must be in \[1, 5\]"
+    ):
         check_wmdp_standin_config(WmdpStandinConfig(forget_facts_per_doc=6))
     with pytest.raises(ConfigError, match="n_forget_docs"):
         check_wmdp_standin_config(WmdpStandinConfig(n_forget_docs=0))

@@ -1,11 +1,12 @@
-"""Benchmark plug-ins (:mod:`.registry`): TOFU / R-TOFU (:mod:`.tofu`), the default, and MUSE
-(:mod:`.muse`).
+"""Benchmark plug-ins (:mod:`.registry`): TOFU / R-TOFU (:mod:`.tofu`), the default, MUSE
+(:mod:`.muse`) and WMDP (:mod:`.wmdp`).
 
 Importing the package registers every shipped benchmark.
 """
 
 from npo_lib.benchmarks import muse as muse
 from npo_lib.benchmarks import tofu as tofu
+from npo_lib.benchmarks import wmdp as wmdp
 from npo_lib.benchmarks.registry import (
     BENCHMARK_PLUGINS,
     Benchmark,

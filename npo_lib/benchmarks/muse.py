@@ -29,7 +29,7 @@ from typing import Any
 from npo_lib.benchmarks.registry import Benchmark, register_benchmark
 from npo_lib.config import BenchmarkConfig, Config, EvalConfig
 from npo_lib.data.muse import MUSE_LAYOUT, load_muse
-from npo_lib.embedded.muse import generate_muse_standin
+from npo_lib.embedded.muse import check_muse_standin_config, generate_muse_standin
 from npo_lib.eval import metrics as M
 from npo_lib.eval.compute import EvalData
 from npo_lib.eval.generation import greedy_generate
@@ -173,6 +173,11 @@ def compute_muse_metrics(
     return out
 
 
+def check_muse_settings(settings: BenchmarkConfig) -> None:
+    """``benchmark.muse.*`` within the generator's pools (one line naming the key)."""
+    check_muse_standin_config(settings.muse)
+
+
 def generate_muse(settings: BenchmarkConfig, out_dir: Path) -> Path:
     """The MUSE-like stand-in (``benchmark.muse.*``): invented news articles, MUSE's layout."""
     return generate_muse_standin(settings.muse, out_dir)
@@ -204,6 +209,7 @@ MUSE = register_benchmark(
             "muse_mia_auc",
         ),
         generate=generate_muse,
+        check_settings=check_muse_settings,
         load_eval=load_muse_eval,
         compute=compute_muse_metrics,
         standin="invented news articles with fact spans, verbmem / knowmem / privleak, sust and "

@@ -39,7 +39,8 @@ class Benchmark:
 
     ``layout`` maps a role to the file of the published layout, relative to the data folder;
     ``required`` lists the roles without which the benchmark cannot be evaluated.
-    ``generate(settings, out_dir)`` writes the offline stand-in in that layout;
+    ``generate(settings, out_dir)`` writes the offline stand-in in that layout from
+    ``benchmark.*`` (``check_settings(settings)`` checks them before any model loads);
     ``load_eval(data_path, cfg)`` reads its evaluation sets and ``compute(model, tokenizer, tags,
     data, options, *, reference, max_length, progress)`` measures a model on them, returning
     metrics.json's ``{"aggregates", "per_item", "generations", "notes", "counts", "seconds"}``
@@ -55,6 +56,7 @@ class Benchmark:
     training: str
     metric_keys: tuple[str, ...]
     generate: Callable[[Any, Path], Path]
+    check_settings: Callable[[Any], None]
     load_eval: Callable[[str, Any], EvalData]
     compute: Callable[..., dict[str, Any]]
     standin: str

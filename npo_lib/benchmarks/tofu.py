@@ -13,7 +13,7 @@ from pathlib import Path
 
 from npo_lib.benchmarks.registry import Benchmark, register_benchmark
 from npo_lib.config import BenchmarkConfig, Config
-from npo_lib.embedded.benchmark import generate_benchmark
+from npo_lib.embedded.benchmark import check_benchmark_config, generate_benchmark
 from npo_lib.eval.compute import EvalData, compute_metrics, load_eval_sets
 
 
@@ -56,6 +56,7 @@ TOFU = register_benchmark(
             "privleak",
         ),
         generate=generate_tofu_standin,
+        check_settings=check_benchmark_config,
         load_eval=load_tofu_eval,
         compute=compute_metrics,
         standin="fictitious authors with ground-truth fact spans (benchmark.* settings)",

@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 from npo_lib.benchmarks import Benchmark, check_data_folder, get_benchmark
 from npo_lib.config import Config
-from npo_lib.embedded.benchmark import check_benchmark_config
 from npo_lib.errors import ConfigError
 from npo_lib.eval.robustness import ATTACKS
 from npo_lib.influence.modules import MODULE_SETS
@@ -44,7 +43,7 @@ def check_config(cfg: Config) -> Names:
     if cfg.data_path:
         check_data_folder(benchmark, cfg.data_path)
     check_selection(cfg.selection)
-    check_benchmark_config(cfg.benchmark)
+    benchmark.check_settings(cfg.benchmark)
     check_influence_settings(cfg)
     if cfg.eval.robustness and benchmark.training != "qa":
         raise ConfigError(

@@ -14,6 +14,7 @@ from npo_lib.config.schema import (
     SelectionConfig,
     StudyConfig,
     TinyModelConfig,
+    WmdpStandinConfig,
 )
 from npo_lib.config.sources import (
     annotated_yaml,
@@ -40,6 +41,7 @@ __all__ = [
     "SelectionConfig",
     "StudyConfig",
     "TinyModelConfig",
+    "WmdpStandinConfig",
     "annotated_yaml",
     "check_keys",
     "config_aliases",

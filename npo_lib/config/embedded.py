@@ -57,6 +57,19 @@ class MuseStandinConfig:
 
 
 @dataclass
+class WmdpStandinConfig:
+    """Size of the WMDP-like stand-in (``npo prepare benchmark=wmdp``): an invented, harmless
+    "restricted" domain (the keeping of invented creatures) and a general one (invented islands),
+    each a corpus with its multiple-choice questions."""
+
+    seed: int = opt(0, "generator seed: same settings give byte-identical files")
+    n_forget_docs: int = opt(24, "forget-corpus documents (the restricted domain)")
+    n_retain_docs: int = opt(24, "retain-corpus documents (the general domain, MMLU's stand-in)")
+    forget_facts_per_doc: int = opt(4, "facts per forget document, one question each")
+    retain_facts_per_doc: int = opt(4, "facts per retain document, one question each")
+
+
+@dataclass
 class BenchmarkConfig:
     """Which benchmark a run is on (``benchmark=muse`` is short for ``benchmark.name=muse``),
     and the settings of the embedded TOFU generator (fictitious authors, R-TOFU layout)."""
@@ -67,6 +80,7 @@ class BenchmarkConfig:
         "(docs/reference/benchmarks.md lists them)",
     )
     muse: MuseStandinConfig = group(MuseStandinConfig, "the MUSE-like stand-in's size")
+    wmdp: WmdpStandinConfig = group(WmdpStandinConfig, "the WMDP-like stand-in's size")
     seed: int = opt(0, "generator seed: same settings give byte-identical files")
     n_authors: int = opt(40, "fictitious authors in the training data (full.json)")
     questions_per_author: int = opt(

@@ -23,6 +23,7 @@ from npo_lib.config.embedded import (
     BenchmarkConfig,
     MuseStandinConfig,
     TinyModelConfig,
+    WmdpStandinConfig,
 )
 from npo_lib.config.evaluation import EvalConfig, VizConfig
 from npo_lib.config.fields import group, need, opt
@@ -45,6 +46,7 @@ __all__ = [
     "SweepExecutorConfig",
     "TinyModelConfig",
     "VizConfig",
+    "WmdpStandinConfig",
 ]
 
 

@@ -170,6 +170,8 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
+            if isinstance(node.get(part), str):  # 'benchmark=muse benchmark.muse.n_forget=4'
+                node[part] = {"name": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from npo_lib.config import WmdpStandinConfig
 from npo_lib.errors import ConfigError
 from npo_lib.utils.io import atomic_write_json, write_jsonl
 
@@ -148,17 +149,6 @@ RETAIN_FILLER = (
 )
 
 
-@dataclass(frozen=True)
-class WmdpStandinConfig:
-    """Settings of the stand-in: the generator's seed and how many documents and facts each."""
-
-    seed: int = 0
-    n_forget_docs: int = 24
-    n_retain_docs: int = 24
-    forget_facts_per_doc: int = 4
-    retain_facts_per_doc: int = 4
-
-
 def check_wmdp_standin_config(cfg: WmdpStandinConfig) -> None:
     """The bounds the name and value pools set; a one-line ConfigError otherwise."""
     bounds = {
@@ -170,7 +160,7 @@ def check_wmdp_standin_config(cfg: WmdpStandinConfig) -> None:
     for key, hi in bounds.items():
         value = getattr(cfg, key)
         if not 1 <= value <= hi:
-            raise ConfigError(f"wmdp_standin.{key} must be in [1, {hi}], got {value}")
+            raise ConfigError(f"benchmark.wmdp.{key} must be in [1, {hi}], got {value}")
 
 
 def standin_pool_problems() -> list[str]:

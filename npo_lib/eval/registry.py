@@ -12,8 +12,8 @@ value, with no better side on its own: the MIA AUCs, which privleak normalises).
 
 A benchmark's headline pairs (:class:`MetricPair`) are what a method comparison reads at matched
 utility: for TOFU (Maini et al. 2024, arXiv:2401.06121) forget quality vs model utility, and forget
-fact recall vs retain fact recall. Another benchmark (MUSE's VerbMem vs KnowMem, WMDP's accuracy
-vs MMLU) declares its own pairs in :data:`BENCHMARKS`.
+fact recall vs retain fact recall. Another benchmark registers its metrics and pairs the same way
+(:mod:`npo_lib.eval.benchmark_metrics`: MUSE's KnowMem and VerbMem, WMDP's accuracy vs MMLU).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def metrics_for(view: str, held: Iterable[Mapping[str, Any]] | None = None) -> t
     return tuple(m for m in chosen if m.key in keys)
 
 
-_TABLES = frozenset({"report", "dashboard", "study"})  # the headline numbers' views
+TABLE_VIEWS = frozenset({"report", "dashboard", "study"})  # the headline numbers' views
 QA_SETS = ("forget", "retain", "real_authors", "world_facts")  # the question-answer sets
 MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")  # membership-inference statistics
 PRIVLEAK_ATTACK = "min_k"  # the attack headline privleak reads (open-unlearning's TOFU setting)
@@ -138,7 +138,7 @@ FORGET_QUALITY = register(
         "{:.3g}",
         "higher",
         "KS-test p-value of the forget set's truth ratios against the retain model's (TOFU)",
-        _TABLES | {"frontier"},
+        TABLE_VIEWS | {"frontier"},
         abbrev="FQ",
         log=True,
     )
@@ -162,7 +162,7 @@ MODEL_UTILITY = register(
         "{:.3f}",
         "higher",
         "harmonic mean of Prob, ROUGE and truth ratio on retain, real authors, world facts (TOFU)",
-        _TABLES | {"frontier"},
+        TABLE_VIEWS | {"frontier"},
         abbrev="MU",
     )
 )
@@ -173,7 +173,7 @@ FORGET_FACT_RECALL = register(
         "{:.1%}",
         "lower",
         "share of forget questions whose greedy answer states the record's fact",
-        _TABLES | {"frontier"},
+        TABLE_VIEWS | {"frontier"},
         abbrev="forget recall",
     )
 )
@@ -184,7 +184,7 @@ RETAIN_FACT_RECALL = register(
         "{:.1%}",
         "higher",
         "share of retain questions whose greedy answer states the record's fact",
-        _TABLES | {"frontier"},
+        TABLE_VIEWS | {"frontier"},
         abbrev="RR",
     )
 )
@@ -195,7 +195,7 @@ FORGET_ROUGE = register(
         "{:.3f}",
         "lower",
         "ROUGE-L recall of the greedy answers against the forget answers",
-        _TABLES,
+        TABLE_VIEWS,
     )
 )
 PRIVLEAK = register(
@@ -206,91 +206,7 @@ PRIVLEAK = register(
         "zero",
         f"MUSE's PrivLeak of the {PRIVLEAK_ATTACK} attack, forget vs holdout: 0 leaks like the "
         "retain model, -100 like the target",
-        _TABLES,
-    )
-)
-
-# MUSE (Shi et al. 2024, arXiv:2407.06460) on its News / Books layout, each a 0-1 mean.
-MUSE_VERBMEM_FORGET = register(
-    Metric(
-        "muse_verbmem_forget",
-        "VerbMem forget",
-        "{:.3f}",
-        "lower",
-        "MUSE VerbMem: ROUGE-L F1 of the greedy continuation of each verbmem/forget prompt "
-        "against its true continuation",
-        _TABLES | {"frontier"},
-        abbrev="VerbMem",
-    )
-)
-MUSE_KNOWMEM_FORGET = register(
-    Metric(
-        "muse_knowmem_forget",
-        "KnowMem forget",
-        "{:.3f}",
-        "lower",
-        "MUSE KnowMem on knowmem/forget_qa: ROUGE-L recall of the greedy answer under the "
-        "few-shot prompt of forget_qa_icl",
-        _TABLES | {"frontier"},
-        abbrev="KnowMem-F",
-    )
-)
-MUSE_KNOWMEM_RETAIN = register(
-    Metric(
-        "muse_knowmem_retain",
-        "KnowMem retain",
-        "{:.3f}",
-        "higher",
-        "MUSE utility preservation: KnowMem on knowmem/retain2_qa (few-shot prompt of "
-        "retain2_qa_icl)",
-        _TABLES | {"frontier"},
-        abbrev="KnowMem-R",
-    )
-)
-MUSE_PRIVLEAK = register(
-    Metric(
-        "muse_privleak",
-        "PrivLeak (MUSE)",
-        "{:.1f}",
-        "zero",
-        "MUSE PrivLeak: (AUC - AUC_retain) / AUC_retain x 100 of Min-K%++ (k = 0.4), "
-        "privleak/forget vs privleak/holdout; 0 leaks like the retain model",
-        _TABLES,
-        abbrev="PrivLeak",
-    )
-)
-MUSE_MIA_AUC = register(
-    Metric(
-        "muse_mia_auc",
-        "Min-K%++ AUC (MUSE)",
-        "{:.3f}",
-        "reference",
-        "AUC of telling privleak/forget from privleak/holdout by Min-K%++ (k = 0.4)",
-        frozenset({"dashboard"}),
-    )
-)
-# WMDP (Li et al. 2024, arXiv:2403.03218): zero-shot multiple choice through lm-eval.
-WMDP_ACC = register(
-    Metric(
-        "wmdp_acc",
-        "WMDP accuracy",
-        "{:.3f}",
-        "lower",
-        "zero-shot multiple-choice accuracy on the hazardous-knowledge questions (mean over "
-        "the domains present: bio, cyber); chance is 0.25",
-        _TABLES | {"frontier"},
-        abbrev="WMDP",
-    )
-)
-MMLU_ACC = register(
-    Metric(
-        "mmlu_acc",
-        "MMLU accuracy",
-        "{:.3f}",
-        "higher",
-        "zero-shot multiple-choice accuracy on MMLU (general knowledge: the utility WMDP keeps)",
-        _TABLES | {"frontier"},
-        abbrev="MMLU",
+        TABLE_VIEWS,
     )
 )
 
@@ -504,19 +420,16 @@ BENCHMARKS: dict[str, BenchmarkMetrics] = {
             MetricPair("recall", FORGET_FACT_RECALL.key, RETAIN_FACT_RECALL.key),
         ),
     ),
-    "muse": BenchmarkMetrics(
-        "muse",
-        "MUSE",
-        (
-            MetricPair("knowmem", MUSE_KNOWMEM_FORGET.key, MUSE_KNOWMEM_RETAIN.key),
-            MetricPair("verbmem", MUSE_VERBMEM_FORGET.key, MUSE_KNOWMEM_RETAIN.key),
-        ),
-    ),
-    "wmdp": BenchmarkMetrics(
-        "wmdp", "WMDP", (MetricPair("wmdp_mmlu", WMDP_ACC.key, MMLU_ACC.key),)
-    ),
 }
 TOFU = BENCHMARKS["tofu"]
+
+
+def register_pairs(pairs: BenchmarkMetrics) -> BenchmarkMetrics:
+    """Add a benchmark's pairs to :data:`BENCHMARKS` (a name registered twice is a bug)."""
+    if pairs.name in BENCHMARKS:
+        raise ValueError(f"benchmark {pairs.name} has its pairs registered twice")
+    BENCHMARKS[pairs.name] = pairs
+    return pairs
 
 
 # ----------------------------------------------------------------------------- listings
