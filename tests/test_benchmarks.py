@@ -150,3 +150,36 @@ def test_standin_settings_out_of_range_fail_naming_the_key(tmp_path):
     cfg = load_config(["benchmark=muse", "benchmark.muse.n_forget=2", f"cache_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"benchmark\.muse\.n_forget must be in"):
         resolve(cfg, "prepare")
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_document_records_are_pieces_of_the_corpus_with_their_fact_spans(name, tmp_path, tokenizer):
+    """Forget / retain / training records of a document benchmark: exact pieces of its texts,
+    at most max_length tokens with BOS, each fact span pointing at its fact's characters."""
+    from npo_lib.data.views import encode_view
+    from npo_lib.influence.ground_truth import fact_char_spans
+    from npo_lib.models.families import get_family
+
+    cfg = load_config([f"benchmark={name}", "max_length=48", *SMALL[name]])
+    b = get_benchmark(name)
+    folder = str(b.generate(cfg.benchmark, tmp_path / name))
+    tags = get_family("tiny").tags
+    roles = {
+        role: b.load_records(folder, role, cfg, tokenizer)
+        for role in ("forget", "retain", "train_target", "train_retain")
+    }
+    assert len(roles["train_target"]) == len(roles["forget"]) + len(roles["train_retain"]) or (
+        name == "muse"  # MUSE's retain pool is retain1; training also has retain2
+    )
+    texts = {r["text"] for r in roles["train_retain"]}
+    assert not texts & {r["text"] for r in roles["forget"]}
+    n_spans = 0
+    for rec in roles["forget"]:
+        enc = encode_view(rec, "full", tokenizer, tags, 48)
+        assert len(enc["input_ids"]) <= 48 and enc["prompt_len"] == 1  # BOS, then the text
+        for s, e in fact_char_spans(rec, "full", tags):
+            assert rec["text"][s:e].strip() and 0 <= s < e <= len(rec["text"])
+            n_spans += 1
+    assert n_spans > 0  # the stand-in's ground truth survives the cut
+    with pytest.raises(ValueError, match="tokenizer"):
+        b.load_records(folder, "forget", cfg)

@@ -59,14 +59,16 @@ class _Interrupt(TrainerCallback):
 
 
 def test_target_trains_on_everything_retain_without_the_forget_task(mini_world, tmp_path):
-    from npo_lib.commands.finetune import training_records
+    from npo_lib.benchmarks import get_benchmark
     from npo_lib.data.sources import load_forget
 
+    tofu = get_benchmark("tofu")
     cfg = _cfg(mini_world, tmp_path / "t", "finetune.extra_sets=[world_facts_perturbed]")
-    target = training_records(cfg, mini_world["data_path"])
-    retain = training_records(
-        load_config(_args(mini_world, tmp_path / "r", "finetune.model=retain")),
+    target = tofu.load_records(mini_world["data_path"], "train_target", cfg)
+    retain = tofu.load_records(
         mini_world["data_path"],
+        "train_retain",
+        load_config(_args(mini_world, tmp_path / "r", "finetune.model=retain")),
     )
     forget = {r["question"] for r in load_forget(mini_world["data_path"], "forget10", 1)}
     assert forget <= {r["question"] for r in target} and not forget & {

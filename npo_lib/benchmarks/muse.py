@@ -28,8 +28,9 @@ from typing import Any
 
 from npo_lib.benchmarks.registry import Benchmark, register_benchmark
 from npo_lib.config import BenchmarkConfig, Config, EvalConfig
-from npo_lib.data.muse import MUSE_LAYOUT, load_muse
+from npo_lib.data.muse import MUSE_LAYOUT, chunk_documents, load_muse, muse_path
 from npo_lib.embedded.muse import check_muse_standin_config, generate_muse_standin
+from npo_lib.errors import DataError
 from npo_lib.eval import metrics as M
 from npo_lib.eval.compute import EvalData
 from npo_lib.eval.generation import greedy_generate
@@ -39,6 +40,38 @@ from npo_lib.eval.scoring import score_targets
 VERBMEM_NEW_TOKENS = 128  # MUSE's verbmem/forget: continuations and ground truths of 128 tokens
 KNOWMEM_NEW_TOKENS = 32  # MUSE's knowmem answers
 KNOWMEM_SETS = {"forget": "forget_qa", "retain": "retain2_qa"}  # key -> knowmem split
+
+
+# raw splits behind each record role (the first of "retain" found is the retain pool: MUSE
+# regularises on retain1, its calibration set)
+RAW_SPLITS = {
+    "forget": ("forget",),
+    "retain": ("retain1", "retain2"),
+    "train_target": ("forget", "retain1", "retain2"),
+    "train_retain": ("retain1", "retain2"),
+}
+
+
+def raw_chunks(data_path: str, split: str, max_length: int, tokenizer: Any) -> list[dict]:
+    """The articles of ``raw/<split>`` cut into pieces of ``max_length`` tokens (BOS included),
+    with their fact spans where the folder has ``raw/<split>_facts.json`` (the stand-in)."""
+    texts = load_muse(data_path, "raw", split)
+    facts = muse_path(data_path, "raw", f"{split}_facts")
+    spans = load_muse(data_path, "raw", f"{split}_facts") if facts.is_file() else None
+    chunks = chunk_documents(texts, tokenizer, max_length - 1, spans)
+    return [{**c, "source": f"raw/{split}"} for c in chunks]
+
+
+def muse_records(data_path: str, role: str, cfg: Config, tokenizer: Any) -> list[dict]:
+    """Document pieces of the raw splits behind ``role`` (:data:`RAW_SPLITS`); the retain pool
+    is the first retain split the folder has."""
+    splits = [s for s in RAW_SPLITS[role] if muse_path(data_path, "raw", s).is_file()]
+    if role == "retain":
+        splits = splits[:1]
+    if not splits:
+        wanted = " or ".join(f"raw/{s}.json" for s in RAW_SPLITS[role])
+        raise DataError(f"{data_path} has no {wanted} ({role} records of MUSE)")
+    return [c for s in splits for c in raw_chunks(data_path, s, cfg.max_length, tokenizer)]
 
 
 def load_muse_eval(data_path: str, cfg: Config) -> EvalData:
@@ -210,6 +243,7 @@ MUSE = register_benchmark(
         ),
         generate=generate_muse,
         check_settings=check_muse_settings,
+        records=muse_records,
         load_eval=load_muse_eval,
         compute=compute_muse_metrics,
         standin="invented news articles with fact spans, verbmem / knowmem / privleak, sust and "

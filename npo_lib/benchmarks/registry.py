@@ -41,6 +41,9 @@ class Benchmark:
     ``required`` lists the roles without which the benchmark cannot be evaluated.
     ``generate(settings, out_dir)`` writes the offline stand-in in that layout from
     ``benchmark.*`` (``check_settings(settings)`` checks them before any model loads);
+    ``records(data_path, role, cfg, tokenizer)`` gives the records a command trains or scores
+    on, by role (:data:`RECORD_ROLES`): question-answer records, or documents cut into pieces
+    of ``max_length`` tokens (``{"text", "doc", "start", "fact_spans"}``, the tokenizer cuts);
     ``load_eval(data_path, cfg)`` reads its evaluation sets and ``compute(model, tokenizer, tags,
     data, options, *, reference, max_length, progress)`` measures a model on them, returning
     metrics.json's ``{"aggregates", "per_item", "generations", "notes", "counts", "seconds"}``
@@ -57,6 +60,7 @@ class Benchmark:
     metric_keys: tuple[str, ...]
     generate: Callable[[Any, Path], Path]
     check_settings: Callable[[Any], None]
+    records: Callable[[str, str, Any, Any], list[dict[str, Any]]]
     load_eval: Callable[[str, Any], EvalData]
     compute: Callable[..., dict[str, Any]]
     standin: str
@@ -85,10 +89,28 @@ class Benchmark:
             )
         return Path(data_path).expanduser() / self.layout[role]
 
+    def load_records(
+        self, data_path: str, role: str, cfg: Any, tokenizer: Any = None
+    ) -> list[dict[str, Any]]:
+        """:attr:`records` of ``role``, the role checked first."""
+        if role not in RECORD_ROLES:
+            raise ValueError(f"unknown record role '{role}'; valid: {', '.join(RECORD_ROLES)}")
+        if self.training == "documents" and tokenizer is None:
+            raise ValueError(f"benchmark {self.name} cuts documents by tokens: pass tokenizer")
+        return self.records(data_path, role, cfg, tokenizer)
+
     def missing(self, data_path: str | Path) -> list[str]:
         """The required files the folder lacks (relative names; empty when complete)."""
         return [self.layout[r] for r in self.required if not self.file(data_path, r).is_file()]
 
+
+# what each role of Benchmark.records is
+RECORD_ROLES = {
+    "forget": "the forget set a run unlearns (and influence scores)",
+    "retain": "the retain pool GD / KL regularise on",
+    "train_target": "what the target model is fine-tuned on (npo prepare, npo finetune)",
+    "train_retain": "what the retain model is fine-tuned on: the target's data less the forget set",
+}
 
 BENCHMARK_PLUGINS: dict[str, Benchmark] = {}
 

@@ -10,11 +10,30 @@ generator of :mod:`npo_lib.embedded.benchmark`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from npo_lib.benchmarks.registry import Benchmark, register_benchmark
 from npo_lib.config import BenchmarkConfig, Config
+from npo_lib.data.sources import load_eval_set, load_forget, load_retain, load_training_records
 from npo_lib.embedded.benchmark import check_benchmark_config, generate_benchmark
 from npo_lib.eval.compute import EvalData, compute_metrics, load_eval_sets
+
+
+def tofu_records(data_path: str, role: str, cfg: Config, tokenizer: Any = None) -> list[dict]:
+    """The split / task's forget records, the retain pool (TOFU's retain file, else the forget
+    set's complement), and the fine-tuning data: every training record (target) or those whose
+    question is not in the forget split / task (retain), then ``finetune.extra_sets``."""
+    if role == "forget":
+        return load_forget(data_path, cfg.split, cfg.task_id)
+    if role == "retain":
+        return load_retain(data_path, cfg.split, cfg.task_id)
+    records = load_training_records(data_path)
+    if role == "train_retain":
+        forget_q = {r["question"] for r in load_forget(data_path, cfg.split, cfg.task_id)}
+        records = [r for r in records if r["question"] not in forget_q]
+    for name in cfg.finetune.extra_sets:
+        records.extend(load_eval_set(data_path, name))
+    return records
 
 
 def load_tofu_eval(data_path: str, cfg: Config) -> EvalData:
@@ -57,6 +76,7 @@ TOFU = register_benchmark(
         ),
         generate=generate_tofu_standin,
         check_settings=check_benchmark_config,
+        records=tofu_records,
         load_eval=load_tofu_eval,
         compute=compute_metrics,
         standin="fictitious authors with ground-truth fact spans (benchmark.* settings)",

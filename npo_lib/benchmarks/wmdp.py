@@ -10,6 +10,7 @@ accuracy is better down to chance (0.25); higher MMLU accuracy is better.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,12 +18,57 @@ from typing import Any
 
 from npo_lib.benchmarks.registry import Benchmark, register_benchmark
 from npo_lib.config import BenchmarkConfig, Config, EvalConfig
+from npo_lib.data.muse import chunk_documents
 from npo_lib.embedded.wmdp import check_wmdp_standin_config, generate_wmdp_standin
 from npo_lib.errors import DataError
 from npo_lib.eval.compute import EvalData
-from npo_lib.eval.mcq import UTILITY_TASK, McqFolder, load_mcq, mcq_accuracy
+from npo_lib.eval.mcq import UTILITY_TASK, McqFolder, load_corpus, load_mcq, mcq_accuracy
 
 PUBLISHED_DOMAINS = ("bio", "cyber")
+
+
+def fact_spans(path: Path, n_docs: int) -> list[list[list[int]]] | None:
+    """Per document, the character spans of its facts, from a ``<domain>-forget-facts.json``
+    (the stand-in's ground truth); None without one."""
+    if not path.is_file():
+        return None
+    spans: list[list[list[int]]] = [[] for _ in range(n_docs)]
+    for fact in json.loads(path.read_text())["facts"]:
+        spans[fact["doc_id"]].extend(fact["spans"])
+    return spans
+
+
+def corpus_chunks(
+    folder: McqFolder, domain: str, kind: str, max_length: int, tokenizer: Any
+) -> list[dict]:
+    """The ``<domain>-<kind>-corpus.jsonl`` documents cut into pieces of ``max_length`` tokens
+    (BOS included), with fact spans where the folder has ``<domain>-<kind>-facts.json``."""
+    path = folder.forget_corpus(domain) if kind == "forget" else folder.retain_corpus(domain)
+    texts = [d["text"] for d in load_corpus(path)]
+    spans = fact_spans(folder.root / f"{domain}-{kind}-facts.json", len(texts))
+    chunks = chunk_documents(texts, tokenizer, max_length - 1, spans)
+    return [{**c, "source": path.name} for c in chunks]
+
+
+# corpora behind each record role
+CORPORA = {
+    "forget": ("forget",),
+    "retain": ("retain",),
+    "train_target": ("forget", "retain"),
+    "train_retain": ("retain",),
+}
+
+
+def wmdp_records(data_path: str, role: str, cfg: Config, tokenizer: Any) -> list[dict]:
+    """Document pieces of every domain's corpora behind ``role`` (:data:`CORPORA`)."""
+    folder = McqFolder(Path(data_path).expanduser())
+    out = []
+    for domain in folder.domains():
+        for kind in CORPORA[role]:
+            out += corpus_chunks(folder, domain, kind, cfg.max_length, tokenizer)
+    if not out:
+        raise DataError(f"{data_path} has no corpus for the {role} records of WMDP")
+    return out
 
 
 def load_wmdp_eval(data_path: str, cfg: Config) -> EvalData:
@@ -96,6 +142,7 @@ WMDP = register_benchmark(
         metric_keys=("wmdp_acc", "mmlu_acc"),
         generate=generate_wmdp,
         check_settings=check_wmdp_settings,
+        records=wmdp_records,
         load_eval=load_wmdp_eval,
         compute=compute_wmdp_metrics,
         standin="an invented, harmless restricted domain (creature keeping) and a general one "

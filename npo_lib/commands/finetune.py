@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 from npo_lib.commands.folders import RESULT_FILE, check_run_folder
 from npo_lib.commands.resolve import Resolved, as_resolved
 from npo_lib.config import Config, save_config
-from npo_lib.data.sources import load_eval_set, load_forget, load_retain, load_training_records
+from npo_lib.data.sources import load_eval_set, load_forget, load_retain
 from npo_lib.data.views import encode_records
 from npo_lib.errors import ConfigError, DataError
 from npo_lib.eval.generation import greedy_generate
@@ -67,18 +67,6 @@ def zerothink_copies(records: Sequence[Mapping[str, Any]], fraction: float) -> l
         return []
     step = max(1, round(1 / fraction))
     return [{**r, "cot": ""} for r in records[::step] if r.get("cot")]
-
-
-def training_records(cfg: Config, data_path: str) -> list[dict]:
-    """What ``finetune.model`` trains on: every training record (target) or those whose question
-    is not in the forget split / task (retain), then ``finetune.extra_sets``."""
-    records = load_training_records(data_path)
-    if cfg.finetune.model == "retain":
-        forget_q = {r["question"] for r in load_forget(data_path, cfg.split, cfg.task_id)}
-        records = [r for r in records if r["question"] not in forget_q]
-    for name in cfg.finetune.extra_sets:
-        records.extend(load_eval_set(data_path, name))
-    return records
 
 
 def check_sets(cfg: Config, data_path: str) -> dict[str, list[dict]]:
@@ -375,10 +363,11 @@ def run_finetune(
     res = check_finetune_config(run)
     cfg, out = res.cfg, res.run_dir
     t0 = time.perf_counter()
-    records = training_records(cfg, res.require_data())
+    tokenizer = res.loader.tokenizer(res.require_model())
+    role = "train_target" if cfg.finetune.model == "target" else "train_retain"
+    records = res.benchmark.load_records(res.require_data(), role, cfg, tokenizer)
     sets = check_sets(cfg, res.require_data())
     start_folder(res)
-    tokenizer = res.loader.tokenizer(res.require_model())
     examples = finetune_examples(res, tokenizer, records)
     criterion = stop_criterion(cfg, sets, max_new_tokens=check_max_new_tokens)
     stop = MemorisationStop(criterion, tokenizer, res.tags, out / "log.jsonl", progress)

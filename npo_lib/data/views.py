@@ -10,6 +10,11 @@
 
 U / A: the family's user and assistant tags, Ts / Te its think tags (R-TOFU, Yoon et al. 2025);
 r an "I don't know" response. Labels are -100 (:data:`IGNORE_INDEX`) on the prompt.
+
+A document record (``{"text": ...}``, no question: a piece of a MUSE article or a WMDP corpus
+document) is plain causal-LM text in every view that ends in the answer (full, answer,
+retain): the prompt is empty (the tokenizer's BOS alone) and the target is the text, with no EOS
+appended (a piece of a longer text does not end there).
 """
 
 from __future__ import annotations
@@ -54,6 +59,14 @@ VIEWS: dict[str, ViewSpec] = {
 IDK_VIEWS = frozenset(name for name, spec in VIEWS.items() if "r" in spec.target)
 
 
+DOCUMENT_VIEWS = frozenset(name for name, spec in VIEWS.items() if spec.target[-1] == "answer")
+
+
+def is_document(record: Mapping[str, Any]) -> bool:
+    """A document record: text to model as it is, without a question."""
+    return "question" not in record and isinstance(record.get("text"), str)
+
+
 def get_view(view: str) -> ViewSpec:
     try:
         return VIEWS[view]
@@ -84,6 +97,13 @@ def view_text(
     ``idk_cot`` defaults to the record's own ``idk_cot`` field.
     """
     spec = get_view(view)
+    if is_document(record):
+        if view not in DOCUMENT_VIEWS:
+            raise DataError(
+                f"view '{view}' needs question-answer records; a document has only text "
+                f"(document views: {', '.join(sorted(DOCUMENT_VIEWS))})"
+            )
+        return "", record["text"]
     q = record.get("question")
     if not isinstance(q, str):
         raise DataError(
@@ -172,10 +192,12 @@ def encode_view(
     Over ``max_length`` the target is cut on the right; a prompt that fills it fails.
     """
     prompt, target = view_text(record, view, tags, idk=idk, idk_cot=idk_cot, tokenizer=tokenizer)
-    prompt_ids = tokenizer(prompt, add_special_tokens=not tags.use_tokenizer_template)["input_ids"]
+    document = is_document(record)
+    special = document or not tags.use_tokenizer_template  # a document starts at BOS
+    prompt_ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
     if len(prompt_ids) >= max_length:
         raise DataError(
-            f"prompt of question '{question_head(record['question'])}' has "
+            f"prompt of question '{question_head(record.get('question', ''))}' has "
             f"{len(prompt_ids)} tokens, max_length={max_length} leaves no room for the target: "
             "raise max_length"
         )
@@ -187,8 +209,8 @@ def encode_view(
     else:  # slow tokenizers give no offsets
         enc = tokenizer(target, add_special_tokens=False)
         offsets = []
-    target_ids = [*enc["input_ids"], tokenizer.eos_token_id]
-    if offsets:
+    target_ids = [*enc["input_ids"], *([] if document else [tokenizer.eos_token_id])]
+    if offsets and not document:
         offsets.append((len(target), len(target)))
     keep = max_length - len(prompt_ids)
     target_ids, offsets = target_ids[:keep], offsets[:keep]

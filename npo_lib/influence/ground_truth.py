@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from npo_lib.data.views import get_view
+from npo_lib.data.views import get_view, is_document
 from npo_lib.errors import ConfigError
 from npo_lib.utils.stats import auc
 
@@ -27,6 +27,8 @@ def fact_char_spans(record: Mapping[str, Any], view: str, tags: ChatTags) -> lis
     the last part alone for families without think tags), as :func:`npo_lib.data.view_text`
     builds it; each part's spans move by the length of the parts before it.
     """
+    if is_document(record):  # a document's spans are spans of its text, the whole target
+        return [(int(s), int(e)) for s, e in record.get("fact_spans") or []]
     parts = get_view(view).target
     if not tags.thinks:
         parts = parts[-1:]
