@@ -183,3 +183,18 @@ def test_document_records_are_pieces_of_the_corpus_with_their_fact_spans(name, t
     assert n_spans > 0  # the stand-in's ground truth survives the cut
     with pytest.raises(ValueError, match="tokenizer"):
         b.load_records(folder, "forget", cfg)
+
+
+def test_the_wmdp_rmu_params_file_holds_the_published_setting(tmp_path):
+    """RMU on WMDP as Li et al. 2024 ran it: block 7, blocks 5-7's down_proj, c = 6.5,
+    α = 1200, 150 steps of 4 at 5e-5; the step budget reaches the trainer's arguments."""
+    from npo_lib.training.arguments import TrainSettings, training_arguments
+
+    cfg = load_config(["wmdp_rmu"])
+    assert (cfg.benchmark.name, cfg.forget_loss, cfg.rmu.block(32)) == ("wmdp", "RMU+ACT", 7)
+    assert cfg.rmu.trainable_blocks(32) == [5, 6, 7] and cfg.rmu.trainable_modules == [
+        "mlp.down_proj"
+    ]
+    assert (cfg.rmu.steering_coeff, cfg.rmu.alpha, cfg.lr, cfg.batch_size) == (6.5, 1200, 5e-5, 4)
+    args = training_arguments(cfg, tmp_path, 10_000, False, TrainSettings.for_forget(cfg))
+    assert args.max_steps == 150 and args.warmup_steps == 0

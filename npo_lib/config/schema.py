@@ -88,6 +88,9 @@ class Config:
     # --- optimisation ---
     lr: float = opt(1e-5, "peak learning rate (AdamW, linear decay)")
     num_epochs: int = opt(5, "epochs over the forget set")
+    max_steps: int = opt(
+        0, "> 0: stop after this many optimizer steps, whatever num_epochs says (WMDP's RMU: 150)"
+    )
     batch_size: int = opt(4, "forget examples per device and step")
     gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer update")
     weight_decay: float = opt(0.01, "AdamW weight decay")
@@ -125,7 +128,9 @@ class Config:
         "~/.cache/tnpo", "embedded benchmark, tiny models, cached evaluations ($TNPO_CACHE wins)"
     )
     # --- embedded default ---
-    benchmark: BenchmarkConfig = group(BenchmarkConfig, "the embedded benchmark generator")
+    benchmark: BenchmarkConfig = group(
+        BenchmarkConfig, "which benchmark plug-in (benchmark=NAME) and its stand-ins' generators"
+    )
     tiny: TinyModelConfig = group(TinyModelConfig, "the embedded models and their recipe")
 
     def __post_init__(self) -> None:
@@ -138,6 +143,7 @@ class Config:
             "logging_steps",
         ):
             need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        need(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
         need(
             self.save_steps >= 0 and self.warmup_epochs >= 0,
             f"save_steps and warmup_epochs must be >= 0, got {self.save_steps}, "

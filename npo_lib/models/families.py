@@ -114,6 +114,12 @@ FAMILIES: dict[str, ModelFamily] = {
             description="DeepSeek-R1-Distill-Qwen-7B with R-TOFU's think tags",
         ),
         ModelFamily(
+            "zephyr-7b",
+            "HuggingFaceH4/zephyr-7b-beta",
+            ChatTags("<|user|>\n", "</s>\n", "<|assistant|>\n"),
+            description="WMDP's RMU target (Li et al. 2024); documents train without chat tags",
+        ),
+        ModelFamily(
             "r1-qwen-1.5b",
             "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
             R1_TAGS,

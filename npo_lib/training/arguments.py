@@ -27,6 +27,7 @@ class TrainSettings:
     warmup_epochs: float
     weight_decay: float
     seed: int
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (decay over them)
 
     @classmethod
     def for_forget(cls, cfg: Config) -> TrainSettings:
@@ -38,6 +39,7 @@ class TrainSettings:
             cfg.warmup_epochs,
             cfg.weight_decay,
             cfg.seed,
+            cfg.max_steps,
         )
 
     @classmethod
@@ -88,6 +90,7 @@ def training_arguments(
         per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         num_train_epochs=s.num_epochs,
+        max_steps=s.max_steps or -1,
         learning_rate=s.lr,
         weight_decay=s.weight_decay,
         warmup_steps=int(s.warmup_epochs * steps_per_epoch),
