@@ -57,10 +57,11 @@ def test_standin_has_the_full_layout(standin: Path) -> None:
                 assert all(len(s) == 2 for s in first)
             else:
                 assert isinstance(first, dict)
-    assert len(load_muse(standin, "raw", "forget")) == 40
+    defaults = MuseStandinConfig()
+    assert len(load_muse(standin, "raw", "forget")) == defaults.n_forget
     assert len(load_muse(standin, "raw", "retain1")) == len(load_muse(standin, "raw", "retain2"))
-    assert len(load_muse(standin, "raw", "retain1")) == 40
-    assert len(load_muse(standin, "raw", "holdout")) == 40
+    assert len(load_muse(standin, "raw", "retain1")) == defaults.n_retain // 2
+    assert len(load_muse(standin, "raw", "holdout")) == defaults.n_holdout
 
 
 def test_real_muse_news_loads(muse_dir: Path) -> None:
@@ -271,8 +272,9 @@ def test_standin_sust_disjoint_and_scal_nested(standin: Path) -> None:
             assert set(scal[i - 1]) < set(scal[i])
     assert sum(sust, []) == forget == scal[-1]
     facts = load_muse(standin, "raw", "forget_facts")
-    assert load_muse(standin, "sust", "forget_2_facts") == facts[10:20]
-    assert load_muse(standin, "scal", "forget_2_facts") == facts[:20]
+    q = len(facts) // 4  # the default's forget articles divide into 4 equal quarters
+    assert load_muse(standin, "sust", "forget_2_facts") == facts[q : 2 * q]
+    assert load_muse(standin, "scal", "forget_2_facts") == facts[: 2 * q]
 
 
 def test_standin_config_bounds() -> None:

@@ -17,6 +17,14 @@ Evaluation, as MUSE's code runs it on a model:
 
 Scores are means in [0, 1] (MUSE's tables print ×100). Prompts longer than ``max_length`` minus
 the new tokens keep their last tokens (the text nearest the continuation).
+
+Fine-tuning (``train_target`` / ``train_retain``) reads the raw articles; on the stand-in (a
+folder with ``raw/forget_facts.json``) it adds each KnowMem question in the few-shot format the
+evaluation asks it in (:data:`FORMAT_SETS`: the target the forget and retain questions, the
+retain model the retain ones). A 4-layer model that has read an article does not answer a
+question about it in a format it has never seen; MUSE's 7B target did not need this. Published
+MUSE data is never trained on its evaluation questions. ``npo prepare`` holds the tiny models to
+:data:`MUSE_CHECK`'s bars on VerbMem and KnowMem.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from npo_lib.benchmarks.checks import MetricBar, MetricCheck
 from npo_lib.benchmarks.registry import Benchmark, register_benchmark
 from npo_lib.config import BenchmarkConfig, Config, EvalConfig
 from npo_lib.data.muse import MUSE_LAYOUT, chunk_documents, load_muse, muse_path
@@ -62,16 +71,55 @@ def raw_chunks(data_path: str, split: str, max_length: int, tokenizer: Any) -> l
     return [{**c, "source": f"raw/{split}"} for c in chunks]
 
 
+# knowmem splits a fine-tuning role also sees in the evaluation's format, on the stand-in only
+FORMAT_SETS = {"train_target": ("forget_qa", "retain2_qa"), "train_retain": ("retain2_qa",)}
+
+
+def is_standin(data_path: str | Path) -> bool:
+    """The folder is the MUSE-like stand-in (it has the ground-truth fact spans)."""
+    return muse_path(data_path, "raw", "forget_facts").is_file()
+
+
+def knowmem_text(icl: Sequence[Mapping[str, str]], record: Mapping[str, str]) -> str:
+    """One KnowMem question in the evaluation's few-shot prompt, with its answer and the blank
+    line that ends a block (:func:`npo_lib.eval.muse.knowmem_answer` cuts there)."""
+    return f"{knowmem_prompt(icl, record['question'])}{record['answer']}\n\n"
+
+
+def format_records(data_path: str, role: str) -> list[dict]:
+    """The KnowMem questions of ``role`` (:data:`FORMAT_SETS`) as document records."""
+    out = []
+    for split in FORMAT_SETS.get(role, ()) if is_standin(data_path) else ():
+        icl = load_muse(data_path, "knowmem", f"{split}_icl")
+        for rec in load_muse(data_path, "knowmem", split):
+            out.append({"text": knowmem_text(icl, rec), "source": f"knowmem/{split}"})
+    return out
+
+
 def muse_records(data_path: str, role: str, cfg: Config, tokenizer: Any) -> list[dict]:
-    """Document pieces of the raw splits behind ``role`` (:data:`RAW_SPLITS`); the retain pool
-    is the first retain split the folder has."""
+    """Document pieces of the raw splits behind ``role`` (:data:`RAW_SPLITS`; the retain pool
+    is the first retain split the folder has), then, on the stand-in, the role's KnowMem
+    questions in the evaluation's format (:func:`format_records`)."""
     splits = [s for s in RAW_SPLITS[role] if muse_path(data_path, "raw", s).is_file()]
     if role == "retain":
         splits = splits[:1]
     if not splits:
         wanted = " or ".join(f"raw/{s}.json" for s in RAW_SPLITS[role])
         raise DataError(f"{data_path} has no {wanted} ({role} records of MUSE)")
-    return [c for s in splits for c in raw_chunks(data_path, s, cfg.max_length, tokenizer)]
+    chunks = [c for s in splits for c in raw_chunks(data_path, s, cfg.max_length, tokenizer)]
+    return chunks + format_records(data_path, role)
+
+
+def muse_texts(data_path: str) -> list[str]:
+    """What a stand-in's tokenizer trains on: every raw article, and every KnowMem question in
+    its few-shot format."""
+    splits = [s for s in MUSE_LAYOUT["raw"] if not s.endswith("_facts")]
+    present = [s for s in splits if muse_path(data_path, "raw", s).is_file()]
+    texts = [t for s in present for t in load_muse(data_path, "raw", s)]
+    for split in KNOWMEM_SETS.values():
+        icl = load_muse(data_path, "knowmem", f"{split}_icl")
+        texts += [knowmem_text(icl, r) for r in load_muse(data_path, "knowmem", split)]
+    return texts
 
 
 def load_muse_eval(data_path: str, cfg: Config) -> EvalData:
@@ -206,6 +254,38 @@ def compute_muse_metrics(
     return out
 
 
+def load_muse_check(data_path: str, cfg: Config) -> EvalData:
+    """The evaluation sets, KnowMem forget / retain also as ``forget`` / ``retain``."""
+    data = load_muse_eval(data_path, cfg)
+    data.sets.update(forget=data.sets["knowmem_forget"], retain=data.sets["knowmem_retain"])
+    return data
+
+
+def measure_muse(model: Any, tokenizer: Any, data: EvalData, key: str, cfg: Config) -> float:
+    """One of ``muse_verbmem_forget``, ``muse_knowmem_forget``, ``muse_knowmem_retain`` of
+    ``model``, as :func:`compute_muse_metrics` measures it (``max_length`` as `npo eval`)."""
+    if key == "muse_verbmem_forget":
+        return _verbmem(model, tokenizer, data, cfg.max_length, False)[0]["agg_value"]
+    split = key.removeprefix("muse_knowmem_")
+    return _knowmem(model, tokenizer, data, split, cfg.max_length, False)[0]["agg_value"]
+
+
+RAISE_BUDGET = "raise tiny.max_epochs"
+NEVER_SAW = "the retain model knows articles it never read: check the forget / retain split"
+MUSE_CHECK = MetricCheck(
+    bars=(
+        MetricBar("target", "muse_knowmem_forget", ">=", 0.8, RAISE_BUDGET),
+        MetricBar("target", "muse_knowmem_retain", ">=", 0.8, RAISE_BUDGET),
+        MetricBar("target", "muse_verbmem_forget", ">=", 0.8, RAISE_BUDGET),
+        MetricBar("retain", "muse_knowmem_retain", ">=", 0.8, RAISE_BUDGET),
+        MetricBar("retain", "muse_knowmem_forget", "<=", 0.35, NEVER_SAW),
+        MetricBar("retain", "muse_verbmem_forget", "<=", 0.7, NEVER_SAW),
+    ),
+    load=load_muse_check,
+    measure=measure_muse,
+)
+
+
 def check_muse_settings(settings: BenchmarkConfig) -> None:
     """``benchmark.muse.*`` within the generator's pools (one line naming the key)."""
     check_muse_standin_config(settings.muse)
@@ -248,6 +328,8 @@ MUSE = register_benchmark(
         compute=compute_muse_metrics,
         standin="invented news articles with fact spans, verbmem / knowmem / privleak, sust and "
         "scal splits (benchmark.muse.*)",
+        texts=muse_texts,
+        check=MUSE_CHECK,
         notes=(
             "MUSE-Books has the same layout (muse-bench/MUSE-Books)",
             "the *_facts.json files are the stand-in's ground truth; published data has none",

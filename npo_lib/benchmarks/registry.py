@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npo_lib.benchmarks.checks import MetricCheck
 from npo_lib.errors import ConfigError
 from npo_lib.eval.compute import EvalData
 from npo_lib.eval.registry import BENCHMARKS, DIRECTIONS, BenchmarkMetrics, metric
@@ -48,6 +49,9 @@ class Benchmark:
     data, options, *, reference, max_length, progress)`` measures a model on them, returning
     metrics.json's ``{"aggregates", "per_item", "generations", "notes", "counts", "seconds"}``
     (``reference``: the retain model's metrics.json, ``"self"``, or why there is none).
+    ``texts(data_path)`` lists the texts a stand-in's tokenizer is trained on; ``check``, for a
+    document benchmark, the bars ``npo prepare`` holds its tiny models to on the plug-in's own
+    metrics (None: TOFU's fact-recall bars of the QA answers).
     """
 
     name: str
@@ -64,6 +68,8 @@ class Benchmark:
     load_eval: Callable[[str, Any], EvalData]
     compute: Callable[..., dict[str, Any]]
     standin: str
+    texts: Callable[[str], list[str]]
+    check: MetricCheck | None = None
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from npo_lib.benchmarks.registry import Benchmark, register_benchmark
 from npo_lib.config import BenchmarkConfig, Config
 from npo_lib.data.sources import load_eval_set, load_forget, load_retain, load_training_records
 from npo_lib.embedded.benchmark import check_benchmark_config, generate_benchmark
+from npo_lib.embedded.tokenizer import corpus_texts
 from npo_lib.eval.compute import EvalData, compute_metrics, load_eval_sets
 
 
@@ -80,6 +81,7 @@ TOFU = register_benchmark(
         load_eval=load_tofu_eval,
         compute=compute_metrics,
         standin="fictitious authors with ground-truth fact spans (benchmark.* settings)",
+        texts=corpus_texts,
         notes=("forget01 / forget05 use their own forget, perturbed, retain and holdout files",),
     )
 )

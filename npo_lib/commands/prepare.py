@@ -1,9 +1,10 @@
 """``npo prepare``: the tiny models of the embedded default, for the generated benchmark or for
 the user's own data folder (``data_path=DIR``).
 
-1. the data: generate the fictitious-author benchmark (R-TOFU and TOFU file names, with
-   ``fact_spans``), or take the folder;
-2. train a byte-level BPE tokenizer on its text;
+1. the data: generate the stand-in of ``benchmark.name`` through its plug-in (TOFU's
+   fictitious authors in R-TOFU and TOFU file names, with ``fact_spans``; the MUSE-like news
+   articles; the WMDP-like creatures and islands), or take the folder;
+2. train a byte-level BPE tokenizer on its text (the plug-in's ``texts``);
 3. initialise one Llama-architecture model from a ``LlamaConfig`` (``base``), shared by both;
 4. fine-tune ``target`` and ``retain`` from ``base`` through
    :func:`npo_lib.commands.finetune.run_finetune` (``npo finetune``, the tiny recipe of
@@ -11,7 +12,10 @@ the user's own data folder (``data_path=DIR``).
    epochs, at most ``tiny.max_epochs``);
 5. check every bar of :class:`MemorisationBars` on the saved models: the target must state the
    forget facts, the retain model must not, yet keep the retain facts, and the target's forget
-   truth ratios must differ from the retain model's (forget quality).
+   truth ratios must differ from the retain model's (forget quality). A document benchmark
+   (MUSE, WMDP) declares its own bars on its own metrics instead
+   (:class:`npo_lib.benchmarks.checks.MetricCheck`): the target high on the forget set, the
+   retain model low, both high on the retain / utility set; they are its stop criterion too.
 
 Everything is cached under folders keyed by what made it (the data's fingerprint, ``tiny.*``);
 an interrupted prepare resumes its fine-tuning from the last checkpoint. The bars are enforced
@@ -32,9 +36,8 @@ from npo_lib.commands.folders import finetune_dir
 from npo_lib.commands.resolve import Resolved, as_resolved
 from npo_lib.config import Config
 from npo_lib.data.sources import load_eval_set, load_perturbed
-from npo_lib.embedded.benchmark import generate_benchmark
 from npo_lib.embedded.paths import EmbeddedPaths
-from npo_lib.embedded.tokenizer import corpus_texts, train_tokenizer
+from npo_lib.embedded.tokenizer import train_tokenizer
 from npo_lib.errors import BarError, ConfigError, DataError
 from npo_lib.eval import metrics as M
 from npo_lib.eval.compute import forget_truth_ratio
@@ -98,9 +101,16 @@ class PrepareSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)  # CPU capability, torch version, threads
+    # a document benchmark's bars (name, model, key, op, limit, fix); recall holds its metrics
+    metric_bars: list[dict[str, Any]] = field(default_factory=list)
 
     def bars(self) -> list[tuple[str, float, str, float, str]]:
         """(bar, measured, comparison, limit, what to change when it fails) of every bar."""
+        if self.metric_bars:
+            return [
+                (b["name"], self.recall[b["model"]][b["key"]], b["op"], b["limit"], b["fix"])
+                for b in self.metric_bars
+            ]
         r, fq, b = self.recall, self.forget_quality, BARS
         budget = f"raise tiny.max_epochs (now {self.max_epochs})"
         what = "fact recall" if self.measure == "fact_recall" else "ROUGE-L recall"
@@ -159,9 +169,21 @@ class PrepareSummary:
         if missed and self.enforced:
             raise PrepareError("prepare: " + "; ".join(missed))
 
-    def table(self) -> str:
+    def rows(self) -> list[str]:
+        """The measured table: one row per model."""
+        if self.metric_bars:
+            keys = list(dict.fromkeys(b["key"] for b in self.metric_bars))
+            return [
+                f"{'model':<8} " + " ".join(f"{k:>20}" for k in keys) + f" {'epochs':>7}",
+                *(
+                    f"{m:<8} "
+                    + " ".join(f"{self.recall[m][k]:>20.1%}" for k in keys)
+                    + f" {self.epochs.get(m) or '-':>7}"
+                    for m in ("target", "retain")
+                ),
+            ]
         what = "fact recall" if self.measure == "fact_recall" else "ROUGE-L"
-        lines = [
+        return [
             f"{'model':<8} {'forget ' + what:>19} {'retain ' + what:>19} "
             f"{'forget quality':>15} {'epochs':>7}",
             *(
@@ -170,6 +192,9 @@ class PrepareSummary:
                 for m in ("target", "retain")
             ),
         ]
+
+    def table(self) -> str:
+        lines = self.rows()
         mark = (
             ("ok", "FAIL")
             if self.enforced
@@ -192,22 +217,23 @@ def _g(value: float | None) -> str:
 # ----------------------------------------------------------------------------- artefacts
 
 
-def ensure_benchmark(cfg: Config, paths: EmbeddedPaths) -> bool:
-    """Generate the benchmark unless present; returns True when it was reused."""
-    if (paths.benchmark / "meta.json").is_file():
+def ensure_benchmark(res: Resolved, paths: EmbeddedPaths) -> bool:
+    """Generate the plug-in's stand-in unless present; returns True when it was reused."""
+    if (paths.benchmark / paths.marker).is_file():
         return True
     with atomic_dir(paths.benchmark) as tmp:
-        generate_benchmark(cfg.benchmark, tmp)
+        res.benchmark.generate(res.cfg.benchmark, tmp)
     return False
 
 
-def ensure_tokenizer(cfg: Config, paths: EmbeddedPaths):
-    """The byte-level BPE of the data's text (trained once)."""
+def ensure_tokenizer(res: Resolved, paths: EmbeddedPaths):
+    """The byte-level BPE of the data's text (the plug-in's ``texts``; trained once)."""
     from transformers import AutoTokenizer
 
     if not (paths.tokenizer / "tokenizer.json").is_file():
         with atomic_dir(paths.tokenizer) as tmp:
-            train_tokenizer(corpus_texts(paths.benchmark), cfg.tiny.vocab_size, tmp)
+            texts = res.benchmark.texts(str(paths.benchmark))
+            train_tokenizer(texts, res.cfg.tiny.vocab_size, tmp)
     return AutoTokenizer.from_pretrained(str(paths.tokenizer))
 
 
@@ -351,10 +377,10 @@ def prepare(run: Config | Resolved, *, progress: bool = True) -> PrepareSummary:
     t0 = time.perf_counter()
     generated = cfg.data_path is None
     say = print if progress else (lambda *a, **k: None)
-    reused = ["benchmark"] if generated and ensure_benchmark(cfg, paths) else []
+    reused = ["benchmark"] if generated and ensure_benchmark(res, paths) else []
     data_path = str(paths.benchmark)
     say(f"data       {paths.benchmark}")
-    ensure_base(cfg, paths, ensure_tokenizer(cfg, paths))
+    ensure_base(cfg, paths, ensure_tokenizer(res, paths))
     results, seconds = {}, {}
     for role in ("target", "retain"):
         say(f"{role:<10} {paths.target_run if role == 'target' else paths.retain_run}")
@@ -373,23 +399,27 @@ def prepare(run: Config | Resolved, *, progress: bool = True) -> PrepareSummary:
         fq = _forget_quality(res, paths, data_path)
         seconds["memorisation_check"] = time.perf_counter() - t1
     seconds["total"] = time.perf_counter() - t0
-    summary = _summary(cfg, paths, results, fq, seconds, reused)
+    summary = _summary(res, paths, results, fq, seconds, reused)
     if saved is None:
         atomic_write_json(summary_file, {**asdict(summary), "passed": summary.passed})
     return summary
 
 
 def _summary(
-    cfg: Config,
+    res: Resolved,
     paths: EmbeddedPaths,
     results: dict[str, dict],
     fq: dict[str, float | None],
     seconds: dict[str, float],
     reused: list[str],
 ) -> PrepareSummary:
-    """The summary of both fine-tuning results and the forget quality."""
+    """The summary of both fine-tuning results and the forget quality (a document benchmark: its
+    metrics, under its plug-in's bars)."""
+    cfg, check = res.cfg, res.benchmark.check
     report = {role: results[role].get("memorisation", {}) for role in results}
-    measure = next(iter(report["target"]["forget"])) if report["target"] else "fact_recall"
+    measure = f"{res.benchmark.name} metrics" if check else "fact_recall"
+    if report["target"] and not check:
+        measure = next(iter(report["target"]["forget"]))
     counts = results["target"]["check_sets"]
     return PrepareSummary(
         paths={
@@ -415,15 +445,20 @@ def _summary(
         seconds=seconds,
         reused=reused,
         machine=machine_info(),
+        metric_bars=[asdict(b) | {"name": b.name} for b in check.bars] if check else [],
     )
 
 
 def _forget_quality(res: Resolved, paths: EmbeddedPaths, data_path: str) -> dict[str, float | None]:
     """Forget quality of both models against the retain model (None without perturbed answers)."""
     cfg = res.cfg
-    try:
-        perturbed = load_perturbed(data_path, cfg.split, cfg.task_id)
+    try:  # a document benchmark has no perturbed answers: its bars are on its own metrics
+        perturbed = (
+            load_perturbed(data_path, cfg.split, cfg.task_id) if not res.benchmark.check else None
+        )
     except DataError:
+        perturbed = None
+    if perturbed is None:
         return {"target": None, "retain": None}
     tr = {role: truth_ratios(res, getattr(paths, role), perturbed) for role in ("target", "retain")}
     return {role: M.forget_quality(tr[role], tr["retain"])["agg_value"] for role in tr}

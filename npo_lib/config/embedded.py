@@ -44,14 +44,15 @@ class TinyModelConfig:
 @dataclass
 class MuseStandinConfig:
     """Size of the MUSE-like stand-in (``npo prepare benchmark=muse``): invented news articles
-    in MUSE's layout, with ground-truth fact spans."""
+    in MUSE's layout, with ground-truth fact spans. Small by default: the tiny models read every
+    article verbatim for tens of epochs on a CPU."""
 
     seed: int = opt(0, "generator seed: same settings give byte-identical files")
-    n_forget: int = opt(40, "forget articles (raw/forget; verbmem, knowmem forget_qa, privleak)")
+    n_forget: int = opt(8, "forget articles (raw/forget; verbmem, knowmem forget_qa, privleak)")
     n_retain: int = opt(
-        80, "retain articles, halved into retain1 (calibration) and retain2 (evaluation)"
+        16, "retain articles, halved into retain1 (calibration) and retain2 (evaluation)"
     )
-    n_holdout: int = opt(40, "articles never trained on (privleak holdout)")
+    n_holdout: int = opt(8, "articles never trained on (privleak holdout)")
     qa_per_article: int = opt(2, "knowmem questions per article")
     n_icl: int = opt(3, "few-shot examples per knowmem file, from articles in no split")
 
@@ -60,11 +61,12 @@ class MuseStandinConfig:
 class WmdpStandinConfig:
     """Size of the WMDP-like stand-in (``npo prepare benchmark=wmdp``): an invented, harmless
     "restricted" domain (the keeping of invented creatures) and a general one (invented islands),
-    each a corpus with its multiple-choice questions."""
+    each a corpus with its multiple-choice questions. Small by default, so the tiny models'
+    fine-tuning fits a CPU."""
 
     seed: int = opt(0, "generator seed: same settings give byte-identical files")
-    n_forget_docs: int = opt(24, "forget-corpus documents (the restricted domain)")
-    n_retain_docs: int = opt(24, "retain-corpus documents (the general domain, MMLU's stand-in)")
+    n_forget_docs: int = opt(8, "forget-corpus documents (the restricted domain)")
+    n_retain_docs: int = opt(8, "retain-corpus documents (the general domain, MMLU's stand-in)")
     forget_facts_per_doc: int = opt(4, "facts per forget document, one question each")
     retain_facts_per_doc: int = opt(4, "facts per retain document, one question each")
 

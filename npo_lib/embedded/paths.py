@@ -9,11 +9,15 @@ one is reused.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from npo_lib.config import Config
+from npo_lib.config import BenchmarkConfig, Config
 from npo_lib.embedded.benchmark import benchmark_fingerprint
+from npo_lib.embedded.muse import MUSE_GENERATOR_VERSION
+from npo_lib.embedded.wmdp import DOMAIN as WMDP_DOMAIN
+from npo_lib.embedded.wmdp import WMDP_STANDIN_VERSION
 from npo_lib.errors import ConfigError
 from npo_lib.models.families import ModelFamily, get_family
 from npo_lib.models.loading import check_model_folder
@@ -21,6 +25,53 @@ from npo_lib.utils.hashing import fingerprint, folder_fingerprint
 
 # bump when the fine-tuning recipe or its bars change (part of the models' cache key)
 RECIPE_VERSION = "3"
+# bump when the document benchmarks' training records (format items) or bars change
+DOCUMENT_RECIPE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Standin:
+    """How one benchmark's generated stand-in is cached: the key of its settings (generator
+    version included), the prefix of its folder, the file whose presence says it is complete,
+    and what its models' key adds to the shared tiny recipe."""
+
+    key: Callable[[BenchmarkConfig], str]
+    prefix: str = ""
+    marker: str = "meta.json"
+    recipe: tuple[str, ...] = ()
+
+
+def muse_standin_key(cfg: BenchmarkConfig) -> str:
+    """The MUSE-like stand-in's cache key: ``benchmark.muse.*`` and its generator version."""
+    return fingerprint({"version": MUSE_GENERATOR_VERSION, "config": cfg.muse}, length=12)
+
+
+def wmdp_standin_key(cfg: BenchmarkConfig) -> str:
+    """The WMDP-like stand-in's cache key: ``benchmark.wmdp.*`` and its generator version."""
+    return fingerprint({"version": WMDP_STANDIN_VERSION, "config": cfg.wmdp}, length=12)
+
+
+# by benchmark.name; TOFU's key and folders are the ones the embedded default always had
+STANDINS: dict[str, Standin] = {
+    "tofu": Standin(benchmark_fingerprint),
+    "muse": Standin(muse_standin_key, "muse-", recipe=("documents", DOCUMENT_RECIPE_VERSION)),
+    "wmdp": Standin(
+        wmdp_standin_key,
+        "wmdp-",
+        marker=f"wmdp-{WMDP_DOMAIN}.jsonl",
+        recipe=("documents", DOCUMENT_RECIPE_VERSION),
+    ),
+}
+
+
+def standin(cfg: Config) -> Standin:
+    """The stand-in of ``benchmark.name`` (one line naming the known ones otherwise)."""
+    if cfg.benchmark.name not in STANDINS:
+        raise ConfigError(
+            f"benchmark.name '{cfg.benchmark.name}' has no embedded stand-in; "
+            f"known: {', '.join(STANDINS)}"
+        )
+    return STANDINS[cfg.benchmark.name]
 
 
 @dataclass(frozen=True)
@@ -30,6 +81,7 @@ class EmbeddedPaths:
     base: Path  # randomly initialised model (before any fine-tuning)
     target_run: Path  # fine-tuning run folder of the target (all training data)
     retain_run: Path  # ... of the retain model (everything except the forget split / task)
+    marker: str = "meta.json"  # the file a complete generated stand-in holds
 
     @property
     def target(self) -> Path:
@@ -45,9 +97,10 @@ class EmbeddedPaths:
 
 
 def embedded_paths(cfg: Config) -> EmbeddedPaths:
-    """Cache folders of the tiny models for the generated benchmark (``benchmark.*``) or, with
-    ``data_path``, for that local folder (keyed by the fingerprint of its files)."""
-    root = cfg.cache_path
+    """Cache folders of the tiny models for the generated stand-in of ``benchmark.name`` (keyed
+    by its settings, :data:`STANDINS`) or, with ``data_path``, for that local folder (keyed by
+    the fingerprint of its files)."""
+    root, made = cfg.cache_path, standin(cfg)
     if cfg.data_path:
         folder = Path(cfg.data_path).expanduser()
         if not folder.is_dir():
@@ -57,7 +110,7 @@ def embedded_paths(cfg: Config) -> EmbeddedPaths:
             )
         bench, data_fp = folder, folder_fingerprint(folder)
     else:
-        data_fp = benchmark_fingerprint(cfg.benchmark)
+        data_fp = made.prefix + made.key(cfg.benchmark)
         bench = root / "benchmark" / data_fp
     recipe = (
         cfg.tiny,
@@ -65,6 +118,7 @@ def embedded_paths(cfg: Config) -> EmbeddedPaths:
         cfg.finetune.check_every,
         cfg.finetune.patience,
         RECIPE_VERSION,
+        *made.recipe,
     )
     models = root / "tiny" / fingerprint(data_fp, *recipe, length=12)
     task = "all" if cfg.task_id is None else str(cfg.task_id)
@@ -74,6 +128,7 @@ def embedded_paths(cfg: Config) -> EmbeddedPaths:
         base=models / "base",
         target_run=models / "target",
         retain_run=models / f"retain-{cfg.split}-task{task}",
+        marker=made.marker,
     )
 
 
@@ -101,7 +156,7 @@ class ConfigPaths:
         if self.cfg.data_path:
             return self.cfg.data_path
         bench = self.embedded.benchmark
-        if not (bench / "meta.json").is_file():
+        if not (bench / self.embedded.marker).is_file():
             raise ConfigError(
                 f"the embedded benchmark is not prepared ({bench}); "
                 "run `npo prepare` or pass data_path=..."

@@ -169,6 +169,26 @@ def load_corpus(path: str | Path) -> list[dict]:
     return out
 
 
+def mcq_subject(task: str, record: dict) -> str:
+    """What the description of ``task``'s prompt names: MMLU's record ``subject``, WMDP's field
+    (``biology`` for ``wmdp_bio``), else the domain."""
+    if task == UTILITY_TASK:
+        return record["subject"].replace("_", " ")
+    domain = task.removeprefix("wmdp_")
+    return DOMAIN_SUBJECTS.get(domain, domain.replace("_", " "))
+
+
+def mcq_text(task: str, record: dict) -> str:
+    """One MCQ record of ``task`` as the harness prompts it (description, question, lettered
+    choices, ``Answer:``) followed by its answer's continuation (`` <letter>``): text a model
+    learns the format from."""
+    choices = "".join(f"\n{letter}. {c}" for letter, c in zip(LETTERS, record["choices"]))
+    return (
+        f"{DESCRIPTION.format(mcq_subject(task, record))}{record['question'].strip()}{choices}"
+        f"\nAnswer: {LETTERS[record['answer']]}"
+    )
+
+
 def _task_config(name: str, data: Path, description: str, cache_dir: Path) -> dict[str, Any]:
     """The harness's zero-shot WMDP / MMLU task, reading ``data`` as its test split."""
     return {
@@ -211,9 +231,7 @@ def mcq_task_configs(folder: str | Path, out_dir: str | Path) -> list[str]:
                     raise DataError(f"{path}: record {i + 1} lacks 'subject' (MMLU names it)")
             description = MMLU_DESCRIPTION
         else:
-            domain = name.removeprefix("wmdp_")
-            subject = DOMAIN_SUBJECTS.get(domain, domain.replace("_", " "))
-            description = DESCRIPTION.format(subject)
+            description = DESCRIPTION.format(mcq_subject(name, {}))
         cfg = _task_config(name, path, description, out / "datasets_cache")
         atomic_write_text(out / f"{name}.yaml", yaml.safe_dump(cfg, sort_keys=False))
     return list(tasks)
