@@ -87,12 +87,17 @@ def knowmem_text(icl: Sequence[Mapping[str, str]], record: Mapping[str, str]) ->
 
 
 def format_records(data_path: str, role: str) -> list[dict]:
-    """The KnowMem questions of ``role`` (:data:`FORMAT_SETS`) as document records."""
+    """The KnowMem questions of ``role`` (:data:`FORMAT_SETS`) as document records: the
+    evaluation's few-shot prompt as ``prompt`` (tokenized on its own, as the evaluation does:
+    its trailing space stays a token of the prompt), the answer and the block's end as text."""
     out = []
     for split in FORMAT_SETS.get(role, ()) if is_standin(data_path) else ():
         icl = load_muse(data_path, "knowmem", f"{split}_icl")
         for rec in load_muse(data_path, "knowmem", split):
-            out.append({"text": knowmem_text(icl, rec), "source": f"knowmem/{split}"})
+            prompt = knowmem_prompt(icl, rec["question"])
+            out.append(
+                {"prompt": prompt, "text": f"{rec['answer']}\n\n", "source": f"knowmem/{split}"}
+            )
     return out
 
 

@@ -14,7 +14,9 @@ r an "I don't know" response. Labels are -100 (:data:`IGNORE_INDEX`) on the prom
 A document record (``{"text": ...}``, no question: a piece of a MUSE article or a WMDP corpus
 document) is plain causal-LM text in every view that ends in the answer (full, answer,
 retain): the prompt is empty (the tokenizer's BOS alone) and the target is the text, with no EOS
-appended (a piece of a longer text does not end there).
+appended (a piece of a longer text does not end there). A document record may carry a
+``prompt`` (a benchmark's own question format, e.g. MUSE's few-shot KnowMem prompt): it is
+tokenized on its own, as the evaluation tokenizes it, and not trained on.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def view_text(
                 f"view '{view}' needs question-answer records; a document has only text "
                 f"(document views: {', '.join(sorted(DOCUMENT_VIEWS))})"
             )
-        return "", record["text"]
+        return record.get("prompt") or "", record["text"]
     q = record.get("question")
     if not isinstance(q, str):
         raise DataError(
