@@ -10,7 +10,8 @@ length, checkpointing, reference model) gives the bytes of each part. Parts, per
     optimizer    2 · P_t · b_t                    (torch AdamW: two moments in the param dtype)
     ZeRO states  P_t · (2 + 4 + 4 + 8) / N_s      (DeepSpeed bf16: 16-bit and fp32 gradients, fp32
                                                    master, fp32 moments; N_s = N from stage 2 on,
-                                                   the optimizer's 12 bytes only / N at stage 1)
+                                                   the optimizer's 12 bytes only / N at stage 1;
+                                                   stage 3: no 16-bit gradient, 16 / N)
     gathered     4 · P_layer                      (ZeRO-3: the largest module, fetched whole)
     activations  n_f · B · T · b_a · (L · e + 2d)        without checkpointing
                  n_f · B · T · b_a · (L · d + e + 2d)    with it (each block's input kept, one
@@ -33,7 +34,7 @@ i.e. about 20.5 d for Llama-3-8B. DeepSpeed's own estimators
 (``deepspeed.runtime.zero.stage_1_and_2.estimate_zero2_model_states_mem_needs`` and
 ``deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs``, what their ``*_all_cold``
 printers call) give the same model states for full fine-tuning: 2 P + 18 P / N (stage 2) and
-4 P_layer + 18 P / N (stage 3); the tests hold this module to them and to
+4 P_layer + 18 P / N (stage 3, weights included); the tests hold this module to them and to
 ``accelerate.utils.calculate_maximum_sizes``.
 """
 
@@ -215,7 +216,9 @@ def model_states(shape: Shape, s: Setup) -> tuple[dict[str, float], int]:
         parts["optimizer states"] = 2 * trainable * b_t
         return parts, trainable
     parts["weights"] += adapters * 2 / (n if stage == 3 else 1)
-    parts["gradients"] = trainable * (2 + 4) / (n if stage >= 2 else 1)
+    # stage 3 reduce-scatters each module's 16-bit gradient as it is made (DeepSpeed's
+    # estimator counts the fp32 partition only)
+    parts["gradients"] = trainable * (4 if stage == 3 else 2 + 4) / (n if stage >= 2 else 1)
     parts["optimizer states"] = trainable * (4 + 8) / (n if stage >= 1 else 1)
     if stage == 3:
         parts["gathered module (ZeRO-3)"] = 4 * shape.largest_module
