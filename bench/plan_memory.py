@@ -5,8 +5,9 @@ holds in use (``mallinfo2``: ``uordblks + hblkhd``, every arena and every mmap'd
 where every CPU tensor lives) are sampled after every module's forward, after every parameter's
 gradient accumulates, around each optimizer step and every millisecond by a thread; the peak
 minus the in-use bytes just before the run (after a warm-up run, so imports and caches are
-already paid) is the run's measured peak. It includes what the estimate leaves out (the dataset, the trainer's
-objects, the reference cache), so the ratio is measured / estimated and near 1 from above.
+already paid) is the run's measured peak. It includes what the estimate leaves out (the dataset,
+the trainer's objects, the reference cache), while the estimate adds every part at once (the
+gradients grow as the activations are freed): the ratio is measured / estimated.
 
 The estimate is ``npo plan``'s for the same config, at float32 (the CPU dtype) and at the longest
 padded batch the run saw (``max_length`` is an upper bound a run on short QA never reaches).
