@@ -7,6 +7,8 @@
     npo eval      [params.yaml ...] [key=value ...] [--out-dir DIR] [--recompute]
                   [--retain-model-path DIR]
     npo influence [params.yaml ...] [key=value ...] [--auroc-table]
+    npo plan      [params.yaml ...] [key=value ...] [--command forget|finetune|influence]
+                  [--json [FILE]]                 (peak GPU memory, before any model loads)
     npo losses                                (the objectives: equations, hyperparameters, inputs)
     npo report    RUN_DIR ... [--csv PATH] [--html FILE]
     npo run       PIPELINE.yaml               (prepare -> influence -> forget -> eval -> heatmaps)
@@ -129,6 +131,40 @@ def _influence_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_plan(res: Resolved, opts: argparse.Namespace) -> int:
+    """Peak GPU memory per device of a forget / finetune / influence run, before it loads."""
+    import json
+
+    from npo_lib.commands.plan import plan_run
+
+    plan = plan_run(res.cfg, res.family, res.spec, res.model_path, opts.plan_command)
+    if opts.json == "-":
+        print(json.dumps(plan.to_json(), indent=2))
+        return 0
+    print(plan.table())
+    if opts.json:
+        Path(opts.json).write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {opts.json}")
+    return 0
+
+
+def _plan_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--command",
+        dest="plan_command",
+        choices=["forget", "finetune", "influence"],
+        default="forget",
+        help="the run to plan (default: forget)",
+    )
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="the plan as JSON: on stdout instead of the table, or written to FILE",
+    )
+
+
 # name -> (handler, help, extra flags)
 COMMANDS: dict[str, tuple[Callable[[Resolved, argparse.Namespace], int], str, Callable | None]] = {
     "prepare": (
@@ -156,6 +192,11 @@ COMMANDS: dict[str, tuple[Callable[[Resolved, argparse.Namespace], int], str, Ca
         cmd_influence,
         "per-token influence scores of the forget split (input of INFLUENCE)",
         _influence_flags,
+    ),
+    "plan": (
+        cmd_plan,
+        "estimate a run's peak GPU memory per device from its config and say whether it fits",
+        _plan_flags,
     ),
 }
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from npo_lib.benchmarks import Benchmark
 from npo_lib.commands.checks import check_config
 from npo_lib.commands.folders import finetune_dir, influence_files, run_dir
+from npo_lib.commands.plan import check_fits
 from npo_lib.config import Config
 from npo_lib.embedded.paths import ConfigPaths, EmbeddedPaths
 from npo_lib.errors import ConfigError
@@ -42,6 +43,7 @@ NEEDS: dict[str, Needs] = {
     "forget": Needs(),
     "influence": Needs(retain=True),
     "eval": Needs(retain=True, embedded=True),
+    "plan": Needs(data=False),
 }
 
 
@@ -112,6 +114,8 @@ def resolve(
         model = check_model_folder(model_path, "model_path", tokenizer=with_tokenizer)
     elif needs.model:
         model = paths.model_path()
+    if command == "forget":
+        check_fits(cfg, family, spec, model)  # refuses a run whose planned memory cannot fit
     retain, why = paths.retain_model_path() if needs.retain else (None, "")
     return Resolved(
         cfg=cfg,

@@ -29,6 +29,7 @@ from npo_lib.config.evaluation import EvalConfig, VizConfig
 from npo_lib.config.fields import group, need, opt
 from npo_lib.config.groups import add_aliases, add_param_groups
 from npo_lib.config.influence import InfluenceConfig, SelectionConfig
+from npo_lib.config.plan import PlanConfig
 from npo_lib.config.study import SWEEP_EXECUTORS, StudyConfig, SweepExecutorConfig
 from npo_lib.config.training import FinetuneConfig, LoRAConfig
 
@@ -41,6 +42,7 @@ __all__ = [
     "InfluenceConfig",
     "LoRAConfig",
     "MuseStandinConfig",
+    "PlanConfig",
     "SelectionConfig",
     "StudyConfig",
     "SweepExecutorConfig",
@@ -102,6 +104,7 @@ class Config:
     LoRA: LoRAConfig = group(LoRAConfig, "LoRA adapters instead of full fine-tuning")
     save_merged: bool = opt(False, "with LoRA: also save the adapter merged into the base weights")
     ds_config: str | None = opt(None, "DeepSpeed JSON config, e.g. params/ds/zero2.json")
+    plan: PlanConfig = group(PlanConfig, "`npo plan`: peak GPU memory estimated before a run")
     report_to: str = opt("none", "HF Trainer loggers: none, tensorboard, wandb, ...")
     logging_steps: int = opt(1, "optimizer steps between log lines")
     save_steps: int = opt(0, "checkpoint every N optimizer steps; 0 = every epoch")
