@@ -26,7 +26,7 @@ from npo_lib.utils.hashing import fingerprint, folder_fingerprint
 # bump when the fine-tuning recipe or its bars change (part of the models' cache key)
 RECIPE_VERSION = "3"
 # bump when the document benchmarks' training records (format items) or bars change
-DOCUMENT_RECIPE_VERSION = "1"
+DOCUMENT_RECIPE_VERSION = "2"
 
 
 @dataclass(frozen=True)
