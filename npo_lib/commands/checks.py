@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from npo_lib.benchmarks import Benchmark, check_data_folder, get_benchmark
 from npo_lib.config import Config
+from npo_lib.data.views import DOCUMENT_VIEWS
 from npo_lib.errors import ConfigError
 from npo_lib.eval.robustness import ATTACKS
 from npo_lib.influence.modules import MODULE_SETS
@@ -44,6 +45,7 @@ def check_config(cfg: Config) -> Names:
         check_data_folder(benchmark, cfg.data_path)
     check_selection(cfg.selection)
     benchmark.check_settings(cfg.benchmark)
+    check_objective_data(spec, benchmark)
     check_influence_settings(cfg)
     if cfg.eval.robustness and benchmark.training != "qa":
         raise ConfigError(
@@ -56,6 +58,21 @@ def check_config(cfg: Config) -> Names:
             f"eval.robustness: unknown attack '{unknown[0]}'; valid: {', '.join(ATTACKS)}"
         )
     return Names(family, spec, benchmark)
+
+
+def check_objective_data(spec: LossSpec, benchmark: Benchmark) -> None:
+    """Each term's view exists for the benchmark's records: a document (MUSE, WMDP) has only
+    text, so a view with an IDK response or a reasoning trace (IDK1-3, the cot view) has
+    nothing to train on; such an objective fails here rather than after the model loads."""
+    if benchmark.training != "documents":
+        return
+    term = next((t for t in spec.terms if t.view not in DOCUMENT_VIEWS), None)
+    if term is not None:
+        raise ConfigError(
+            f"forget_loss={spec.name}: {term.name} trains on the '{term.view}' view, which needs "
+            f"question-answer records; benchmark {benchmark.name} has documents (their views: "
+            f"{', '.join(sorted(DOCUMENT_VIEWS))})"
+        )
 
 
 def check_influence_settings(cfg: Config) -> Scorer:

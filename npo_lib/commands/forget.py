@@ -21,7 +21,7 @@ from npo_lib.commands.folders import NOTEBOOKS_DIR, RESULT_FILE, check_run_folde
 from npo_lib.commands.resolve import Resolved, as_resolved
 from npo_lib.config import Config, save_config
 from npo_lib.data.dataset import UnlearningDataset, ViewCollator
-from npo_lib.data.sources import load_eval_set, load_forget
+from npo_lib.data.sources import load_eval_set
 from npo_lib.eval.generation import greedy_fact_recall
 from npo_lib.models.lora import apply_lora
 from npo_lib.objectives.registry import LossHyper
@@ -35,7 +35,9 @@ def check_forget_config(run: Config | Resolved) -> Resolved:
     """Every check that needs no model: the config's names and values, INFLUENCE's inputs, the
     run folder's state. Returns the resolved run (its folder, objective, paths)."""
     res = as_resolved(run, "forget")
-    check_inputs(InputContext(res.cfg, res.spec, influence_dir=res.influence_dir))
+    check_inputs(
+        InputContext(res.cfg, res.spec, influence_dir=res.influence_dir, records=res.records)
+    )
     check_run_folder(res.run_dir, res.cfg)
     return res
 
@@ -59,17 +61,18 @@ def reference_model(res: Resolved, path: str, trainer: Any):
 
 
 def forget_dataset(res: Resolved, tokenizer: Any) -> UnlearningDataset:
-    """The forget split / task in the objective's view, with retain examples when a
-    regularizer reads them."""
+    """The benchmark's forget records in the objective's view, with its retain pool when a
+    regularizer reads it (QA records, or document pieces of ``max_length`` tokens)."""
     cfg = res.cfg
-    return UnlearningDataset.from_files(
-        res.require_data(),
-        cfg.split,
-        cfg.task_id,
+    with_retain = bool(res.spec.regularizers)
+    return UnlearningDataset.from_records(
+        res.records("forget", tokenizer),
         tokenizer,
         res.tags,
+        retain=res.records("retain", tokenizer) if with_retain else None,
+        data_path=res.require_data(),
         views=(res.spec.forget.view,),
-        with_retain=bool(res.spec.regularizers),
+        with_retain=with_retain,
         max_length=cfg.max_length,
         seed=cfg.seed,
     )
@@ -172,20 +175,18 @@ def run_forget(
     if trainer.is_world_process_zero():
         if "fact" in dataset.forget[0] and not trainer.is_deepspeed_enabled:
             model = trainer.accelerator.unwrap_model(trainer.model)
-            result["fact_recall"] = quick_fact_recall(res, model, tokenizer)
+            result["fact_recall"] = quick_fact_recall(res, model, tokenizer, dataset.forget)
         atomic_write_json(out / RESULT_FILE, result)
         if progress:
             print(json.dumps(result, indent=2))
     return result
 
 
-def quick_fact_recall(res: Resolved, model: Any, tokenizer: Any) -> dict[str, float]:
-    """Greedy-answer fact recall on the forget set and the retain-eval set (embedded data)."""
-    data_path = res.require_data()
-    sets = {
-        "forget": load_forget(data_path, res.cfg.split, res.cfg.task_id),
-        "retain": load_eval_set(data_path, "retain_perturbed"),
-    }
+def quick_fact_recall(
+    res: Resolved, model: Any, tokenizer: Any, forget: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """Greedy-answer fact recall on the forget records and the retain-eval set (embedded data)."""
+    sets = {"forget": list(forget), "retain": load_eval_set(res.require_data(), "retain_perturbed")}
     return {
         name: greedy_fact_recall(model, tokenizer, records, res.tags)
         for name, records in sets.items()

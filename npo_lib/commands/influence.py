@@ -3,15 +3,17 @@
     npo influence [params.yaml ...] [key=value ...] [--auroc-table]
     python -m npo_lib.compute_influence model_family=tiny influence.preconditioner=diagonal
 
-Scores the INFLUENCE view of every forget example with ``cfg.influence`` (scorer,
+Scores the INFLUENCE view of every forget record of the benchmark plug-in (TOFU's QA records,
+or MUSE / WMDP document pieces of ``max_length`` tokens) with ``cfg.influence`` (scorer,
 preconditioner, λ, tracked modules, JVP or finite difference, dtype) and writes
 ``scores.safetensors`` / ``tokens.jsonl`` / ``meta.json`` to ``folders.influence_files(cfg)``
 (``influence_dir``, default ``runs/influence``), where ``npo forget`` reads them. A finished
 folder made with the same model, data and scorer settings is reused; one made with other
 settings is replaced only with ``overwrite=true``. Every check runs before a model loads.
 
-On the embedded benchmark the records carry ``fact_spans``: the run also reports the AUROC of
-the scores against the fact-token mask, and ``--auroc-table`` prints it for every scorer and
+On the embedded benchmark and the MUSE / WMDP stand-ins the records carry ``fact_spans``
+(a document piece's spans in its text): the run also reports the AUROC of the scores against
+the fact-token mask, and ``--auroc-table`` prints it for every scorer and
 preconditioner without writing files.
 """
 
@@ -33,7 +35,6 @@ from npo_lib.commands.folders import saved_result
 from npo_lib.commands.resolve import Resolved, as_resolved
 from npo_lib.config import Config
 from npo_lib.data.dataset import UnlearningDataset
-from npo_lib.data.sources import load_retain
 from npo_lib.data.views import encode_view
 from npo_lib.errors import ConfigError
 from npo_lib.influence.files import (
@@ -96,28 +97,29 @@ class InfluenceInputs:
         records = self.dataset.forget
         if not all("fact_spans" in r for r in records):
             return None
-        return [
+        mask = [
             m
             for i, r in enumerate(records)
             for m in fact_token_mask(r, self.forget[i]["target_offsets"], self.view, self.tags)
         ]
+        return mask if any(mask) else None  # no fact token survived the cut: no AUROC
 
 
 def load_inputs(
     run: Config | Resolved, *, with_retain_sample: bool | None = None
 ) -> InfluenceInputs:
-    """Tokenizer, forget split and the seeded retain sample (``influence.retain_samples``), drawn
-    when the scorer needs one (or when ``with_retain_sample`` says so)."""
+    """Tokenizer, the benchmark's forget records and a seeded sample of its retain pool
+    (``influence.retain_samples``), drawn when the scorer needs one (or when
+    ``with_retain_sample`` says so)."""
     res = as_resolved(run, "influence")
     cfg, tags = res.cfg, res.tags
     model_path, data_path = res.require_model(), res.require_data()
     tokenizer = res.loader.tokenizer(model_path)
-    dataset = UnlearningDataset.from_files(
-        data_path,
-        cfg.split,
-        cfg.task_id,
+    dataset = UnlearningDataset.from_records(
+        res.records("forget", tokenizer),
         tokenizer,
         tags,
+        data_path=data_path,
         views=(INFLUENCE_VIEW,),
         max_length=cfg.max_length,
         seed=cfg.seed,
@@ -126,7 +128,7 @@ def load_inputs(
     if with_retain_sample or (
         with_retain_sample is None and SCORERS[cfg.influence.scorer].needs_retain_sample
     ):
-        records = load_retain(data_path, cfg.split, cfg.task_id)
+        records = res.records("retain", tokenizer)
         n = min(cfg.influence.retain_samples or len(dataset), len(records))
         sample = random.Random(f"influence-retain:{cfg.seed}").sample(records, n)
         retain = [encode_view(r, "retain", tokenizer, tags, cfg.max_length) for r in sample]

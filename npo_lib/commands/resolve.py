@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from npo_lib.benchmarks import Benchmark
 from npo_lib.commands.checks import check_config
@@ -87,6 +88,14 @@ class Resolved:
         if self.data_path is None:
             raise ConfigError(f"npo {self.command} resolves no data")
         return self.data_path
+
+    def records(self, role: str, tokenizer: Any = None) -> list[dict[str, Any]]:
+        """The benchmark plug-in's records of ``role`` (forget, retain, ...) in the data folder:
+        QA records, or document pieces cut by ``tokenizer`` (the model's, loaded when not given
+        and the plug-in trains on documents), so every command reads the same records."""
+        if tokenizer is None and self.benchmark.training == "documents":
+            tokenizer = self.loader.tokenizer(self.require_model())
+        return self.benchmark.load_records(self.require_data(), role, self.cfg, tokenizer)
 
     def with_model(self, model_path: str, *, tokenizer: bool = True) -> Resolved:
         """The same run on the model folder ``model_path`` (checked; without ``tokenizer`` it

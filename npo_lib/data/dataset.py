@@ -110,18 +110,50 @@ class UnlearningDataset(Dataset):
         max_length: int = 512,
         seed: int = 0,
     ) -> UnlearningDataset:
-        """Load what ``views`` and ``with_retain`` need from ``data_path`` and build the dataset."""
-        forget = load_forget(data_path, split, task_id)
-        return cls(
-            forget,
+        """Load what ``views`` and ``with_retain`` need from the QA files of ``data_path`` and
+        build the dataset."""
+        return cls.from_records(
+            load_forget(data_path, split, task_id),
             tokenizer,
             tags,
             retain=load_retain(data_path, split, task_id) if with_retain else None,
+            data_path=data_path,
             views=views,
             with_retain=with_retain,
             max_length=max_length,
             seed=seed,
-            idk=load_idk(data_path) if IDK_VIEWS.intersection(views) else None,
+        )
+
+    @classmethod
+    def from_records(
+        cls,
+        forget: Sequence[Mapping[str, Any]],
+        tokenizer: PreTrainedTokenizerBase,
+        tags: ChatTags,
+        *,
+        retain: Sequence[Mapping[str, Any]] | None = None,
+        data_path: str | None = None,
+        views: Sequence[str] = ("full",),
+        with_retain: bool = False,
+        max_length: int = 512,
+        seed: int = 0,
+    ) -> UnlearningDataset:
+        """The dataset of given forget / retain records (a benchmark plug-in's, by role); the
+        IDK responses and hedging traces an IDK view needs come from ``data_path``'s QA files,
+        which only a QA benchmark has."""
+        need_idk = bool(IDK_VIEWS.intersection(views))
+        if need_idk and data_path is None:
+            raise DataError("views with IDK responses need data_path (its IDK files)")
+        return cls(
+            forget,
+            tokenizer,
+            tags,
+            retain=retain if with_retain else None,
+            views=views,
+            with_retain=with_retain,
+            max_length=max_length,
+            seed=seed,
+            idk=load_idk(data_path) if need_idk else None,
             idk_cot=load_idk_cot(data_path, forget) if "idk3" in views else None,
         )
 

@@ -69,6 +69,12 @@ def is_document(record: Mapping[str, Any]) -> bool:
     return "question" not in record and isinstance(record.get("text"), str)
 
 
+def document_source(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a document piece comes from, shown in place of a question: its ``source`` (the
+    benchmark file, e.g. ``raw/forget``), document index ``doc`` and first character ``start``."""
+    return {k: record.get(k) for k in ("source", "doc", "start")}
+
+
 def get_view(view: str) -> ViewSpec:
     try:
         return VIEWS[view]

@@ -3,7 +3,8 @@
 A scorer (``npo influence``) writes, per forget example, one score per target token:
 
 * ``scores.safetensors``: ``scores`` (N, T) padded with 0, ``lengths`` (N,);
-* ``tokens.jsonl``: per example its ``question``, ``target`` text, ``token_ids``, ``tokens``
+* ``tokens.jsonl``: per example its ``question`` (a document piece: its ``source``, ``doc``
+  and ``start`` instead), ``target`` text, ``token_ids``, ``tokens``
   (strings) and ``offsets`` (character spans in the target text);
 * ``meta.json``: model, data, scorer, preconditioner and parameters.
 
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from npo_lib.config import Config
-from npo_lib.data.views import IGNORE_INDEX, view_text
+from npo_lib.data.views import IGNORE_INDEX, document_source, is_document, view_text
 from npo_lib.errors import ConfigError
 from npo_lib.influence.ground_truth import fact_token_matrix
 from npo_lib.influence.selection import needs_facts, token_weights, word_ids
@@ -45,10 +46,11 @@ def token_manifest(dataset: Any, view: str, tokenizer: Any, tags: Any) -> list[d
     for i in range(len(dataset)):
         enc, rec = dataset[i][view], dataset.forget[i]
         ids = target_token_ids(enc)
+        head = document_source(rec) if is_document(rec) else {"question": rec["question"]}
         rows.append(
             {
                 "index": i,
-                "question": rec["question"],
+                **head,
                 "target": view_text(rec, view, tags, tokenizer=tokenizer)[1],
                 "token_ids": ids,
                 "tokens": tokenizer.convert_ids_to_tokens(ids),

@@ -66,7 +66,7 @@ def fact_token_matrix(
     The ``oracle`` selection reads it; records without ``fact_spans`` (no public benchmark has
     them) fail in one line instead of selecting nothing.
     """
-    missing = [i for i, r in enumerate(records) if not r.get("fact_spans")]
+    missing = [i for i, r in enumerate(records) if r.get("fact_spans") is None]
     if missing:
         raise ConfigError(
             f"selection.method=oracle needs fact_spans, which forget record {missing[0]} lacks "

@@ -48,6 +48,7 @@ class InputContext:
     dataset: Any = None
     influence_dir: Path | None = None  # where token weights are read
     reference_model: Callable[[], torch.nn.Module] | None = None
+    records: Callable[[str], list[dict[str, Any]]] | None = None  # the benchmark's, by role
 
 
 @dataclass
@@ -213,8 +214,12 @@ def _check_token_weights(ctx: InputContext) -> None:
 
     cfg = ctx.cfg
     if needs_facts(cfg.selection):
-        forget = load_forget(resolve_data_path(cfg), cfg.split, cfg.task_id)
-        missing = next((i for i, r in enumerate(forget) if not r.get("fact_spans")), None)
+        forget = (
+            ctx.records("forget")
+            if ctx.records is not None
+            else load_forget(resolve_data_path(cfg), cfg.split, cfg.task_id)
+        )
+        missing = next((i for i, r in enumerate(forget) if "fact_spans" not in r), None)
         if missing is not None:
             raise ConfigError(
                 f"selection.method=oracle needs fact_spans, which forget record {missing} of "

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from npo_lib.utils.optional import require
+from npo_lib.viz.pages import PAGE_CSS, is_document_table
 from npo_lib.viz.render import (
     CSS,
     DEFAULT_GAMMA,
@@ -69,7 +70,7 @@ class TokenExplorer:
         """The controls, the HTML output and the VBox holding them, set to the first score."""
         first = self.vmax[self.score_names[0]]
         self.example = widgets.Dropdown(
-            options=[(f"#{t.index}: {t.question[:70]}", i) for i, t in enumerate(self.tables)],
+            options=[(f"#{t.index}: {t.title[:70]}", i) for i, t in enumerate(self.tables)],
             value=0,
             description="example",
         )
@@ -123,7 +124,8 @@ class TokenExplorer:
             body = render_example(self.tables[self.example.value], name, **kw)
         legend = legend_html(name, self.vmax[name], scale=scale, percentile=self.percentile)
         mode = f"tnpo-scale-{scale}" + (" tnpo-compact" if self.compact.value else "")
-        style = f"<style>{CSS}\n{compact_css('.tnpo-compact')}</style>"
+        pieces = PAGE_CSS if any(is_document_table(t) for t in self.tables) else ""
+        style = f"<style>{CSS}\n{compact_css('.tnpo-compact')}{pieces}</style>"
         self.html.value = f'{style}<div class="tnpo-view {mode}">{legend}{body}</div>'
         return self.html.value
 

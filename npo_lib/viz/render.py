@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import html
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,16 @@ import numpy as np
 from npo_lib.config import Config
 from npo_lib.utils.io import atomic_write_text
 from npo_lib.utils.optional import require
+from npo_lib.viz.pages import (
+    PAGE_CSS,
+    is_document_table,
+    page_controls,
+    page_size_of,
+    paged,
+    token_anchor,
+    top_tokens,
+    top_tokens_html,
+)
 from npo_lib.viz.tables import TokenTable, is_selection, score_label
 
 CMAP = "RdBu_r"  # diverging: blue below 0, white at 0, red above
@@ -229,7 +239,12 @@ def compact_css(scope: str) -> str:
 
 
 def _token_span(
-    table: TokenTable, i: int, score: str, threshold: float, xs: Mapping[str, np.ndarray]
+    table: TokenTable,
+    i: int,
+    score: str,
+    threshold: float,
+    xs: Mapping[str, np.ndarray],
+    anchor: bool = False,
 ) -> str:
     value = float(table.scores[score][i])
     s, e = table.offsets[i]
@@ -247,8 +262,9 @@ def _token_span(
             if abs(x[i]) > INK_SWITCH:
                 props.append(f"--fg-{name}:#fff")
         style = f' style="{";".join(props)}"'
+    ident = f' id="{token_anchor(table, i)}"' if anchor else ""
     return (
-        f'<span class="{" ".join(classes)}" data-value="{value:.6g}" '
+        f'<span{ident} class="{" ".join(classes)}" data-value="{value:.6g}" '
         f'title="{html.escape(title)}"{style}>{html.escape(table.tokens[i])}</span>'
     )
 
@@ -262,8 +278,10 @@ def render_tokens(
     scales: Sequence[str] = (DEFAULT_SCALE,),
     percentile: float = DEFAULT_PERCENTILE,
     gamma: float = DEFAULT_GAMMA,
+    anchors: Collection[int] = (),
 ) -> str:
-    """The target text as coloured token spans; text between token spans stays plain.
+    """The target text as coloured token spans; text between token spans stays plain; the
+    tokens of ``anchors`` carry an id (:func:`pages.token_anchor`) that links jump to.
 
     Each coloured span holds its colour under every scale of ``scales`` as ``--bg-<scale>``; the
     enclosing ``tnpo-scale-<scale>`` class (default: :data:`DEFAULT_SCALE`) picks one. ``vmax``
@@ -279,7 +297,7 @@ def render_tokens(
     for i, (s, e) in enumerate(table.offsets):
         if e > s and s > cursor:
             parts.append(html.escape(table.target[cursor:s]))  # untokenized gap (trimmed spaces)
-        parts.append(_token_span(table, i, score, threshold, xs))
+        parts.append(_token_span(table, i, score, threshold, xs, i in anchors))
         cursor = max(cursor, e)
     if cursor:  # without offsets (slow tokenizers) the raw pieces alone stand for the text
         parts.append(html.escape(table.target[cursor:]))
@@ -306,14 +324,17 @@ def render_example(
     """One example as HTML: its question, then per score a row of its tokens coloured on
     :data:`CMAP` (positions of :func:`positions`, c = ``vmax``, default this example's own), the
     raw value in the ``title`` (hover), fact tokens outlined, tokens with ``|value| < threshold``
-    left uncoloured; a selection row also says how many tokens are trained on."""
+    left uncoloured; a selection row also says how many tokens are trained on. A document
+    piece shows its source instead of a question, and links to its top tokens."""
     names = [score] if isinstance(score, str) else list(score)
     head = (
-        f'<div class="tnpo-q">#{table.index} · {html.escape(table.question)}</div>'
-        if header
-        else ""
+        f'<div class="tnpo-q">#{table.index} · {html.escape(table.title)}</div>' if header else ""
     )
-    idx = f'<span class="tnpo-idx" title="{html.escape(table.question)}">#{table.index}</span>'
+    idx = f'<span class="tnpo-idx" title="{html.escape(table.title)}">#{table.index}</span>'
+    top: list[int] = []
+    if is_document_table(table):
+        top = top_tokens(table, names[0])
+        head += top_tokens_html(table, names[0], top)
     body = []
     for k, name in enumerate(names):
         v = vmax.get(name) if isinstance(vmax, Mapping) else vmax
@@ -335,12 +356,14 @@ def render_example(
             scales=scales,
             percentile=percentile,
             gamma=gamma,
+            anchors=top if k == 0 else (),
         )
         first = " tnpo-first" if k == 0 else ""
         body.append(
             f'<div class="tnpo-row{first}" data-score="{html.escape(name)}">{label}{tokens}</div>'
         )
-    return f'<div class="tnpo-example" data-index="{table.index}">{head}{idx}{"".join(body)}</div>'
+    kind = "tnpo-example tnpo-doc" if is_document_table(table) else "tnpo-example"
+    return f'<div class="{kind}" data-index="{table.index}">{head}{idx}{"".join(body)}</div>'
 
 
 def legend_html(
@@ -369,8 +392,9 @@ def legend_html(
     )
 
 
-def _controls(scales: Sequence[str]) -> tuple[str, str]:
-    """Radio buttons (scale) and a checkbox (compact), and the CSS rules that make them act."""
+def _controls(scales: Sequence[str], extra: str = "") -> tuple[str, str]:
+    """Radio buttons (scale) and a checkbox (compact), and the CSS rules that make them act;
+    ``extra`` ends the controls line (the page labels)."""
     inputs, labels, rules = [], [], []
     for i, s in enumerate(scales):
         checked = " checked" if i == 0 else ""
@@ -405,7 +429,7 @@ def _controls(scales: Sequence[str]) -> tuple[str, str]:
         + " · ".join(labels)
         + ' &nbsp;|&nbsp; <label for="tnpo-compact" '
         + 'title="one line per example, the first score row">'
-        + "compact (one line per example)</label></div>"
+        + f"compact (one line per example)</label>{extra}</div>"
     )
     return "".join(inputs) + controls, "\n".join(rules)
 
@@ -420,12 +444,16 @@ def write_heatmap_page(
     percentile: float = DEFAULT_PERCENTILE,
     gamma: float = DEFAULT_GAMMA,
     scales: Sequence[str] = tuple(SCALES),
+    page_size: int | None = None,
 ) -> Path:
     """A self-contained HTML page of every example's heatmap (no kernel, no JavaScript).
 
     One clip c per score over all examples (so examples compare), a legend per score, each
-    example under its question; hover a token for its raw value. Radio buttons switch the scale
-    (clipped, per example, rank), a checkbox the compact mode. Returns the path written.
+    example under its question (a document piece under its source, with links to its top
+    tokens); hover a token for its raw value. Radio buttons switch the scale (clipped, per
+    example, rank) and the page (``page_size`` examples each; default
+    :data:`pages.DOCUMENT_PAGE_SIZE` for document pieces, one page for QA), a checkbox the
+    compact mode. Returns the path written.
     """
     names = [score] if isinstance(score, str) else list(score)
     for s in scales:
@@ -437,27 +465,22 @@ def write_heatmap_page(
         + "</div>"
         for s in scales
     )
+    size = page_size_of(tables, page_size)
+    kw = {"threshold": threshold, "vmax": vmax, "scales": scales, "percentile": percentile}
+    examples, n_pages = paged([render_example(t, names, gamma=gamma, **kw) for t in tables], size)
     note = f"{len(tables)} examples · hover a token for its raw value · outlined: fact tokens" + (
         f" · |value| &lt; {threshold:.3g} left white" if threshold > 0 else ""
     )
-    examples = "\n".join(
-        render_example(
-            t,
-            names,
-            threshold=threshold,
-            vmax=vmax,
-            scales=scales,
-            percentile=percentile,
-            gamma=gamma,
-        )
-        for t in tables
-    )
-    controls, rules = _controls(scales)
+    note += f" · {size} per page" if n_pages > 1 else ""
+    page_inputs, page_labels, page_rules = page_controls(n_pages)
+    controls, rules = _controls(scales, page_labels)
+    if any(is_document_table(t) for t in tables):
+        rules += f"\n{PAGE_CSS}{page_rules}"
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{CSS}\n{rules}</style></head>\n"
-        f'<body><h1 style="font-family:sans-serif">{html.escape(title)}</h1>{controls}'
-        f'<div class="tnpo-main"><div class="tnpo-legends">{legends}</div>'
+        f'<body><h1 style="font-family:sans-serif">{html.escape(title)}</h1>'
+        f'{page_inputs}{controls}<div class="tnpo-main"><div class="tnpo-legends">{legends}</div>'
         f'<p style="font-family:sans-serif;color:#555">{note}</p>\n{examples}\n'
         "</div></body></html>\n"
     )

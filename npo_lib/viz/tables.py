@@ -97,6 +97,7 @@ class TokenTable:
     offsets: list[tuple[int, int]]
     fact: list[bool]
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""  # a document piece's origin (file · document · character), no question
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
@@ -110,6 +111,11 @@ class TokenTable:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def title(self) -> str:
+        """What names the example: its question, or a document piece's source."""
+        return self.question or self.source
 
     def add(self, name: str, values: Any) -> None:
         """Add (or replace) the score row ``name``; it needs one value per token."""
@@ -148,7 +154,16 @@ def table_from_row(
         offsets=offsets,
         fact=fact,
         scores=dict(scores or {}),
+        source=source_label(row),
     )
+
+
+def source_label(row: Mapping[str, Any]) -> str:
+    """'raw/forget · document 3 · from character 120' for a document piece's ``tokens.jsonl``
+    row; '' for a QA example."""
+    if not row.get("source"):
+        return ""
+    return f"{row['source']} · document {row.get('doc')} · from character {row.get('start')}"
 
 
 def _check_records(
@@ -159,6 +174,11 @@ def _check_records(
     if len(records) != len(rows):
         raise ValueError(f"{where} covers {len(rows)} examples, {len(records)} records given")
     for row, rec in zip(rows, records):
+        if "source" in row and row.get("target") != rec.get("text"):
+            raise ValueError(
+                f"{where}: piece {row['index']} ({source_label(row)}) is not the text of the "
+                "record given for it: other data or max_length?"
+            )
         if row.get("question") not in (None, rec.get("question")):
             raise ValueError(
                 f"{where}: example {row['index']} is about '{row['question'][:60]}', the record "
