@@ -160,12 +160,22 @@ def test_points_equal_npo_eval_on_their_checkpoints(mini_world, tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_patience_stops_training(mini_world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lora", [0, 4])
+def test_patience_stops_training_and_keeps_the_selected_weights(
+    mini_world, tmp_path, monkeypatch, lora
+):
+    from safetensors.torch import load_file
+
     monkeypatch.delenv("TNPO_CACHE", raising=False)
     run = tmp_path / "run"
-    over = [*DURING, "eval.during.patience=1", "eval.during.keep=1"]
+    over = [*DURING, "eval.during.patience=1", "eval.during.keep=1", f"LoRA.r={lora}"]
     res = run_forget(_cfg(mini_world, run, tmp_path / "cache", *over), progress=False)
-    stop = res["trajectory"]["stopped_early"]
+    stop, sel = res["trajectory"]["stopped_early"], res["trajectory"]["selected"]
     assert res["steps"] == stop["step"] < 4 and "has not improved" in stop["why"]
+    assert sel["step"] < stop["step"]  # the weights of an earlier point are loaded and saved
     kept = sorted(p.name for p in (run / "trajectory").iterdir())
-    assert f"step-{res['trajectory']['selected']['step']}" in kept and len(kept) <= 2
+    assert f"step-{sel['step']}" in kept and len(kept) <= 2
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    chosen = load_file(str(Path(sel["checkpoint"]) / name))
+    saved = load_file(str(run / ("adapter" if lora else "model") / name))
+    assert chosen.keys() == saved.keys() and all(torch.equal(chosen[k], saved[k]) for k in chosen)
