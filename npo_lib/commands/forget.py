@@ -3,8 +3,10 @@
 A run folder holds the resolved ``config.yaml``, the cached reference log-probs
 (``ref_logprobs.safetensors``), ``checkpoints/``, the per-step ``log.jsonl``, the final model
 (``model/``, or ``adapter/`` and optionally ``model/`` merged under LoRA) and ``result.json``
-once finished. A finished folder is never overwritten without ``overwrite=true``;
-``resume=true`` continues an interrupted one from its last checkpoint.
+once finished; with ``eval.during.*`` also ``trajectory.jsonl`` and the checkpoints of its
+points under ``trajectory/`` (:mod:`npo_lib.commands.trajectory`). A finished folder is never
+overwritten without ``overwrite=true``; ``resume=true`` continues an interrupted one from its
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from npo_lib.commands.checks import check_activation_layers
 from npo_lib.commands.folders import NOTEBOOKS_DIR, RESULT_FILE, check_run_folder
 from npo_lib.commands.resolve import Resolved, as_resolved
+from npo_lib.commands.trajectory import TrajectoryCallback, check_during, during_seconds
 from npo_lib.config import Config, save_config
 from npo_lib.data.dataset import UnlearningDataset, ViewCollator
 from npo_lib.data.sources import load_eval_set
@@ -39,6 +42,7 @@ def check_forget_config(run: Config | Resolved) -> Resolved:
         InputContext(res.cfg, res.spec, influence_dir=res.influence_dir, records=res.records)
     )
     check_run_folder(res.run_dir, res.cfg)
+    check_during(res)
     return res
 
 
@@ -154,10 +158,16 @@ def run_forget(
     cfg, out = res.cfg, res.run_dir
     t0 = time.perf_counter()
     start_run_folder(res)
-    trainer, tokenizer, dataset = build_trainer(res, callbacks)
+    during = [TrajectoryCallback(res)] if cfg.eval.during.enabled else []
+    trainer, tokenizer, dataset = build_trainer(res, [*callbacks, *during])
+    for callback in during:
+        callback.bind(trainer)
     ckpt_dir = Path(trainer.args.output_dir)
     resume_from = get_last_checkpoint(str(ckpt_dir)) if cfg.resume and ckpt_dir.is_dir() else None
+    t_train = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.perf_counter() - t_train
+    trajectory = during[0].finish() if during else None  # the selected point's weights loaded
     save_trained(cfg, trainer, tokenizer, out)
     result: dict[str, Any] = {
         "run_dir": str(out),
@@ -168,10 +178,13 @@ def run_forget(
         "steps": train_out.global_step,
         "train_loss": float(train_out.training_loss),
         "seconds": time.perf_counter() - t0,
+        "train_seconds": train_seconds - during_seconds(trajectory),
         "resumed_from": resume_from,
         "world_size": dist.world_size(),
         "rank": dist.rank(),
     }
+    if trajectory is not None:  # what evaluation during training cost, and which point is model/
+        result["trajectory"] = trajectory
     if trainer.is_world_process_zero():
         if "fact" in dataset.forget[0] and not trainer.is_deepspeed_enabled:
             model = trainer.accelerator.unwrap_model(trainer.model)

@@ -4,7 +4,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from npo_lib.config.fields import need, opt
+from npo_lib.config.fields import group, need, opt
+
+
+@dataclass
+class DuringConfig:
+    """Evaluation while a forget run trains: the same sets, options and retain reference as
+    `npo eval`, on the model in memory, one line per point in ``<run>/trajectory.jsonl``; a
+    checkpoint per point, a selection rule choosing the run's model, early stopping."""
+
+    every_steps: int = opt(0, "evaluate every N optimizer steps (0 = off)")
+    every_epoch: bool = opt(False, "evaluate at the end of every epoch")
+    metrics: list[str] = opt(
+        [],
+        "aggregates to compute and log: [] = the cheap set (TOFU: forget / retain fact recall, "
+        "forget quality, model utility; other benchmarks: the headline pair), [all] = every one",
+    )
+    keep: int = opt(
+        2, "checkpoints kept at evaluation points: the most recent N plus the selected (0 = none)"
+    )
+    select: str = opt(
+        "",
+        "rule choosing the run's model among the points: 'max|min <metric> [s.t. <metric> >= "
+        "<number> [x target]]'; '' = the last step",
+    )
+    patience: int = opt(
+        0,
+        "stop after this many points without improving the rule (or once its constraint failed "
+        "and only fell over as many points); 0 = never stop early",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run evaluates while it trains."""
+        return self.every_steps > 0 or self.every_epoch
+
+    def __post_init__(self) -> None:
+        for name in ("every_steps", "keep", "patience"):
+            value = getattr(self, name)
+            need(value >= 0, f"eval.during.{name} must be >= 0, got {value}")
+        need(
+            not self.select or self.enabled,
+            "eval.during.select needs eval.during.every_steps > 0 or eval.during.every_epoch",
+        )
+        need(
+            not self.select or self.keep >= 1,
+            "eval.during.select needs eval.during.keep >= 1 (the chosen point's checkpoint)",
+        )
+        need(
+            not self.patience or bool(self.select), "eval.during.patience needs eval.during.select"
+        )
 
 
 @dataclass
@@ -51,6 +100,9 @@ class EvalConfig:
         False,
         "Min-K%, Min-K%++, extraction strength and exact memorisation also score the appended EOS "
         "token; False = open-unlearning's convention (the papers are silent)",
+    )
+    during: DuringConfig = group(
+        DuringConfig, "evaluation while `npo forget` trains (trajectory, selection, stopping)"
     )
 
     def __post_init__(self) -> None:
