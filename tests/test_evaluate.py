@@ -207,12 +207,15 @@ def test_metrics_json_schema_reuse_and_report(world, tmp_path, monkeypatch, caps
     assert ref["aggregates"]["forget_quality"] == 1.0 and ref["aggregates"]["privleak"] == 0.0
 
     # reuse: same identity -> no computation; recompute=True computes again
-    import npo_lib.commands.evaluation as E
+    import dataclasses
+
+    from npo_lib.benchmarks import BENCHMARK_PLUGINS
 
     def boom(*a, **k):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr(E, "compute_metrics", boom)
+    tofu = dataclasses.replace(BENCHMARK_PLUGINS["tofu"], compute=boom)
+    monkeypatch.setitem(BENCHMARK_PLUGINS, "tofu", tofu)  # what npo eval measures through
     again = evaluate(cfg, out_dir=tmp_path / "run", options=FAST, progress=False)
     assert again == res
     with pytest.raises(AssertionError, match="recomputed"):
