@@ -80,13 +80,11 @@ def test_document_format_records_are_on_the_standin_only(tmp_path, tokenizer):
     )
 
 
+# the demos' settings (params/muse_demo.yaml, wmdp_demo.yaml): the default stand-ins, 8 pieces
+# per step, the tiny models' context
 SMALL = {
-    "muse": [
-        "benchmark.muse.n_forget=4",
-        "benchmark.muse.n_retain=8",
-        "benchmark.muse.n_holdout=4",
-    ],
-    "wmdp": ["benchmark.wmdp.n_forget_docs=6", "benchmark.wmdp.n_retain_docs=6"],
+    "muse": ["tiny.batch_size=8", "max_length=256"],
+    "wmdp": ["tiny.batch_size=8", "max_length=256"],
 }
 
 
