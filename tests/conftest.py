@@ -56,6 +56,35 @@ def muse_dir() -> Path:
     return path
 
 
+def untrained_llama(tokenizer, *, heads: int, max_positions: int, tie: bool = False):
+    """An untrained two-block Llama (width 32) over ``tokenizer``, initialised from seed 0: the
+    code paths, not the numbers."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def make_untrained_llama():
+    """:func:`untrained_llama`, for tests that build one."""
+    return untrained_llama
+
+
 @pytest.fixture(scope="session")
 def mini_world(tmp_path_factory) -> dict[str, str]:
     """A small generated benchmark and a random 2-layer Llama saved in HF format (seconds).
@@ -63,9 +92,6 @@ def mini_world(tmp_path_factory) -> dict[str, str]:
     Returns ``model_path`` and ``data_path``: the same files `npo prepare` makes, without the
     fine-tuning, for tests of code paths (not of memorisation).
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from npo_lib.config import BenchmarkConfig
     from npo_lib.embedded.benchmark import generate_benchmark
     from npo_lib.embedded.tokenizer import corpus_texts, train_tokenizer
@@ -78,22 +104,8 @@ def mini_world(tmp_path_factory) -> dict[str, str]:
         root / "data",
     )
     tok = train_tokenizer(corpus_texts(data), 400)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
     model_dir = root / "model"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
+    untrained_llama(tok, heads=4, max_positions=256, tie=True).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     return {"model_path": str(model_dir), "data_path": str(data)}
 

@@ -56,25 +56,9 @@ def test_tofu_is_the_default_plugin_and_writes_its_standin(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bare_model(tokenizer):
+def bare_model(tokenizer, make_untrained_llama):
     """An untrained two-block Llama over the test tokenizer: the code path, not the numbers."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return make_untrained_llama(tokenizer, heads=2, max_positions=512).eval()
 
 
 SMALL = {

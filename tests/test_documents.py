@@ -23,28 +23,14 @@ MUSE_SMALL = [
 
 
 @pytest.fixture(scope="module")
-def doc_world(tmp_path_factory, tokenizer) -> dict[str, str]:
+def doc_world(tmp_path_factory, tokenizer, make_untrained_llama) -> dict[str, str]:
     """The MUSE-like stand-in and an untrained two-block Llama over the test tokenizer, saved:
     the code paths on documents, not the numbers."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("doc_world")
     folder = get_benchmark("muse").generate(load_config(MUSE_SMALL).benchmark, root / "muse")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     model_dir = root / "model"
-    LlamaForCausalLM(config).save_pretrained(model_dir)
+    model = make_untrained_llama(tokenizer, heads=2, max_positions=256)
+    model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     return {"model_path": str(model_dir), "data_path": str(folder), "root": str(root)}
 

@@ -58,25 +58,9 @@ def _prompt(question: str, choices: list[str], subject: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tokenizer):
+def tiny_model(tokenizer, make_untrained_llama):
     """An untrained 2-layer Llama on the test tokenizer: its choices are arbitrary but fixed."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+    return make_untrained_llama(tokenizer, heads=4, max_positions=1024).eval()
 
 
 def _hand_predictions(model, tokenizer, subjects: list[str]) -> list[int]:
