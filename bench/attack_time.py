@@ -6,7 +6,8 @@ Evaluates one model (default: the embedded target; ``npo prepare`` into ``--cach
 is missing) in one process: the plain evaluation (teacher-forced scoring + greedy generation of
 every set), then each attack of :data:`npo_lib.eval.robustness.ATTACKS` alone, with the tiny
 models' attack settings of ``params/tiny_forget.yaml``. Prints seconds and the ratio
-attack / plain per attack and for all together. Not a test: timings vary with machine load.
+attack / plain per attack and for all together; every side runs ``--repeats`` times,
+interleaved, and its fastest run counts. Not a test: timings vary with machine load.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.timing import interleaved, ratio_cell  # noqa: E402
 from npo_lib.config import load_config  # noqa: E402
 from npo_lib.embedded.paths import resolve_model_path  # noqa: E402
 from npo_lib.eval.compute import compute_metrics, load_eval_data  # noqa: E402
@@ -41,6 +43,9 @@ def main() -> int:
     ap.add_argument(
         "--model", default=None, help="model folder to attack (default: the embedded target)"
     )
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="runs per side, interleaved (fastest counts)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -54,26 +59,27 @@ def main() -> int:
     path = args.model or resolve_model_path(cfg)
     model, tok = load_model(cfg, path).eval(), load_tokenizer(cfg, path)
     tags, data = get_family(cfg.model_family).tags, load_eval_data(cfg)
-    t0 = time.perf_counter()
-    compute_metrics(model, tok, tags, data, cfg.eval, max_length=cfg.max_length, progress=False)
-    plain = time.perf_counter() - t0
+
+    def plain() -> tuple[float, None]:
+        t0 = time.perf_counter()
+        compute_metrics(model, tok, tags, data, cfg.eval, max_length=cfg.max_length, progress=False)
+        return time.perf_counter() - t0, None
+
+    def attack(name: str) -> tuple[float, None]:
+        opt = dataclasses.replace(cfg.eval, robustness=[name])
+        ctx = AttackContext(model, tok, tags, data, opt, cfg.max_length, False)
+        return run_attacks(ctx, [name])[name]["seconds"], None
+
+    sides = {"plain": plain} | {name: (lambda n=name: attack(n)) for name in ATTACKS}
+    times = interleaved(sides, args.repeats)
+    base = times.pop("plain")
     print(f"model {path}; {machine_info()}")
-    print(f"plain evaluation: {plain:.1f} s")
-    total = 0.0
-    for name in ATTACKS:
-        ctx = AttackContext(
-            model,
-            tok,
-            tags,
-            data,
-            dataclasses.replace(cfg.eval, robustness=[name]),
-            cfg.max_length,
-            False,
-        )
-        sec = run_attacks(ctx, [name])[name]["seconds"]
-        total += sec
-        print(f"  {name:<10} {sec:7.1f} s   {sec / plain:5.2f}x the plain evaluation")
-    print(f"  {'all':<10} {total:7.1f} s   {total / plain:5.2f}x")
+    print(f"fastest of {args.repeats} interleaved runs per side (+ spread: slowest / fastest - 1)")
+    print(f"plain evaluation: {base.cell()}")
+    for name, t in times.items():
+        print(f"  {name:<10} {t.cell():>16}   {ratio_cell(t, base)} the plain evaluation")
+    total = sum(t.fastest for t in times.values())
+    print(f"  {'all':<10} {total:9.2f} s {'':>6}   {total / base.fastest:.2f}x")
     return 0
 
 

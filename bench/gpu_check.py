@@ -775,14 +775,16 @@ def _zero3_world(
     import torch
 
     from npo_lib.commands.prepare import ensure_benchmark, ensure_tokenizer
+    from npo_lib.commands.resolve import resolve
     from npo_lib.config import load_config
     from npo_lib.data.records import read_records
     from npo_lib.embedded.paths import embedded_paths
 
     cfg = load_config([f"cache_dir={work / 'cache'}"])
     paths = embedded_paths(cfg)
-    ensure_benchmark(cfg, paths)
-    tok = ensure_tokenizer(cfg, paths)
+    res = resolve(cfg, "prepare")  # the benchmark plug-in the config names
+    ensure_benchmark(res, paths)
+    tok = ensure_tokenizer(res, paths)
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name in ("forget10", "full"):

@@ -35,6 +35,7 @@ TOKENS = 128  # target tokens of the row compared with the per-token loop
 def world(cache: str | None, model_path: str | None) -> tuple[object, str]:
     """(config, model folder): the prepared target, else the random base (made in seconds)."""
     from npo_lib.commands.prepare import ensure_base, ensure_benchmark, ensure_tokenizer
+    from npo_lib.commands.resolve import resolve
     from npo_lib.config import load_config
     from npo_lib.embedded.paths import embedded_paths
 
@@ -44,8 +45,9 @@ def world(cache: str | None, model_path: str | None) -> tuple[object, str]:
         return cfg, model_path
     if (paths.target / "config.json").is_file():
         return cfg, str(paths.target)
-    ensure_benchmark(cfg, paths)
-    ensure_base(cfg, paths, ensure_tokenizer(cfg, paths))
+    res = resolve(cfg, "prepare")  # the benchmark plug-in the config names
+    ensure_benchmark(res, paths)
+    ensure_base(cfg, paths, ensure_tokenizer(res, paths))
     return cfg, str(paths.base)
 
 

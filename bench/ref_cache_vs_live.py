@@ -6,6 +6,7 @@ Same model, data and seed; each mode runs in its own process so peak memory is i
   before training (npo_lib's UnlearningTrainer);
 * live: a frozen second copy of the model runs a forward on every forget batch.
 
+Each side runs ``--repeats`` times, the sides interleaved; the fastest run of each counts.
 Prints the epoch-time ratio (ideal 4/3 for NPO: one reference forward saved per forward +
 backward; 7/6 for NPO+GD), the step-1 losses (must agree within 1e-5) and peak memory (CPU:
 max RSS; GPU: max allocated), whose gap should be at least the model's weights.
@@ -28,6 +29,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.timing import interleaved, ratio_cell  # noqa: E402
 
 
 def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
@@ -36,13 +40,15 @@ def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from npo_lib.commands.prepare import ensure_benchmark, ensure_tokenizer
+    from npo_lib.commands.resolve import resolve
     from npo_lib.config import load_config
     from npo_lib.embedded.paths import embedded_paths
 
     cfg = load_config([f"cache_dir={cache}"])
     paths = embedded_paths(cfg)
-    ensure_benchmark(cfg, paths)
-    tok = ensure_tokenizer(cfg, paths)
+    res = resolve(cfg, "prepare")  # the benchmark plug-in the config names
+    ensure_benchmark(res, paths)
+    tok = ensure_tokenizer(res, paths)
     model_dir = cache / f"bench-llama-h{hidden}-l{layers}"
     if not (model_dir / "config.json").is_file():
         torch.manual_seed(0)
@@ -63,13 +69,31 @@ def make_world(cache: Path, hidden: int, layers: int) -> tuple[str, str]:
     return str(model_dir), str(paths.benchmark)
 
 
+def live_reference() -> None:
+    """NPO's log p_ref from a frozen copy's forward on every forget batch (open-unlearning's
+    way) instead of the cache: the two reference inputs fetched through the frozen model."""
+    import dataclasses
+
+    from npo_lib.objectives.primitives import token_logprobs
+    from npo_lib.training.inputs import INPUTS
+
+    frozen = INPUTS["ref_forget_logits"]  # loads the frozen copy before training
+
+    def token_logp(b) -> torch.Tensor:
+        logits = b.frozen(b.spec.forget.view).logits
+        return token_logprobs(logits, b.forget["labels"])[0]  # (B, T-1)
+
+    for name, fetch in (
+        ("ref_token_logp", token_logp),
+        ("ref_seq_logp", lambda b: token_logp(b).sum(-1)),
+    ):
+        INPUTS[name] = dataclasses.replace(INPUTS[name], fetch=fetch, prepare=frozen.prepare)
+
+
 def run_mode(mode: str, loss: str, model_path: str, data_path: str, out: Path) -> dict:
     """One epoch of ``loss`` with the reference ``mode``; returns times, losses, peak memory."""
     from npo_lib.commands.forget import run_forget
     from npo_lib.config import load_config
-    from npo_lib.models.loading import load_model
-    from npo_lib.objectives.primitives import token_logprobs
-    from npo_lib.training.trainer import UnlearningTrainer
 
     cfg = load_config(
         [
@@ -87,24 +111,7 @@ def run_mode(mode: str, loss: str, model_path: str, data_path: str, out: Path) -
     )
     cuda = torch.cuda.is_available()
     if mode == "live":
-        ref = (
-            load_model(cfg, model_path, device="cuda" if cuda else "cpu")
-            .eval()
-            .requires_grad_(False)
-        )
-
-        def live_extras(self, inputs, forget):  # NPO / NPO+GD need only the reference log-probs
-            extras = {}
-            with torch.no_grad():
-                logits = ref(
-                    input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]
-                ).logits
-                logp, _ = token_logprobs(logits, forget["labels"])  # (B, T-1)
-            extras["ref_token_logp"], extras["ref_seq_logp"] = logp, logp.sum(-1)
-            return extras
-
-        UnlearningTrainer._extras = live_extras
-        UnlearningTrainer.ensure_reference = lambda self, model: None  # nothing cached
+        live_reference()
     from transformers import TrainerCallback
 
     class Probe(TrainerCallback):
@@ -144,6 +151,20 @@ def run_mode(mode: str, loss: str, model_path: str, data_path: str, out: Path) -
     }
 
 
+def child(mode: str, loss: str, model_path: str, data_path: str) -> tuple[float, dict]:
+    """One mode in its own process (peak memory its own): steady-state epoch seconds, result."""
+    r = subprocess.run(
+        [sys.executable, __file__, "--child", mode, loss, model_path, data_path],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if r.returncode:
+        raise RuntimeError(f"{mode} {loss} failed:\n{r.stderr[-3000:]}")
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    return sum(result["epoch_seconds"][1:]), result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,6 +176,9 @@ def main() -> int:
         type=int,
         default=20,
         help="per-step batch (more tokens per step: less optimizer overhead)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="runs per side, interleaved (fastest counts)"
     )
     ap.add_argument(
         "--cache", type=Path, default=None, help="TNPO cache folder (default: a temp dir)"
@@ -194,41 +218,38 @@ def main() -> int:
         )
         results = {}
         for loss in ("NPO", "NPO+GD"):
-            for mode in ("live", "cached"):
-                r = subprocess.run(
-                    [sys.executable, __file__, "--child", mode, loss, model_path, data_path],
-                    capture_output=True,
-                    text=True,
-                    cwd=ROOT,
-                )
-                if r.returncode:
-                    print(r.stderr[-3000:], file=sys.stderr)
-                    return 1
-                results[loss, mode] = json.loads(r.stdout.strip().splitlines()[-1])
+            sides = {
+                mode: lambda mode=mode, loss=loss: child(mode, loss, model_path, data_path)
+                for mode in ("live", "cached")
+            }
+            results[loss] = interleaved(sides, args.repeats)
         ok = True
         print(
-            "epoch x: epochs 2-3 of 3 (steady state: the cache is built); "
-            "total x: all three epochs, "
-            "the cached run's one-time reference pass included"
+            "epoch: epochs 2-3 of 3 (steady state: the cache is built), fastest of "
+            f"{args.repeats} interleaved runs per side (+ spread: slowest / fastest - 1); "
+            "epoch x: the ratio of fastest times [range over the repeats]; "
+            "total x: all three epochs, the cached run's one-time reference pass included"
         )
         print(
-            f"{'loss':<8} {'live s':>7} {'cached s':>8} {'epoch x':>8} {'target':>7} "
+            f"{'loss':<8} {'live':>14} {'cached':>14} {'epoch x':>18} {'target':>7} "
             f"{'total x':>8} "
             f"{'step-1 |d|':>10} {'live MiB':>9} {'cached MiB':>11} {'saved MiB':>10}"
         )
         for loss, target in (("NPO", 1.25), ("NPO+GD", 1.1)):
-            live, cached = results[loss, "live"], results[loss, "cached"]
-            ratio = sum(live["epoch_seconds"][1:]) / sum(cached["epoch_seconds"][1:])
+            live_t, cached_t = results[loss]["live"], results[loss]["cached"]
+            live, cached = live_t.best, cached_t.best
+            ratio = live_t.fastest / cached_t.fastest
             total = live["train_seconds"] / cached["train_seconds"]
             diff = abs(live["step1_loss"] - cached["step1_loss"])
             saved = live["peak_bytes"] - cached["peak_bytes"]
             ok &= ratio >= target and diff <= 1e-5 and saved >= weights
             print(
-                f"{loss:<8} {sum(live['epoch_seconds'][1:]):>7.2f} "
-                f"{sum(cached['epoch_seconds'][1:]):>8.2f} {ratio:>7.2f}x "
+                f"{loss:<8} {live_t.cell():>14} {cached_t.cell():>14} "
+                f"{ratio_cell(live_t, cached_t):>18} "
                 f"{target:>6.2f}x {total:>7.2f}x {diff:>10.1e} {live['peak_bytes'] / 2**20:>9.0f} "
                 f"{cached['peak_bytes'] / 2**20:>11.0f} {saved / 2**20:>10.0f}"
             )
+        print(f"load average {os.getloadavg()[0]:.1f}")
         print(f"weights: {weights / 2**20:.0f} MiB; all targets met: {ok}")
     return 0 if ok else 1
 
