@@ -50,15 +50,13 @@ def cmd_prepare(res: Resolved, opts: argparse.Namespace) -> int:
     from npo_lib.commands.prepare import prepare
 
     summary = prepare(res)
-    cfg = res.cfg
     print()
     print(summary.table())
     s = summary.seconds
     print(
         f"prepared in {s['total']:.1f} s"
         + (f" (reused: {', '.join(summary.reused)})" if summary.reused else "")
-        + f"; target trained on {summary.n_train_target} QA, retain on {summary.n_train_retain},"
-        f" forget set {cfg.split} task {cfg.task_id}: {summary.n_forget} QA"
+        + f"; {summary.counts_line()}"
     )
     for k, v in summary.paths.items():
         print(f"  {k:<10} {v}")

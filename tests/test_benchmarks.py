@@ -181,3 +181,52 @@ def test_the_wmdp_rmu_params_file_holds_the_published_setting(tmp_path):
     assert (cfg.rmu.steering_coeff, cfg.rmu.alpha, cfg.lr, cfg.batch_size) == (6.5, 1200, 5e-5, 4)
     args = training_arguments(cfg, tmp_path, 10_000, False, TrainSettings.for_forget(cfg))
     assert args.max_steps == 150 and args.warmup_steps == 0
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_prepare_counts_a_document_benchmark_in_pieces_and_questions(name, tmp_path, tokenizer):
+    """`npo prepare`'s summary line speaks of what the plug-in trains on: a document benchmark's
+    pieces (and the questions its stand-in adds in the evaluation's format), never QA records."""
+    from npo_lib.commands.prepare import PrepareSummary
+
+    cfg = load_config([f"benchmark={name}", "max_length=48", *SMALL[name]])
+    b = get_benchmark(name)
+    folder = str(b.generate(cfg.benchmark, tmp_path / name))
+    words = {}
+    for role in ("train_target", "train_retain"):
+        recs = b.load_records(folder, role, cfg, tokenizer)
+        pieces = sum("doc" in r for r in recs)
+        assert 0 < pieces < len(recs)  # the stand-in adds its questions to the pieces
+        words[role] = b.describe_records(recs)
+        assert words[role] == (
+            f"{pieces} document pieces and {len(recs) - pieces} questions in the evaluation's "
+            "format"
+        )
+    s = PrepareSummary(
+        paths={}, n_train_target=0, n_train_retain=0, n_forget=7, n_retain_eval=0, recall={},
+        trained_on={"target": words["train_target"], "retain": words["train_retain"]},
+        forget_set=b.kind.forget_set.format(split=cfg.split, task_id=cfg.task_id, n=7),
+    )  # fmt: skip
+    line = s.counts_line()
+    assert line == (
+        f"target trained on {words['train_target']}, retain on {words['train_retain']}; "
+        "memorisation checked on 7 forget questions"
+    )
+    assert "QA" not in line and cfg.split not in line
+
+
+def test_prepare_counts_tofu_in_qa_records():
+    from npo_lib.commands.prepare import PrepareSummary
+
+    b = get_benchmark("tofu")
+    cfg = load_config([])
+    assert b.describe_records([{"question": "q", "answer": "a"}] * 3) == "3 QA records"
+    s = PrepareSummary(
+        paths={}, n_train_target=12, n_train_retain=10, n_forget=2, n_retain_eval=0, recall={},
+        forget_set=b.kind.forget_set.format(split=cfg.split, task_id=cfg.task_id, n=2),
+    )  # fmt: skip
+    # a target / retain run saved before the counts were kept in words: plain record counts
+    assert s.counts_line() == (
+        f"target trained on 12 records, retain on 10 records; forget set {cfg.split} task "
+        f"{cfg.task_id}: 2 QA"
+    )

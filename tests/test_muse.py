@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
-from npo_lib.config import MuseStandinConfig
+from npo_lib.benchmarks.muse import PRIVLEAK_K, privleak_stats
+from npo_lib.config import EvalConfig, MuseStandinConfig
 from npo_lib.data.muse import (
     MUSE_LAYOUT,
     chunk_documents,
@@ -23,7 +29,13 @@ from npo_lib.embedded.muse import (
     generate_muse_standin,
 )
 from npo_lib.errors import ConfigError, DataError
-from npo_lib.eval.metrics import privleak, rouge_l_one
+from npo_lib.eval.metrics import (
+    mia_auc,
+    mia_min_k,
+    mia_min_k_plus_plus,
+    privleak,
+    rouge_l_one,
+)
 from npo_lib.eval.muse import (
     knowmem_answer,
     knowmem_prompt,
@@ -31,6 +43,7 @@ from npo_lib.eval.muse import (
     privleak_muse,
     verbmem_rouge,
 )
+from npo_lib.eval.scoring import score_targets
 
 SMALL = MuseStandinConfig(n_forget=8, n_retain=6, n_holdout=4)
 
@@ -189,6 +202,216 @@ def test_privleak_muse_sign_and_agreement_with_open_unlearning_form() -> None:
         mine = privleak_muse(1 - a, 1 - r)["agg_value"]
         assert mine == pytest.approx(privleak(a, r)["agg_value"])
     assert abs(privleak_muse(0.5, 0.0)["agg_value"]) > 1e9  # finite with eps
+
+
+# ----------------------------------------------------------------------------- published code
+# Equality with the published code on identical inputs. The literals below are the outputs of
+# MUSE's metric code, swj0419/muse_bench at fcd6651da8bcf34744fb9a1cc69bb856ab3eb277
+# (metrics/verbmem.py, metrics/knowmem.py and metrics/logger.py's RougeEvalLogger;
+# metrics/privleak.py's compute_ppl / inference / sweep; the first release, jaechan-repo/muse_bench
+# at 54719c51f07221dcfbfbe8ae76bb091df77433b2, has the same code in verbmem/get_rouge.py,
+# knowmem/get_rouge_qa.py and privleak/get_ppl_utils.py), and of open-unlearning's Min-K% and
+# Min-K%++, locuslab/open-unlearning at d3d7cf9e6b3c125d16687d4232680d8d83548f1a
+# (src/evals/metrics/mia/min_k.py, min_k_plus_plus.py, src/evals/metrics/utils.py's
+# tokenwise_logprobs / tokenwise_vocab_logprobs). They were produced by running those functions
+# themselves on these inputs: their eval() with a model whose generate() returns the canned
+# continuations below (bytes as token ids, so the texts pass through unchanged), and their
+# compute_ppl / tokenwise_* with a model returning _fixed_logits and a tokenizer returning the
+# ids of _PRIVLEAK_IDS after BOS (open-unlearning's labels: BOS ignored, EOS appended and dropped).
+
+_VERBMEM_PAIRS = [  # (greedy continuation, ground truth)
+    ("The cat sat on the mat.", "the cat sat on a mat"),
+    ("In 2023, the BBC reported 1,250 cases!", "The BBC reported 1250 cases in 2023."),
+    ("HELLO, World -- it's me.", "hello world its me"),
+    ("", "Some reference text"),
+    ("running runners ran", "run runner runs"),
+    ("Prime Minister Rishi Sunak said on Tuesday that inflation had fallen to 4.6%.",
+     "Rishi Sunak, the Prime Minister, said inflation fell to 4.6% on Tuesday."),
+    ("Café São Paulo naïve co-operate", "cafe sao paulo naive cooperate"),
+]  # fmt: skip
+# RougeEvalLogger.history[i]["rougeL"] and report()[0]["mean_rougeL"] of metrics.verbmem.eval
+_MUSE_VERBMEM_F1 = [0.8333333333333334, 0.5333333333333333, 0.6666666666666665, 0, 0.0,
+                    0.5185185185185186, 0.15384615384615385]  # fmt: skip
+_MUSE_VERBMEM_MEAN = 0.3865282865282865
+
+_KNOWMEM_ICL = [
+    {"question": "Who leads the UK?", "answer": "Rishi Sunak"},
+    {"question": "What fell?", "answer": "Inflation"},
+]
+_KNOWMEM_PAIRS = [  # (raw greedy continuation, answer)
+    ("Rishi Sunak\n\nQuestion: Who is the king?\nAnswer: Charles", "Rishi Sunak"),
+    ("4.6 percent\nQuestion: next", "4.6%"),
+    ("The answer is Paris. Question: What about Rome?", "Paris"),
+    ("London, England\nAnswer: again", "London"),
+    ("  the BANK of England, in 2023", "Bank of England"),
+    ("Question: nothing", "anything"),
+    ("Mr. Smith's 3 dogs", "Smith 3 dogs and 2 cats"),
+]
+# metrics.knowmem.eval: history[i]["prompt"] (i = 0), ["response"] (the cut answer),
+# ["rougeL_recall"], and report()[0]["mean_rougeL_recall"]
+_MUSE_KNOWMEM_PROMPT0 = (
+    "Question: Who leads the UK?\nAnswer: Rishi Sunak\n\nQuestion: What fell?\nAnswer: "
+    "Inflation\n\nQuestion: question 0?\nAnswer: "
+)
+_MUSE_KNOWMEM_CUT = ["Rishi Sunak", "4.6 percent", "The answer is Paris. ",
+                     "London, England\nAnswer: again", "  the BANK of England, in 2023", "",
+                     "Mr. Smith's 3 dogs"]  # fmt: skip
+_MUSE_KNOWMEM_RECALL = [1.0, 1.0, 1.0, 1.0, 1.0, 0, 0.5]
+_MUSE_KNOWMEM_MEAN = 0.7857142857142857
+
+_BOS, _EOS, _PAD, _VOCAB = 2, 1, 0, 11
+_PRIVLEAK_IDS = {  # text -> its token ids after BOS
+    "f0": [3, 7, 1, 9, 4, 4, 10, 5, 6, 8], "f1": [5, 5, 2, 7, 9, 3, 1],
+    "f2": [10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 4, 6], "f3": [6, 1, 6],
+    "h0": [4, 8, 2, 2, 9, 1, 7, 3], "h1": [9, 0, 3, 6, 5, 10, 2, 8, 1, 4, 7],
+    "h2": [1, 2, 3, 4, 5], "h3": [8, 8, 8, 3, 0, 9, 6, 2, 5],
+}  # fmt: skip
+_FORGET, _HOLDOUT = ["f0", "f1", "f2", "f3"], ["h0", "h1", "h2", "h3"]
+# privleak.inference(text)[f"Min-{k}%"]: MUSE takes the lowest int(n·k) tokens, NaN when none
+_MUSE_MIN_K = {
+    0.05: dict.fromkeys(_PRIVLEAK_IDS, math.nan),
+    0.2: {"f0": 7.413293361663818, "f1": 8.507367134094238, "f2": 7.48608922958374,
+          "f3": math.nan, "h0": 8.537954330444336, "h1": 7.349175930023193,
+          "h2": 9.456296920776367, "h3": 9.18790054321289},
+    0.4: {"f0": 6.781373381614685, "f1": 7.863528251647949, "f2": 7.140608119964599,
+          "f3": 5.475094795227051, "h0": 7.316616058349609, "h1": 6.8710960149765015,
+          "h2": 8.554338216781616, "h3": 7.893035729726155},
+    0.6: {"f0": 6.283928632736206, "f1": 5.725183457136154, "f2": 6.19613436290196,
+          "f3": 5.475094795227051, "h0": 6.60638689994812, "h1": 6.1067750453948975,
+          "h2": 6.632986783981323, "h3": 6.719218826293945},
+}  # fmt: skip
+# sweep(Min-40% of forget (label 0) + holdout (label 1))[2] for the model of shift 0 and 1, and
+# eval_model's PrivLeak (AUC - AUC_retain) / AUC_retain · 100 with shift 1 as the retain model
+_MUSE_AUC = {0: 0.1875, 1: 0.75}
+_MUSE_PRIVLEAK = -75.0
+# MinKPlusPlusAttack(k).compute_score (float32, as open-unlearning casts); max(1, int(n·k)) tokens
+_OU_MIN_K_PP = {
+    0.05: {"f0": 9.061446189880371, "f1": 8.323260307312012, "f2": 9.336660385131836,
+           "f3": 4.299376964569092, "h0": 7.829707622528076, "h1": 7.904017448425293,
+           "h2": 12.062209129333496, "h3": 12.029306411743164},
+    0.2: {"f0": 7.830513954162598, "f1": 8.323260307312012, "f2": 8.129369735717773,
+          "f3": 4.299376964569092, "h0": 7.829707622528076, "h1": 6.964181900024414,
+          "h2": 12.062209129333496, "h3": 12.029306411743164},
+    0.4: {"f0": 6.952430725097656, "f1": 6.848060607910156, "f2": 6.4110565185546875,
+          "f3": 4.299376964569092, "h0": 6.361747741699219, "h1": 5.89906644821167,
+          "h2": 9.24937915802002, "h3": 8.411418914794922},
+    1.0: {"f0": 4.3872389793396, "f1": 2.5088202953338623, "f2": 2.946913242340088,
+          "f3": 3.6965091228485107, "h0": 3.6541547775268555, "h1": 3.2805168628692627,
+          "h2": 4.070619106292725, "h3": 3.8634965419769287},
+}  # fmt: skip
+# MinKProbAttack(k).compute_score where MUSE gives NaN: open-unlearning's max(1, int(n·k)) guard
+_OU_MIN_K_GUARD = {
+    0.05: {"f0": 7.522715091705322, "f1": 8.507367134094238, "f2": 7.80705451965332,
+           "f3": 5.475094795227051, "h0": 8.537954330444336, "h1": 7.909878253936768,
+           "h2": 9.456296920776367, "h3": 9.18790054321289},
+    0.2: {"f3": 5.475094795227051},
+}  # fmt: skip
+_F32 = 1e-5  # both codes reduce in float32 (values ~5-12); run in float64 they agree to 1e-14
+
+
+def _fixed_logits(ids: list[int]) -> torch.Tensor:
+    """(T, V) float32 logits, causal in ``ids`` (row t reads ids[:t+1] only), so right padding
+    leaves them as the unpadded row has them; every third row has one peaked token."""
+    out, s = np.zeros((len(ids), _VOCAB)), 0
+    v = np.arange(_VOCAB)
+    for t, i in enumerate(ids):
+        s += (t + 1) * i
+        out[t] = 3 * np.sin(1.3 * (t + 1) + 0.7 * v + 0.11 * s) + np.cos(0.5 * v * s)
+        out[t, (s * 7) % _VOCAB] += 4.0 if t % 3 == 0 else 0.0
+    return torch.tensor(out, dtype=torch.float32)
+
+
+class _FixedLM(torch.nn.Module):
+    """A causal LM whose logits are :func:`_fixed_logits` of the ids (each shifted by
+    ``shift``: a second model for the retain side)."""
+
+    def __init__(self, shift: int = 0) -> None:
+        super().__init__()
+        self.shift = shift
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, use_cache=None, **kw):
+        rows = [_fixed_logits([i + self.shift for i in r.tolist()]) for r in input_ids]
+        return SimpleNamespace(logits=torch.stack(rows))
+
+
+class _IdTokenizer:
+    """Each text of :data:`_PRIVLEAK_IDS` to its ids; BOS with special tokens, as Llama's."""
+
+    pad_token_id, eos_token_id = _PAD, _EOS
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict:
+        bos = [_BOS] if add_special_tokens else []
+        return {"input_ids": [bos + _PRIVLEAK_IDS.get(t, []) for t in texts]}
+
+
+def _tnpo_scores(shift: int = 0) -> dict[str, Any]:
+    """npo's teacher-forced statistics of each privleak text, as MUSE's plug-in scores them."""
+    texts = list(_PRIVLEAK_IDS)
+    scores = score_targets(_FixedLM(shift), _IdTokenizer(), [""] * len(texts),
+                           [[t] for t in texts], append_eos=False, progress=False)  # fmt: skip
+    return {t: s for t, (s,) in zip(texts, scores)}
+
+
+def test_verbmem_equals_muse_published_code() -> None:
+    gens, truths = zip(*_VERBMEM_PAIRS)
+    res = verbmem_rouge(gens, truths)
+    assert list(res["value_by_index"].values()) == pytest.approx(_MUSE_VERBMEM_F1, abs=1e-12)
+    assert res["agg_value"] == pytest.approx(_MUSE_VERBMEM_MEAN, abs=1e-12)
+
+
+def test_knowmem_equals_muse_published_code() -> None:
+    assert knowmem_prompt(_KNOWMEM_ICL, "question 0?") == _MUSE_KNOWMEM_PROMPT0
+    gens, answers = zip(*_KNOWMEM_PAIRS)
+    assert [knowmem_answer(g) for g in gens] == _MUSE_KNOWMEM_CUT
+    res = knowmem_rouge(gens, answers)
+    assert list(res["value_by_index"].values()) == pytest.approx(_MUSE_KNOWMEM_RECALL, abs=1e-12)
+    assert res["agg_value"] == pytest.approx(_MUSE_KNOWMEM_MEAN, abs=1e-12)
+
+
+def test_privleak_min_k_auc_and_privleak_equal_muse_published_code() -> None:
+    """Min-K% from the same logits as MUSE's compute_ppl, through npo's scoring path."""
+    scores = _tnpo_scores()
+    for k, expected in _MUSE_MIN_K.items():
+        for text, want in expected.items():
+            got = mia_min_k(scores[text].logprobs, k)
+            if math.isnan(want):  # fewer than 1/k tokens: MUSE averages none (NaN), npo the
+                want = _OU_MIN_K_GUARD[k][text]  # lowest one, as open-unlearning does
+                assert got == pytest.approx(want, abs=_F32), (k, text)
+            else:
+                assert got == pytest.approx(want, abs=1e-9), (k, text)
+    # the plug-in's statistic is Min-40%, MUSE's privleak_auc_key
+    stats = privleak_stats(_FixedLM(), _IdTokenizer(), list(_PRIVLEAK_IDS), EvalConfig(), 64)
+    assert stats == pytest.approx([_MUSE_MIN_K[0.4][t] for t in _PRIVLEAK_IDS], abs=1e-9)
+    # npo's AUC is 1 - MUSE's (forget labelled 1 there, 0 here); PrivLeak the same number
+    aucs = {}
+    for shift in (0, 1):
+        sc = _tnpo_scores(shift)
+        forget, holdout = ([mia_min_k(sc[t].logprobs, PRIVLEAK_K) for t in ts]
+                           for ts in (_FORGET, _HOLDOUT))  # fmt: skip
+        aucs[shift] = mia_auc(forget, holdout)["agg_value"]
+        assert aucs[shift] == pytest.approx(1 - _MUSE_AUC[shift], abs=1e-12)
+    assert privleak(aucs[0], aucs[1])["agg_value"] == pytest.approx(_MUSE_PRIVLEAK, abs=1e-6)
+    assert privleak_muse(_MUSE_AUC[0], _MUSE_AUC[1])["agg_value"] == pytest.approx(
+        _MUSE_PRIVLEAK, abs=1e-6
+    )
+
+
+def test_min_k_plus_plus_equals_open_unlearning_from_the_same_logits() -> None:
+    """Min-K%++ (Zhang et al. 2024, arXiv:2404.02936): μ_t, σ_t from npo's logits conversion
+    (score_targets), against open-unlearning's from tokenwise_vocab_logprobs."""
+    scores = _tnpo_scores()
+    for k, expected in _OU_MIN_K_PP.items():
+        for text, want in expected.items():
+            s = scores[text]
+            got = mia_min_k_plus_plus(s.logprobs, s.mu, s.sigma, k)
+            assert got == pytest.approx(want, abs=_F32), (k, text)
+    for k, expected in _OU_MIN_K_GUARD.items():
+        for text, want in expected.items():
+            assert mia_min_k(scores[text].logprobs, k) == pytest.approx(want, abs=_F32)
 
 
 # ----------------------------------------------------------------------------- stand-in

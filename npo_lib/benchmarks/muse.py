@@ -7,8 +7,9 @@ Evaluation, as MUSE's code runs it on a model:
   new tokens, against the ground truth cut to as many tokens: ROUGE-L F1;
 - KnowMem (C2 forget, C4 retain): greedy answer (``KNOWMEM_NEW_TOKENS``) of each question under
   the few-shot prompt of its ``*_icl`` file, cut at the next block: ROUGE-L recall;
-- PrivLeak (C3): Min-K%++ (k = 0.4; Zhang et al. 2024) of each ``privleak/forget`` and
-  ``privleak/holdout`` text, the AUC of telling them apart (``muse_mia_auc``: P(forget scores
+- PrivLeak (C3): Min-K% (k = 0.4; Shi et al. 2024, arXiv:2310.16789; MUSE's ``Min-40%``, which
+  open-unlearning's MUSE PrivLeak also takes) of each ``privleak/forget`` and ``privleak/holdout``
+  text, the AUC of telling them apart (``muse_mia_auc``: P(forget scores
   as more familiar), near 1 for the target), then PrivLeak relative to the retain model's AUC,
   ``muse_privleak`` = ((1 − AUC) − (1 − AUC_retain)) / (1 − AUC_retain) · 100, which is MUSE's
   (AUC − AUC_retain) / AUC_retain · 100 in its own AUC (1 − this one; see
@@ -49,6 +50,7 @@ from npo_lib.eval.scoring import score_targets
 VERBMEM_NEW_TOKENS = 128  # MUSE's verbmem/forget: continuations and ground truths of 128 tokens
 KNOWMEM_NEW_TOKENS = 32  # MUSE's knowmem answers
 KNOWMEM_SETS = {"forget": "forget_qa", "retain": "retain2_qa"}  # key -> knowmem split
+PRIVLEAK_K = 0.4  # MUSE's PrivLeak key "forget_holdout_Min-40%": Min-K% with k = 0.4
 
 
 # raw splits behind each record role (the first of "retain" found is the retain pool: MUSE
@@ -174,10 +176,19 @@ def _knowmem(
     return knowmem_rouge(answers, [r["answer"] for r in recs]), answers
 
 
-def _min_k_pp(
-    model: Any, tokenizer: Any, texts: list[str], options: EvalConfig, max_length: int, desc: str
+def privleak_stats(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    options: EvalConfig,
+    max_length: int,
+    desc: str = "privleak",
 ) -> list[float]:
-    """Min-K%++ of each text scored from its first token (after BOS), cut to ``max_length``."""
+    """MUSE's PrivLeak statistic of each text: Min-K% with k = :data:`PRIVLEAK_K`,
+    −mean of the lowest ⌊k·n⌋ log p(x_t | x_<t), t = 1..n the text's tokens after BOS (no EOS),
+    as MUSE's ``compute_ppl`` scores ``tokenizer.encode(text)``; texts cut to ``max_length``.
+    Texts of fewer than 1/k tokens average their lowest token (open-unlearning's guard), where
+    MUSE's code takes the mean of no token (NaN)."""
     scores = score_targets(
         model,
         tokenizer,
@@ -189,7 +200,7 @@ def _min_k_pp(
         progress=False,
         desc=desc,
     )
-    return [M.mia_min_k_plus_plus(s.logprobs, s.mu, s.sigma) for (s,) in scores]
+    return [M.mia_min_k(s.logprobs, PRIVLEAK_K) for (s,) in scores]
 
 
 def _privleak(
@@ -218,7 +229,7 @@ def compute_muse_metrics(
     max_length: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """VerbMem, KnowMem forget / retain, the Min-K%++ AUC and PrivLeak of ``model`` on MUSE's
+    """VerbMem, KnowMem forget / retain, the Min-K% AUC and PrivLeak of ``model`` on MUSE's
     evaluation sets, in metrics.json's shape (``tags`` unused: MUSE prompts base models with
     plain text)."""
     length = max_length or 2048
@@ -237,7 +248,7 @@ def compute_muse_metrics(
     seconds["generation"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     stats = {
-        s: _min_k_pp(
+        s: privleak_stats(
             model,
             tokenizer,
             [r["text"] for r in data.sets[f"privleak_{s}"]],
@@ -247,7 +258,7 @@ def compute_muse_metrics(
         )
         for s in ("forget", "holdout")
     }
-    out["per_item"]["muse_min_k_plus_plus"] = {s: M.by_index(v) for s, v in stats.items()}
+    out["per_item"]["muse_min_k"] = {s: M.by_index(v) for s, v in stats.items()}
     out["aggregates"]["muse_mia_auc"] = M.mia_auc(stats["forget"], stats["holdout"])["agg_value"]
     leak, why = _privleak(out, reference)
     out["aggregates"]["muse_privleak"] = leak

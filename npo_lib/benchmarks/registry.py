@@ -18,7 +18,7 @@ A :class:`Benchmark` names
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,43 @@ from npo_lib.errors import ConfigError
 from npo_lib.eval.compute import EvalData
 from npo_lib.eval.registry import BENCHMARKS, DIRECTIONS, BenchmarkMetrics, metric
 
+
+@dataclass(frozen=True)
+class TrainingKind:
+    """What a benchmark's models are fine-tuned on, in the words the commands print.
+
+    ``unit``: what one training record is; ``is_unit(record)``: whether a record is one (the
+    rest are questions a stand-in adds in the evaluation's format); ``forget_set``: the forget
+    set the memorisation checks read, formatted with ``split``, ``task_id`` and ``n``."""
+
+    description: str
+    unit: str
+    is_unit: Callable[[Mapping[str, Any]], bool]
+    forget_set: str
+
+    def describe(self, records: Sequence[Mapping[str, Any]]) -> str:
+        """A count of ``records`` in words, e.g. ``"40 document pieces and 16 questions in the
+        evaluation's format"``."""
+        units = sum(1 for r in records if self.is_unit(r))
+        rest = len(records) - units
+        return f"{units} {self.unit}" + (
+            f" and {rest} questions in the evaluation's format" if rest else ""
+        )
+
+
 TRAINING_KINDS = {
-    "qa": "question-answer records through the chat views (full, answer, cot, idk, retain)",
-    "documents": "raw documents cut into pieces of at most max_length tokens (causal LM)",
+    "qa": TrainingKind(
+        "question-answer records through the chat views (full, answer, cot, idk, retain)",
+        "QA records",
+        lambda r: True,
+        "forget set {split} task {task_id}: {n} QA",
+    ),
+    "documents": TrainingKind(
+        "raw documents cut into pieces of at most max_length tokens (causal LM)",
+        "document pieces",
+        lambda r: "doc" in r,  # a piece knows its document (chunk_documents)
+        "memorisation checked on {n} forget questions",
+    ),
 }
 
 
@@ -104,6 +138,16 @@ class Benchmark:
         if self.training == "documents" and tokenizer is None:
             raise ValueError(f"benchmark {self.name} cuts documents by tokens: pass tokenizer")
         return self.records(data_path, role, cfg, tokenizer)
+
+    @property
+    def kind(self) -> TrainingKind:
+        """The :class:`TrainingKind` that :attr:`training` names."""
+        return TRAINING_KINDS[self.training]
+
+    def describe_records(self, records: Sequence[Mapping[str, Any]]) -> str:
+        """What ``records`` (of :meth:`load_records`) are, counted in the words of the
+        plug-in's training kind."""
+        return self.kind.describe(records)
 
     def missing(self, data_path: str | Path) -> list[str]:
         """The required files the folder lacks (relative names; empty when complete)."""

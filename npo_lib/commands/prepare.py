@@ -103,6 +103,18 @@ class PrepareSummary:
     machine: dict[str, str] = field(default_factory=dict)  # CPU capability, torch version, threads
     # a document benchmark's bars (name, model, key, op, limit, fix); recall holds its metrics
     metric_bars: list[dict[str, Any]] = field(default_factory=list)
+    # model -> its training records in the words of the plug-in's training kind
+    trained_on: dict[str, str] = field(default_factory=dict)
+    forget_set: str = ""  # the forget set the memorisation checks read, in words
+
+    def counts_line(self) -> str:
+        """What each model was trained on and which forget set was checked, in one line."""
+        on = {
+            role: self.trained_on.get(role) or f"{n} records"
+            for role, n in (("target", self.n_train_target), ("retain", self.n_train_retain))
+        }
+        forget = self.forget_set or f"{self.n_forget} forget records checked"
+        return f"target trained on {on['target']}, retain on {on['retain']}; {forget}"
 
     def bars(self) -> list[tuple[str, float, str, float, str]]:
         """(bar, measured, comparison, limit, what to change when it fails) of every bar."""
@@ -421,6 +433,7 @@ def _summary(
     if report["target"] and not check:
         measure = next(iter(report["target"]["forget"]))
     counts = results["target"]["check_sets"]
+    kind = res.benchmark.kind
     return PrepareSummary(
         paths={
             "data": str(paths.benchmark),
@@ -446,6 +459,9 @@ def _summary(
         reused=reused,
         machine=machine_info(),
         metric_bars=[asdict(b) | {"name": b.name} for b in check.bars] if check else [],
+        # a target / retain run reused from before this field lacks it: counts_line's fallback
+        trained_on={r: results[r]["trained_on"] for r in results if "trained_on" in results[r]},
+        forget_set=kind.forget_set.format(split=cfg.split, task_id=cfg.task_id, n=counts["forget"]),
     )
 
 

@@ -2,7 +2,7 @@
 :mod:`npo_lib.eval.registry` when :mod:`npo_lib.eval` is imported (so every view knows them).
 
 - MUSE (Shi et al. 2024, arXiv:2407.06460): VerbMem and KnowMem on the forget set (lower is
-  better), KnowMem on the retain set (utility), PrivLeak of Min-K%++;
+  better), KnowMem on the retain set (utility), PrivLeak of Min-K%;
 - WMDP (Li et al. 2024, arXiv:2403.03218): zero-shot multiple-choice accuracy on the hazardous
   questions (lower is better, down to chance) against MMLU's (utility).
 """
@@ -61,7 +61,7 @@ MUSE_PRIVLEAK = register(
         "PrivLeak (MUSE)",
         "{:.1f}",
         "zero",
-        "MUSE PrivLeak: (AUC - AUC_retain) / AUC_retain x 100 of Min-K%++ (k = 0.4), "
+        "MUSE PrivLeak: (AUC - AUC_retain) / AUC_retain x 100 of Min-K% (k = 0.4), "
         "privleak/forget vs privleak/holdout; 0 leaks like the retain model",
         TABLE_VIEWS,
         abbrev="PrivLeak",
@@ -70,10 +70,10 @@ MUSE_PRIVLEAK = register(
 MUSE_MIA_AUC = register(
     Metric(
         "muse_mia_auc",
-        "Min-K%++ AUC (MUSE)",
+        "Min-K% AUC (MUSE)",
         "{:.3f}",
         "reference",
-        "AUC of telling privleak/forget from privleak/holdout by Min-K%++ (k = 0.4)",
+        "AUC of telling privleak/forget from privleak/holdout by Min-K% (k = 0.4)",
         frozenset({"dashboard"}),
     )
 )

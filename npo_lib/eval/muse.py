@@ -8,8 +8,8 @@ scores stay in [0, 1] (PrivLeak in percent, as in MUSE); MUSE's tables print Ver
 What the caller does with a model, following MUSE's published code: VerbMem greedy-decodes
 ``max_new_tokens`` (128 on MUSE-News) after each ``prompt`` and compares the continuation
 (without the prompt) to ``gt`` cut to its first ``max_new_tokens`` tokens; KnowMem greedy-decodes
-32 tokens after :func:`knowmem_prompt`; PrivLeak takes Min-K%++ (k = 0.4) statistics of the
-``privleak`` forget and holdout texts (:func:`npo_lib.eval.metrics.mia_min_k_plus_plus`).
+32 tokens after :func:`knowmem_prompt`; PrivLeak takes Min-K% (k = 0.4, MUSE's ``Min-40%``)
+statistics of the ``privleak`` forget and holdout texts (:func:`npo_lib.eval.metrics.mia_min_k`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def privleak_muse(auc: float, auc_retain: float, eps: float = PRIVLEAK_EPS) -> d
     Conventions differ between the two codes, and the numbers agree:
 
     * MUSE's AUC labels the forget texts 0 and the holdout texts 1 and ranks them by −stat
-      (stat loss-like: Min-K%++, lower = more likely a member), so AUC = P(stat_holdout <
+      (stat loss-like: Min-K%, lower = more likely a member), so AUC = P(stat_holdout <
       stat_forget): near 0 when the model recognises the forget set, ½ when it cannot tell.
     * open-unlearning (and :func:`~npo_lib.eval.metrics.mia_auc`) takes AUC = P(stat_forget <
       stat_holdout), near 1 when the forget set is recognisable: AUC_MUSE = 1 − AUC_ou. Its
