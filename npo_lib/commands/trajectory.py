@@ -242,7 +242,9 @@ class TrajectoryCallback(TrainerCallback):
             with self.file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         logs = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        self.trainer.log({**logs, "eval_seconds": seconds["eval"]})
+        should_log = control.should_log  # the trainer's on_log clears it: the step's loss
+        self.trainer.log({**logs, "eval_seconds": seconds["eval"]})  # line would be lost
+        control.should_log = should_log
         self.prune()
         why = stop_reason(self.points, self.rule, self.during.patience, self.target)
         if why and step > 0:
