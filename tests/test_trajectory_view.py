@@ -66,11 +66,18 @@ def test_one_run_figure_the_headline_plane_the_target_and_the_loss_terms():
     assert fig._suptitle.get_text() == "npo"
 
 
+def test_points_at_one_place_share_one_step_label():
+    flat = _points([(1.0, 0.0), (1.0, 0.0), (0.77, 0.0), (0.77, 0.0), (0.77, 0.0)], every=1)
+    plane = plot_trajectory(flat, PAIR).axes[0]
+    assert [t.get_text() for t in plane.texts] == ["0–1", "2–4"]
+
+
 def test_a_point_without_the_pair_is_left_off_and_an_empty_path_says_so():
     pts = [*TRAJ[:2], {"step": 4, "metrics": {FQ: None, MU: 0.5}}]
     fig = plot_trajectory(pts, PAIR)
     (path,) = [ln for ln in fig.axes[0].lines if ln.get_label() == "evaluation points"]
     assert len(path.get_xdata()) == 2
+    assert "no training step logged yet" in fig.axes[1].texts[0].get_text()
     empty = plot_trajectory([{"step": 0, "metrics": {MU: 0.5}}], PAIR).axes[0]
     assert not empty.lines and "no forget quality / model utility yet" in empty.texts[0].get_text()
 
@@ -117,16 +124,17 @@ def test_live_view_draws_once_then_updates_the_same_handle_per_point(tmp_path):
     show = FakeDisplay()
     live = LiveTrajectory(tmp_path, PAIR, title="run", display=show)
     assert live.hooks == (live,)
-    for p in TRAJ:
+    points = TRAJ[:3]
+    for p in points:
         live(p)
-    assert len(show.calls) == 1 and len(show.handle.updates) == len(TRAJ) - 1
-    assert live.draws == len(TRAJ) and [p["step"] for p in live.points] == [0, 2, 4, 6, 8]
+    assert len(show.calls) == 1 and len(show.handle.updates) == len(points) - 1
+    assert live.draws == len(points) and [p["step"] for p in live.points] == [0, 2, 4]
     for image in [*show.calls, *show.handle.updates]:
         assert image.format == "png" and image.data[:8] == b"\x89PNG\r\n\x1a\n"
     loss = live.figure().axes[1]
     assert {ln.get_label() for ln in loss.lines} >= {"loss", "forget/npo"}
     live.close()  # the final figure: one more update of the same handle
-    assert len(show.calls) == 1 and len(show.handle.updates) == len(TRAJ)
+    assert len(show.calls) == 1 and len(show.handle.updates) == len(points)
 
 
 def test_live_view_of_a_resumed_run_starts_from_the_file(tmp_path):
@@ -174,10 +182,18 @@ def test_the_callback_calls_its_hooks_with_each_point_record(mini_world, tmp_pat
     res.run_dir.mkdir(parents=True)
     seen: list[dict] = []
     cb = TrajectoryCallback(res, on_point=[seen.append])
-    cb.bind(SimpleNamespace(log=lambda logs: None))
+    control = SimpleNamespace(should_training_stop=False, should_log=True)
+    logged: list[dict] = []
+
+    def log(logs: dict) -> None:  # as transformers' Trainer.log: on_log clears should_log
+        logged.append(logs)
+        control.should_log = False
+
+    cb.bind(SimpleNamespace(log=log))
     cb.measure = lambda: {FQ: 0.5, MU: 0.6}  # the numbers are not the point here
-    control = SimpleNamespace(should_training_stop=False)
     cb.point(SimpleNamespace(global_step=0, epoch=0.0), control)
+    assert logged[0]["eval_forget_quality"] == 0.5
+    assert control.should_log  # the step's training loss is still logged after the point
     assert len(seen) == 1 and seen[0]["step"] == 0 and seen[0]["metrics"] == {FQ: 0.5, MU: 0.6}
     written = json.loads((res.run_dir / TRAJECTORY_FILE).read_text())
     assert written == seen[0]  # the hook sees the line trajectory.jsonl holds

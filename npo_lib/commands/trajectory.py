@@ -246,7 +246,9 @@ class TrajectoryCallback(TrainerCallback):
             for hook in self.on_point:
                 hook(record)
         logs = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        should_log = control.should_log  # Trainer.log clears it: the step's own loss still logs
         self.trainer.log({**logs, "eval_seconds": seconds["eval"]})
+        control.should_log = should_log
         self.prune()
         why = stop_reason(self.points, self.rule, self.during.patience, self.target)
         if why and step > 0:

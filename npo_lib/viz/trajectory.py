@@ -96,11 +96,25 @@ def draw_path(
         ax.scatter([target[0]], [target[1]], label=target_label, **ROLE_STYLE["target"])
     if steps:
         shown = xy if len(xy) <= STEP_LABELS else [xy[0], xy[-1]]
-        for step, x, y in shown:
+        for label, x, y in step_labels(shown):
             ax.annotate(
-                str(step), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small"
+                label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small"
             )
     return True
+
+
+def step_labels(xy: Sequence[tuple[int, float, float]]) -> list[tuple[str, float, float]]:
+    """One label per place: consecutive points at the same place (no measured change) share
+    one, ``first–last`` (``0–1``), instead of printing over each other."""
+    runs: list[list[tuple[int, float, float]]] = []
+    for p in xy:
+        if runs and runs[-1][-1][1:] == p[1:]:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return [
+        (str(r[0][0]) if len(r) == 1 else f"{r[0][0]}–{r[-1][0]}", r[0][1], r[0][2]) for r in runs
+    ]
 
 
 def style_plane(ax: Any, pair: MetricPair, title: str) -> None:
@@ -138,6 +152,14 @@ def plot_trajectory(
     if plane.get_legend_handles_labels()[0]:
         plane.legend(fontsize="small", loc="best")
     draw_loss_terms(loss, log_rows)
+    if not log_rows:
+        loss.text(
+            0.5,
+            0.5,
+            "no training step logged yet (logging_steps)",
+            ha="center",
+            transform=loss.transAxes,
+        )
     for p in points:
         loss.axvline(p["step"], color="0.7", ls=":", lw=0.8)
     last = max((p["step"] for p in points), default=0)
