@@ -6,12 +6,15 @@ opened in JupyterLab, started on 127.0.0.1 with a free port and a token in the p
 Playwright drives Debian's Chromium through ``executable_path`` (no browser download): the saved
 explorer view renders before any cell runs; after Run All the live explorer follows the example,
 the score, the threshold. The static dashboard (``npo report --html``) and the heatmap page open
-from files. Screenshots of each step go to ``test-artifacts/browser/`` (or
+from files. A forget notebook executed with ``eval.during`` on opens in a JupyterLab of its own,
+showing its live trajectory figure (``TNPO_SAVE_DOC_FIGURE=1`` also copies that screenshot to
+``docs/trajectory_live.png``). Screenshots of each step go to ``test-artifacts/browser/`` (or
 ``$TNPO_TEST_ARTIFACTS/browser``). Skips, saying why, without Chromium or playwright.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -144,6 +147,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(pipeline) -> Iterator[str]:
     """JupyterLab over the pipeline's folder; yields its base URL with the token, stops it after."""
+    with _lab_server(pipeline) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _lab_server(pipeline: Path) -> Iterator[str]:
+    """JupyterLab over ``pipeline`` (its root folder): ``base|token``, stopped on exit."""
     port, token = _free_port(), secrets.token_hex(16)
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -438,3 +448,99 @@ def test_a_bad_value_typed_in_jupyterlab_fails_in_one_line(browser, lab, pipelin
     error.scroll_into_view_if_needed()
     _shot(page, "11-bad-value-one-line")
     page.close()
+
+
+# ----------------------------------------------------------------------------- live trajectory
+
+DOC_FIGURE = ROOT / "docs" / "trajectory_live.png"
+SAVE_DOC_FIGURE = "TNPO_SAVE_DOC_FIGURE"  # =1: the screenshot below also replaces DOC_FIGURE
+
+
+@pytest.fixture(scope="module")
+def live_forget(mini_world, tmp_path_factory) -> Iterator[Path]:
+    """A folder holding ``notebooks/forget-live.ipynb``: the forget notebook executed (papermill,
+    as `npo run` executes it) with ``eval.during.every_steps=1`` on the mini world, the model
+    itself standing in as the retain model so forget quality is measured at each point."""
+    from npo_lib.workflow.steps import Step, notebook_path, run_steps
+
+    _chromium()
+    tmp = tmp_path_factory.mktemp("live")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("JUPYTER_DATA_DIR", str(tmp / "jupyter-data"))
+    mp.setenv("JUPYTER_CONFIG_DIR", str(tmp / "jupyter-config"))
+    mp.setenv("JUPYTER_RUNTIME_DIR", str(tmp / "jupyter-runtime"))
+    mp.chdir(tmp)
+    params = {
+        "config_files": [],
+        "model_path": mini_world["model_path"],
+        "data_path": mini_world["data_path"],
+        "retain_model_path": mini_world["model_path"],
+        "save_dir": str(tmp / "runs" / "npo_live"),
+        "cache_dir": str(tmp / "cache"),
+        "split": "forget10",
+        "task_id": 1,
+        "batch_size": 2,
+        "num_epochs": 2,
+        "lr": 1e-3,
+        "warmup_epochs": 0,
+        "logging_steps": 1,
+        "forget_loss": "NPO+GD",
+        "eval": {"max_new_tokens": 6, "during": {"every_steps": 1}},
+    }
+    step = Step("forget", notebook_path("forget"), params, tmp / "notebooks" / "forget-live.ipynb")
+    (done,) = run_steps([step], stream=False, say=lambda *_: None)
+    assert done.status == "done", done.error
+    yield tmp
+    mp.undo()
+
+
+def _outputs_of(nb_file: Path, code: str) -> list[dict]:
+    """The outputs of the first code cell whose source holds ``code``."""
+    cells = json.loads(nb_file.read_text())["cells"]
+    return next(c["outputs"] for c in cells if code in "".join(c["source"]))
+
+
+def test_live_trajectory_plot_in_the_executed_forget_notebook(browser, live_forget, tmp_path):
+    nb_file = live_forget / "notebooks" / "forget-live.ipynb"
+    points = [
+        json.loads(x)
+        for x in (live_forget / "runs" / "npo_live" / "trajectory.jsonl").read_text().splitlines()
+    ]
+    assert [p["step"] for p in points] == [0, 1, 2, 3, 4]
+    log = [
+        json.loads(x)
+        for x in (live_forget / "runs" / "npo_live" / "log.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4]  # the loss logs at the points
+    pngs = [o for o in _outputs_of(nb_file, "LiveTrajectory") if "image/png" in o.get("data", {})]
+    assert len(pngs) == 1  # one display, updated in place at each point: the final figure stays
+    with _lab_server(live_forget) as url:
+        page = _open_notebook(browser, url, nb_file.name)
+        cell = page.locator(".jp-CodeCell", has_text="LiveTrajectory").first
+        figure = cell.locator(".jp-OutputArea-output img").first
+        figure.wait_for(state="visible")
+        figure.scroll_into_view_if_needed()
+        size = figure.evaluate("i => [i.complete, i.naturalWidth, i.naturalHeight]")
+        assert size[0] and size[1] > 600 and size[2] > 200, size  # two panels side by side
+        shot = tmp_path / "trajectory_live.png"
+        figure.screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, ARTIFACTS / "12-trajectory-live.png")
+        if os.environ.get(SAVE_DOC_FIGURE) == "1":  # docs/notebooks.md: how the figure is made
+            shutil.copy(shot, DOC_FIGURE)
+        page.close()
+
+
+def test_forget_notebooks_without_eval_during_draw_no_trajectory(pipeline):
+    """The pipeline trains without ``eval.during``: its forget notebooks show no live figure."""
+    forgets = [
+        f
+        for f in sorted((pipeline / "notebooks").glob("*.ipynb"))
+        if "LiveTrajectory" in f.read_text()
+    ]
+    assert len(forgets) == 2
+    for nb_file in forgets:
+        outs = _outputs_of(nb_file, "LiveTrajectory")
+        assert not [o for o in outs if "image/png" in o.get("data", {})], nb_file.name
+    assert not list(pipeline.rglob("trajectory.jsonl"))

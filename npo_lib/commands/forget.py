@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +148,23 @@ def start_run_folder(res: Resolved) -> None:
 
 
 def run_forget(
-    run: Config | Resolved, *, callbacks: Sequence[Any] = (), progress: bool = True
+    run: Config | Resolved,
+    *,
+    callbacks: Sequence[Any] = (),
+    on_point: Sequence[Callable[[dict[str, Any]], None]] = (),
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Unlearn ``cfg.split`` / ``cfg.task_id`` from the model with ``cfg.forget_loss``; ``run``
-    is the config or, resolved where it entered, the :class:`Resolved` run."""
+    is the config or, resolved where it entered, the :class:`Resolved` run. ``on_point``: called
+    on rank 0 with each evaluation point's record under ``eval.during`` (the notebook's live
+    trajectory figure, :class:`npo_lib.viz.trajectory.LiveTrajectory`)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     res = check_forget_config(run)
     cfg, out = res.cfg, res.run_dir
     t0 = time.perf_counter()
     start_run_folder(res)
-    during = [TrajectoryCallback(res)] if cfg.eval.during.enabled else []
+    during = [TrajectoryCallback(res, on_point)] if cfg.eval.during.enabled else []
     trainer, tokenizer, dataset = build_trainer(res, [*callbacks, *during])
     for callback in during:
         callback.bind(trainer)

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,9 @@ class TrajectoryCallback(TrainerCallback):
     """Measures the model at each evaluation point (see the module text); :meth:`bind` gives it
     the trainer (to save checkpoints and log), :meth:`finish` selects after training."""
 
-    def __init__(self, res: Resolved) -> None:
+    def __init__(self, res: Resolved, on_point: Sequence[Callable[[dict], None]] = ()) -> None:
         self.res = res
+        self.on_point = tuple(on_point)  # called on rank 0 with each new point's record
         self.during = res.cfg.eval.during
         self.rule = check_during(res)
         self.keys = during_metrics(res)
@@ -241,9 +243,11 @@ class TrajectoryCallback(TrainerCallback):
         if dist.is_rank0():
             with self.file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            for hook in self.on_point:
+                hook(record)
         logs = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        should_log = control.should_log  # the trainer's on_log clears it: the step's loss
-        self.trainer.log({**logs, "eval_seconds": seconds["eval"]})  # line would be lost
+        should_log = control.should_log  # Trainer.log clears it: the step's own loss still logs
+        self.trainer.log({**logs, "eval_seconds": seconds["eval"]})
         control.should_log = should_log
         self.prune()
         why = stop_reason(self.points, self.rule, self.during.patience, self.target)

@@ -37,6 +37,7 @@ from npo_lib.viz.render import (
 )
 from npo_lib.viz.report import fq_mu_points, load_run, ordered, rows
 from npo_lib.viz.tables import TokenTable
+from npo_lib.viz.trajectory import trajectory_overlay
 
 VIEW = "dashboard"  # the registry view whose metrics the table shows
 HEADLINE = TOFU.headline
@@ -191,7 +192,9 @@ class RunDashboard:
     """ipywidgets dashboard of a runs folder (a pipeline's ``runs/<name>``, a sweep) or of run
     folders: ``table`` (sorted by ``sort_by`` / ``descending``), ``scatter`` (forget quality vs
     model utility), and for the run picked in ``run``: ``loss`` (its loss terms) and ``tokens`` (its
-    token explorer, when it has influence files). ``widget`` holds them all."""
+    token explorer, when it has influence files); ``trajectories`` overlays the evaluation
+    paths of the runs trained with ``eval.during`` (hidden when none was). ``widget`` holds them
+    all."""
 
     def __init__(self, root: str | Path | Sequence[str | Path]) -> None:
         widgets = require("ipywidgets")
@@ -204,6 +207,9 @@ class RunDashboard:
         self.scatter = widgets.Image(
             format="png", value=png(plot_fq_mu(fq_mu_points([v.folder for v in self.views])))
         )
+        overlay = trajectory_overlay({v.name: v.folder for v in self.views})
+        self.trajectories = widgets.Image(format="png", value=png(overlay) if overlay else b"")
+        self.trajectories.layout.display = None if overlay else "none"
         runs = [v.name for v in self.views]
         default = next((v.name for v in self.views if v.has_log), runs[0])
         self.run = widgets.Dropdown(options=runs, value=default, description="run")
@@ -217,6 +223,7 @@ class RunDashboard:
                 self.table,
                 widgets.HTML(f"<b>{SCATTER_TITLE}</b>"),
                 self.scatter,
+                self.trajectories,
                 self.run,
                 self.loss_note,
                 self.loss,
@@ -325,8 +332,9 @@ def write_dashboard_html(
     examples: int | None = None,
 ) -> Path:
     """The dashboard as one self-contained HTML file: the report table (click a column to sort),
-    the forget quality / model utility scatter, and per run (picked in a select box) its loss
-    curves and token heatmaps (``examples`` of them; None: all). Returns the path written."""
+    the forget quality / model utility scatter, the runs' trajectories overlaid (when any was
+    trained with ``eval.during``), and per run (picked in a select box) its loss curves and
+    token heatmaps (``examples`` of them; None: all). Returns the path written."""
     views = run_views(root)
     scatter = _b64_png(plot_fq_mu(fq_mu_points([v.folder for v in views])))
     default = next((v.name for v in views if v.has_log), views[0].name)
@@ -336,6 +344,13 @@ def write_dashboard_html(
         for v in views
     )
     sections = [run_section(v, scores, examples) for v in views]
+    overlay = trajectory_overlay({v.name: v.folder for v in views})
+    paths = (
+        f'<h2>trajectories</h2><img class="tnpo-trajectories" alt="trajectories" '
+        f'src="data:image/png;base64,{_b64_png(overlay)}">\n'
+        if overlay
+        else ""
+    )
     heat_help = html.escape(SCALES[DEFAULT_SCALE].help)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -345,6 +360,7 @@ def write_dashboard_html(
         f"<h2>report</h2><p>click a column to sort</p>{table_html(views)}\n"
         f'<h2>{SCATTER_TITLE}</h2><img class="tnpo-scatter" alt="{SCATTER_TITLE}" '
         f'src="data:image/png;base64,{scatter}">\n'
+        f"{paths}"
         f'<h2>run <select id="tnpo-run">{options}</select></h2>\n'
         f'<p style="color:#555">heatmaps: {heat_help}; hover a token for its raw value</p>'
         + "\n".join(sections)

@@ -43,10 +43,17 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def plot_loss_terms(run_dir: str | Path, path: str | Path | None = None) -> Figure:
     """Total loss and every logged term (``forget/…``, ``reg/…``) against the step."""
-    rows = read_log(run_dir)
-    terms = ["loss", *sorted({k for r in rows for k in r if "/" in k})]
     fig = new_figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
+    draw_loss_terms(ax, read_log(run_dir))
+    ax.set_title(f"loss terms: {Path(run_dir).name}")
+    return save_figure(fig, path)
+
+
+def draw_loss_terms(ax: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The total loss and every logged term (``forget/…``, ``reg/…``) of ``rows`` (log.jsonl's
+    training-step rows) against the step, on ``ax``."""
+    terms = ["loss", *sorted({k for r in rows for k in r if "/" in k})]
     for name in terms:
         pts = [(r["step"], r[name]) for r in rows if isinstance(r.get(name), int | float)]
         if pts:
@@ -56,10 +63,10 @@ def plot_loss_terms(run_dir: str | Path, path: str | Path | None = None) -> Figu
                 label=name,
                 lw=2 if name == "loss" else 1.2,
             )
-    ax.set(xlabel="step", ylabel="loss term", title=f"loss terms: {Path(run_dir).name}")
+    ax.set(xlabel="step", ylabel="loss term")
     ax.axhline(0, color="#999", lw=0.6)
-    ax.legend(fontsize="small")
-    return save_figure(fig, path)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
 
 
 # Marker of each run role in the forget quality / model utility plane.
