@@ -287,6 +287,83 @@ def test_old_sweeps_without_attacks_or_selection_still_report(tmp_path):
     assert "No verdict" in res["markdown"]
 
 
+# ----------------------------------------------------------------------------- another benchmark
+
+MUSE_REFS = {
+    "target": {
+        "muse_knowmem_retain": 0.80,
+        "muse_knowmem_forget": 0.90,
+        "muse_verbmem_forget": 0.7,
+    },
+    "retain": {
+        "muse_knowmem_retain": 0.78,
+        "muse_knowmem_forget": 0.30,
+        "muse_verbmem_forget": 0.2,
+    },
+}
+
+
+def _muse_run(root, loss, lr, seed, knowmem_forget, knowmem_retain, selection=None):
+    """A forget run on the MUSE-like stand-in: MUSE's aggregates only (no forget quality)."""
+    cfg = {"benchmark": {"name": "muse"}, "forget_loss": loss, "lr": lr, "num_epochs": 5}
+    cfg.update(
+        {"seed": seed, "forget_coeff": 1.0, **({"selection": selection} if selection else {})}
+    )
+    tags = [("loss", loss), *(selection or {}).items(), ("lr", lr), ("seed", seed)]
+    d = root / "_".join(f"{k}-{v}" for k, v in tags)
+    (d / "eval").mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    agg = {
+        "muse_knowmem_forget": knowmem_forget,
+        "muse_knowmem_retain": knowmem_retain,
+        "muse_verbmem_forget": knowmem_forget - 0.1,
+    }
+    (d / "eval" / "metrics.json").write_text(json.dumps({"aggregates": agg}))
+
+
+def test_a_muse_study_reads_knowmem_at_matched_knowmem_retain_lower_is_better(tmp_path):
+    """On MUSE the floor is 0.95 x the target's KnowMem retain (0.76) and lower KnowMem forget
+    is better: INFLUENCE+GD reads 0.40 there, NPO+GD 0.70 (halfway between each method's two
+    points, seeds +-0.01), so INFLUENCE+GD is the better one, matched at lr 1e-4 (of the two
+    settings that keep the floor, the one of lower KnowMem forget); no KS reading, no † mark."""
+    from npo_lib.config import StudyConfig
+    from npo_lib.study.adaptive import Axis, propose_next
+    from npo_lib.study.study import write_study
+
+    for s in range(3):
+        j = 0.01 * (s - 1)
+        _muse_run(tmp_path / "sweep", "NPO+GD", 1e-4, s, 0.80 + j, 0.80)
+        _muse_run(tmp_path / "sweep", "NPO+GD", 2e-4, s, 0.60 + j, 0.72)
+        _muse_run(tmp_path / "sweep", "INFLUENCE+GD", 5e-5, s, 0.85, 0.85)  # keeps, forgets less
+        _muse_run(tmp_path / "sweep", "INFLUENCE+GD", 1e-4, s, 0.50 + j, 0.80)
+        _muse_run(tmp_path / "sweep", "INFLUENCE+GD", 2e-4, s, 0.30 + j, 0.72)
+        _muse_run(tmp_path / "sweep", "INFLUENCE+GD", 1e-4, s, 0.90, 0.70, {"method": "random"})
+    study = StudyConfig(attacks=[])
+    res = write_study(
+        tmp_path / "sweep", tmp_path / "out", study, references=lambda runs, root: MUSE_REFS
+    )
+    (b,) = res["studies"]
+    assert b.headline.name == "knowmem" and b.levels[("knowmem", 0.95)] == pytest.approx(0.76)
+    infl, npo, rnd = b.row("INFLUENCE+GD"), b.row("NPO+GD"), b.row("INFLUENCE+GD random")
+    assert infl.readings[("knowmem", 0.95)].mean == pytest.approx(0.40)
+    assert npo.readings[("knowmem", 0.95)].mean == pytest.approx(0.70)
+    assert infl.setting == (("lr", 1e-4), ("num_epochs", 5), ("forget_coeff", 1.0))
+    assert rnd.readings[("knowmem", 0.95)].status == "not reached" and not infl.ks
+    text = res["markdown"]
+    assert "## MUSE stand-in (seed 0)" in text and "| KnowMem-F ↓ @ 0.95 KnowMem-R |" in text
+    assert "| INFLUENCE+GD | 0.40 [0.39, 0.41] | 0.46 [0.45, 0.47] | 0.30" in text
+    assert "KnowMem forget is 0.40 [0.39, 0.41]; lower than NPO+GD with non-overlapping" in text
+    assert "vs random not reached: not comparable" in text and "After the attacks" not in text
+    assert "†" not in text and "(D " not in text and "model utility" not in text
+    rows = list(csv.DictReader((tmp_path / "out" / "study.csv").open()))
+    assert {r["quantity"] for r in rows} == {"muse_knowmem_forget", "muse_verbmem_forget"}
+    # the search reads the floor on KnowMem retain (TOFU's model utility: no runs to read)
+    first = [r for r in b.results if r.method == "NPO+GD" and r.seed == 0]
+    props = propose_next(first, 0.76, (Axis("lr"),), [0, 1, 2], near=0.01, pair=b.headline)
+    assert {dict(p.setting)["lr"] for p in props} == {1e-4, 2e-4, 0.000141421}
+    assert propose_next(first, 0.76, (Axis("lr"),), [0, 1, 2]) == []
+
+
 def _sweep_run(root, point, mu, fq=0.01):
     from npo_lib.workflow.sweep import point_name
 

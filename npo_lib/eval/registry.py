@@ -54,7 +54,10 @@ class Metric:
     """One aggregate of ``metrics.json``.
 
     ``fmt``: how a value prints; ``abbrev``: the short name of the study's tables (the title when
-    empty); ``log``: the values span orders of magnitude (log axes, geometric means over seeds).
+    empty); ``log``: the values span orders of magnitude (log axes, geometric means over seeds);
+    ``step_key``: the registered statistic on a grid of steps that the value is a function of
+    (forget quality, a KS p-value: the KS statistic D, a multiple of 1/n for n items), so a
+    reading at matched utility carries it and an interval resting on one step says so.
     """
 
     key: str
@@ -65,6 +68,7 @@ class Metric:
     views: frozenset[str] = frozenset()
     abbrev: str = ""
     log: bool = False
+    step_key: str = ""
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -141,6 +145,7 @@ FORGET_QUALITY = register(
         TABLE_VIEWS | {"frontier"},
         abbrev="FQ",
         log=True,
+        step_key="forget_ks_stat",
     )
 )
 FORGET_KS_STAT = register(
@@ -396,6 +401,15 @@ class MetricPair:
 
     def goodness(self, value: float) -> float:
         return self.forget_metric.goodness(value)
+
+    @property
+    def step_pair(self) -> MetricPair | None:
+        """The forgetting's step statistic (:attr:`Metric.step_key`) against the same utility,
+        read on its own frontier at the same levels (forget quality: the KS statistic D, which
+        falls as the p-value rises, so the frontier holds the same runs); None when the
+        forgetting has no such statistic (a recall, MUSE's KnowMem)."""
+        key = self.forget_metric.step_key
+        return MetricPair(f"{self.name}_step", key, self.utility) if key else None
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from npo_lib.eval.registry import TOFU
+from npo_lib.eval.registry import TOFU, MetricPair
 from npo_lib.study.frontier import RunResult, matched_setting, setting_means
 
 Setting = tuple[tuple[str, Any], ...]
-HEADLINE = TOFU.headline  # the pair whose utility sets the floor and whose forgetting matches
+HEADLINE = TOFU.headline  # the default benchmark's headline pair (a benchmark passes its own)
 
 
 @dataclass(frozen=True)
@@ -165,9 +165,11 @@ def propose_next(
     seeds: Sequence[int],
     *,
     near: float = 0.01,
-    utility: str = HEADLINE.utility,
+    pair: MetricPair = HEADLINE,
+    utility: str | None = None,
 ) -> list[Proposal]:
-    """The next points of one method's grid (``results`` all of one method).
+    """The next points of one method's grid (``results`` all of one method), around the floor
+    on the utility of ``pair`` (the benchmark's headline pair; ``utility``: another metric's).
 
     * Floor not crossed (every setting's seed-mean utility >= ``floor``): step the strongest
       setting (lowest utility) one step along each axis, one seed each: a scout.
@@ -183,6 +185,7 @@ def propose_next(
     Points already run (with those seeds) are not proposed again; an empty list means the
     method's frontier around the floor is complete or every axis is at its limit.
     """
+    utility = utility or pair.utility
     mu = setting_means(results, utility)
     if not mu:
         return []
@@ -208,9 +211,9 @@ def propose_next(
     at_floor = [b, *([a] if a else []), *(s for s, u in mu.items() if abs(u - floor) <= near)]
     for s in dict.fromkeys(at_floor):
         props.add(s, all_seeds, f"at the floor: utility {mu[s]:.3f} vs {floor:.3f}")
-    matched = matched_setting(results, floor, HEADLINE) if utility == HEADLINE.utility else None
+    matched = matched_setting(results, floor, pair) if utility == pair.utility else None
     if matched is not None:
-        why = f"the matched setting (best {HEADLINE.forget_metric.title} keeping the floor)"
+        why = f"the matched setting (best {pair.forget_metric.title} keeping the floor)"
         props.add(matched, all_seeds, f"{why}: the attacks are read there")
     for setting, seed, reason in _seed_brackets(results, mu, floor, all_seeds, utility, axes):
         props.add(setting, (seed,), reason)

@@ -168,11 +168,14 @@ def plot_selection(
     *,
     xlabel: str,
     log_x: bool = True,
+    axes_of: Mapping[str, tuple[str, bool]] | None = None,
     path: str | Path | None = None,
 ) -> Figure:
     """The selection controls: per benchmark (one axis each), one row per selection (influence
     top-p at each share, random, oracle, inverse, ...), its reading at matched utility with the
-    95 % interval; hollow markers are bounds, missing rows never kept the utility."""
+    95 % interval; hollow markers are bounds, missing rows never kept the utility. ``axes_of``:
+    per group, its own (axis title, log) where benchmarks read different forgetting (else
+    ``xlabel``, ``log_x``)."""
     n = max(1, len(groups))
     rows = max((len(g) for g in groups.values()), default=1)
     fig = new_figure(figsize=(6.0 * n, 0.45 * rows + 1.6))
@@ -197,9 +200,10 @@ def plot_selection(
             ax.errorbar([iv.mean], [y], xerr=err, fmt="o", color="tab:blue", mfc=face, capsize=3)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.invert_yaxis()
-        if log_x:
+        label, log = (axes_of or {}).get(title, (xlabel, log_x))
+        if log:
             ax.set_xscale("log")
-        ax.set(title=title, xlabel=xlabel)
+        ax.set(title=title, xlabel=label)
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return save_figure(fig, path)

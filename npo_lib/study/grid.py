@@ -18,11 +18,11 @@ from typing import Any
 
 from npo_lib.commands.evaluation import METRICS_FILE
 from npo_lib.errors import ReportError
-from npo_lib.eval.registry import TOFU, metrics_for
+from npo_lib.eval.registry import TOFU, MetricPair, metrics_for
 from npo_lib.study.runs import run_config
 
 VIEW = "study"  # the registry view whose metrics the settings table shows
-HEADLINE = TOFU.headline  # utility floor on its utility, best setting by its forgetting
+HEADLINE = TOFU.headline  # the default pair: floor on its utility, best setting by its forgetting
 CLAIM, RIVAL = "INFLUENCE+GD", "NPO+GD"  # the first study's question
 
 
@@ -62,25 +62,30 @@ def collect(run_dirs: Sequence[Path], keys: Sequence[str]) -> list[Setting]:
     return list(groups.values())
 
 
-def utility_floor(refs: Mapping[str, Mapping[str, Any]], mu_fraction: float) -> float | None:
-    """The claim's utility bar: ``mu_fraction`` x the target's (None without a target row)."""
-    target_mu = refs.get("target", {}).get(HEADLINE.utility)
+def utility_floor(
+    refs: Mapping[str, Mapping[str, Any]], mu_fraction: float, pair: MetricPair = HEADLINE
+) -> float | None:
+    """The claim's utility bar: ``mu_fraction`` x the target's utility on ``pair`` (None
+    without a target row)."""
+    target_mu = refs.get("target", {}).get(pair.utility)
     return None if target_mu is None else mu_fraction * target_mu
 
 
-def best_per_method(settings: Sequence[Setting], mu_floor: float) -> dict[str, Setting | None]:
-    """Per method (first key), the setting of best mean forgetting (the headline pair's) with
-    mean utility >= ``mu_floor`` (None when no setting of the method keeps that utility)."""
+def best_per_method(
+    settings: Sequence[Setting], mu_floor: float, pair: MetricPair = HEADLINE
+) -> dict[str, Setting | None]:
+    """Per method (first key), the setting of best mean forgetting on ``pair`` (the headline
+    pair) with mean utility >= ``mu_floor`` (None when no setting of the method keeps it)."""
     out: dict[str, Setting | None] = {}
     for s in settings:
         method = str(s.key[0])
         out.setdefault(method, None)
-        mu, fq = s.mean(HEADLINE.utility), s.mean(HEADLINE.forget)
+        mu, fq = s.mean(pair.utility), s.mean(pair.forget)
         if mu is None or fq is None or mu < mu_floor:
             continue
         cur = out[method]
-        best = None if cur is None else cur.mean(HEADLINE.forget)
-        if best is None or HEADLINE.goodness(fq) > HEADLINE.goodness(best):
+        best = None if cur is None else cur.mean(pair.forget)
+        if best is None or pair.goodness(fq) > pair.goodness(best):
             out[method] = s
     return out
 
@@ -111,14 +116,16 @@ def markdown(
     keys: Sequence[str],
     refs: Mapping[str, Mapping[str, Any]],
     mu_fraction: float,
+    pair: MetricPair = HEADLINE,
 ) -> str:
-    """The study's markdown: settings table, reference rows, best per method, the claim."""
+    """The study's markdown: settings table, reference rows, best per method on ``pair``, the
+    claim."""
     out = [_settings_table(settings, keys, refs)]
-    floor = utility_floor(refs, mu_fraction)
+    floor = utility_floor(refs, mu_fraction, pair)
     if floor is None:
         return out[0]
-    fq, mu = HEADLINE.forget_metric, HEADLINE.utility_metric
-    best = best_per_method(settings, floor)
+    fq, mu = pair.forget_metric, pair.utility_metric
+    best = best_per_method(settings, floor, pair)
     out.append(
         f"\nBest setting per method with mean {mu.title} >= {mu_fraction:g} x target "
         f"({mu.format(floor)}):\n"
@@ -132,22 +139,22 @@ def markdown(
         out.append(
             f"| {method} | {setting} | {_pm(s, fq.key, '{:.2g}')} | {_pm(s, mu.key, mu.fmt)} |"
         )
-    out.append("\n" + claim_text(best))
+    out.append("\n" + claim_text(best, pair))
     return "\n".join(out)
 
 
-def claim_text(best: Mapping[str, Setting | None]) -> str:
-    """Whether INFLUENCE+GD forgets better than NPO+GD (the headline pair's forgetting) under
-    the utility constraint."""
+def claim_text(best: Mapping[str, Setting | None], pair: MetricPair = HEADLINE) -> str:
+    """Whether INFLUENCE+GD forgets better than NPO+GD (``pair``'s forgetting) under the utility
+    constraint."""
     a, b = best.get(CLAIM), best.get(RIVAL)
     if a is None or b is None:
         missing = ", ".join(m for m, s in ((CLAIM, a), (RIVAL, b)) if s is None)
         return f"Claim not testable: {missing} keeps no setting above the utility floor."
-    fa, fb = a.mean(HEADLINE.forget) or 0.0, b.mean(HEADLINE.forget) or 0.0
-    verdict = "holds" if HEADLINE.goodness(fa) > HEADLINE.goodness(fb) else "does not hold"
+    fa, fb = a.mean(pair.forget) or 0.0, b.mean(pair.forget) or 0.0
+    verdict = "holds" if pair.goodness(fa) > pair.goodness(fb) else "does not hold"
     ratio = f" ({fa / fb:.3g}x)" if fb > 0 and not math.isinf(fa / fb) else ""
-    way = "higher" if HEADLINE.higher_forget else "lower"
+    way = "higher" if pair.higher_forget else "lower"
     return (
-        f"Claim ({CLAIM} reaches {way} {HEADLINE.forget_metric.title} than {RIVAL} at that "
+        f"Claim ({CLAIM} reaches {way} {pair.forget_metric.title} than {RIVAL} at that "
         f"utility) {verdict}: {fa:.3g} vs {fb:.3g}{ratio}."
     )

@@ -1,11 +1,15 @@
 """One benchmark's method comparison: every method read on its frontiers at matched utility, its
 matched setting and the attacks' forget fact recall there, and the verdict built from the numbers.
 
-The pairs read, their titles and which way each is better come from the metric registry
-(:data:`npo_lib.eval.registry.TOFU`: its headline pair sets the matched setting and the verdict);
-the attacks read are those that probe the forget set before and after
-(:func:`npo_lib.eval.robustness.probing_attacks`), their probe's fact recall being the forget
-fact recall after the attack.
+The pairs read, their titles and which way each is better come from the metric registry: the
+benchmark plug-in the runs name (``benchmark.name``) has its pairs there
+(:data:`npo_lib.eval.registry.BENCHMARKS`), its headline pair sets the utility floor, the matched
+setting and the verdict (TOFU: forget quality at matched model utility; MUSE: KnowMem on the
+forget articles, lower is better, at matched KnowMem on the retain articles). A headline
+forgetting on discrete steps (:attr:`~npo_lib.eval.registry.MetricPair.step_pair`: forget
+quality's KS statistic) is read with its step statistic too. The attacks read are those that
+probe the forget set before and after (:func:`npo_lib.eval.robustness.probing_attacks`), their
+probe's fact recall being the forget fact recall after the attack.
 """
 
 from __future__ import annotations
@@ -18,9 +22,8 @@ from npo_lib.config import StudyConfig
 from npo_lib.errors import ReportError
 from npo_lib.eval.registry import (
     FORGET_FACT_RECALL,
-    FORGET_KS_STAT,
-    FORGET_QUALITY,
     TOFU,
+    BenchmarkMetrics,
     Metric,
     MetricPair,
 )
@@ -28,7 +31,6 @@ from npo_lib.eval.robustness import PROBE_RECALL, probing_attacks
 from npo_lib.study.frontier import (
     NOT_CROSSED,
     NOT_REACHED,
-    TRADEOFFS,
     Comparison,
     RunResult,
     Summary,
@@ -41,19 +43,12 @@ from npo_lib.study.frontier import (
     summarise,
     within_one_ks_step,
 )
+from npo_lib.study.runs import benchmark_metrics
 
-HEADLINE = TOFU.headline  # the pair whose level sets the matched setting and the verdict
+HEADLINE = TOFU.headline  # the default benchmark's headline pair (a benchmark reads its own)
 ROBUST = FORGET_FACT_RECALL  # what an attack's forget probe measures (its fact recall)
 REGAIN = 0.10  # an attack that raises the mean forget fact recall this much: forgetting came back
 Setting = tuple[tuple[str, Any], ...]
-# The KS statistic D behind the headline forget quality, read on its own frontier at the same
-# utility levels (D falls as the p-value rises, so the frontier holds the same runs); None when
-# the headline forgetting is not a KS p-value.
-KS = (
-    MetricPair("ks_mu", FORGET_KS_STAT.key, HEADLINE.utility)
-    if HEADLINE.forget == FORGET_QUALITY.key
-    else None
-)
 ONE_KS_STEP = "not separated by more than one KS step"
 
 
@@ -109,27 +104,40 @@ class MethodRow:
 
 @dataclass
 class BenchmarkStudy:
-    """The analysis of one benchmark."""
+    """The analysis of one benchmark, read on its plug-in's pairs (``metrics``)."""
 
     name: str
     refs: dict[str, dict[str, Any]]
     levels: dict[tuple[str, float], float]  # (pair, fraction) -> utility level
     rows: list[MethodRow]
     results: list[RunResult]
+    metrics: BenchmarkMetrics = TOFU
 
     def row(self, method: str) -> MethodRow | None:
         return next((r for r in self.rows if r.method == method), None)
 
+    @property
+    def headline(self) -> MetricPair:
+        """The pair that sets the floor, the matched setting and the verdict."""
+        return self.metrics.headline
+
+    @property
+    def tradeoffs(self) -> dict[str, MetricPair]:
+        """Every pair read, by name, the headline pair first."""
+        return {p.name: p for p in self.metrics.pairs}
+
 
 def utility_levels(
-    refs: Mapping[str, Mapping[str, Any]], study: StudyConfig
+    refs: Mapping[str, Mapping[str, Any]],
+    study: StudyConfig,
+    pairs: Sequence[MetricPair] = TOFU.pairs,
 ) -> dict[tuple[str, float], float]:
     """(pair, fraction) -> fraction x the target's utility, for both fractions of every pair
-    whose utility the target has."""
+    (default: TOFU's) whose utility the target has."""
     target = refs.get("target", {})
     return {
         (t.name, f): f * target[t.utility]
-        for t in TRADEOFFS.values()
+        for t in pairs
         for f in (study.mu_fraction, study.strict_fraction)
         if target.get(t.utility) is not None
     }
@@ -153,23 +161,28 @@ def analyse(
     results: Sequence[RunResult],
     refs: Mapping[str, Mapping[str, Any]],
     study: StudyConfig,
+    metrics: BenchmarkMetrics | None = None,
 ) -> BenchmarkStudy:
-    """Frontier readings of every method at both utility levels of every pair, the matched
-    setting (headline pair, main level) and the attacks' forget fact recall there."""
+    """Frontier readings of every method at both utility levels of every pair of ``metrics``
+    (default: the pairs of the plug-in the runs name), the matched setting (headline pair, main
+    level) and the attacks' forget fact recall there."""
     check_attacks(study)
-    levels = utility_levels(refs, study)
+    metrics = metrics or benchmark_metrics(results)
+    pairs, head = {p.name: p for p in metrics.pairs}, metrics.headline
+    levels = utility_levels(refs, study, metrics.pairs)
     rows = []
     for method, rs in by_method(results).items():
         readings = {
-            key: summarise(seed_readings(rs, level, TRADEOFFS[key[0]]), TRADEOFFS[key[0]])
+            key: summarise(seed_readings(rs, level, pairs[key[0]]), pairs[key[0]])
             for key, level in levels.items()
         }
-        main = levels.get((HEADLINE.name, study.mu_fraction))
-        setting = matched_setting(rs, main, HEADLINE) if main is not None else None
+        main = levels.get((head.name, study.mu_fraction))
+        setting = matched_setting(rs, main, head) if main is not None else None
         robust = robust_at(rs, setting, study.attacks) if setting is not None else {}
-        ks = ks_readings(rs, levels, readings, study)
+        ks = ks_readings(rs, levels, readings, study, head)
         rows.append(MethodRow(method, readings, setting, robust, len({r.seed for r in rs}), ks))
-    return BenchmarkStudy(name, {k: dict(v) for k, v in refs.items()}, levels, rows, list(results))
+    refs_copy = {k: dict(v) for k, v in refs.items()}
+    return BenchmarkStudy(name, refs_copy, levels, rows, list(results), metrics)
 
 
 def ks_readings(
@@ -177,26 +190,31 @@ def ks_readings(
     levels: Mapping[tuple[str, float], float],
     readings: Mapping[tuple[str, float], Summary],
     study: StudyConfig,
+    headline: MetricPair = HEADLINE,
 ) -> dict[float, KSReading]:
     """Per fraction of the headline pair: one method's D read at the same level, its step, and
-    whether the forget-quality reading there rests on at most one KS step."""
-    if KS is None:
+    whether the forget-quality reading there rests on at most one KS step; none when the
+    headline forgetting has no step statistic (:attr:`MetricPair.step_pair`)."""
+    ks = headline.step_pair
+    if ks is None:
         return {}
     step, out = ks_step(results), {}
     for f in (study.mu_fraction, study.strict_fraction):
-        if (key := (HEADLINE.name, f)) not in levels:
+        if (key := (headline.name, f)) not in levels:
             continue
-        d = summarise(seed_readings(results, levels[key], KS), KS)
+        d = summarise(seed_readings(results, levels[key], ks), ks)
         out[f] = KSReading(d, step, within_one_ks_step(readings[key], d, step))
     return out
 
 
-def separation(claim: MethodRow, other: MethodRow, fraction: float) -> Comparison:
+def separation(
+    claim: MethodRow, other: MethodRow, fraction: float, headline: MetricPair = HEADLINE
+) -> Comparison:
     """:func:`~npo_lib.study.frontier.compare` of two methods' headline readings at
     ``fraction``; a separation (better / worse) that rests on an interval at most one KS step
     wide keeps its outcome and says :data:`ONE_KS_STEP` as its reason."""
-    key = (HEADLINE.name, fraction)
-    c = compare(claim.readings[key], other.readings[key], HEADLINE)
+    key = (headline.name, fraction)
+    c = compare(claim.readings[key], other.readings[key], headline)
     if c.outcome in ("better", "worse") and (
         claim.one_ks_step(fraction) or other.one_ks_step(fraction)
     ):
@@ -231,23 +249,25 @@ def is_selection_variant(method: str, claim: str) -> bool:
 def _rivals_sentence(b: BenchmarkStudy, study: StudyConfig, claim: MethodRow) -> str:
     """The claim's headline reading against each rival's: better with separated intervals, or
     why not shown."""
-    key = (HEADLINE.name, study.mu_fraction)
+    head = b.headline
+    key, fmt = (head.name, study.mu_fraction), reading_fmt(head.forget_metric)
     better, one_step, not_shown = [], [], []
     for rival in study.rivals:
         r = b.row(rival)
         if r is None:
             not_shown.append(f"{rival} (not run)")
             continue
-        c = separation(claim, r, study.mu_fraction)
+        c = separation(claim, r, study.mu_fraction, head)
         if c.outcome == "better":
             (one_step if c.why == ONE_KS_STEP else better).append(rival)
         else:
-            not_shown.append(f"{rival} ({c.outcome}: {c.why}; {fmt_summary(r.readings[key])})")
-    way = "higher" if HEADLINE.higher_forget else "lower"
-    mu = HEADLINE.utility_metric
+            reading = fmt_summary(r.readings[key], fmt)
+            not_shown.append(f"{rival} ({c.outcome}: {c.why}; {reading})")
+    way = "higher" if head.higher_forget else "lower"
+    mu = head.utility_metric
     return (
         f"At {mu.title} {mu.format(b.levels[key])} ({study.mu_fraction:g} x target), "
-        f"{study.claim}'s {HEADLINE.forget_metric.title} is {fmt_summary(claim.readings[key])}"
+        f"{study.claim}'s {head.forget_metric.title} is {fmt_summary(claim.readings[key], fmt)}"
         + (
             f"; {way} than {', '.join(better)} with non-overlapping 95 % intervals"
             if better
@@ -292,40 +312,42 @@ def _attack_clause(b: BenchmarkStudy, study: StudyConfig, attack: str, claim: Me
 
 def _controls_sentence(b: BenchmarkStudy, study: StudyConfig, claim: MethodRow) -> str:
     """The claim against its selection controls (random, inverse, oracle) at the main level."""
-    key = (HEADLINE.name, study.mu_fraction)
+    head = b.headline
+    key, fmt = (head.name, study.mu_fraction), reading_fmt(head.forget_metric)
     controls = []
     for name in ("random", "inverse", "oracle"):
         r = b.row(f"{study.claim} {name}")
         if r is None:
             controls.append(f"{name}: not run")
             continue
-        c = separation(claim, r, study.mu_fraction)
+        c = separation(claim, r, study.mu_fraction, head)
         why = f", but {ONE_KS_STEP}" if c.why == ONE_KS_STEP else ""
-        controls.append(f"vs {name} {fmt_summary(r.readings[key])}: {c.outcome}{why}")
+        controls.append(f"vs {name} {fmt_summary(r.readings[key], fmt)}: {c.outcome}{why}")
     return "Influence selection (same token count) " + "; ".join(controls) + "."
 
 
 def verdict(b: BenchmarkStudy, study: StudyConfig) -> str:
-    """One sentence per question, built from the numbers: what was shown and what was not."""
-    key = (HEADLINE.name, study.mu_fraction)
+    """One sentence per question, built from the numbers: what was shown and what was not (the
+    attacks' sentence only when ``study.attacks`` names some)."""
+    head = b.headline
+    key, fmt = (head.name, study.mu_fraction), reading_fmt(head.forget_metric)
     if key not in b.levels:
         return (
-            f"No verdict: the benchmark has no target {HEADLINE.utility_metric.title} to match "
-            "(not the embedded benchmark?)."
+            f"No verdict: the benchmark has no target {head.utility_metric.title} to match "
+            "(no reference evaluation of the target model?)."
         )
     claim = b.row(study.claim)
     if claim is None:
         return f"No verdict: the sweep has no {study.claim} runs."
-    attacks = "; ".join(_attack_clause(b, study, a, claim) for a in study.attacks)
-    parts = [
-        _rivals_sentence(b, study, claim),
-        f"After the attacks, at each method's matched setting: {attacks}.",
-        _controls_sentence(b, study, claim),
-    ]
+    parts = [_rivals_sentence(b, study, claim)]
+    if study.attacks:
+        attacks = "; ".join(_attack_clause(b, study, a, claim) for a in study.attacks)
+        parts.append(f"After the attacks, at each method's matched setting: {attacks}.")
+    parts.append(_controls_sentence(b, study, claim))
     full, tnpo = b.row(f"{study.claim} p=100"), b.row("TNPO+GD")
     if full is not None and tnpo is not None:  # the same loss: a check of the pipeline
         parts.append(
-            f"Check: at p = 100 % {study.claim} reads {fmt_summary(full.readings[key])}, TNPO+GD "
-            f"{fmt_summary(tnpo.readings[key])} (the same loss)."
+            f"Check: at p = 100 % {study.claim} reads {fmt_summary(full.readings[key], fmt)}, "
+            f"TNPO+GD {fmt_summary(tnpo.readings[key], fmt)} (the same loss)."
         )
     return " ".join(parts)

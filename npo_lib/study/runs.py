@@ -19,10 +19,12 @@ from typing import Any
 
 import yaml
 
+from npo_lib.benchmarks.registry import get_benchmark
 from npo_lib.commands.evaluation import METRICS_FILE, evaluate
 from npo_lib.config import Config, StudyConfig, load_config, with_alias_keys
 from npo_lib.embedded.paths import embedded_paths, uses_embedded
 from npo_lib.errors import ReportError
+from npo_lib.eval.registry import BenchmarkMetrics
 from npo_lib.objectives.registry import parse_loss
 from npo_lib.study.frontier import FORGET_ITEMS, RunResult
 
@@ -99,14 +101,45 @@ def method_label(cfg: Mapping[str, Any], keys: Sequence[str], defaults: Mapping[
     return " ".join(parts)
 
 
+BENCHMARK_NAME = "benchmark.name"  # the config key naming a run's benchmark plug-in
+
+
+def benchmark_name(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """The benchmark plug-in a run's flat config names (the default, TOFU, when it names none)."""
+    return str(cfg.get(BENCHMARK_NAME, defaults.get(BENCHMARK_NAME)))
+
+
 def benchmark_label(
     cfg: Mapping[str, Any], keys: Sequence[str], defaults: Mapping[str, Any]
 ) -> str:
-    """``embedded (n_authors 60, seed 1)``; other data: its ``data_path``."""
+    """``embedded (n_authors 60, seed 1)`` (the default TOFU-like generator); another plug-in's
+    stand-in by its title, its seed and its own settings that differ from their defaults
+    (``MUSE stand-in (seed 0)``); other data: its ``data_path``."""
     if cfg.get("data_path"):
         return str(cfg["data_path"])
-    values = ", ".join(f"{k.split('.')[-1]} {cfg.get(k, defaults.get(k))}" for k in keys)
-    return f"embedded ({values})"
+    name = benchmark_name(cfg, defaults)
+    if name == defaults.get(BENCHMARK_NAME):
+        values = ", ".join(f"{k.split('.')[-1]} {cfg.get(k, defaults.get(k))}" for k in keys)
+        return f"embedded ({values})"
+    own = f"benchmark.{name}."
+    changed = [
+        f"{k.split('.')[-1]} {v}"
+        for k, v in cfg.items()
+        if k.startswith(own) and v != defaults.get(k)
+    ]
+    seed = cfg.get("benchmark.seed", defaults.get("benchmark.seed"))
+    return f"{get_benchmark(name).title} stand-in ({', '.join([f'seed {seed}', *changed])})"
+
+
+def benchmark_metrics(results: Sequence[RunResult]) -> BenchmarkMetrics:
+    """The pairs one benchmark's runs are read on: the metric registry's entry of the plug-in
+    their ``benchmark.name`` names (TOFU's for runs that name none); runs of two plug-ins are
+    one line naming both."""
+    defaults = config_defaults()
+    names = sorted({benchmark_name(r.config, defaults) for r in results})
+    if len(names) > 1:
+        raise ReportError(f"one benchmark's runs name two plug-ins: {', '.join(names)}")
+    return get_benchmark(names[0] if names else str(defaults[BENCHMARK_NAME])).metrics
 
 
 def _read_run(run: Path, study: StudyConfig, defaults: Mapping[str, Any]) -> RunResult:

@@ -19,10 +19,12 @@ import yaml
 
 from npo_lib.config import Config, StudyConfig, with_alias_keys
 from npo_lib.errors import ReportError
-from npo_lib.study.adaptive import HEADLINE, Axis, Proposal, propose_next
+from npo_lib.eval.registry import MetricPair
+from npo_lib.study.adaptive import Axis, Proposal, propose_next
 from npo_lib.study.frontier import RunResult, by_method
 from npo_lib.study.runs import (
     ReferencesFn,
+    benchmark_metrics,
     config_defaults,
     flatten,
     load_results,
@@ -125,12 +127,15 @@ def sweep_results(
     ]
 
 
-def utility_floor(refs: Mapping[str, Mapping[str, Any]], study: StudyConfig, root: Path) -> float:
-    """``study.mu_fraction`` x the target's utility (the headline pair's); fails without it."""
-    target = refs.get("target", {}).get(HEADLINE.utility)
+def utility_floor(
+    refs: Mapping[str, Mapping[str, Any]], study: StudyConfig, root: Path, pair: MetricPair
+) -> float:
+    """``study.mu_fraction`` x the target's utility on ``pair`` (the benchmark's headline pair);
+    fails without it."""
+    target = refs.get("target", {}).get(pair.utility)
     if target is None:
         raise ReportError(
-            f"{root}: no target {HEADLINE.utility_metric.title} to set the floor "
+            f"{root}: no target {pair.utility_metric.title} to set the floor "
             "(the search needs the embedded benchmark's target)"
         )
     return study.mu_fraction * target
@@ -158,7 +163,8 @@ def extend_sweep(
     """``npo study --extend SWEEP.yaml``: the adaptive frontier search's next round.
 
     Reads the sweep's finished runs (only the methods its grid holds), reads the utility floor
-    (``study.mu_fraction`` x the target's model utility), asks :func:`propose_next` per method
+    (``study.mu_fraction`` x the target's utility on the headline pair of the benchmark the runs
+    name: TOFU's model utility, MUSE's KnowMem retain), asks :func:`propose_next` per method
     and writes the round as one sweep file, a grid per proposed point (same ``name`` and
     ``runs_dir``, so its runs land in the same folder and a finished run is skipped), into
     ``out_dir`` (default: beside the sweep file) as ``<stem>-next-NN.yaml``. Returns
@@ -173,10 +179,11 @@ def extend_sweep(
         raise ReportError(
             f"no evaluated runs of {spec_file} in {root}: run `npo sweep {spec_file}` first"
         )
-    floor = utility_floor((references or references_for)(results, root), study, root)
+    pair = benchmark_metrics(results).headline
+    floor = utility_floor((references or references_for)(results, root), study, root, pair)
     grids, heads, proposals = [], [], []
     for method, rs in by_method(results).items():
-        for p in propose_next(rs, floor, axes(study), study.seeds, near=study.near):
+        for p in propose_next(rs, floor, axes(study), study.seeds, near=study.near, pair=pair):
             grid = proposal_grid(spec, p, rs[0].config, base)
             grids.append(grid)
             heads.append(f"# {method}: {p.reason}")

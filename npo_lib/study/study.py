@@ -8,9 +8,10 @@ are evaluated once per benchmark as the reference points. Written into ``--out``
 ``<first SWEEP_DIR>/study``; ``npo study --run``: ``<runs_dir>/<plan>-study``), never over an
 earlier study there unless ``--overwrite`` (the published ``docs/study.md`` only by ``--out docs``):
 
-* ``study.md``: per benchmark, each method's forget quality at 0.95 and 0.98 x the target's model
-  utility and its forget fact recall at the same fractions of the target's retain fact recall
-  (read on the Pareto frontier of each seed, mean over seeds with a bootstrap 95 % interval),
+* ``study.md``: per benchmark, each method's forgetting at 0.95 and 0.98 x the target's utility
+  on every pair of the benchmark's plug-in (TOFU: forget quality vs model utility, forget fact
+  recall vs retain fact recall; MUSE: KnowMem and VerbMem forget vs KnowMem retain), read on the
+  Pareto frontier of each seed, mean over seeds with a bootstrap 95 % interval,
   the forget fact recall after the relearning and 4-bit attacks at the matched setting, the
   selection controls of INFLUENCE in their own table, and the verdict built from the numbers;
 * ``study.csv`` (those numbers), ``study_settings.csv`` (every grid point, mean ± std);
@@ -37,7 +38,6 @@ from npo_lib.study.figures import plot_frontiers, plot_selection
 from npo_lib.study.frontier import RunResult
 from npo_lib.study.grid import Setting, best_per_method, claim_text, collect, markdown
 from npo_lib.study.readings import (
-    HEADLINE,
     BenchmarkStudy,
     MethodRow,
     analyse,
@@ -59,6 +59,7 @@ from npo_lib.study.runs import (
 from npo_lib.study.tables import (
     benchmark_markdown,
     frontier_panels,
+    selection_axes,
     selection_groups,
     settings_rows,
     study_csv_rows,
@@ -174,7 +175,11 @@ def write_study(
     groups = selection_groups(studies, study)
     if any(len(g) > 1 for g in groups.values()):
         paths["selection"] = str(out / SELECTION_FILE)
-        plot_selection(groups, xlabel=HEADLINE.label, path=out / SELECTION_FILE)
+        axes = selection_axes(studies, study)
+        first = next(iter(axes.values()))
+        plot_selection(
+            groups, xlabel=first[0], log_x=first[1], axes_of=axes, path=out / SELECTION_FILE
+        )
     else:
         (out / SELECTION_FILE).unlink(missing_ok=True)  # an earlier study's, replaced
     return {**paths, "studies": studies}

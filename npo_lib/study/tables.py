@@ -2,8 +2,10 @@
 ``study_settings.csv``, and the panels of its figures.
 
 Column titles, formats and directions come from the metric registry
-(:mod:`npo_lib.eval.registry`): a pair's reading is titled ``<forget> ↑ @ <fraction> <utility>``
-(``FQ ↑ @ 0.95 MU``: forget quality at 0.95 x the target's model utility, higher is better).
+(:mod:`npo_lib.eval.registry`), the pairs from each benchmark's plug-in
+(:attr:`~npo_lib.study.readings.BenchmarkStudy.metrics`): a pair's reading is titled
+``<forget> ↑ @ <fraction> <utility>`` (``FQ ↑ @ 0.95 MU``: forget quality at 0.95 x the
+target's model utility, higher is better; ``KnowMem forget ↓ @ 0.95 KnowMem retain`` on MUSE).
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from npo_lib.config import StudyConfig
-from npo_lib.eval.registry import DIRECTIONS, TOFU, MetricPair, metrics_for
+from npo_lib.eval.registry import DIRECTIONS, TOFU, BenchmarkMetrics, MetricPair, metrics_for
 from npo_lib.eval.robustness import PROBE_RECALL
 from npo_lib.study.figures import FrontierCurve, Interval, Panel
 from npo_lib.study.frontier import (
     NOT_REACHED,
-    TRADEOFFS,
     RunResult,
     Summary,
     pareto_frontier,
@@ -28,8 +29,6 @@ from npo_lib.study.frontier import (
     setting_means,
 )
 from npo_lib.study.readings import (
-    HEADLINE,
-    KS,
     ROBUST,
     BenchmarkStudy,
     MethodRow,
@@ -56,19 +55,22 @@ def _fractions(study: StudyConfig) -> tuple[float, float]:
 
 def _reference_line(b: BenchmarkStudy, study: StudyConfig) -> str:
     """The target's and the retain model's numbers of every pair, and the utility levels."""
-    shown = list(dict.fromkeys(m for p in TOFU.pairs for m in (p.utility, p.forget)))
+    pairs = b.metrics.pairs
+    shown = list(dict.fromkeys(m for p in pairs for m in (p.utility, p.forget)))
     by_key = {m.key: m for m in metrics_for("frontier")}
 
     def numbers(agg: Mapping[str, Any]) -> str:
         return ", ".join(f"{by_key[k].title} {by_key[k].format(agg.get(k))}" for k in shown)
 
     a, s = _fractions(study)
+    # a utility shared by pairs (MUSE's KnowMem retain) is listed once, with its first pair
+    firsts = [p for i, p in enumerate(pairs) if p.utility not in {q.utility for q in pairs[:i]}]
     levels = ", ".join(
         f"{p.utility_metric.title} "
         + ", ".join(p.utility_metric.format(v) for (n, _), v in b.levels.items() if n == p.name)
-        for p in TOFU.pairs
+        for p in firsts
     )
-    logs = ", ".join(p.forget_metric.short for p in TOFU.pairs if p.log)
+    logs = ", ".join(p.forget_metric.short for p in pairs if p.log)
     return (
         f"Target: {numbers(b.refs.get('target', {}))}; "
         f"retain model: {numbers(b.refs.get('retain', {}))}. "
@@ -78,18 +80,21 @@ def _reference_line(b: BenchmarkStudy, study: StudyConfig) -> str:
     )
 
 
-def reading_cell(r: MethodRow, pair: MetricPair, fraction: float) -> str:
-    """A reading as its table cell; the headline forget quality with the KS statistic D read at
-    the same level (``0.71 [0.71, 0.71] † (D 0.083)``), † when its interval rests on at most
-    one KS step."""
+def reading_cell(
+    r: MethodRow, pair: MetricPair, fraction: float, headline: MetricPair = TOFU.headline
+) -> str:
+    """A reading as its table cell; a headline forgetting with a step statistic (forget quality)
+    with that statistic read at the same level (``0.71 [0.71, 0.71] † (D 0.083)``), † when its
+    interval rests on at most one KS step."""
     text = fmt_summary(r.readings.get((pair.name, fraction)), reading_fmt(pair.forget_metric))
-    ks = r.ks.get(fraction) if pair.name == HEADLINE.name and KS is not None else None
-    if ks is None:
+    step = pair.step_pair if pair.name == headline.name else None
+    ks = r.ks.get(fraction) if step is not None else None
+    if ks is None or step is None:
         return text
     if ks.one_step:
         text += f" {ONE_STEP_MARK}"
     if ks.d.mean is not None:
-        text += f" ({KS.forget_metric.short} {KS.forget_metric.format(ks.d.mean)})"
+        text += f" ({step.forget_metric.short} {step.forget_metric.format(ks.d.mean)})"
     return text
 
 
@@ -108,8 +113,10 @@ def one_step_note(rows: Sequence[MethodRow]) -> list[str]:
     ]
 
 
-def _method_cells(r: MethodRow, study: StudyConfig) -> list[str]:
-    readings = [reading_cell(r, p, f) for p in TRADEOFFS.values() for f in _fractions(study)]
+def _method_cells(r: MethodRow, study: StudyConfig, metrics: BenchmarkMetrics) -> list[str]:
+    readings = [
+        reading_cell(r, p, f, metrics.headline) for p in metrics.pairs for f in _fractions(study)
+    ]
     fmt = reading_fmt(ROBUST)
     attacked = [
         "–"
@@ -120,17 +127,20 @@ def _method_cells(r: MethodRow, study: StudyConfig) -> list[str]:
     return [r.method, *readings, setting_text(r.setting), *attacked, str(r.seeds)]
 
 
-def methods_table(rows: Sequence[MethodRow], study: StudyConfig) -> list[str]:
-    """The markdown lines of a table of methods: their readings, matched setting, attacks."""
+def methods_table(
+    rows: Sequence[MethodRow], study: StudyConfig, metrics: BenchmarkMetrics = TOFU
+) -> list[str]:
+    """The markdown lines of a table of methods: their readings on the pairs of ``metrics``
+    (the benchmark's), matched setting, attacks."""
     head = [
         "method",
-        *(reading_title(p, f) for p in TRADEOFFS.values() for f in _fractions(study)),
+        *(reading_title(p, f) for p in metrics.pairs for f in _fractions(study)),
         "matched setting",
         *(f"{a}: {ROBUST.short} before -> after" for a in study.attacks),
         "seeds",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_method_cells(r, study)) + " |" for r in rows]
+    lines += ["| " + " | ".join(_method_cells(r, study, metrics)) + " |" for r in rows]
     return lines + one_step_note(rows)
 
 
@@ -143,12 +153,13 @@ def benchmark_markdown(b: BenchmarkStudy, study: StudyConfig) -> str:
     claim = study.claim
     methods = [r for r in b.rows if not is_selection_variant(r.method, claim) or r.method == claim]
     variants = [r for r in b.rows if is_selection_variant(r.method, claim)]
-    lines += ["### Methods at matched utility", "", *methods_table(methods, study), ""]
+    table = methods_table(methods, study, b.metrics)
+    lines += ["### Methods at matched utility", "", *table, ""]
     if len(variants) > 1:
         lines += [
             f"### Selection controls of {claim} (same token count, loss and weights)",
             "",
-            *methods_table(variants, study),
+            *methods_table(variants, study, b.metrics),
             "",
         ]
     lines += ["**Verdict.** " + verdict(b, study), ""]
@@ -196,11 +207,14 @@ def study_csv_rows(studies: Sequence[BenchmarkStudy]) -> list[dict[str, Any]]:
     for b in studies:
         for r in b.rows:
             for (name, frac), s in r.readings.items():
-                t, level = TRADEOFFS[name], b.levels[(name, frac)]
+                t, level = b.tradeoffs[name], b.levels[(name, frac)]
                 at = f"{t.utility} >= {frac:g} x target"
                 rows.append(_csv_row(b, r, s, t.forget, at, level))
-                if name == HEADLINE.name and KS is not None and (ks := r.ks.get(frac)):
-                    rows.append({**_csv_row(b, r, ks.d, KS.forget, at, level), "ks_step": ks.step})
+                step = t.step_pair if name == b.headline.name else None
+                if step is not None and (ks := r.ks.get(frac)):
+                    rows.append(
+                        {**_csv_row(b, r, ks.d, step.forget, at, level), "ks_step": ks.step}
+                    )
                     rows[-2]["one_ks_step"] = ks.one_step
             for attack, phases in r.robust.items():
                 for phase, s in zip(("before", "after"), phases, strict=True):
@@ -244,7 +258,7 @@ def frontier_panels(studies: Sequence[BenchmarkStudy], study: StudyConfig) -> li
             for r in b.rows
             if not is_selection_variant(r.method, study.claim) or r.method == study.claim
         ]
-        for t in TRADEOFFS.values():
+        for t in b.metrics.pairs:
             refs = {
                 role: (agg[t.utility], agg[t.forget])
                 for role, agg in b.refs.items()
@@ -267,14 +281,26 @@ def frontier_panels(studies: Sequence[BenchmarkStudy], study: StudyConfig) -> li
 def selection_groups(
     studies: Sequence[BenchmarkStudy], study: StudyConfig
 ) -> dict[str, dict[str, Interval]]:
-    """Per benchmark: the claim method's selection variants, read at the headline pair's main
-    level."""
-    key = (HEADLINE.name, study.mu_fraction)
+    """Per benchmark: the claim method's selection variants, read at its headline pair's main
+    level (titled with that reading, :func:`selection_axes` the axes)."""
     return {
-        f"{b.name}: {reading_title(HEADLINE, study.mu_fraction)}": {
-            r.method: interval(r.readings.get(key))
+        selection_title(b, study): {
+            r.method: interval(r.readings.get((b.headline.name, study.mu_fraction)))
             for r in b.rows
             if is_selection_variant(r.method, study.claim)
         }
         for b in studies
     }
+
+
+def selection_title(b: BenchmarkStudy, study: StudyConfig) -> str:
+    """A benchmark's panel of the selection figure: ``<benchmark>: FQ ↑ @ 0.95 MU``."""
+    return f"{b.name}: {reading_title(b.headline, study.mu_fraction)}"
+
+
+def selection_axes(
+    studies: Sequence[BenchmarkStudy], study: StudyConfig
+) -> dict[str, tuple[str, bool]]:
+    """Per panel of the selection figure: its axis title (the headline forgetting, with its
+    direction) and whether it is read in log (forget quality)."""
+    return {selection_title(b, study): (b.headline.label, b.headline.log) for b in studies}
