@@ -209,3 +209,41 @@ def test_the_request_table_has_one_row_per_request_and_files_another_tool_reads(
     data = json.loads(files["json"].read_text())
     assert [r["k"] for r in data] == [0, 1, 2, None] and data[3]["muse_verbmem_forget"] == 0.2
     assert files["md"].read_text() == text + "\n"
+
+
+@pytest.mark.slow
+def test_a_chained_method_is_trained_from_the_model_the_one_before_saved(
+    mini_world, tmp_path, monkeypatch
+):
+    """Two forget notebooks and their evaluations through `npo run` (random mini model): b runs
+    after a, from a's saved model, and is evaluated on its own."""
+    import yaml
+
+    from npo_lib.utils.hashing import model_fingerprint
+    from npo_lib.workflow.pipeline import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    config = {
+        "model_path": mini_world["model_path"],
+        "data_path": mini_world["data_path"],
+        "batch_size": 4,
+        "num_epochs": 1,
+        "lr": 1e-3,
+        "warmup_epochs": 0,
+        "forget_loss": "NPO+GD",
+    }
+    spec = tmp_path / "chain.yaml"
+    body = {"name": "chain", "config": config, "runs_dir": str(tmp_path / "runs")}
+    body["methods"] = {"a": {}, "b": {"init_from": "a"}}
+    spec.write_text(yaml.safe_dump(body, sort_keys=False))
+    res = run_pipeline(spec, stream=False)
+    assert res["ok"], [s for s in res["steps"] if s["status"] == "failed"]
+    names = [s["name"] for s in res["steps"]]
+    assert names == ["forget a", "forget b", "evaluate a", "evaluate b"]
+    root = tmp_path / "runs" / "chain"
+    saved = yaml.safe_load((root / "b" / "config.yaml").read_text())
+    assert saved["model_path"] == str(root / "a" / "model")  # runs_dir is absolute here
+    prints = {m: model_fingerprint(root / m / "model") for m in ("a", "b")}
+    assert len({*prints.values(), model_fingerprint(mini_world["model_path"])}) == 3
+    evaluated = json.loads((root / "b" / "eval" / "metrics.json").read_text())
+    assert evaluated["identity"]["model_fingerprint"] == prints["b"]
