@@ -140,6 +140,10 @@ def test_init_from_starts_a_method_from_the_unlearned_model_of_the_one_before(tm
                                              r"\(a\)"),
         ({"a": {}, "b": {"init_from": "a", "model_path": "m"}}, "init_from or model_path"),
         ({"a": {"benchmark": {"muse": {"forget_set": "sust9"}}}}, "forget_set 'sust9'"),
+        (
+            {"a": {"forget_loss": "INFLUENCE+GD", "benchmark": {"muse": {"forget_set": "sust_1"}}}},
+            "method a reads token weights, but sets its own benchmark: the influence step",
+        ),
     ],
 )  # fmt: skip
 def test_a_bad_chain_or_forget_set_fails_before_any_notebook_runs(tmp_path, methods, message):

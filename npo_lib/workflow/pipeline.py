@@ -118,20 +118,32 @@ def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str
     return steps, models
 
 
+# what the forget records the influence step scores depend on: a method reading token weights
+# keeps them (else the scores belong to another forget set, e.g. benchmark.muse.forget_set)
+SCORED_KEYS = ("benchmark", "data_path", "split", "task_id", "max_length")
+
+
 def influence_methods(spec: PipelineSpec, infl: Path) -> tuple[list[str], str | None]:
-    """The methods that read token weights (they need the influence step) and the one the
-    heatmaps compare (``visualize``, default the first of them)."""
+    """The methods that read token weights (they need the influence step, and unlearn the
+    forget set it scores: :data:`SCORED_KEYS`) and the one the heatmaps compare
+    (``visualize``, default the first of them)."""
     if not spec.methods:
         raise ConfigError(
             f"pipeline '{spec.name}': no methods to compare "
             "(methods: {name: {forget_loss: ...}})"
         )
-    needs = [
-        m
-        for m, o in spec.methods.items()
-        if "token_weights"
-        in parse_loss(spec_config(spec, {**o, "influence_dir": str(infl)}).forget_loss).needs
-    ]
+    base, needs = spec_config(spec), []
+    for m, o in spec.methods.items():
+        cfg = spec_config(spec, {**o, "influence_dir": str(infl)})
+        if "token_weights" not in parse_loss(cfg.forget_loss).needs:
+            continue
+        if changed := [k for k in SCORED_KEYS if getattr(cfg, k) != getattr(base, k)]:
+            raise ConfigError(
+                f"pipeline '{spec.name}': method {m} reads token weights, but sets its own "
+                f"{changed[0]}: the influence step scores the forget set of the pipeline's "
+                "config (set it there)"
+            )
+        needs.append(m)
     vis = spec.visualize or (needs[0] if needs else None)
     if vis is not None and vis not in spec.methods:
         raise ConfigError(
