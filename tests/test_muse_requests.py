@@ -235,6 +235,7 @@ def test_a_chained_method_is_trained_from_the_model_the_one_before_saved(
         "lr": 1e-3,
         "warmup_epochs": 0,
         "forget_loss": "NPO+GD",
+        "eval": {"max_new_tokens": 8},  # a random model never stops: keep its answers short
     }
     spec = tmp_path / "chain.yaml"
     body = {"name": "chain", "config": config, "runs_dir": str(tmp_path / "runs")}
