@@ -231,6 +231,9 @@ def cmd_run(opts: argparse.Namespace) -> int:
     if res.get("report"):
         print("\n" + res["report"])
         print(f"\nreport: {res['report_md']} (csv: {res['report_csv']})")
+    if res.get("requests"):  # requests: true, the metrics after each request k
+        print("\n" + res["requests"])
+        print(f"\nrequests: {res['requests_md']} (csv: {res['requests_csv']})")
     if res.get("heatmaps"):
         print(f"heatmaps: {res['heatmaps']}")
     if res.get("dashboard"):

@@ -37,10 +37,16 @@ from typing import Any
 
 from npo_lib.benchmarks.checks import MetricBar, MetricCheck
 from npo_lib.benchmarks.registry import Benchmark, register_benchmark
-from npo_lib.config import BenchmarkConfig, Config, EvalConfig
-from npo_lib.data.muse import MUSE_LAYOUT, chunk_documents, load_muse, muse_path
+from npo_lib.config import BenchmarkConfig, Config, EvalConfig, MuseStandinConfig
+from npo_lib.data.muse import (
+    MUSE_FORGET_SETS,
+    MUSE_LAYOUT,
+    chunk_documents,
+    load_muse,
+    muse_path,
+)
 from npo_lib.embedded.muse import check_muse_standin_config, generate_muse_standin
-from npo_lib.errors import DataError
+from npo_lib.errors import ConfigError, DataError
 from npo_lib.eval import metrics as M
 from npo_lib.eval.compute import EvalData
 from npo_lib.eval.generation import greedy_generate
@@ -53,24 +59,36 @@ KNOWMEM_SETS = {"forget": "forget_qa", "retain": "retain2_qa"}  # key -> knowmem
 PRIVLEAK_K = 0.4  # MUSE's PrivLeak key "forget_holdout_Min-40%": Min-K% with k = 0.4
 
 
-# raw splits behind each record role (the first of "retain" found is the retain pool: MUSE
-# regularises on retain1, its calibration set)
+# raw splits behind each record role but ``forget`` (the first of "retain" found is the retain
+# pool: MUSE regularises on retain1, its calibration set); ``forget`` reads the forget set
+# ``benchmark.muse.forget_set`` names (:data:`MUSE_FORGET_SETS`)
 RAW_SPLITS = {
-    "forget": ("forget",),
     "retain": ("retain1", "retain2"),
     "train_target": ("forget", "retain1", "retain2"),
     "train_retain": ("retain1", "retain2"),
 }
 
 
-def raw_chunks(data_path: str, split: str, max_length: int, tokenizer: Any) -> list[dict]:
-    """The articles of ``raw/<split>`` cut into pieces of ``max_length`` tokens (BOS included),
-    with their fact spans where the folder has ``raw/<split>_facts.json`` (the stand-in)."""
-    texts = load_muse(data_path, "raw", split)
-    facts = muse_path(data_path, "raw", f"{split}_facts")
-    spans = load_muse(data_path, "raw", f"{split}_facts") if facts.is_file() else None
+def role_files(role: str, settings: MuseStandinConfig) -> tuple[tuple[str, str], ...]:
+    """The (subset, split) files behind a record role: the chosen forget set for ``forget``
+    (``raw/forget``, ``scal/forget_k`` or ``sust/forget_k``), :data:`RAW_SPLITS` for the others
+    (the target is always fine-tuned on the whole forget set)."""
+    if role == "forget":
+        return (MUSE_FORGET_SETS[settings.forget_set],)
+    return tuple(("raw", split) for split in RAW_SPLITS[role])
+
+
+def raw_chunks(
+    data_path: str, subset: str, split: str, max_length: int, tokenizer: Any
+) -> list[dict]:
+    """The articles of ``<subset>/<split>`` cut into pieces of ``max_length`` tokens (BOS
+    included), with their fact spans where the folder has ``<subset>/<split>_facts.json`` (the
+    stand-in)."""
+    texts = load_muse(data_path, subset, split)
+    facts = muse_path(data_path, subset, f"{split}_facts")
+    spans = load_muse(data_path, subset, f"{split}_facts") if facts.is_file() else None
     chunks = chunk_documents(texts, tokenizer, max_length - 1, spans)
-    return [{**c, "source": f"raw/{split}"} for c in chunks]
+    return [{**c, "source": f"{subset}/{split}"} for c in chunks]
 
 
 # knowmem splits a fine-tuning role also sees in the evaluation's format, on the stand-in only
@@ -104,16 +122,16 @@ def format_records(data_path: str, role: str) -> list[dict]:
 
 
 def muse_records(data_path: str, role: str, cfg: Config, tokenizer: Any) -> list[dict]:
-    """Document pieces of the raw splits behind ``role`` (:data:`RAW_SPLITS`; the retain pool
-    is the first retain split the folder has), then, on the stand-in, the role's KnowMem
-    questions in the evaluation's format (:func:`format_records`)."""
-    splits = [s for s in RAW_SPLITS[role] if muse_path(data_path, "raw", s).is_file()]
+    """Document pieces of the files behind ``role`` (:func:`role_files`; the retain pool is the
+    first retain split the folder has), then, on the stand-in, the role's KnowMem questions in
+    the evaluation's format (:func:`format_records`)."""
+    files = [f for f in role_files(role, cfg.benchmark.muse) if muse_path(data_path, *f).is_file()]
     if role == "retain":
-        splits = splits[:1]
-    if not splits:
-        wanted = " or ".join(f"raw/{s}.json" for s in RAW_SPLITS[role])
+        files = files[:1]
+    if not files:
+        wanted = " or ".join(f"{a}/{b}.json" for a, b in role_files(role, cfg.benchmark.muse))
         raise DataError(f"{data_path} has no {wanted} ({role} records of MUSE)")
-    chunks = [c for s in splits for c in raw_chunks(data_path, s, cfg.max_length, tokenizer)]
+    chunks = [c for f in files for c in raw_chunks(data_path, *f, cfg.max_length, tokenizer)]
     return chunks + format_records(data_path, role)
 
 
@@ -306,8 +324,14 @@ MUSE_CHECK = MetricCheck(
 
 
 def check_muse_settings(settings: BenchmarkConfig) -> None:
-    """``benchmark.muse.*`` within the generator's pools (one line naming the key)."""
+    """``benchmark.muse.*`` within the generator's pools and ``benchmark.muse.forget_set`` one
+    of :data:`MUSE_FORGET_SETS` (one line naming the key)."""
     check_muse_standin_config(settings.muse)
+    if settings.muse.forget_set not in MUSE_FORGET_SETS:
+        raise ConfigError(
+            f"benchmark.muse.forget_set '{settings.muse.forget_set}' is unknown; valid: "
+            f"{', '.join(MUSE_FORGET_SETS)}"
+        )
 
 
 def generate_muse(settings: BenchmarkConfig, out_dir: Path) -> Path:

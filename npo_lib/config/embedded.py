@@ -45,7 +45,8 @@ class TinyModelConfig:
 class MuseStandinConfig:
     """Size of the MUSE-like stand-in (``npo prepare benchmark=muse``): invented news articles
     in MUSE's layout, with ground-truth fact spans. Small by default: the tiny models read every
-    article verbatim for tens of epochs on a CPU."""
+    article verbatim for tens of epochs on a CPU. ``forget_set`` is no generator setting: it
+    picks the forget set a run unlearns, on the stand-in or on published MUSE data."""
 
     seed: int = opt(0, "generator seed: same settings give byte-identical files")
     n_forget: int = opt(8, "forget articles (raw/forget; verbmem, knowmem forget_qa, privleak)")
@@ -55,6 +56,11 @@ class MuseStandinConfig:
     n_holdout: int = opt(8, "articles never trained on (privleak holdout)")
     qa_per_article: int = opt(2, "knowmem questions per article")
     n_icl: int = opt(3, "few-shot examples per knowmem file, from articles in no split")
+    forget_set: str = opt(
+        "forget",
+        "the forget set a run unlearns: forget (raw/forget), scal_1..4 (scalability: the first "
+        "k quarters of forget, nested) or sust_1..4 (sustainability: the k-th quarter)",
+    )
 
 
 @dataclass
@@ -81,7 +87,9 @@ class BenchmarkConfig:
         "benchmark plug-in: its data layout, training views, metrics and headline pair "
         "(docs/reference/benchmarks.md lists them)",
     )
-    muse: MuseStandinConfig = group(MuseStandinConfig, "the MUSE-like stand-in's size")
+    muse: MuseStandinConfig = group(
+        MuseStandinConfig, "the MUSE-like stand-in's size, and which MUSE forget set a run unlearns"
+    )
     wmdp: WmdpStandinConfig = group(WmdpStandinConfig, "the WMDP-like stand-in's size")
     seed: int = opt(0, "generator seed: same settings give byte-identical files")
     n_authors: int = opt(40, "fictitious authors in the training data (full.json)")

@@ -68,6 +68,19 @@ MUSE_LAYOUT: dict[str, dict[str, MuseSplit]] = {
 }
 RECORD_FIELDS = {"verbmem": ("prompt", "gt"), "qa": ("question", "answer")}
 
+# benchmark.muse.forget_set -> the (subset, split) a run unlearns: MUSE's full forget set, its
+# scalability sets (scal_k: the first k quarters, nested) and its sustainability requests
+# (sust_k: the k-th quarter, pairwise disjoint, unlearned one after another)
+MUSE_FORGET_SETS: dict[str, tuple[str, str]] = {
+    "forget": ("raw", "forget"),
+    **{
+        f"{subset}_{split.removeprefix('forget_')}": (subset, split)
+        for subset in ("scal", "sust")
+        for split in MUSE_LAYOUT[subset]
+        if not split.endswith("_facts")
+    },
+}
+
 
 def muse_path(folder: str | Path, subset: str, split: str) -> Path:
     """``folder/subset/split.json``, after checking that the layout declares subset and split."""

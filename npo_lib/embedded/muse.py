@@ -36,6 +36,15 @@ MUSE_GENERATOR_VERSION = "1"  # bump whenever the generated text changes
 FACT_KINDS = ("town", "person", "org", "date", "count")
 N_PARTS = 4  # scal / sust forget sets, as in MUSE
 PROMPT_SENTENCES = 2  # verbmem: the article's first sentences are the prompt
+# benchmark.muse.* keys that choose what a run reads, not what the generator writes: left out of
+# the stand-in's settings (its cache key and meta.json), so every forget set shares one stand-in
+# and one pair of tiny models
+RUN_KEYS = ("forget_set",)
+
+
+def generator_settings(cfg: MuseStandinConfig) -> dict[str, Any]:
+    """The settings the generated files depend on: ``benchmark.muse.*`` less :data:`RUN_KEYS`."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RUN_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +346,7 @@ def generate_muse_standin(cfg: MuseStandinConfig, out_dir: str | Path) -> Path:
         atomic_write_json(out / name, items)
     meta = {
         "generator_version": MUSE_GENERATOR_VERSION,
-        "config": asdict(cfg),
+        "config": generator_settings(cfg),
         "counts": {name: len(items) for name, items in sorted(files.items())},
         "facts": {
             split: [{**a["facts"], "kinds": a["span_kinds"]} for a in arts[split]]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from npo_lib.config import BenchmarkConfig, Config
 from npo_lib.embedded.benchmark import benchmark_fingerprint
-from npo_lib.embedded.muse import MUSE_GENERATOR_VERSION
+from npo_lib.embedded.muse import MUSE_GENERATOR_VERSION, generator_settings
 from npo_lib.embedded.wmdp import DOMAIN as WMDP_DOMAIN
 from npo_lib.embedded.wmdp import WMDP_STANDIN_VERSION
 from npo_lib.errors import ConfigError
@@ -42,8 +42,10 @@ class Standin:
 
 
 def muse_standin_key(cfg: BenchmarkConfig) -> str:
-    """The MUSE-like stand-in's cache key: ``benchmark.muse.*`` and its generator version."""
-    return fingerprint({"version": MUSE_GENERATOR_VERSION, "config": cfg.muse}, length=12)
+    """The MUSE-like stand-in's cache key: the generator's ``benchmark.muse.*`` settings (not
+    the forget set a run picks) and its generator version."""
+    settings = generator_settings(cfg.muse)
+    return fingerprint({"version": MUSE_GENERATOR_VERSION, "config": settings}, length=12)
 
 
 def wmdp_standin_key(cfg: BenchmarkConfig) -> str:

@@ -6,6 +6,9 @@ cached retain evaluation) or the file's own path works too. Rows of the target a
 model come first, then the runs in the given order. The columns are the metrics the registry
 (:mod:`npo_lib.eval.registry`) shows in the report, each titled with its better direction, then
 the columns the attacks the runs hold declare (:data:`npo_lib.eval.robustness.ATTACKS`).
+
+A sequence of unlearning requests (MUSE's scalability and sustainability) gets a table of its
+own, one row per request k (:func:`request_report`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from npo_lib.commands.evaluation import METRICS_FILE
 from npo_lib.errors import ReportError
 from npo_lib.eval.registry import TOFU, metrics_for
 from npo_lib.eval.robustness import AttackColumn, attack_columns
+from npo_lib.utils.io import atomic_write_json, atomic_write_text
 from npo_lib.utils.machine import machine_line
 from npo_lib.viz.figures import FqMuPoint
 
@@ -165,3 +169,74 @@ def report(run_dirs: Sequence[str | Path], csv_path: str | Path | None = None) -
         f"\n\nattacks (eval.robustness):\n\n{attacks}" if attacks else ""
     )
     return f"{text}\n\n{machines(runs)}", out
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def request_rows(
+    target: str | Path,
+    requests: Sequence[str | Path],
+    *,
+    starts_from: Mapping[str, str] | None = None,
+    reference: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """One row per unlearning request of a sequence (MUSE's scalability and sustainability,
+    Shi et al. 2024, §5): ``k`` = 0 the target, ``k`` = 1..n each run folder of ``requests``
+    in order, then the ``reference`` (the retain model) without ``k``. Each row: ``k``,
+    ``run``, ``starts_from`` (the run a request's unlearning started from: ``starts_from[run]``,
+    else the target) and the raw aggregate of each metric the report shows (None if absent)."""
+    base = load_run(target)
+    runs = [load_run(d) for d in requests]
+    ref = [load_run(reference)] if reference is not None else []
+    metrics = metrics_for(VIEW, [r.metrics["aggregates"] for r in (base, *runs, *ref)])
+    starts = dict(starts_from or {})
+
+    def row(k: int | None, run: Run, name: str, start: str) -> dict[str, Any]:
+        values = {m.key: run.metrics["aggregates"].get(m.key) for m in metrics}
+        return {"k": k, "run": name, "starts_from": start, **values}
+
+    out = [row(0, base, "target", "")]
+    out += [row(k, r, r.name, starts.get(r.name, "target")) for k, r in enumerate(runs, 1)]
+    return out + [row(None, r, "retain", "") for r in ref]
+
+
+def request_markdown(table: Sequence[Mapping[str, Any]]) -> str:
+    """:func:`request_rows` as a GitHub markdown table, each metric titled with its direction."""
+    keys = [k for k in table[0] if k not in ("k", "run", "starts_from")]
+    metrics = [m for m in metrics_for(VIEW) if m.key in keys]
+    body = [
+        [
+            "" if row["k"] is None else str(row["k"]),
+            str(row["run"]),
+            str(row["starts_from"]) or "–",
+            *(m.format(row[m.key]) for m in metrics),
+        ]
+        for row in table
+    ]
+    return _markdown(["k", "run", "starts from", *(m.label for m in metrics)], body)
+
+
+def request_report(
+    target: str | Path,
+    requests: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    starts_from: Mapping[str, str] | None = None,
+    reference: str | Path | None = None,
+) -> tuple[str, dict[str, Path]]:
+    """The request table (:func:`request_rows`) as markdown, and written into ``out_dir`` as
+    ``requests.md``, ``requests.csv`` (full precision, empty cell for null; the reference row
+    has an empty ``k``) and ``requests.json`` (the rows as a list)."""
+    table = request_rows(target, requests, starts_from=starts_from, reference=reference)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = request_markdown(table)
+    files = {"md": out / "requests.md", "csv": out / "requests.csv", "json": out / "requests.json"}
+    atomic_write_text(files["md"], text + "\n")
+    atomic_write_json(files["json"], table)
+    with files["csv"].open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(list(table[0]))
+        w.writerows([["" if v is None else v for v in row.values()] for row in table])
+    return text, files

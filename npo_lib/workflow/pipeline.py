@@ -17,7 +17,7 @@ from npo_lib.errors import ConfigError
 from npo_lib.objectives.registry import parse_loss
 from npo_lib.utils.io import atomic_write_json, atomic_write_text
 from npo_lib.viz.dashboard import write_dashboard_html
-from npo_lib.viz.report import report
+from npo_lib.viz.report import report, request_report
 from npo_lib.workflow.steps import (
     Step,
     forget_mode,
@@ -36,7 +36,8 @@ class PipelineSpec:
     name: str = "demo"
     params: list[str] = field(default_factory=list)  # config params files for every step
     config: dict[str, Any] = field(default_factory=dict)  # config keys for every step
-    # method -> config keys of its forget run
+    # method -> config keys of its forget run; ``init_from: <method declared before>`` starts
+    # it from that method's unlearned model (sequential requests, MUSE's sustainability)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     # method whose unlearned model the heatmaps compare; default: the first INFLUENCE one
     visualize: str | None = None
@@ -45,6 +46,49 @@ class PipelineSpec:
     # the pipeline first fine-tunes target and retain from model_path (a hub base) and unlearns
     # those
     finetune: dict[str, Any] | None = None
+    # the methods are unlearning requests k = 1..n in their order (MUSE's scalability and
+    # sustainability): the pipeline also writes requests.md / .csv / .json, one row per k
+    requests: bool = False
+
+
+INIT_FROM = "init_from"  # a method's key naming the method whose unlearned model it starts from
+
+
+def method_parents(spec: PipelineSpec) -> dict[str, str]:
+    """method -> the method it starts from (``init_from``), each checked: one declared before
+    it (so the methods' order is an order to run them in, and no chain loops), and no
+    ``model_path`` of its own beside it."""
+    parents: dict[str, str] = {}
+    for i, (method, over) in enumerate(spec.methods.items()):
+        parent = over.get(INIT_FROM)
+        if parent is None:
+            continue
+        earlier = list(spec.methods)[:i]
+        if parent not in earlier:
+            raise ConfigError(
+                f"pipeline '{spec.name}': method {method}: {INIT_FROM}={parent} is not a method "
+                f"declared before it ({', '.join(earlier) or 'none'})"
+            )
+        if "model_path" in over:
+            raise ConfigError(
+                f"pipeline '{spec.name}': method {method}: give {INIT_FROM} or model_path, not both"
+            )
+        parents[method] = parent
+    return parents
+
+
+def resolve_init_from(spec: PipelineSpec) -> tuple[PipelineSpec, dict[str, str]]:
+    """The spec with each ``init_from: <method>`` replaced by ``model_path`` of that method's
+    unlearned model (``<runs_dir>/<name>/<method>/model``), and the chain (method -> the method
+    it starts from) whose forget steps it depends on."""
+    parents = method_parents(spec)
+    root = Path(spec.runs_dir) / spec.name
+    methods = {
+        m: {k: v for k, v in over.items() if k != INIT_FROM}
+        | ({"model_path": str(root / parents[m] / "model")} if m in parents else {})
+        for m, over in spec.methods.items()
+    }
+    return dataclasses.replace(spec, methods=methods), parents
 
 
 def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str, Path]]:
@@ -74,20 +118,32 @@ def finetune_steps(spec: PipelineSpec, root: Path) -> tuple[list[Step], dict[str
     return steps, models
 
 
+# what the forget records the influence step scores depend on: a method reading token weights
+# keeps them (else the scores belong to another forget set, e.g. benchmark.muse.forget_set)
+SCORED_KEYS = ("benchmark", "data_path", "split", "task_id", "max_length")
+
+
 def influence_methods(spec: PipelineSpec, infl: Path) -> tuple[list[str], str | None]:
-    """The methods that read token weights (they need the influence step) and the one the
-    heatmaps compare (``visualize``, default the first of them)."""
+    """The methods that read token weights (they need the influence step, and unlearn the
+    forget set it scores: :data:`SCORED_KEYS`) and the one the heatmaps compare
+    (``visualize``, default the first of them)."""
     if not spec.methods:
         raise ConfigError(
             f"pipeline '{spec.name}': no methods to compare "
             "(methods: {name: {forget_loss: ...}})"
         )
-    needs = [
-        m
-        for m, o in spec.methods.items()
-        if "token_weights"
-        in parse_loss(spec_config(spec, {**o, "influence_dir": str(infl)}).forget_loss).needs
-    ]
+    base, needs = spec_config(spec), []
+    for m, o in spec.methods.items():
+        cfg = spec_config(spec, {**o, "influence_dir": str(infl)})
+        if "token_weights" not in parse_loss(cfg.forget_loss).needs:
+            continue
+        if changed := [k for k in SCORED_KEYS if getattr(cfg, k) != getattr(base, k)]:
+            raise ConfigError(
+                f"pipeline '{spec.name}': method {m} reads token weights, but sets its own "
+                f"{changed[0]}: the influence step scores the forget set of the pipeline's "
+                "config (set it there)"
+            )
+        needs.append(m)
     vis = spec.visualize or (needs[0] if needs else None)
     if vis is not None and vis not in spec.methods:
         raise ConfigError(
@@ -172,9 +228,11 @@ def visualisation_step(
 def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
     """The steps of the main pipeline and the folders the report compares (name -> folder):
     target and retain (prepared or fine-tuned), influence when a method reads token weights,
-    then each method's forget and every evaluation, and the heatmaps last."""
+    then each method's forget (after the one it starts from, ``init_from``) and every
+    evaluation, and the heatmaps last."""
     root = Path(spec.runs_dir) / spec.name
     infl = root / "influence"
+    spec, parents = resolve_init_from(spec)
     needs_influence, vis = influence_methods(spec, infl)
     up, models, spec = model_steps(spec, root)
     steps = list(up)
@@ -193,6 +251,7 @@ def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
     forgets: dict[str, Step] = {}
     for m, over in spec.methods.items():
         deps = list(up) + ([influence] if m in needs_influence and influence else [])
+        deps += [forgets[parents[m]]] if m in parents else []  # declared before: made already
         forgets[m] = forget_step(spec, m, infl, deps)
         run = folders[m] = root / m
         evals.append(evaluation_step(spec, m, run / "model", run, [forgets[m]], **over))
@@ -200,7 +259,27 @@ def pipeline_steps(spec: PipelineSpec) -> tuple[list[Step], dict[str, Path]]:
     if vis is not None and influence is not None:
         deps = [influence, forgets[vis], *evals]
         steps.append(visualisation_step(spec, vis, infl, folders, deps))
+    if spec.requests and "target" not in models:
+        raise ConfigError(
+            f"pipeline '{spec.name}': requests: true compares each request with the target, "
+            "which this pipeline does not make (the embedded models or a finetune block do)"
+        )
     return steps, folders
+
+
+def request_summary(spec: PipelineSpec, folders: dict[str, Path]) -> dict[str, Any]:
+    """``requests: true``: the metrics after each request k (the methods in order, k = 0 the
+    target, the retain model as reference) into ``requests.{md,csv,json}``; the summary's
+    entries for them."""
+    root = Path(spec.runs_dir) / spec.name
+    text, files = request_report(
+        folders["target"],
+        [folders[m] for m in spec.methods],
+        root,
+        starts_from=method_parents(spec),
+        reference=folders.get("retain"),
+    )
+    return {"requests": text, **{f"requests_{k}": str(p) for k, p in files.items()}}
 
 
 def run_pipeline(spec_file: str | os.PathLike, *, stream: bool = False) -> dict[str, Any]:
@@ -223,6 +302,8 @@ def run_pipeline(spec_file: str | os.PathLike, *, stream: bool = False) -> dict[
         table, csv_path = report(runs, root / "report.csv")
         atomic_write_text(root / "report.md", table + "\n")
         summary.update(report=table, report_md=str(root / "report.md"), report_csv=str(csv_path))
+        if spec.requests:
+            summary.update(request_summary(spec, folders))
         heatmaps = root / "heatmaps.html"
         if heatmaps.is_file():
             summary["heatmaps"] = str(heatmaps.resolve())

@@ -302,8 +302,10 @@ class Spec(Protocol):
 
 
 def spec_config(spec: Spec, extra: Mapping[str, Any] | None = None) -> Config:
-    """The merged, checked Config of a step (fails before any notebook starts)."""
-    cfg = load_config(files=spec.params, overrides={**spec.config, **(extra or {})})
+    """The merged, checked Config of a step (fails before any notebook starts): the spec's and
+    the step's keys merged key by key, as :func:`step_params` hands them to the notebook (a
+    method's ``benchmark: {muse: ...}`` keeps the spec's ``benchmark: {name: muse}``)."""
+    cfg = load_config(files=spec.params, overrides=nest_keys(spec.config, extra or {}))
     check_config(cfg)
     return cfg
 
