@@ -158,6 +158,22 @@ def _split_gap(
         props.add(mid, scout, f"split the gap around the floor: utility {mu[a]:.3f} / {mu[b]:.3f}")
 
 
+def _scout_stronger(
+    props: ProposalSet,
+    above: dict[Setting, float],
+    floor: float,
+    axes: Sequence[Axis],
+    scout: tuple[int, ...],
+) -> None:
+    """Floor not crossed: step the setting of lowest utility one step stronger; where its steps
+    all ran (utility need not fall with strength), the next lowest, and so on."""
+    for strongest in sorted(above, key=lambda s: above[s]):
+        keeps = f"utility {above[strongest]:.3f} >= floor {floor:.3f}"
+        props.step(strongest, axes, scout, f"scout: strongest setting keeps {keeps}", down=False)
+        if props.out:
+            break
+
+
 def propose_next(
     results: Sequence[RunResult],
     floor: float,
@@ -194,14 +210,7 @@ def propose_next(
     above = {s: u for s, u in mu.items() if u >= floor}
     below = {s: u for s, u in mu.items() if u < floor}
     if not below:
-        # step the setting of lowest utility; where its steps all ran (utility need not fall
-        # with strength), the next lowest, and so on
-        for strongest in sorted(above, key=lambda s: above[s]):
-            keeps = f"utility {above[strongest]:.3f} >= floor {floor:.3f}"
-            why = f"scout: strongest setting keeps {keeps}"
-            props.step(strongest, axes, scout, why, down=False)
-            if props.out:
-                break
+        _scout_stronger(props, above, floor, axes, scout)
         return list(props.out.values())
     a = min(above, key=lambda s: above[s]) if above else None  # just above the floor
     b = max(below, key=lambda s: below[s])  # just below it
