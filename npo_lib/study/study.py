@@ -63,8 +63,8 @@ from npo_lib.study.tables import (
     selection_groups,
     settings_rows,
     study_csv_rows,
-    write_csv,
 )
+from npo_lib.utils.io import write_csv_rows
 
 __all__ = [  # what notebooks, the CLI and earlier code import from here
     "ATTACKS_DIR",
@@ -167,9 +167,9 @@ def write_study(
     text = study_markdown(studies, study, [x for r in roots if (x := run_time_line(r))])
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.md").write_text(text + "\n")
-    write_csv(out / "study.csv", study_csv_rows(studies))
+    write_csv_rows(out / "study.csv", study_csv_rows(studies))
     settings = [{"benchmark": b.name, **row} for b in studies for row in settings_rows(b.results)]
-    write_csv(out / "study_settings.csv", settings)
+    write_csv_rows(out / "study_settings.csv", settings)
     plot_frontiers(frontier_panels(studies, study), path=out / "study_frontier.png")
     paths = {"markdown": text, **{k: str(out / f) for k, f in OUTPUTS.items()}}
     groups = selection_groups(studies, study)

@@ -10,10 +10,8 @@ target's model utility, higher is better; ``KnowMem forget ↓ @ 0.95 KnowMem re
 
 from __future__ import annotations
 
-import csv
 import statistics
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from npo_lib.config import StudyConfig
@@ -221,15 +219,6 @@ def study_csv_rows(studies: Sequence[BenchmarkStudy]) -> list[dict[str, Any]]:
                     quantity = f"{attack}.{phase}.{PROBE_RECALL}"
                     rows.append(_csv_row(b, r, s, quantity, "matched setting", None))
     return rows
-
-
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """``rows`` as a CSV, the columns every row has in first-seen order."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def interval(s: Summary | None) -> Interval:

@@ -6,10 +6,11 @@ truncated one; a folder (a model, a benchmark) appears under its final name only
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,17 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+def write_csv_rows(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """``rows`` as a CSV written atomically: the columns every row has in first-seen order, full
+    precision, an empty cell for None or a missing key."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    return Path(path)
 
 
 def read_json(path: str | os.PathLike) -> Any | None:

@@ -24,7 +24,7 @@ from npo_lib.commands.evaluation import METRICS_FILE
 from npo_lib.errors import ReportError
 from npo_lib.eval.registry import TOFU, metrics_for
 from npo_lib.eval.robustness import AttackColumn, attack_columns
-from npo_lib.utils.io import atomic_write_json, atomic_write_text
+from npo_lib.utils.io import atomic_write_json, atomic_write_text, write_csv_rows
 from npo_lib.utils.machine import machine_line
 from npo_lib.viz.figures import FqMuPoint
 
@@ -235,8 +235,5 @@ def request_report(
     files = {"md": out / "requests.md", "csv": out / "requests.csv", "json": out / "requests.json"}
     atomic_write_text(files["md"], text + "\n")
     atomic_write_json(files["json"], table)
-    with files["csv"].open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(list(table[0]))
-        w.writerows([["" if v is None else v for v in row.values()] for row in table])
+    write_csv_rows(files["csv"], table)
     return text, files
