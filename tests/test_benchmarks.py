@@ -197,7 +197,7 @@ def test_prepare_counts_a_document_benchmark_in_pieces_and_questions(name, tmp_p
         recs = b.load_records(folder, role, cfg, tokenizer)
         pieces = sum("doc" in r for r in recs)
         assert 0 < pieces < len(recs)  # the stand-in adds its questions to the pieces
-        words[role] = b.describe_records(recs)
+        words[role] = b.kind.describe(recs)
         assert words[role] == (
             f"{pieces} document pieces and {len(recs) - pieces} questions in the evaluation's "
             "format"
@@ -220,7 +220,7 @@ def test_prepare_counts_tofu_in_qa_records():
 
     b = get_benchmark("tofu")
     cfg = load_config([])
-    assert b.describe_records([{"question": "q", "answer": "a"}] * 3) == "3 QA records"
+    assert b.kind.describe([{"question": "q", "answer": "a"}] * 3) == "3 QA records"
     s = PrepareSummary(
         paths={}, n_train_target=12, n_train_retain=10, n_forget=2, n_retain_eval=0, recall={},
         forget_set=b.kind.forget_set.format(split=cfg.split, task_id=cfg.task_id, n=2),

@@ -144,11 +144,6 @@ class Benchmark:
         """The :class:`TrainingKind` that :attr:`training` names."""
         return TRAINING_KINDS[self.training]
 
-    def describe_records(self, records: Sequence[Mapping[str, Any]]) -> str:
-        """What ``records`` (of :meth:`load_records`) are, counted in the words of the
-        plug-in's training kind."""
-        return self.kind.describe(records)
-
     def missing(self, data_path: str | Path) -> list[str]:
         """The required files the folder lacks (relative names; empty when complete)."""
         return [self.layout[r] for r in self.required if not self.file(data_path, r).is_file()]

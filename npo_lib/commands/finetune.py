@@ -204,7 +204,7 @@ def run_finetune(
         "data_path": res.data_path,
         "saved_model": str(saved) if saved else None,
         "n_records": len(records),
-        "trained_on": res.benchmark.describe_records(records),
+        "trained_on": res.benchmark.kind.describe(records),
         "n_examples": len(examples),
         "check_sets": {name: len(recs) for name, recs in sets.items()},
         **training_summary(trainer, train_out, stop, resume_from, cfg.finetune.num_epochs),
