@@ -83,6 +83,16 @@ def browser() -> Iterator:
         b.close()
 
 
+def jupyter_home(tmp: Path) -> pytest.MonkeyPatch:
+    """Jupyter's data, config and runtime folders under ``tmp`` (the lab server's too), and
+    ``tmp`` the working folder; undone by the returned patch's ``undo()``."""
+    mp = pytest.MonkeyPatch()
+    for name in ("data", "config", "runtime"):
+        mp.setenv(f"JUPYTER_{name.upper()}_DIR", str(tmp / f"jupyter-{name}"))
+    mp.chdir(tmp)
+    return mp
+
+
 @pytest.fixture(scope="module")
 def pipeline(mini_world, tmp_path_factory) -> Iterator[Path]:
     """``runs/small`` of an executed pipeline and an executed dashboard notebook, trusted in a
@@ -92,11 +102,7 @@ def pipeline(mini_world, tmp_path_factory) -> Iterator[Path]:
 
     _chromium()
     tmp = tmp_path_factory.mktemp("browser")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("JUPYTER_DATA_DIR", str(tmp / "jupyter-data"))
-    mp.setenv("JUPYTER_CONFIG_DIR", str(tmp / "jupyter-config"))
-    mp.setenv("JUPYTER_RUNTIME_DIR", str(tmp / "jupyter-runtime"))
-    mp.chdir(tmp)
+    mp = jupyter_home(tmp)
     spec = tmp / "small.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -465,11 +471,7 @@ def live_forget(mini_world, tmp_path_factory) -> Iterator[Path]:
 
     _chromium()
     tmp = tmp_path_factory.mktemp("live")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("JUPYTER_DATA_DIR", str(tmp / "jupyter-data"))
-    mp.setenv("JUPYTER_CONFIG_DIR", str(tmp / "jupyter-config"))
-    mp.setenv("JUPYTER_RUNTIME_DIR", str(tmp / "jupyter-runtime"))
-    mp.chdir(tmp)
+    mp = jupyter_home(tmp)
     params = {
         "config_files": [],
         "model_path": mini_world["model_path"],
