@@ -32,12 +32,25 @@ def save_figure(fig: Figure, path: str | Path | None) -> Figure:
     return fig
 
 
-def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The training-step rows of a run's ``log.jsonl`` (those with a ``loss``; not the summary)."""
-    file = Path(run_dir) / "log.jsonl"
+LOG_FILE = "log.jsonl"  # the per-step training log of a run folder
+
+
+def read_log(run_dir: str | Path, *, growing: bool = False) -> list[dict[str, Any]]:
+    """The training-step rows of a run's ``log.jsonl`` (those with a ``loss``; not the eval_*
+    or summary rows). ``growing``: the log of a run still training, read as far as it is
+    written (no file yet: no rows; a half-written last line is skipped)."""
+    file = Path(run_dir) / LOG_FILE
     if not file.is_file():
+        if growing:
+            return []
         raise FileNotFoundError(f"no training log: {file} (written by `npo forget`)")
-    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in filter(str.strip, file.read_text().splitlines()):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not growing:
+                raise
     return [r for r in rows if "loss" in r and "train_runtime" not in r]
 
 

@@ -17,7 +17,6 @@ IPython kernel, on rank 0, with ``eval.during`` on; otherwise it is inert (no ou
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,13 +25,12 @@ from npo_lib.commands.resolve import Resolved
 from npo_lib.commands.trajectory import TRAJECTORY_FILE, read_trajectory
 from npo_lib.eval.registry import BENCHMARKS, TOFU, MetricPair
 from npo_lib.utils import dist
-from npo_lib.viz.figures import ROLE_STYLE, draw_loss_terms, new_figure, save_figure
+from npo_lib.viz.figures import ROLE_STYLE, draw_loss_terms, new_figure, read_log, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 Point = Mapping[str, Any]  # one line of trajectory.jsonl: {"step", "epoch", "metrics", ...}
-LOG_FILE = "log.jsonl"  # the per-step training log of a run folder
 LOG_FLOOR = 1e-300  # a value of 0 (a p-value) still sits on a log axis
 STEP_LABELS = 12  # paths of at most this many points label every point with its step
 
@@ -40,20 +38,6 @@ STEP_LABELS = 12  # paths of at most this many points label every point with its
 def headline_pair(benchmark: str) -> MetricPair:
     """The benchmark's headline pair (TOFU's when the benchmark has no pairs registered)."""
     return BENCHMARKS[benchmark].headline if benchmark in BENCHMARKS else TOFU.headline
-
-
-def read_log_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The training-step rows of ``<run_dir>/log.jsonl`` written so far (empty without one): rows
-    with a ``loss``, not the eval_* or summary rows. Tolerates a half-written last line, as
-    the log grows while the run trains."""
-    file = Path(run_dir) / LOG_FILE
-    rows = []
-    for line in file.read_text().splitlines() if file.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [r for r in rows if "loss" in r and "train_runtime" not in r]
 
 
 def path_xy(points: Sequence[Point], pair: MetricPair) -> list[tuple[int, float, float]]:
@@ -293,7 +277,7 @@ class LiveTrajectory:
     def figure(self) -> Figure:
         """The figure of the points so far and the log written so far."""
         return plot_trajectory(
-            self.points, self.pair, log_rows=read_log_rows(self.run_dir), title=self.title
+            self.points, self.pair, log_rows=read_log(self.run_dir, growing=True), title=self.title
         )
 
     def draw(self) -> None:
